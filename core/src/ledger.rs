@@ -1,0 +1,770 @@
+//! The ledger: every balance in memory, changed only by `apply(timestamp, batch)`, a pure
+//! function of the state and its arguments. The state lives in flat arrays of fixed-size records
+//! allocated once from the config (accounts, the transfer ring, the pending table, limits), so a
+//! snapshot is a copy of arrays and the apply loop never allocates.
+//!
+//! This file holds the state, the batch driver (timestamps, expiry, linked chains and their
+//! rollback) and the invariants (running totals, the state hash, `verify`). The rules of each
+//! operation are in `accounts.rs` and `transfers.rs`.
+
+use crate::config::{Config, ConfigError};
+use crate::hash::{fold_mul, hash_words, id_hash};
+use crate::index::{Index, Tag};
+use crate::output::{DebitUsage, Output};
+use crate::pending::{PendingEntry, PendingTable, NONE};
+use crate::results::{CreateAccountResult, CreateTransferResult};
+use crate::types::{Account, AccountId, AccountLimits, Amount, Transfer, TransferId, TransferStatus, Words};
+
+/// A mutating batch: it is journaled, gets timestamps and changes state.
+#[derive(Clone, Copy, Debug)]
+pub enum Batch<'a> {
+    /// No events: advances the clock so that pending transfers expire without traffic.
+    Pulse,
+    CreateAccounts(&'a [Account]),
+    CreateTransfers(&'a [Transfer]),
+    CloseAccounts(&'a [AccountId]),
+    ReopenAccounts(&'a [AccountId]),
+    SetAccountLimits(&'a [AccountLimits]),
+}
+
+impl Batch<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Pulse => 0,
+            Batch::CreateAccounts(events) => events.len(),
+            Batch::CreateTransfers(events) => events.len(),
+            Batch::CloseAccounts(events) | Batch::ReopenAccounts(events) => events.len(),
+            Batch::SetAccountLimits(events) => events.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A read: answered from the applied state, consumes no timestamp and changes nothing.
+#[derive(Clone, Copy, Debug)]
+pub enum Query<'a> {
+    LookupAccounts(&'a [AccountId]),
+    LookupTransfers(&'a [TransferId]),
+    /// Balances, limits, usage and open holds of each account, as one consistent answer.
+    LookupBalances(&'a [AccountId]),
+}
+
+/// The four balances of an account, as indexes for the state hash weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Balance {
+    DebitsPending = 0,
+    DebitsPosted = 1,
+    CreditsPending = 2,
+    CreditsPosted = 3,
+}
+
+/// Running totals of one ledger (currency). Wrapping sums: the invariant compares them with the
+/// sums over accounts, which wrap identically, so no amount can make the check overflow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerTotals {
+    pub ledger: u32,
+    pub debits_pending: u128,
+    pub debits_posted: u128,
+    pub credits_pending: u128,
+    pub credits_posted: u128,
+}
+
+/// An account record aligned to a cache line, so that a 128-byte record spans exactly two.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Line<T>(pub T);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LimitsEntry {
+    pub limits: AccountLimits,
+    pub usage: DebitUsage,
+    pub account_slot: u32,
+}
+
+impl LimitsEntry {
+    fn hash(&self) -> u128 {
+        let usage = &self.usage;
+        let words = [
+            u64::from(usage.day) | (u64::from(usage.day_count) << 32),
+            u64::from(usage.month) | (u64::from(usage.month_count) << 32),
+            usage.day_amount.0 as u64,
+            (usage.day_amount.0 >> 64) as u64,
+            usage.month_amount.0 as u64,
+            (usage.month_amount.0 >> 64) as u64,
+        ];
+        hash_words(&self.limits.words(), SEED_LIMITS).wrapping_add(hash_words(&words, SEED_USAGE))
+    }
+}
+
+/// Before-images that undo a linked chain.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Undo {
+    Account { slot: u32, before: Account },
+    Totals { slot: u32, before: LedgerTotals },
+    Limits { slot: u32, before: LimitsEntry },
+    RingStatus { position: u64, before: TransferStatus, before_hash: u128 },
+    PendingInsert { slot: u32 },
+    PendingResolve { slot: u32 },
+}
+
+/// Where a linked chain began, to roll back to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainMark {
+    hash_sum: u128,
+    ring_tail: u64,
+    accounts_count: u32,
+    undo_len: usize,
+}
+
+/// Index tags of one transfer event, computed before the apply loop so it can prefetch ahead.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Lookahead {
+    pub id: u32,
+    pub debit: u32,
+    pub credit: u32,
+}
+
+const SEED_ACCOUNT: u64 = 0xacc0_0017;
+const SEED_WEIGHT: u64 = 0x3e16_4700;
+const SEED_RING: u64 = 0x7a17_0000;
+const SEED_PENDING: u64 = 0x9e7d_1700;
+const SEED_LIMITS: u64 = 0x1171_7500;
+const SEED_USAGE: u64 = 0x05a6_e000;
+const SEED_DIGEST: u64 = 0xd16e_5700;
+/// Events ahead of the current one whose index entries (2×) and records (1×) are prefetched.
+const LOOKAHEAD: usize = 8;
+
+/// The ledger state machine.
+pub struct Ledger {
+    pub(crate) config: Config,
+    pub(crate) accounts: Vec<Line<Account>>,
+    pub(crate) account_index: Index,
+    /// Per account slot: its slot in `limits`, or NONE.
+    pub(crate) account_limits: Vec<u32>,
+    pub(crate) limits: Vec<LimitsEntry>,
+    /// The idempotency window: the last `transfers_max` transfers, oldest at `ring_head`.
+    pub(crate) ring: Vec<Line<Transfer>>,
+    pub(crate) ring_status: Vec<TransferStatus>,
+    pub(crate) ring_hash: Vec<u128>,
+    pub(crate) ring_head: u64,
+    pub(crate) ring_tail: u64,
+    pub(crate) transfer_index: Index,
+    /// Transfer ids whose embedded time is below this may have been forgotten: refused.
+    pub(crate) horizon_ms: u64,
+    pub(crate) pending: PendingTable,
+    pub(crate) ledgers: Vec<LedgerTotals>,
+    pub(crate) ledger_index: Index,
+    /// The timestamp of the last event applied (batches take `count` consecutive ones).
+    pub(crate) timestamp_last: u64,
+    /// Wrapping sum of every record's hash contribution (see `state_hash`).
+    pub(crate) hash_sum: u128,
+    // Scratch, not state:
+    pub(crate) undo: Vec<Undo>,
+    pub(crate) chain: Option<ChainMark>,
+    pub(crate) lookahead: Vec<Lookahead>,
+    /// (day, month) of the last calendar lookup.
+    pub(crate) calendar: (u32, u32),
+}
+
+const _: () = assert!(CreateAccountResult::LinkedEventFailed as u32 == CreateTransferResult::LinkedEventFailed as u32);
+const _: () =
+    assert!(CreateAccountResult::LinkedEventChainOpen as u32 == CreateTransferResult::LinkedEventChainOpen as u32);
+const LINKED_EVENT_FAILED: u32 = CreateTransferResult::LinkedEventFailed as u32;
+const LINKED_EVENT_CHAIN_OPEN: u32 = CreateTransferResult::LinkedEventChainOpen as u32;
+
+impl Ledger {
+    /// Allocates every table from the config. This is the only place the ledger allocates.
+    pub fn new(config: Config) -> Result<Ledger, ConfigError> {
+        let config = config.validated()?;
+        let ring_size = config.transfer_ring_size() as usize;
+        let batch = config.batch_events_max as usize;
+        let seed = config.hash_seed;
+        Ok(Ledger {
+            accounts: Vec::with_capacity(config.accounts_max as usize),
+            account_index: Index::new(config.accounts_max, seed),
+            account_limits: vec![NONE; config.accounts_max as usize],
+            limits: Vec::with_capacity(config.limits_max as usize),
+            ring: vec![Line::default(); ring_size],
+            ring_status: vec![TransferStatus::Posted; ring_size],
+            ring_hash: vec![0; ring_size],
+            ring_head: 0,
+            ring_tail: 0,
+            transfer_index: Index::new(ring_size as u32, seed ^ 0x7a),
+            horizon_ms: 0,
+            pending: PendingTable::new(config.pending_max, config.accounts_max, seed),
+            ledgers: Vec::with_capacity(config.ledgers_max as usize),
+            ledger_index: Index::new(config.ledgers_max, seed ^ 0x1e),
+            timestamp_last: 0,
+            hash_sum: 0,
+            // A chain touches at most: two accounts, two totals, two limits, a ring status
+            // and a pending entry per event.
+            undo: Vec::with_capacity(batch * 8),
+            chain: None,
+            lookahead: vec![Lookahead::default(); batch],
+            calendar: (u32::MAX, 0),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The smallest timestamp the next batch may carry.
+    pub fn timestamp_next_min(&self) -> u64 {
+        self.timestamp_last + 1
+    }
+
+    pub fn timestamp_last(&self) -> u64 {
+        self.timestamp_last
+    }
+
+    pub fn accounts_count(&self) -> u32 {
+        self.accounts.len() as u32
+    }
+
+    /// Transfers in the idempotency window.
+    pub fn transfers_count(&self) -> u32 {
+        (self.ring_tail - self.ring_head) as u32
+    }
+
+    /// Transfers ever created (the ring's tail position).
+    pub fn transfers_created(&self) -> u64 {
+        self.ring_tail
+    }
+
+    pub fn pending_count(&self) -> u32 {
+        self.pending.count()
+    }
+
+    pub fn horizon_ms(&self) -> u64 {
+        self.horizon_ms
+    }
+
+    pub fn ledger_totals(&self) -> &[LedgerTotals] {
+        &self.ledgers
+    }
+
+    /// Bytes of memory the state occupies, by table.
+    pub fn memory_bytes(&self) -> MemoryBytes {
+        let accounts = self.accounts.capacity() * 128 + self.account_limits.len() * 4;
+        let ring = self.ring.len() * (128 + 16 + 1);
+        MemoryBytes {
+            accounts: accounts as u64 + self.account_index.size_bytes(),
+            transfers: ring as u64 + self.transfer_index.size_bytes(),
+            pending: self.pending.size_bytes(),
+            limits: (self.limits.capacity() * core::mem::size_of::<LimitsEntry>()) as u64,
+        }
+    }
+
+    /// Applies one mutating batch at `timestamp_ns`: event `i` gets `timestamp_ns + i`. First,
+    /// every pending transfer whose timeout falls at or before the batch's last timestamp
+    /// expires. Never fails: each event's outcome is a result code in `output`.
+    pub fn apply(&mut self, timestamp_ns: u64, batch: Batch<'_>, output: &mut Output) {
+        assert!(timestamp_ns > self.timestamp_last, "timestamps must increase (sequencer bug)");
+        assert!(batch.len() <= self.config.batch_events_max as usize, "batch over batch_events_max");
+        assert!(self.chain.is_none());
+        output.clear();
+        let count = batch.len().max(1) as u64;
+        let timestamp_end = timestamp_ns.checked_add(count - 1).expect("timestamp overflow");
+        self.expire_until(timestamp_end, output);
+        match batch {
+            Batch::Pulse => {}
+            Batch::CreateAccounts(events) => self.create_accounts(timestamp_ns, events, output),
+            Batch::CreateTransfers(events) => self.create_transfers(timestamp_ns, events, output),
+            Batch::CloseAccounts(events) => self.close_accounts(timestamp_ns, events, output, true),
+            Batch::ReopenAccounts(events) => self.close_accounts(timestamp_ns, events, output, false),
+            Batch::SetAccountLimits(events) => self.set_account_limits(timestamp_ns, events, output),
+        }
+        self.timestamp_last = timestamp_end;
+        assert!(self.chain.is_none(), "a chain outlived its batch");
+        self.undo.clear();
+        self.verify_totals();
+        #[cfg(feature = "verify")]
+        self.verify();
+    }
+
+    /// Answers a read from the applied state.
+    pub fn query(&self, query: Query<'_>, output: &mut Output) {
+        assert!(self.chain.is_none());
+        output.clear();
+        match query {
+            Query::LookupAccounts(ids) => self.lookup_accounts(ids, output),
+            Query::LookupTransfers(ids) => self.lookup_transfers(ids, output),
+            Query::LookupBalances(ids) => self.lookup_balances(ids, output),
+        }
+    }
+
+    /// Runs `count` events through `each`, which returns a result code, handling linked
+    /// chains: a chain's events are applied in turn, and at the first failure everything the
+    /// chain did is rolled back and its other events are reported `LinkedEventFailed`.
+    pub(crate) fn apply_linked(
+        &mut self,
+        count: usize,
+        output: &mut Output,
+        linked: impl Fn(usize) -> bool,
+        mut each: impl FnMut(&mut Ledger, usize) -> u32,
+    ) {
+        let mut chain_start: Option<usize> = None;
+        let mut chain_failed = false;
+        for index in 0..count {
+            let is_linked = linked(index);
+            if chain_start.is_none() && is_linked {
+                self.chain_begin();
+                chain_start = Some(index);
+                chain_failed = false;
+            }
+            let code = if chain_failed {
+                LINKED_EVENT_FAILED
+            } else if is_linked && index + 1 == count {
+                LINKED_EVENT_CHAIN_OPEN
+            } else {
+                each(self, index)
+            };
+            if code != 0 {
+                if let (Some(start), false) = (chain_start, chain_failed) {
+                    self.chain_rollback();
+                    (start..index).for_each(|member| output.push_result(member, LINKED_EVENT_FAILED));
+                    chain_failed = true;
+                }
+                output.push_result(index, code);
+            }
+            if chain_start.is_some() && !is_linked {
+                if !chain_failed {
+                    self.chain_commit();
+                }
+                chain_start = None;
+            }
+        }
+        if chain_start.is_some() {
+            assert!(chain_failed, "an open chain at the end of a batch must have failed");
+        }
+        assert!(self.chain.is_none());
+    }
+
+    fn chain_begin(&mut self) {
+        assert!(self.chain.is_none());
+        assert!(self.undo.is_empty());
+        self.chain = Some(ChainMark {
+            hash_sum: self.hash_sum,
+            ring_tail: self.ring_tail,
+            accounts_count: self.accounts_count(),
+            undo_len: self.undo.len(),
+        });
+    }
+
+    fn chain_commit(&mut self) {
+        let mark = self.chain.take().expect("chain_commit without a chain");
+        // Holds resolved inside the chain close now that the chain stands.
+        for position in mark.undo_len..self.undo.len() {
+            if let Undo::PendingResolve { slot } = self.undo[position] {
+                self.pending_remove(slot);
+            }
+        }
+        self.undo.clear();
+    }
+
+    fn chain_rollback(&mut self) {
+        let mark = self.chain.take().expect("chain_rollback without a chain");
+        while self.undo.len() > mark.undo_len {
+            match self.undo.pop().expect("undo entry") {
+                Undo::Account { slot, before } => self.accounts[slot as usize].0 = before,
+                Undo::Totals { slot, before } => self.ledgers[slot as usize] = before,
+                Undo::Limits { slot, before } => self.limits[slot as usize] = before,
+                Undo::RingStatus { position, before, before_hash } => {
+                    let slot = self.ring_slot(position);
+                    self.ring_status[slot] = before;
+                    self.ring_hash[slot] = before_hash;
+                }
+                Undo::PendingInsert { slot } => self.pending.remove(slot),
+                Undo::PendingResolve { slot } => self.pending.entries[slot as usize].status = TransferStatus::Pending,
+            }
+        }
+        while self.ring_tail > mark.ring_tail {
+            self.ring_tail -= 1;
+            let slot = self.ring_slot(self.ring_tail);
+            let tag = self.transfer_index.tag(self.ring[slot].0.id.0);
+            self.transfer_index.remove(tag, slot as u32);
+        }
+        while self.accounts_count() > mark.accounts_count {
+            let account = self.accounts.pop().expect("account to roll back").0;
+            let tag = self.account_index.tag(account.id.0);
+            self.account_index.remove(tag, self.accounts.len() as u32);
+        }
+        self.hash_sum = mark.hash_sum;
+        self.undo.truncate(mark.undo_len);
+    }
+
+    pub(crate) fn undo_push(&mut self, undo: Undo) {
+        if self.chain.is_some() {
+            assert!(self.undo.len() < self.undo.capacity(), "undo log over capacity");
+            self.undo.push(undo);
+        }
+    }
+
+    // ----- accounts and balances -----
+
+    pub(crate) fn account_find(&self, tag: Tag, id: AccountId) -> Option<u32> {
+        let accounts = &self.accounts;
+        self.account_index.find(tag, |slot| accounts[slot as usize].0.id == id)
+    }
+
+    pub(crate) fn account(&self, slot: u32) -> &Account {
+        &self.accounts[slot as usize].0
+    }
+
+    /// The static part of an account's hash: every field but the balances.
+    pub(crate) fn account_static_hash(account: &Account) -> u128 {
+        let mut words = account.words();
+        words[2..10].fill(0);
+        hash_words(&words, SEED_ACCOUNT)
+    }
+
+    /// The weight of one balance of an account in the state hash (odd, so it is invertible).
+    #[inline]
+    fn balance_weight(&self, id: AccountId, balance: Balance) -> u128 {
+        let base = id_hash(id.0, self.config.hash_seed ^ SEED_WEIGHT);
+        let k = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(balance as u64 + 1);
+        (u128::from(fold_mul(base, k | 1)) << 64) | u128::from(base ^ k) | 1
+    }
+
+    /// Adds `amount` to one balance. The caller has checked that it cannot overflow.
+    pub(crate) fn balance_add(&mut self, slot: u32, balance: Balance, amount: Amount) {
+        let before = self.accounts[slot as usize].0;
+        self.undo_push(Undo::Account { slot, before });
+        let field = Self::balance_field(&mut self.accounts[slot as usize].0, balance);
+        field.0 = field.0.checked_add(amount.0).expect("balance overflow: caller must check");
+        self.hash_sum = self.hash_sum.wrapping_add(self.balance_weight(before.id, balance).wrapping_mul(amount.0));
+        self.totals_add(before.ledger, balance, amount.0, false);
+    }
+
+    /// Subtracts `amount` from one balance, which must hold at least that much.
+    pub(crate) fn balance_sub(&mut self, slot: u32, balance: Balance, amount: Amount) {
+        let before = self.accounts[slot as usize].0;
+        self.undo_push(Undo::Account { slot, before });
+        let field = Self::balance_field(&mut self.accounts[slot as usize].0, balance);
+        field.0 = field.0.checked_sub(amount.0).expect("balance underflow: a hold was released twice");
+        self.hash_sum = self.hash_sum.wrapping_sub(self.balance_weight(before.id, balance).wrapping_mul(amount.0));
+        self.totals_add(before.ledger, balance, amount.0, true);
+    }
+
+    fn balance_field(account: &mut Account, balance: Balance) -> &mut Amount {
+        match balance {
+            Balance::DebitsPending => &mut account.debits_pending,
+            Balance::DebitsPosted => &mut account.debits_posted,
+            Balance::CreditsPending => &mut account.credits_pending,
+            Balance::CreditsPosted => &mut account.credits_posted,
+        }
+    }
+
+    /// Sets an account's flags (close, reopen, limits), keeping the hash in step.
+    pub(crate) fn account_flags_set(&mut self, slot: u32, flags: u16) {
+        let before = self.accounts[slot as usize].0;
+        assert!(self.chain.is_none(), "flag changes are not chained");
+        let mut after = before;
+        after.flags.0 = flags;
+        self.hash_sum =
+            self.hash_sum.wrapping_sub(Self::account_static_hash(&before)).wrapping_add(Self::account_static_hash(&after));
+        self.accounts[slot as usize].0 = after;
+    }
+
+    // ----- ledgers (currencies) -----
+
+    /// The totals slot of a ledger code, registering it if new; None when `ledgers_max` are in use.
+    pub(crate) fn ledger_slot_or_register(&mut self, ledger: u32) -> Option<u32> {
+        if let Some(slot) = self.ledger_slot(ledger) {
+            return Some(slot);
+        }
+        if self.ledgers.len() == self.config.ledgers_max as usize {
+            return None;
+        }
+        let slot = self.ledgers.len() as u32;
+        self.ledgers.push(LedgerTotals { ledger, ..LedgerTotals::default() });
+        self.ledger_index.insert(self.ledger_index.tag(u128::from(ledger)), slot);
+        Some(slot)
+    }
+
+    fn ledger_slot(&self, ledger: u32) -> Option<u32> {
+        let ledgers = &self.ledgers;
+        self.ledger_index.find(self.ledger_index.tag(u128::from(ledger)), |slot| ledgers[slot as usize].ledger == ledger)
+    }
+
+    fn totals_add(&mut self, ledger: u32, balance: Balance, amount: u128, subtract: bool) {
+        let slot = self.ledger_slot(ledger).expect("an account's ledger is registered");
+        self.undo_push(Undo::Totals { slot, before: self.ledgers[slot as usize] });
+        let totals = &mut self.ledgers[slot as usize];
+        let field = match balance {
+            Balance::DebitsPending => &mut totals.debits_pending,
+            Balance::DebitsPosted => &mut totals.debits_posted,
+            Balance::CreditsPending => &mut totals.credits_pending,
+            Balance::CreditsPosted => &mut totals.credits_posted,
+        };
+        *field = if subtract { field.wrapping_sub(amount) } else { field.wrapping_add(amount) };
+    }
+
+    // ----- the transfer ring (idempotency window) -----
+
+    #[inline(always)]
+    pub(crate) fn ring_slot(&self, position: u64) -> usize {
+        (position & u64::from(self.config.transfer_ring_size() - 1)) as usize
+    }
+
+    fn ring_record_hash(transfer: &Transfer, status: TransferStatus) -> u128 {
+        hash_words(&transfer.words(), SEED_RING ^ status as u64)
+    }
+
+    /// The ring slot of a remembered transfer.
+    pub(crate) fn ring_find(&self, tag: Tag, id: TransferId) -> Option<usize> {
+        let ring = &self.ring;
+        self.transfer_index.find(tag, |slot| ring[slot as usize].0.id == id).map(|slot| slot as usize)
+    }
+
+    /// Remembers a transfer; returns its ring position.
+    pub(crate) fn ring_push(&mut self, tag: Tag, transfer: &Transfer, status: TransferStatus) -> u64 {
+        assert!(self.ring_tail - self.ring_head < u64::from(self.config.transfer_ring_size()), "ring full");
+        assert!(transfer.timestamp != 0);
+        let position = self.ring_tail;
+        let slot = self.ring_slot(position);
+        let hash = Self::ring_record_hash(transfer, status);
+        self.ring[slot].0 = *transfer;
+        self.ring_status[slot] = status;
+        self.ring_hash[slot] = hash;
+        self.ring_tail += 1;
+        self.transfer_index.insert(tag, slot as u32);
+        self.hash_sum = self.hash_sum.wrapping_add(hash);
+        position
+    }
+
+    /// Changes the status of a remembered transfer, if it is still in the window.
+    pub(crate) fn ring_status_set(&mut self, position: u64, status: TransferStatus) {
+        if position < self.ring_head {
+            return;
+        }
+        assert!(position < self.ring_tail);
+        let slot = self.ring_slot(position);
+        let before_hash = self.ring_hash[slot];
+        self.undo_push(Undo::RingStatus { position, before: self.ring_status[slot], before_hash });
+        let hash = Self::ring_record_hash(&self.ring[slot].0, status);
+        self.ring_status[slot] = status;
+        self.ring_hash[slot] = hash;
+        self.hash_sum = self.hash_sum.wrapping_sub(before_hash).wrapping_add(hash);
+    }
+
+    /// Forgets the oldest transfers until at most `transfers_max` remain, raising the horizon
+    /// past each forgotten id so that a resubmission of it is refused, never applied twice.
+    pub(crate) fn ring_evict(&mut self) {
+        let window = u64::from(self.config.transfers_max);
+        let evict_count = (self.ring_tail - self.ring_head).saturating_sub(window);
+        let distance = LOOKAHEAD as u64 * 2;
+        for ahead in 0..evict_count.min(distance) {
+            self.ring_prefetch_index(self.ring_head + ahead);
+        }
+        for evicted in 0..evict_count {
+            if evicted + distance < evict_count {
+                self.ring_prefetch_index(self.ring_head + distance);
+            }
+            let slot = self.ring_slot(self.ring_head);
+            let id = self.ring[slot].0.id;
+            self.transfer_index.remove(self.transfer_index.tag(id.0), slot as u32);
+            self.hash_sum = self.hash_sum.wrapping_sub(self.ring_hash[slot]);
+            self.horizon_ms = self.horizon_ms.max(id.time_ms() + 1);
+            self.ring_head += 1;
+        }
+        assert!(self.ring_tail - self.ring_head <= window);
+    }
+
+    fn ring_prefetch_index(&self, position: u64) {
+        let slot = self.ring_slot(position);
+        self.transfer_index.prefetch(self.transfer_index.tag(self.ring[slot].0.id.0));
+    }
+
+    // ----- pending transfers -----
+
+    fn pending_hash(entry: &PendingEntry) -> u128 {
+        hash_words(&entry.transfer.words(), SEED_PENDING)
+    }
+
+    pub(crate) fn pending_insert(&mut self, transfer: &Transfer, debit_slot: u32, credit_slot: u32, expires_at_ns: u64, ring_position: u64) {
+        let slot = self.pending.insert(transfer, debit_slot, credit_slot, expires_at_ns, ring_position);
+        self.hash_sum = self.hash_sum.wrapping_add(Self::pending_hash(&self.pending.entries[slot as usize]));
+        self.undo_push(Undo::PendingInsert { slot });
+    }
+
+    /// Marks a hold posted, voided or expired; it closes now, or when its chain commits.
+    pub(crate) fn pending_resolve(&mut self, slot: u32, status: TransferStatus) {
+        let entry = &mut self.pending.entries[slot as usize];
+        assert_eq!(entry.status, TransferStatus::Pending, "a hold resolves once");
+        assert!(matches!(status, TransferStatus::PendingPosted | TransferStatus::PendingVoided | TransferStatus::PendingExpired));
+        entry.status = status;
+        let position = entry.ring_position;
+        self.ring_status_set(position, status);
+        if self.chain.is_some() {
+            self.undo_push(Undo::PendingResolve { slot });
+        } else {
+            self.pending_remove(slot);
+        }
+    }
+
+    fn pending_remove(&mut self, slot: u32) {
+        let hash = Self::pending_hash(&self.pending.entries[slot as usize]);
+        self.hash_sum = self.hash_sum.wrapping_sub(hash);
+        self.pending.remove(slot);
+    }
+
+    /// Expires, in (expires_at, id) order, every hold whose timeout is at or before `timestamp_ns`.
+    fn expire_until(&mut self, timestamp_ns: u64, output: &mut Output) {
+        while let Some((expires_at_ns, slot)) = self.pending.expiry_next() {
+            if expires_at_ns > timestamp_ns {
+                break;
+            }
+            let entry = self.pending.entries[slot as usize];
+            assert!(expires_at_ns > entry.transfer.timestamp);
+            self.balance_sub(entry.debit_slot, Balance::DebitsPending, entry.transfer.amount);
+            self.balance_sub(entry.credit_slot, Balance::CreditsPending, entry.transfer.amount);
+            self.pending_resolve(slot, TransferStatus::PendingExpired);
+            output.expired_count += 1;
+        }
+    }
+
+    // ----- limits -----
+
+    pub(crate) fn limits_update(&mut self, slot: u32, update: impl FnOnce(&mut LimitsEntry)) {
+        let before = self.limits[slot as usize];
+        self.undo_push(Undo::Limits { slot, before });
+        let mut after = before;
+        update(&mut after);
+        self.hash_sum = self.hash_sum.wrapping_sub(before.hash()).wrapping_add(after.hash());
+        self.limits[slot as usize] = after;
+    }
+
+    pub(crate) fn limits_push(&mut self, entry: LimitsEntry) -> u32 {
+        assert!(self.limits.len() < self.config.limits_max as usize);
+        let slot = self.limits.len() as u32;
+        self.hash_sum = self.hash_sum.wrapping_add(entry.hash());
+        self.limits.push(entry);
+        slot
+    }
+
+    /// (day, month) of a timestamp, cached across the events of a batch.
+    pub(crate) fn calendar_period(&mut self, timestamp_ns: u64) -> (u32, u32) {
+        let day = crate::calendar::day_of(timestamp_ns);
+        if self.calendar.0 != day {
+            self.calendar = (day, crate::calendar::month_of_day(day));
+        }
+        self.calendar
+    }
+
+    // ----- the state hash and the invariants -----
+
+    /// A 128-bit digest of the whole state, in O(1): the wrapping sum of every record's hash
+    /// (accounts, remembered transfers with their status, open holds, limits with usage), kept
+    /// up to date event by event, folded with the scalars (window bounds, horizon, clock,
+    /// counts). Two ledgers with equal digests hold the same state; `state_hash_recompute`
+    /// derives it from scratch for snapshots and tests.
+    pub fn state_hash(&self) -> u128 {
+        self.state_digest(self.hash_sum)
+    }
+
+    fn state_digest(&self, hash_sum: u128) -> u128 {
+        let words = [
+            hash_sum as u64,
+            (hash_sum >> 64) as u64,
+            self.ring_head,
+            self.ring_tail,
+            self.horizon_ms,
+            self.timestamp_last,
+            u64::from(self.accounts_count()),
+            u64::from(self.pending.count()),
+            self.limits.len() as u64,
+        ];
+        hash_words(&words, SEED_DIGEST)
+    }
+
+    /// The state hash computed from every record: O(n).
+    pub fn state_hash_recompute(&self) -> u128 {
+        let mut sum = 0u128;
+        for line in &self.accounts {
+            let account = &line.0;
+            sum = sum.wrapping_add(Self::account_static_hash(account));
+            for (balance, amount) in [
+                (Balance::DebitsPending, account.debits_pending),
+                (Balance::DebitsPosted, account.debits_posted),
+                (Balance::CreditsPending, account.credits_pending),
+                (Balance::CreditsPosted, account.credits_posted),
+            ] {
+                sum = sum.wrapping_add(self.balance_weight(account.id, balance).wrapping_mul(amount.0));
+            }
+        }
+        for position in self.ring_head..self.ring_tail {
+            let slot = self.ring_slot(position);
+            let hash = Self::ring_record_hash(&self.ring[slot].0, self.ring_status[slot]);
+            assert_eq!(hash, self.ring_hash[slot], "ring hash of position {position}");
+            sum = sum.wrapping_add(hash);
+        }
+        for slot in self.pending.slots() {
+            sum = sum.wrapping_add(Self::pending_hash(&self.pending.entries[slot as usize]));
+        }
+        for (slot, entry) in self.limits.iter().enumerate() {
+            assert_eq!(self.account_limits[entry.account_slot as usize], slot as u32, "limits back-pointer");
+            sum = sum.wrapping_add(entry.hash());
+        }
+        self.state_digest(sum)
+    }
+
+    /// O(ledgers), after every batch: Σ debits = Σ credits per ledger, posted and pending.
+    fn verify_totals(&self) {
+        for totals in &self.ledgers {
+            assert_eq!(totals.debits_posted, totals.credits_posted, "ledger {}: posted debits != credits", totals.ledger);
+            assert_eq!(totals.debits_pending, totals.credits_pending, "ledger {}: pending debits != credits", totals.ledger);
+        }
+    }
+
+    /// O(n): every invariant, checked by scanning. Tests, the simulator and snapshots call it.
+    pub fn verify(&self) {
+        self.verify_totals();
+        let mut sums: Vec<LedgerTotals> = self.ledgers.iter().map(|t| LedgerTotals { ledger: t.ledger, ..Default::default() }).collect();
+        let mut holds_debit = vec![0u128; self.accounts.len()];
+        let mut holds_credit = vec![0u128; self.accounts.len()];
+        for slot in self.pending.slots() {
+            let entry = &self.pending.entries[slot as usize];
+            assert_eq!(entry.status, TransferStatus::Pending, "a resolved hold outlived its chain");
+            holds_debit[entry.debit_slot as usize] += entry.transfer.amount.0;
+            holds_credit[entry.credit_slot as usize] += entry.transfer.amount.0;
+        }
+        for (slot, line) in self.accounts.iter().enumerate() {
+            let account = &line.0;
+            assert_eq!(self.account_find(self.account_index.tag(account.id.0), account.id), Some(slot as u32));
+            assert_eq!(account.debits_pending.0, holds_debit[slot], "account {:#x}: debits_pending != its holds", account.id.0);
+            assert_eq!(account.credits_pending.0, holds_credit[slot], "account {:#x}: credits_pending != its holds", account.id.0);
+            let has_limits = self.account_limits[slot] != NONE && self.limits[self.account_limits[slot] as usize].limits.flags.0 != 0;
+            assert_eq!(account.flags.contains(crate::types::AccountFlags::LIMITS), has_limits, "limits flag");
+            let totals = sums.iter_mut().find(|t| t.ledger == account.ledger).expect("account ledger registered");
+            totals.debits_pending = totals.debits_pending.wrapping_add(account.debits_pending.0);
+            totals.debits_posted = totals.debits_posted.wrapping_add(account.debits_posted.0);
+            totals.credits_pending = totals.credits_pending.wrapping_add(account.credits_pending.0);
+            totals.credits_posted = totals.credits_posted.wrapping_add(account.credits_posted.0);
+        }
+        assert_eq!(sums, self.ledgers, "running totals != sums over accounts");
+        assert_eq!(self.account_index.count(), self.accounts_count());
+        assert_eq!(u64::from(self.transfer_index.count()), self.ring_tail - self.ring_head);
+        for position in self.ring_head..self.ring_tail {
+            let slot = self.ring_slot(position);
+            let id = self.ring[slot].0.id;
+            assert_eq!(self.ring_find(self.transfer_index.tag(id.0), id), Some(slot));
+        }
+        self.pending.verify();
+        assert_eq!(self.state_hash_recompute(), self.state_hash(), "incremental state hash != recomputed");
+    }
+}
+
+/// Bytes of memory the state occupies, by table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryBytes {
+    pub accounts: u64,
+    pub transfers: u64,
+    pub pending: u64,
+    pub limits: u64,
+}

@@ -1,0 +1,311 @@
+//! The ledger's records: accounts, transfers and account limits, each a fixed 128-byte
+//! `#[repr(C)]` layout so that the wire, the journal and the in-memory tables hold the same bytes
+//! and a snapshot is a copy of flat arrays. Layouts are asserted at compile time; the byte offsets
+//! are written next to each field and in ARCHITECTURE.md.
+//!
+//! Money is `Amount` (an unsigned integer of minor units, never a float); ids are `u128` newtypes.
+
+use core::mem::{align_of, size_of};
+
+/// An account id, chosen by the client. Zero and `u128::MAX` are reserved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct AccountId(pub u128);
+
+/// A transfer id, chosen by the client: it is the idempotency key. Its top 48 bits are the
+/// client's creation time in milliseconds since the Unix epoch (the ULID layout), which is what
+/// lets the engine refuse an id it can no longer check instead of applying it twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct TransferId(pub u128);
+
+impl TransferId {
+    /// Bits below the embedded millisecond timestamp.
+    pub const TIME_SHIFT: u32 = 80;
+
+    /// An id carrying `time_ms` in its top 48 bits and `low` (only its low 80 bits) below.
+    pub fn from_parts(time_ms: u64, low: u128) -> TransferId {
+        assert!(time_ms < (1 << 48), "time_ms does not fit in 48 bits");
+        TransferId((u128::from(time_ms) << Self::TIME_SHIFT) | (low & ((1u128 << Self::TIME_SHIFT) - 1)))
+    }
+
+    /// The creation time the client embedded, in milliseconds since the Unix epoch.
+    pub fn time_ms(self) -> u64 {
+        (self.0 >> Self::TIME_SHIFT) as u64
+    }
+}
+
+/// Money in minor units of the ledger's currency (cents, satoshis, …).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Amount(pub u128);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    pub fn checked_add(self, other: Amount) -> Option<Amount> {
+        self.0.checked_add(other.0).map(Amount)
+    }
+
+    pub fn checked_sub(self, other: Amount) -> Option<Amount> {
+        self.0.checked_sub(other.0).map(Amount)
+    }
+}
+
+/// Account flags (a `u16` on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct AccountFlags(pub u16);
+
+impl AccountFlags {
+    /// This event and the next one succeed or fail together.
+    pub const LINKED: u16 = 1 << 0;
+    /// debits_pending + debits_posted must not exceed credits_posted (a wallet: no overdraft).
+    pub const DEBITS_MUST_NOT_EXCEED_CREDITS: u16 = 1 << 1;
+    /// credits_pending + credits_posted must not exceed debits_posted.
+    pub const CREDITS_MUST_NOT_EXCEED_DEBITS: u16 = 1 << 2;
+    /// Set by the engine (close_accounts): new transfers touching the account are refused.
+    pub const CLOSED: u16 = 1 << 3;
+    /// Set by the engine (set_account_limits): the account has run-time limits to check.
+    pub const LIMITS: u16 = 1 << 4;
+    /// Flags a client may set when creating an account.
+    pub const CLIENT_MASK: u16 =
+        Self::LINKED | Self::DEBITS_MUST_NOT_EXCEED_CREDITS | Self::CREDITS_MUST_NOT_EXCEED_DEBITS;
+    /// Flags that are part of the account's identity (compared on resubmission).
+    pub const STORED_MASK: u16 = Self::DEBITS_MUST_NOT_EXCEED_CREDITS | Self::CREDITS_MUST_NOT_EXCEED_DEBITS;
+
+    pub fn contains(self, flag: u16) -> bool {
+        self.0 & flag == flag
+    }
+}
+
+/// Transfer flags (a `u16` on the wire).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct TransferFlags(pub u16);
+
+impl TransferFlags {
+    /// This event and the next one succeed or fail together.
+    pub const LINKED: u16 = 1 << 0;
+    /// Reserve the amount (debits_pending/credits_pending) until post, void or timeout.
+    pub const PENDING: u16 = 1 << 1;
+    /// Post (fully or partly) the pending transfer named by `pending_id`.
+    pub const POST_PENDING: u16 = 1 << 2;
+    /// Void the pending transfer named by `pending_id`.
+    pub const VOID_PENDING: u16 = 1 << 3;
+    pub const MASK: u16 = Self::LINKED | Self::PENDING | Self::POST_PENDING | Self::VOID_PENDING;
+
+    pub fn contains(self, flag: u16) -> bool {
+        self.0 & flag == flag
+    }
+}
+
+/// An account. Balances are owned by the engine: a client creates an account with them zero.
+///
+/// ```text
+/// offset size field
+///      0   16 id
+///     16   16 debits_pending
+///     32   16 debits_posted
+///     48   16 credits_pending
+///     64   16 credits_posted
+///     80   16 user_data_128
+///     96    8 user_data_64
+///    104    4 user_data_32
+///    108    4 reserved (zero)
+///    112    4 ledger
+///    116    2 code
+///    118    2 flags
+///    120    8 timestamp (ns, assigned by the engine at creation)
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct Account {
+    pub id: AccountId,
+    pub debits_pending: Amount,
+    pub debits_posted: Amount,
+    pub credits_pending: Amount,
+    pub credits_posted: Amount,
+    pub user_data_128: u128,
+    pub user_data_64: u64,
+    pub user_data_32: u32,
+    pub reserved: u32,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: AccountFlags,
+    pub timestamp: u64,
+}
+
+/// A transfer. For post and void, zero-valued account ids, ledger and code inherit the pending
+/// transfer's, and amount zero means "the full pending amount"; the stored record has them
+/// resolved.
+///
+/// ```text
+/// offset size field
+///      0   16 id (top 48 bits: client creation time in ms)
+///     16   16 debit_account_id
+///     32   16 credit_account_id
+///     48   16 amount
+///     64   16 pending_id (post/void: the pending transfer's id)
+///     80   16 user_data_128
+///     96    8 user_data_64
+///    104    4 user_data_32
+///    108    4 timeout_s (pending only: seconds until it expires, 0 = never)
+///    112    4 ledger
+///    116    2 code
+///    118    2 flags
+///    120    8 timestamp (ns, assigned by the engine)
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct Transfer {
+    pub id: TransferId,
+    pub debit_account_id: AccountId,
+    pub credit_account_id: AccountId,
+    pub amount: Amount,
+    pub pending_id: TransferId,
+    pub user_data_128: u128,
+    pub user_data_64: u64,
+    pub user_data_32: u32,
+    pub timeout_s: u32,
+    pub ledger: u32,
+    pub code: u16,
+    pub flags: TransferFlags,
+    pub timestamp: u64,
+}
+
+/// Which limits of an `AccountLimits` record are in force (a `u32`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(transparent)]
+pub struct LimitFlags(pub u32);
+
+impl LimitFlags {
+    /// debits_pending + debits_posted may exceed credits_posted by at most `overdraft_max`.
+    pub const OVERDRAFT: u32 = 1 << 0;
+    /// credits_pending + credits_posted − debits_posted must not exceed `balance_max`.
+    pub const BALANCE_MAX: u32 = 1 << 1;
+    pub const DAILY_DEBIT_AMOUNT: u32 = 1 << 2;
+    pub const DAILY_DEBIT_COUNT: u32 = 1 << 3;
+    pub const MONTHLY_DEBIT_AMOUNT: u32 = 1 << 4;
+    pub const MONTHLY_DEBIT_COUNT: u32 = 1 << 5;
+    pub const MASK: u32 = (1 << 6) - 1;
+
+    pub fn contains(self, flag: u32) -> bool {
+        self.0 & flag == flag
+    }
+}
+
+/// Run-time limits of one account, set with `set_account_limits` and read back with
+/// `lookup_balances`. Days and months are UTC calendar periods of the engine's timestamps.
+///
+/// ```text
+/// offset size field
+///      0   16 account_id
+///     16   16 overdraft_max
+///     32   16 balance_max
+///     48   16 daily_debit_amount_max
+///     64   16 monthly_debit_amount_max
+///     80    4 daily_debit_count_max
+///     84    4 monthly_debit_count_max
+///     88    4 flags (LimitFlags; 0 removes every limit)
+///     92   28 reserved (zero)
+///    120    8 timestamp (ns, assigned by the engine when the limits were set)
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct AccountLimits {
+    pub account_id: AccountId,
+    pub overdraft_max: Amount,
+    pub balance_max: Amount,
+    pub daily_debit_amount_max: Amount,
+    pub monthly_debit_amount_max: Amount,
+    pub daily_debit_count_max: u32,
+    pub monthly_debit_count_max: u32,
+    pub flags: LimitFlags,
+    pub reserved: [u8; 28],
+    pub timestamp: u64,
+}
+
+/// What became of a remembered transfer (reported by `lookup_transfers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum TransferStatus {
+    /// A single-phase transfer, or a post of a pending one: money moved.
+    #[default]
+    Posted = 1,
+    /// A void of a pending transfer.
+    Voided = 2,
+    /// A pending transfer still holding its reservation.
+    Pending = 3,
+    /// A pending transfer that a later transfer posted (fully or partly).
+    PendingPosted = 4,
+    /// A pending transfer that a later transfer voided.
+    PendingVoided = 5,
+    /// A pending transfer whose timeout passed; its reservation was released.
+    PendingExpired = 6,
+}
+
+const _: () = assert!(size_of::<Account>() == 128);
+const _: () = assert!(size_of::<Transfer>() == 128);
+const _: () = assert!(size_of::<AccountLimits>() == 128);
+const _: () = assert!(align_of::<Account>() == 16);
+const _: () = assert!(core::mem::offset_of!(Account, ledger) == 112);
+const _: () = assert!(core::mem::offset_of!(Account, timestamp) == 120);
+const _: () = assert!(core::mem::offset_of!(Transfer, timeout_s) == 108);
+const _: () = assert!(core::mem::offset_of!(Transfer, timestamp) == 120);
+const _: () = assert!(core::mem::offset_of!(AccountLimits, flags) == 88);
+const _: () = assert!(core::mem::offset_of!(AccountLimits, timestamp) == 120);
+
+/// A record as sixteen little-endian `u64` words: the input of the state hash, independent of
+/// the host's byte order.
+pub(crate) trait Words {
+    fn words(&self) -> [u64; 16];
+}
+
+fn split(value: u128) -> [u64; 2] {
+    [value as u64, (value >> 64) as u64]
+}
+
+impl Words for Account {
+    fn words(&self) -> [u64; 16] {
+        let [id0, id1] = split(self.id.0);
+        let [dp0, dp1] = split(self.debits_pending.0);
+        let [do0, do1] = split(self.debits_posted.0);
+        let [cp0, cp1] = split(self.credits_pending.0);
+        let [co0, co1] = split(self.credits_posted.0);
+        let [u0, u1] = split(self.user_data_128);
+        let small = u64::from(self.user_data_32) | (u64::from(self.reserved) << 32);
+        let tail = u64::from(self.ledger) | (u64::from(self.code) << 32) | (u64::from(self.flags.0) << 48);
+        [id0, id1, dp0, dp1, do0, do1, cp0, cp1, co0, co1, u0, u1, self.user_data_64, small, tail, self.timestamp]
+    }
+}
+
+impl Words for Transfer {
+    fn words(&self) -> [u64; 16] {
+        let [id0, id1] = split(self.id.0);
+        let [d0, d1] = split(self.debit_account_id.0);
+        let [c0, c1] = split(self.credit_account_id.0);
+        let [a0, a1] = split(self.amount.0);
+        let [p0, p1] = split(self.pending_id.0);
+        let [u0, u1] = split(self.user_data_128);
+        let small = u64::from(self.user_data_32) | (u64::from(self.timeout_s) << 32);
+        let tail = u64::from(self.ledger) | (u64::from(self.code) << 32) | (u64::from(self.flags.0) << 48);
+        [id0, id1, d0, d1, c0, c1, a0, a1, p0, p1, u0, u1, self.user_data_64, small, tail, self.timestamp]
+    }
+}
+
+impl Words for AccountLimits {
+    fn words(&self) -> [u64; 16] {
+        let [id0, id1] = split(self.account_id.0);
+        let [o0, o1] = split(self.overdraft_max.0);
+        let [b0, b1] = split(self.balance_max.0);
+        let [d0, d1] = split(self.daily_debit_amount_max.0);
+        let [m0, m1] = split(self.monthly_debit_amount_max.0);
+        let counts = u64::from(self.daily_debit_count_max) | (u64::from(self.monthly_debit_count_max) << 32);
+        let mut reserved = 0u64;
+        for byte in self.reserved {
+            reserved = reserved.rotate_left(8) ^ u64::from(byte);
+        }
+        [id0, id1, o0, o1, b0, b1, d0, d1, m0, m1, counts, u64::from(self.flags.0), reserved, 0, 0, self.timestamp]
+    }
+}
