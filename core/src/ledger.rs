@@ -164,6 +164,8 @@ pub struct Ledger {
     // Scratch, not state:
     pub(crate) undo: Vec<Undo>,
     pub(crate) chain: Option<ChainMark>,
+    /// Holds resolved inside the open chain, not yet removed from the table.
+    pub(crate) pending_resolved_in_chain: u32,
     pub(crate) lookahead: Vec<Lookahead>,
     /// (day, month) of the last calendar lookup.
     pub(crate) calendar: (u32, u32),
@@ -194,7 +196,7 @@ impl Ledger {
             ring_tail: 0,
             transfer_index: Index::new(ring_size as u32, seed ^ 0x7a),
             horizon_ms: 0,
-            pending: PendingTable::new(config.pending_max, config.accounts_max, seed),
+            pending: PendingTable::new(config.pending_max + config.batch_events_max, config.accounts_max, seed),
             ledgers: Vec::with_capacity(config.ledgers_max as usize),
             ledger_index: Index::new(config.ledgers_max, seed ^ 0x1e),
             timestamp_last: 0,
@@ -203,6 +205,7 @@ impl Ledger {
             // and a pending entry per event.
             undo: Vec::with_capacity(batch * 8),
             chain: None,
+            pending_resolved_in_chain: 0,
             lookahead: vec![Lookahead::default(); batch],
             calendar: (u32::MAX, 0),
             config,
@@ -236,8 +239,13 @@ impl Ledger {
         self.ring_tail
     }
 
+    /// Open holds.
     pub fn pending_count(&self) -> u32 {
-        self.pending.count()
+        self.pending.count() - self.pending_resolved_in_chain
+    }
+
+    pub(crate) fn pending_is_full(&self) -> bool {
+        self.pending_count() >= self.config.pending_max
     }
 
     pub fn horizon_ms(&self) -> u64 {
@@ -337,6 +345,7 @@ impl Ledger {
                     self.chain_commit();
                 }
                 chain_start = None;
+                chain_failed = false;
             }
         }
         if chain_start.is_some() {
@@ -365,6 +374,7 @@ impl Ledger {
             }
         }
         self.undo.clear();
+        self.pending_resolved_in_chain = 0;
     }
 
     fn chain_rollback(&mut self) {
@@ -396,6 +406,7 @@ impl Ledger {
         }
         self.hash_sum = mark.hash_sum;
         self.undo.truncate(mark.undo_len);
+        self.pending_resolved_in_chain = 0;
     }
 
     pub(crate) fn undo_push(&mut self, undo: Undo) {
@@ -603,6 +614,7 @@ impl Ledger {
         self.ring_status_set(position, status);
         if self.chain.is_some() {
             self.undo_push(Undo::PendingResolve { slot });
+            self.pending_resolved_in_chain += 1;
         } else {
             self.pending_remove(slot);
         }

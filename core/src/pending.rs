@@ -66,12 +66,14 @@ pub(crate) struct PendingTable {
 }
 
 impl PendingTable {
-    pub fn new(pending_max: u32, accounts_max: u32, seed: u64) -> PendingTable {
+    /// `capacity` is the ledger's `pending_max` plus one batch: a hold resolved inside a linked
+    /// chain keeps its entry until the chain commits, but no longer counts as open.
+    pub fn new(capacity: u32, accounts_max: u32, seed: u64) -> PendingTable {
         PendingTable {
-            entries: vec![PendingEntry::default(); pending_max as usize],
-            free: (0..pending_max).rev().collect(),
-            index: Index::new(pending_max, seed ^ 0x70e4_d1d6),
-            heap: Vec::with_capacity(pending_max as usize),
+            entries: vec![PendingEntry::default(); capacity as usize],
+            free: (0..capacity).rev().collect(),
+            index: Index::new(capacity, seed ^ 0x70e4_d1d6),
+            heap: Vec::with_capacity(capacity as usize),
             debit_heads: vec![NONE; accounts_max as usize],
             credit_heads: vec![NONE; accounts_max as usize],
             count: 0,
@@ -82,9 +84,6 @@ impl PendingTable {
         self.count
     }
 
-    pub fn is_full(&self) -> bool {
-        self.free.is_empty()
-    }
 
     pub fn size_bytes(&self) -> u64 {
         let entries = self.entries.len() * core::mem::size_of::<PendingEntry>();
@@ -98,11 +97,11 @@ impl PendingTable {
         self.index.find(self.index.tag(id), |slot| entries[slot as usize].transfer.id.0 == id)
     }
 
-    /// Opens a hold. The caller checked `!is_full()` and that the id is new.
+    /// Opens a hold. The caller checked the ledger's limit and that the id is new.
     pub fn insert(&mut self, transfer: &Transfer, debit_slot: u32, credit_slot: u32, expires_at_ns: u64, ring_position: u64) -> u32 {
         assert!(transfer.flags.contains(crate::types::TransferFlags::PENDING));
         assert!(debit_slot != credit_slot);
-        let slot = self.free.pop().expect("pending table full: caller must check is_full");
+        let slot = self.free.pop().expect("pending table full: the ledger enforces pending_max below its capacity");
         self.entries[slot as usize] = PendingEntry {
             transfer: *transfer,
             expires_at_ns,

@@ -126,7 +126,7 @@ impl Ledger {
         if credit.flags.contains(AccountFlags::CLOSED) {
             return R::CreditAccountClosed;
         }
-        if pending && self.pending.is_full() {
+        if pending && self.pending_is_full() {
             return R::PendingTransfersFull;
         }
         let expires_at_ns = match (pending, transfer.timeout_s) {

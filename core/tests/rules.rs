@@ -278,6 +278,13 @@ fn book_linked(h: &mut Harness, seen: &mut Seen) {
         &[T::LinkedEventFailed, T::ExceedsCredits],
     );
     assert_eq!((h.balances(A), h.balances(B)), before, "the chain left no trace");
+    row(
+        h,
+        seen,
+        "a failed chain, then an unrelated transfer in the same batch",
+        &[linked(transfer(ms, 97, B, A, 1)), transfer(ms, 98, A, B, 1_000_000), transfer(ms, 99, B, A, 1)],
+        &[T::LinkedEventFailed, T::ExceedsCredits, T::Ok],
+    );
     row(h, seen, "a chain left open at the end of the batch", &[linked(transfer(ms, 92, B, A, 1))], &[T::LinkedEventChainOpen]);
     row(
         h,

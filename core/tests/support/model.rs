@@ -92,6 +92,7 @@ impl Model {
             codes[index] = code;
             if chain.is_some() && !linked {
                 chain = None;
+                failed = false;
             }
         }
         codes
