@@ -2,7 +2,7 @@
 //! the three reads (accounts, transfers, consistent balances with their open holds). Also the
 //! limit checks that a transfer makes against a limited account.
 
-use crate::ledger::{LimitsEntry, Ledger};
+use crate::ledger::{Ledger, LimitsEntry};
 use crate::output::{BalanceRead, DebitUsage, Output, TransferRecord};
 use crate::pending::{Side, NONE};
 use crate::results::{AccountStateResult, CreateAccountResult, CreateTransferResult, SetLimitsResult};
@@ -35,7 +35,10 @@ impl Ledger {
         if account.id.0 == u128::MAX {
             return R::IdMustNotBeIntMax;
         }
-        if account.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) {
+        if account
+            .flags
+            .contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS)
+        {
             return R::FlagsAreMutuallyExclusive;
         }
         let balances = [
@@ -132,7 +135,8 @@ impl Ledger {
         if limits.account_id.0 == u128::MAX {
             return R::AccountIdMustNotBeIntMax;
         }
-        let Some(account_slot) = self.account_find(self.account_index.tag(limits.account_id.0), limits.account_id) else {
+        let Some(account_slot) = self.account_find(self.account_index.tag(limits.account_id.0), limits.account_id)
+        else {
             return R::AccountNotFound;
         };
         let stored = AccountLimits { timestamp: timestamp_ns, ..*limits };
@@ -151,7 +155,12 @@ impl Ledger {
     }
 
     /// The debit-side limits of a limited account for a new debit of `amount`.
-    pub(crate) fn limits_check_debit(&mut self, account_slot: u32, amount: Amount, timestamp_ns: u64) -> CreateTransferResult {
+    pub(crate) fn limits_check_debit(
+        &mut self,
+        account_slot: u32,
+        amount: Amount,
+        timestamp_ns: u64,
+    ) -> CreateTransferResult {
         use CreateTransferResult as R;
         let entry = self.limits[self.account_limits[account_slot as usize] as usize];
         let (limits, usage) = (entry.limits, entry.usage);
@@ -167,10 +176,26 @@ impl Ledger {
         let (month_amount, month_count) =
             if usage.month == month { (usage.month_amount.0, usage.month_count) } else { (0, 0) };
         let checks = [
-            (LimitFlags::DAILY_DEBIT_AMOUNT, exceeds(day_amount, amount.0, limits.daily_debit_amount_max.0), R::DailyDebitAmountExceeded),
-            (LimitFlags::DAILY_DEBIT_COUNT, exceeds(day_count.into(), 1, limits.daily_debit_count_max.into()), R::DailyDebitCountExceeded),
-            (LimitFlags::MONTHLY_DEBIT_AMOUNT, exceeds(month_amount, amount.0, limits.monthly_debit_amount_max.0), R::MonthlyDebitAmountExceeded),
-            (LimitFlags::MONTHLY_DEBIT_COUNT, exceeds(month_count.into(), 1, limits.monthly_debit_count_max.into()), R::MonthlyDebitCountExceeded),
+            (
+                LimitFlags::DAILY_DEBIT_AMOUNT,
+                exceeds(day_amount, amount.0, limits.daily_debit_amount_max.0),
+                R::DailyDebitAmountExceeded,
+            ),
+            (
+                LimitFlags::DAILY_DEBIT_COUNT,
+                exceeds(day_count.into(), 1, limits.daily_debit_count_max.into()),
+                R::DailyDebitCountExceeded,
+            ),
+            (
+                LimitFlags::MONTHLY_DEBIT_AMOUNT,
+                exceeds(month_amount, amount.0, limits.monthly_debit_amount_max.0),
+                R::MonthlyDebitAmountExceeded,
+            ),
+            (
+                LimitFlags::MONTHLY_DEBIT_COUNT,
+                exceeds(month_count.into(), 1, limits.monthly_debit_count_max.into()),
+                R::MonthlyDebitCountExceeded,
+            ),
         ];
         match checks.iter().find(|(flag, exceeded, _)| limits.flags.contains(*flag) && *exceeded) {
             Some((_, _, code)) => *code,

@@ -52,10 +52,7 @@ impl Config {
             (self.pending_max == 0 || self.pending_max > 1 << 30, "pending_max must be in 1..=2^30"),
             (self.limits_max == 0 || self.limits_max > 1 << 30, "limits_max must be in 1..=2^30"),
             (self.ledgers_max == 0 || self.ledgers_max > 1 << 16, "ledgers_max must be in 1..=65536"),
-            (
-                self.batch_events_max == 0 || self.batch_events_max > 1 << 20,
-                "batch_events_max must be in 1..=2^20",
-            ),
+            (self.batch_events_max == 0 || self.batch_events_max > 1 << 20, "batch_events_max must be in 1..=2^20"),
         ];
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err(ConfigError(message));
@@ -63,7 +60,10 @@ impl Config {
         let ring_size = (u64::from(self.transfers_max) + u64::from(self.batch_events_max)).next_power_of_two();
         let transfers_max = ring_size - u64::from(self.batch_events_max);
         assert!(transfers_max >= u64::from(self.transfers_max));
-        Ok(Config { transfers_max: u32::try_from(transfers_max).map_err(|_| ConfigError("transfers_max too large"))?, ..self })
+        Ok(Config {
+            transfers_max: u32::try_from(transfers_max).map_err(|_| ConfigError("transfers_max too large"))?,
+            ..self
+        })
     }
 
     /// Slots of the transfer ring: the window plus room for one batch, a power of two.

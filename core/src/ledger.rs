@@ -8,7 +8,7 @@
 //! operation are in `accounts.rs` and `transfers.rs`.
 
 use crate::config::{Config, ConfigError};
-use crate::hash::{fold_mul, hash_words, id_hash};
+use crate::hash::{hash_record, hash_words, id_hash};
 use crate::index::{Index, Tag};
 use crate::output::{DebitUsage, Output};
 use crate::pending::{PendingEntry, PendingTable, NONE};
@@ -61,6 +61,13 @@ pub(crate) enum Balance {
     CreditsPosted = 3,
 }
 
+/// Whether an entry moves pending (reserved) or posted money.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Pending,
+    Posted,
+}
+
 /// Running totals of one ledger (currency). Wrapping sums: the invariant compares them with the
 /// sums over accounts, which wrap identically, so no amount can make the check overflow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,7 +102,7 @@ impl LimitsEntry {
             usage.month_amount.0 as u64,
             (usage.month_amount.0 >> 64) as u64,
         ];
-        hash_words(&self.limits.words(), SEED_LIMITS).wrapping_add(hash_words(&words, SEED_USAGE))
+        hash_record(&self.limits.words(), SEED_LIMITS).wrapping_add(hash_words(&words, SEED_USAGE))
     }
 }
 
@@ -114,6 +121,7 @@ pub(crate) enum Undo {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChainMark {
     hash_sum: u128,
+    balance_sums: [u128; 4],
     ring_tail: u64,
     accounts_count: u32,
     undo_len: usize,
@@ -125,6 +133,9 @@ pub(crate) struct Lookahead {
     pub id: u32,
     pub debit: u32,
     pub credit: u32,
+    /// Account slots the prefetch found by tag (NONE if none): a hint, confirmed by id.
+    pub debit_slot: u32,
+    pub credit_slot: u32,
 }
 
 const SEED_ACCOUNT: u64 = 0xacc0_0017;
@@ -134,8 +145,9 @@ const SEED_PENDING: u64 = 0x9e7d_1700;
 const SEED_LIMITS: u64 = 0x1171_7500;
 const SEED_USAGE: u64 = 0x05a6_e000;
 const SEED_DIGEST: u64 = 0xd16e_5700;
-/// Events ahead of the current one whose index entries (2×) and records (1×) are prefetched.
-const LOOKAHEAD: usize = 8;
+/// Evictions ahead of the current one whose index entries are prefetched: the eviction loop
+/// does little per entry, so it looks far ahead.
+const EVICT_PREFETCH_DISTANCE: u64 = 64;
 
 /// The ledger state machine.
 pub struct Ledger {
@@ -159,8 +171,15 @@ pub struct Ledger {
     pub(crate) ledger_index: Index,
     /// The timestamp of the last event applied (batches take `count` consecutive ones).
     pub(crate) timestamp_last: u64,
-    /// Wrapping sum of every record's hash contribution (see `state_hash`).
+    /// Wrapping sum of every record's hash (see `state_hash`); balances are kept apart.
     pub(crate) hash_sum: u128,
+    /// Per balance (debits_pending, debits_posted, credits_pending, credits_posted): the
+    /// wrapping sum over accounts of weight(id) × balance, updated with one multiply.
+    pub(crate) balance_sums: [u128; 4],
+    /// `transfer_ring_size() - 1`.
+    pub(crate) ring_mask: u64,
+    /// (ledger, totals slot) of the last lookup: most batches move one currency.
+    pub(crate) totals_cache: (u32, u32),
     // Scratch, not state:
     pub(crate) undo: Vec<Undo>,
     pub(crate) chain: Option<ChainMark>,
@@ -201,6 +220,9 @@ impl Ledger {
             ledger_index: Index::new(config.ledgers_max, seed ^ 0x1e),
             timestamp_last: 0,
             hash_sum: 0,
+            balance_sums: [0; 4],
+            ring_mask: u64::from(config.transfer_ring_size() - 1),
+            totals_cache: (0, NONE),
             // A chain touches at most: two accounts, two totals, two limits, a ring status
             // and a pending entry per event.
             undo: Vec::with_capacity(batch * 8),
@@ -359,6 +381,7 @@ impl Ledger {
         assert!(self.undo.is_empty());
         self.chain = Some(ChainMark {
             hash_sum: self.hash_sum,
+            balance_sums: self.balance_sums,
             ring_tail: self.ring_tail,
             accounts_count: self.accounts_count(),
             undo_len: self.undo.len(),
@@ -405,6 +428,7 @@ impl Ledger {
             self.account_index.remove(tag, self.accounts.len() as u32);
         }
         self.hash_sum = mark.hash_sum;
+        self.balance_sums = mark.balance_sums;
         self.undo.truncate(mark.undo_len);
         self.pending_resolved_in_chain = 0;
     }
@@ -418,6 +442,7 @@ impl Ledger {
 
     // ----- accounts and balances -----
 
+    #[inline]
     pub(crate) fn account_find(&self, tag: Tag, id: AccountId) -> Option<u32> {
         let accounts = &self.accounts;
         self.account_index.find(tag, |slot| accounts[slot as usize].0.id == id)
@@ -431,35 +456,74 @@ impl Ledger {
     pub(crate) fn account_static_hash(account: &Account) -> u128 {
         let mut words = account.words();
         words[2..10].fill(0);
-        hash_words(&words, SEED_ACCOUNT)
+        hash_record(&words, SEED_ACCOUNT)
     }
 
-    /// The weight of one balance of an account in the state hash (odd, so it is invertible).
+    /// The weight of an account's balances in the state hash: odd, so a change of any amount
+    /// changes the weighted sum.
     #[inline]
-    fn balance_weight(&self, id: AccountId, balance: Balance) -> u128 {
+    fn balance_weight(&self, id: AccountId) -> u128 {
         let base = id_hash(id.0, self.config.hash_seed ^ SEED_WEIGHT);
-        let k = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(balance as u64 + 1);
-        (u128::from(fold_mul(base, k | 1)) << 64) | u128::from(base ^ k) | 1
+        (u128::from(base) << 64) | u128::from(base.rotate_left(32)) | 1
     }
 
-    /// Adds `amount` to one balance. The caller has checked that it cannot overflow.
-    pub(crate) fn balance_add(&mut self, slot: u32, balance: Balance, amount: Amount) {
-        let before = self.accounts[slot as usize].0;
-        self.undo_push(Undo::Account { slot, before });
-        let field = Self::balance_field(&mut self.accounts[slot as usize].0, balance);
-        field.0 = field.0.checked_add(amount.0).expect("balance overflow: caller must check");
-        self.hash_sum = self.hash_sum.wrapping_add(self.balance_weight(before.id, balance).wrapping_mul(amount.0));
-        self.totals_add(before.ledger, balance, amount.0, false);
+    /// One double entry: `amount` onto (or, with `subtract`, off) the debit account's debits
+    /// and the credit account's credits, pending or posted, and the ledger's running totals.
+    /// The only way balances change, so every movement has both sides by construction. The
+    /// caller has checked that nothing overflows and passes the ledger's totals slot.
+    #[inline]
+    pub(crate) fn entry_apply(
+        &mut self,
+        debit_slot: u32,
+        credit_slot: u32,
+        phase: Phase,
+        amount: Amount,
+        totals_slot: u32,
+        subtract: bool,
+    ) {
+        assert!(debit_slot != credit_slot, "an entry needs two accounts");
+        if self.chain.is_some() {
+            let (debit, credit) = (self.accounts[debit_slot as usize].0, self.accounts[credit_slot as usize].0);
+            self.undo_push(Undo::Account { slot: debit_slot, before: debit });
+            self.undo_push(Undo::Account { slot: credit_slot, before: credit });
+            self.undo_push(Undo::Totals { slot: totals_slot, before: self.ledgers[totals_slot as usize] });
+        }
+        let (debit_balance, credit_balance) = match phase {
+            Phase::Pending => (Balance::DebitsPending, Balance::CreditsPending),
+            Phase::Posted => (Balance::DebitsPosted, Balance::CreditsPosted),
+        };
+        let ledger = self.ledgers[totals_slot as usize].ledger;
+        self.balance_change(debit_slot, debit_balance, amount, ledger, subtract);
+        self.balance_change(credit_slot, credit_balance, amount, ledger, subtract);
+        let totals = &mut self.ledgers[totals_slot as usize];
+        let (debits, credits) = match phase {
+            Phase::Pending => (&mut totals.debits_pending, &mut totals.credits_pending),
+            Phase::Posted => (&mut totals.debits_posted, &mut totals.credits_posted),
+        };
+        if subtract {
+            *debits = debits.wrapping_sub(amount.0);
+            *credits = credits.wrapping_sub(amount.0);
+        } else {
+            *debits = debits.wrapping_add(amount.0);
+            *credits = credits.wrapping_add(amount.0);
+        }
     }
 
-    /// Subtracts `amount` from one balance, which must hold at least that much.
-    pub(crate) fn balance_sub(&mut self, slot: u32, balance: Balance, amount: Amount) {
-        let before = self.accounts[slot as usize].0;
-        self.undo_push(Undo::Account { slot, before });
+    /// One side of an entry: the account's balance and its weighted sum in the state hash.
+    #[inline(always)]
+    fn balance_change(&mut self, slot: u32, balance: Balance, amount: Amount, ledger: u32, subtract: bool) {
+        let account = &self.accounts[slot as usize].0;
+        assert_eq!(account.ledger, ledger, "an entry across ledgers");
+        let weighted = self.balance_weight(account.id).wrapping_mul(amount.0);
         let field = Self::balance_field(&mut self.accounts[slot as usize].0, balance);
-        field.0 = field.0.checked_sub(amount.0).expect("balance underflow: a hold was released twice");
-        self.hash_sum = self.hash_sum.wrapping_sub(self.balance_weight(before.id, balance).wrapping_mul(amount.0));
-        self.totals_add(before.ledger, balance, amount.0, true);
+        let sum = &mut self.balance_sums[balance as usize];
+        if subtract {
+            field.0 = field.0.checked_sub(amount.0).expect("balance underflow: a hold was released twice");
+            *sum = sum.wrapping_sub(weighted);
+        } else {
+            field.0 = field.0.checked_add(amount.0).expect("balance overflow: caller must check");
+            *sum = sum.wrapping_add(weighted);
+        }
     }
 
     fn balance_field(account: &mut Account, balance: Balance) -> &mut Amount {
@@ -477,8 +541,10 @@ impl Ledger {
         assert!(self.chain.is_none(), "flag changes are not chained");
         let mut after = before;
         after.flags.0 = flags;
-        self.hash_sum =
-            self.hash_sum.wrapping_sub(Self::account_static_hash(&before)).wrapping_add(Self::account_static_hash(&after));
+        self.hash_sum = self
+            .hash_sum
+            .wrapping_sub(Self::account_static_hash(&before))
+            .wrapping_add(Self::account_static_hash(&after));
         self.accounts[slot as usize].0 = after;
     }
 
@@ -498,49 +564,58 @@ impl Ledger {
         Some(slot)
     }
 
-    fn ledger_slot(&self, ledger: u32) -> Option<u32> {
-        let ledgers = &self.ledgers;
-        self.ledger_index.find(self.ledger_index.tag(u128::from(ledger)), |slot| ledgers[slot as usize].ledger == ledger)
+    /// The totals slot of a ledger that an account uses (always registered). Slots never
+    /// move, so the one-entry cache cannot go stale.
+    #[inline]
+    pub(crate) fn totals_slot(&mut self, ledger: u32) -> u32 {
+        if self.totals_cache.0 == ledger && self.totals_cache.1 != NONE {
+            return self.totals_cache.1;
+        }
+        let slot = self.ledger_slot(ledger).expect("an account's ledger is registered");
+        self.totals_cache = (ledger, slot);
+        slot
     }
 
-    fn totals_add(&mut self, ledger: u32, balance: Balance, amount: u128, subtract: bool) {
-        let slot = self.ledger_slot(ledger).expect("an account's ledger is registered");
-        self.undo_push(Undo::Totals { slot, before: self.ledgers[slot as usize] });
-        let totals = &mut self.ledgers[slot as usize];
-        let field = match balance {
-            Balance::DebitsPending => &mut totals.debits_pending,
-            Balance::DebitsPosted => &mut totals.debits_posted,
-            Balance::CreditsPending => &mut totals.credits_pending,
-            Balance::CreditsPosted => &mut totals.credits_posted,
-        };
-        *field = if subtract { field.wrapping_sub(amount) } else { field.wrapping_add(amount) };
+    fn ledger_slot(&self, ledger: u32) -> Option<u32> {
+        let ledgers = &self.ledgers;
+        self.ledger_index
+            .find(self.ledger_index.tag(u128::from(ledger)), |slot| ledgers[slot as usize].ledger == ledger)
     }
 
     // ----- the transfer ring (idempotency window) -----
 
     #[inline(always)]
     pub(crate) fn ring_slot(&self, position: u64) -> usize {
-        (position & u64::from(self.config.transfer_ring_size() - 1)) as usize
+        (position & self.ring_mask) as usize
     }
 
     fn ring_record_hash(transfer: &Transfer, status: TransferStatus) -> u128 {
-        hash_words(&transfer.words(), SEED_RING ^ status as u64)
+        hash_record(&transfer.words(), SEED_RING ^ status as u64)
     }
 
     /// The ring slot of a remembered transfer.
+    #[inline]
     pub(crate) fn ring_find(&self, tag: Tag, id: TransferId) -> Option<usize> {
         let ring = &self.ring;
         self.transfer_index.find(tag, |slot| ring[slot as usize].0.id == id).map(|slot| slot as usize)
     }
 
-    /// Remembers a transfer; returns its ring position.
-    pub(crate) fn ring_push(&mut self, tag: Tag, transfer: &Transfer, status: TransferStatus) -> u64 {
-        assert!(self.ring_tail - self.ring_head < u64::from(self.config.transfer_ring_size()), "ring full");
-        assert!(transfer.timestamp != 0);
+    /// Remembers a transfer, stamped with `timestamp_ns`; returns its ring position.
+    pub(crate) fn ring_push(
+        &mut self,
+        tag: Tag,
+        transfer: &Transfer,
+        timestamp_ns: u64,
+        status: TransferStatus,
+    ) -> u64 {
+        assert!(self.ring_tail - self.ring_head <= self.ring_mask, "ring full");
+        assert!(timestamp_ns != 0);
         let position = self.ring_tail;
         let slot = self.ring_slot(position);
-        let hash = Self::ring_record_hash(transfer, status);
-        self.ring[slot].0 = *transfer;
+        let record = &mut self.ring[slot].0;
+        *record = *transfer;
+        record.timestamp = timestamp_ns;
+        let hash = Self::ring_record_hash(record, status);
         self.ring_status[slot] = status;
         self.ring_hash[slot] = hash;
         self.ring_tail += 1;
@@ -569,7 +644,7 @@ impl Ledger {
     pub(crate) fn ring_evict(&mut self) {
         let window = u64::from(self.config.transfers_max);
         let evict_count = (self.ring_tail - self.ring_head).saturating_sub(window);
-        let distance = LOOKAHEAD as u64 * 2;
+        let distance = EVICT_PREFETCH_DISTANCE;
         for ahead in 0..evict_count.min(distance) {
             self.ring_prefetch_index(self.ring_head + ahead);
         }
@@ -595,10 +670,17 @@ impl Ledger {
     // ----- pending transfers -----
 
     fn pending_hash(entry: &PendingEntry) -> u128 {
-        hash_words(&entry.transfer.words(), SEED_PENDING)
+        hash_record(&entry.transfer.words(), SEED_PENDING)
     }
 
-    pub(crate) fn pending_insert(&mut self, transfer: &Transfer, debit_slot: u32, credit_slot: u32, expires_at_ns: u64, ring_position: u64) {
+    pub(crate) fn pending_insert(
+        &mut self,
+        transfer: &Transfer,
+        debit_slot: u32,
+        credit_slot: u32,
+        expires_at_ns: u64,
+        ring_position: u64,
+    ) {
         let slot = self.pending.insert(transfer, debit_slot, credit_slot, expires_at_ns, ring_position);
         self.hash_sum = self.hash_sum.wrapping_add(Self::pending_hash(&self.pending.entries[slot as usize]));
         self.undo_push(Undo::PendingInsert { slot });
@@ -608,7 +690,10 @@ impl Ledger {
     pub(crate) fn pending_resolve(&mut self, slot: u32, status: TransferStatus) {
         let entry = &mut self.pending.entries[slot as usize];
         assert_eq!(entry.status, TransferStatus::Pending, "a hold resolves once");
-        assert!(matches!(status, TransferStatus::PendingPosted | TransferStatus::PendingVoided | TransferStatus::PendingExpired));
+        assert!(matches!(
+            status,
+            TransferStatus::PendingPosted | TransferStatus::PendingVoided | TransferStatus::PendingExpired
+        ));
         entry.status = status;
         let position = entry.ring_position;
         self.ring_status_set(position, status);
@@ -634,8 +719,15 @@ impl Ledger {
             }
             let entry = self.pending.entries[slot as usize];
             assert!(expires_at_ns > entry.transfer.timestamp);
-            self.balance_sub(entry.debit_slot, Balance::DebitsPending, entry.transfer.amount);
-            self.balance_sub(entry.credit_slot, Balance::CreditsPending, entry.transfer.amount);
+            let totals_slot = self.totals_slot(entry.transfer.ledger);
+            self.entry_apply(
+                entry.debit_slot,
+                entry.credit_slot,
+                Phase::Pending,
+                entry.transfer.amount,
+                totals_slot,
+                true,
+            );
             self.pending_resolve(slot, TransferStatus::PendingExpired);
             output.expired_count += 1;
         }
@@ -677,13 +769,22 @@ impl Ledger {
     /// counts). Two ledgers with equal digests hold the same state; `state_hash_recompute`
     /// derives it from scratch for snapshots and tests.
     pub fn state_hash(&self) -> u128 {
-        self.state_digest(self.hash_sum)
+        self.state_digest(self.hash_sum, self.balance_sums)
     }
 
-    fn state_digest(&self, hash_sum: u128) -> u128 {
+    fn state_digest(&self, hash_sum: u128, balance_sums: [u128; 4]) -> u128 {
+        let [dp, dpo, cp, cpo] = balance_sums;
         let words = [
             hash_sum as u64,
             (hash_sum >> 64) as u64,
+            dp as u64,
+            (dp >> 64) as u64,
+            dpo as u64,
+            (dpo >> 64) as u64,
+            cp as u64,
+            (cp >> 64) as u64,
+            cpo as u64,
+            (cpo >> 64) as u64,
             self.ring_head,
             self.ring_tail,
             self.horizon_ms,
@@ -698,16 +799,15 @@ impl Ledger {
     /// The state hash computed from every record: O(n).
     pub fn state_hash_recompute(&self) -> u128 {
         let mut sum = 0u128;
+        let mut balance_sums = [0u128; 4];
         for line in &self.accounts {
             let account = &line.0;
             sum = sum.wrapping_add(Self::account_static_hash(account));
-            for (balance, amount) in [
-                (Balance::DebitsPending, account.debits_pending),
-                (Balance::DebitsPosted, account.debits_posted),
-                (Balance::CreditsPending, account.credits_pending),
-                (Balance::CreditsPosted, account.credits_posted),
-            ] {
-                sum = sum.wrapping_add(self.balance_weight(account.id, balance).wrapping_mul(amount.0));
+            let weight = self.balance_weight(account.id);
+            let balances =
+                [account.debits_pending, account.debits_posted, account.credits_pending, account.credits_posted];
+            for (total, amount) in balance_sums.iter_mut().zip(balances) {
+                *total = total.wrapping_add(weight.wrapping_mul(amount.0));
             }
         }
         for position in self.ring_head..self.ring_tail {
@@ -723,21 +823,30 @@ impl Ledger {
             assert_eq!(self.account_limits[entry.account_slot as usize], slot as u32, "limits back-pointer");
             sum = sum.wrapping_add(entry.hash());
         }
-        self.state_digest(sum)
+        self.state_digest(sum, balance_sums)
     }
 
     /// O(ledgers), after every batch: Σ debits = Σ credits per ledger, posted and pending.
     fn verify_totals(&self) {
         for totals in &self.ledgers {
-            assert_eq!(totals.debits_posted, totals.credits_posted, "ledger {}: posted debits != credits", totals.ledger);
-            assert_eq!(totals.debits_pending, totals.credits_pending, "ledger {}: pending debits != credits", totals.ledger);
+            assert_eq!(
+                totals.debits_posted, totals.credits_posted,
+                "ledger {}: posted debits != credits",
+                totals.ledger
+            );
+            assert_eq!(
+                totals.debits_pending, totals.credits_pending,
+                "ledger {}: pending debits != credits",
+                totals.ledger
+            );
         }
     }
 
     /// O(n): every invariant, checked by scanning. Tests, the simulator and snapshots call it.
     pub fn verify(&self) {
         self.verify_totals();
-        let mut sums: Vec<LedgerTotals> = self.ledgers.iter().map(|t| LedgerTotals { ledger: t.ledger, ..Default::default() }).collect();
+        let mut sums: Vec<LedgerTotals> =
+            self.ledgers.iter().map(|t| LedgerTotals { ledger: t.ledger, ..Default::default() }).collect();
         let mut holds_debit = vec![0u128; self.accounts.len()];
         let mut holds_credit = vec![0u128; self.accounts.len()];
         for slot in self.pending.slots() {
@@ -749,9 +858,18 @@ impl Ledger {
         for (slot, line) in self.accounts.iter().enumerate() {
             let account = &line.0;
             assert_eq!(self.account_find(self.account_index.tag(account.id.0), account.id), Some(slot as u32));
-            assert_eq!(account.debits_pending.0, holds_debit[slot], "account {:#x}: debits_pending != its holds", account.id.0);
-            assert_eq!(account.credits_pending.0, holds_credit[slot], "account {:#x}: credits_pending != its holds", account.id.0);
-            let has_limits = self.account_limits[slot] != NONE && self.limits[self.account_limits[slot] as usize].limits.flags.0 != 0;
+            assert_eq!(
+                account.debits_pending.0, holds_debit[slot],
+                "account {:#x}: debits_pending != its holds",
+                account.id.0
+            );
+            assert_eq!(
+                account.credits_pending.0, holds_credit[slot],
+                "account {:#x}: credits_pending != its holds",
+                account.id.0
+            );
+            let has_limits = self.account_limits[slot] != NONE
+                && self.limits[self.account_limits[slot] as usize].limits.flags.0 != 0;
             assert_eq!(account.flags.contains(crate::types::AccountFlags::LIMITS), has_limits, "limits flag");
             let totals = sums.iter_mut().find(|t| t.ledger == account.ledger).expect("account ledger registered");
             totals.debits_pending = totals.debits_pending.wrapping_add(account.debits_pending.0);

@@ -84,7 +84,6 @@ impl PendingTable {
         self.count
     }
 
-
     pub fn size_bytes(&self) -> u64 {
         let entries = self.entries.len() * core::mem::size_of::<PendingEntry>();
         let lists = (self.debit_heads.len() + self.credit_heads.len() + self.free.capacity()) * 4;
@@ -98,7 +97,14 @@ impl PendingTable {
     }
 
     /// Opens a hold. The caller checked the ledger's limit and that the id is new.
-    pub fn insert(&mut self, transfer: &Transfer, debit_slot: u32, credit_slot: u32, expires_at_ns: u64, ring_position: u64) -> u32 {
+    pub fn insert(
+        &mut self,
+        transfer: &Transfer,
+        debit_slot: u32,
+        credit_slot: u32,
+        expires_at_ns: u64,
+        ring_position: u64,
+    ) -> u32 {
         assert!(transfer.flags.contains(crate::types::TransferFlags::PENDING));
         assert!(debit_slot != credit_slot);
         let slot = self.free.pop().expect("pending table full: the ledger enforces pending_max below its capacity");

@@ -7,11 +7,12 @@
 //! in cache. The lookahead is only a hint; the rules below do every lookup themselves.
 
 use crate::index::Tag;
-use crate::ledger::{Balance, Ledger, Lookahead};
+use crate::ledger::{Ledger, Lookahead, Phase};
 use crate::output::Output;
+use crate::pending::NONE;
 use crate::prefetch::prefetch_read;
 use crate::results::CreateTransferResult;
-use crate::types::{AccountFlags, Amount, Transfer, TransferFlags, TransferId, TransferStatus};
+use crate::types::{AccountFlags, AccountId, Amount, Transfer, TransferFlags, TransferId, TransferStatus};
 
 const LOOKAHEAD: usize = 8;
 const NS_PER_MS: u64 = 1_000_000;
@@ -25,6 +26,8 @@ impl Ledger {
                 id: self.transfer_index.tag(transfer.id.0).0,
                 debit: self.account_index.tag(transfer.debit_account_id.0).0,
                 credit: self.account_index.tag(transfer.credit_account_id.0).0,
+                debit_slot: NONE,
+                credit_slot: NONE,
             };
         }
         for index in 0..events.len().min(2 * LOOKAHEAD) {
@@ -53,15 +56,30 @@ impl Ledger {
         self.account_index.prefetch(Tag(lookahead.credit));
     }
 
-    fn prefetch_accounts(&self, index: usize) {
+    /// Prefetches the account records the index names for event `index`, and remembers their
+    /// slots so that applying the event need not probe the index again.
+    fn prefetch_accounts(&mut self, index: usize) {
         let lookahead = self.lookahead[index];
-        for tag in [lookahead.debit, lookahead.credit] {
-            if let Some(slot) = self.account_index.find(Tag(tag), |_| true) {
-                let line = &self.accounts[slot as usize];
+        let mut slots = [NONE; 2];
+        for (slot, tag) in slots.iter_mut().zip([lookahead.debit, lookahead.credit]) {
+            if let Some(found) = self.account_index.find(Tag(tag), |_| true) {
+                let line = &self.accounts[found as usize];
                 prefetch_read(line);
                 prefetch_read(&line.0.credits_posted);
+                *slot = found;
             }
         }
+        self.lookahead[index].debit_slot = slots[0];
+        self.lookahead[index].credit_slot = slots[1];
+    }
+
+    /// The account's slot: the prefetch's hint if it holds that id, else an index lookup.
+    #[inline]
+    fn account_find_hinted(&self, hint: u32, tag: u32, id: AccountId) -> Option<u32> {
+        if hint != NONE && self.account(hint).id == id {
+            return Some(hint);
+        }
+        self.account_find(Tag(tag), id)
     }
 
     fn create_transfer(&mut self, index: usize, transfer: &Transfer, timestamp_ns: u64) -> CreateTransferResult {
@@ -100,20 +118,30 @@ impl Ledger {
     }
 
     /// A single-phase transfer or a new hold.
-    fn transfer_move(&mut self, index: usize, id_tag: Tag, transfer: &Transfer, timestamp_ns: u64) -> CreateTransferResult {
+    fn transfer_move(
+        &mut self,
+        index: usize,
+        id_tag: Tag,
+        transfer: &Transfer,
+        timestamp_ns: u64,
+    ) -> CreateTransferResult {
         use CreateTransferResult as R;
         let pending = transfer.flags.contains(TransferFlags::PENDING);
         if let Some(code) = transfer_fields_check(transfer, pending) {
             return code;
         }
         let lookahead = self.lookahead[index];
-        let Some(debit_slot) = self.account_find(Tag(lookahead.debit), transfer.debit_account_id) else {
+        let Some(debit_slot) =
+            self.account_find_hinted(lookahead.debit_slot, lookahead.debit, transfer.debit_account_id)
+        else {
             return R::DebitAccountNotFound;
         };
-        let Some(credit_slot) = self.account_find(Tag(lookahead.credit), transfer.credit_account_id) else {
+        let Some(credit_slot) =
+            self.account_find_hinted(lookahead.credit_slot, lookahead.credit, transfer.credit_account_id)
+        else {
             return R::CreditAccountNotFound;
         };
-        let (debit, credit) = (*self.account(debit_slot), *self.account(credit_slot));
+        let (debit, credit) = (self.account(debit_slot), self.account(credit_slot));
         if debit.ledger != credit.ledger {
             return R::AccountsMustHaveTheSameLedger;
         }
@@ -130,42 +158,40 @@ impl Ledger {
             return R::PendingTransfersFull;
         }
         let expires_at_ns = match (pending, transfer.timeout_s) {
-            (true, timeout_s) if timeout_s > 0 => {
-                match timestamp_ns.checked_add(u64::from(timeout_s) * NS_PER_S) {
-                    Some(expires_at_ns) if expires_at_ns != u64::MAX => expires_at_ns,
-                    _ => return R::OverflowsTimeout,
-                }
-            }
+            (true, timeout_s) if timeout_s > 0 => match timestamp_ns.checked_add(u64::from(timeout_s) * NS_PER_S) {
+                Some(expires_at_ns) if expires_at_ns != u64::MAX => expires_at_ns,
+                _ => return R::OverflowsTimeout,
+            },
             _ => u64::MAX,
         };
         let amount = transfer.amount;
-        if let Some(code) = balances_check(&debit, &credit, amount, pending) {
+        if let Some(code) = balances_check(debit, credit, amount, pending) {
             return code;
         }
-        if debit.flags.contains(AccountFlags::LIMITS) {
+        let (debit_flags, credit_flags, ledger) = (debit.flags, credit.flags, debit.ledger);
+        if debit_flags.contains(AccountFlags::LIMITS) {
             let code = self.limits_check_debit(debit_slot, amount, timestamp_ns);
             if code != R::Ok {
                 return code;
             }
         }
-        if credit.flags.contains(AccountFlags::LIMITS) {
+        if credit_flags.contains(AccountFlags::LIMITS) {
             let code = self.limits_check_credit(credit_slot, amount);
             if code != R::Ok {
                 return code;
             }
         }
-        let stored = Transfer { timestamp: timestamp_ns, ..*transfer };
+        let totals_slot = self.totals_slot(ledger);
         if pending {
-            let position = self.ring_push(id_tag, &stored, TransferStatus::Pending);
-            self.balance_add(debit_slot, Balance::DebitsPending, amount);
-            self.balance_add(credit_slot, Balance::CreditsPending, amount);
+            let position = self.ring_push(id_tag, transfer, timestamp_ns, TransferStatus::Pending);
+            self.entry_apply(debit_slot, credit_slot, Phase::Pending, amount, totals_slot, false);
+            let stored = Transfer { timestamp: timestamp_ns, ..*transfer };
             self.pending_insert(&stored, debit_slot, credit_slot, expires_at_ns, position);
         } else {
-            self.ring_push(id_tag, &stored, TransferStatus::Posted);
-            self.balance_add(debit_slot, Balance::DebitsPosted, amount);
-            self.balance_add(credit_slot, Balance::CreditsPosted, amount);
+            self.ring_push(id_tag, transfer, timestamp_ns, TransferStatus::Posted);
+            self.entry_apply(debit_slot, credit_slot, Phase::Posted, amount, totals_slot, false);
         }
-        if debit.flags.contains(AccountFlags::LIMITS) {
+        if debit_flags.contains(AccountFlags::LIMITS) {
             self.limits_count_debit(debit_slot, amount, timestamp_ns);
         }
         R::Ok
@@ -222,16 +248,14 @@ impl Ledger {
             amount,
             ledger: held.ledger,
             code: held.code,
-            timestamp: timestamp_ns,
             ..*transfer
         };
         let status = if post { TransferStatus::Posted } else { TransferStatus::Voided };
-        self.ring_push(id_tag, &stored, status);
-        self.balance_sub(entry.debit_slot, Balance::DebitsPending, held.amount);
-        self.balance_sub(entry.credit_slot, Balance::CreditsPending, held.amount);
+        self.ring_push(id_tag, &stored, timestamp_ns, status);
+        let totals_slot = self.totals_slot(held.ledger);
+        self.entry_apply(entry.debit_slot, entry.credit_slot, Phase::Pending, held.amount, totals_slot, true);
         if post {
-            self.balance_add(entry.debit_slot, Balance::DebitsPosted, amount);
-            self.balance_add(entry.credit_slot, Balance::CreditsPosted, amount);
+            self.entry_apply(entry.debit_slot, entry.credit_slot, Phase::Posted, amount, totals_slot, false);
         }
         let resolved = if post { TransferStatus::PendingPosted } else { TransferStatus::PendingVoided };
         self.pending_resolve(slot, resolved);
@@ -351,7 +375,8 @@ fn resolve_fields_check(transfer: &Transfer, held: &Transfer, post: bool) -> Opt
 /// gave matches (a zero that a post or void inherits matches what it resolved to).
 fn transfer_exists(transfer: &Transfer, existing: &Transfer) -> CreateTransferResult {
     use CreateTransferResult as R;
-    let resolving = transfer.flags.contains(TransferFlags::POST_PENDING) || transfer.flags.contains(TransferFlags::VOID_PENDING);
+    let resolving =
+        transfer.flags.contains(TransferFlags::POST_PENDING) || transfer.flags.contains(TransferFlags::VOID_PENDING);
     let differs = |value: u128, stored: u128| value != stored && !(resolving && value == 0);
     let checks = [
         (transfer.flags != existing.flags, R::ExistsWithDifferentFlags),

@@ -256,56 +256,32 @@ const _: () = assert!(core::mem::offset_of!(Transfer, timestamp) == 120);
 const _: () = assert!(core::mem::offset_of!(AccountLimits, flags) == 88);
 const _: () = assert!(core::mem::offset_of!(AccountLimits, timestamp) == 120);
 
-/// A record as sixteen little-endian `u64` words: the input of the state hash, independent of
-/// the host's byte order.
+// Records are little-endian on the wire and on disk, and the state hash reads their bytes as
+// little-endian words: walletd builds only for little-endian targets.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// A record as sixteen `u64` words: the input of the state hash. The records have no padding
+/// (every byte is a field), so their bytes are exactly these words on a little-endian target.
 pub(crate) trait Words {
     fn words(&self) -> [u64; 16];
 }
 
-fn split(value: u128) -> [u64; 2] {
-    [value as u64, (value >> 64) as u64]
-}
-
-impl Words for Account {
-    fn words(&self) -> [u64; 16] {
-        let [id0, id1] = split(self.id.0);
-        let [dp0, dp1] = split(self.debits_pending.0);
-        let [do0, do1] = split(self.debits_posted.0);
-        let [cp0, cp1] = split(self.credits_pending.0);
-        let [co0, co1] = split(self.credits_posted.0);
-        let [u0, u1] = split(self.user_data_128);
-        let small = u64::from(self.user_data_32) | (u64::from(self.reserved) << 32);
-        let tail = u64::from(self.ledger) | (u64::from(self.code) << 32) | (u64::from(self.flags.0) << 48);
-        [id0, id1, dp0, dp1, do0, do1, cp0, cp1, co0, co1, u0, u1, self.user_data_64, small, tail, self.timestamp]
-    }
-}
-
-impl Words for Transfer {
-    fn words(&self) -> [u64; 16] {
-        let [id0, id1] = split(self.id.0);
-        let [d0, d1] = split(self.debit_account_id.0);
-        let [c0, c1] = split(self.credit_account_id.0);
-        let [a0, a1] = split(self.amount.0);
-        let [p0, p1] = split(self.pending_id.0);
-        let [u0, u1] = split(self.user_data_128);
-        let small = u64::from(self.user_data_32) | (u64::from(self.timeout_s) << 32);
-        let tail = u64::from(self.ledger) | (u64::from(self.code) << 32) | (u64::from(self.flags.0) << 48);
-        [id0, id1, d0, d1, c0, c1, a0, a1, p0, p1, u0, u1, self.user_data_64, small, tail, self.timestamp]
-    }
-}
-
-impl Words for AccountLimits {
-    fn words(&self) -> [u64; 16] {
-        let [id0, id1] = split(self.account_id.0);
-        let [o0, o1] = split(self.overdraft_max.0);
-        let [b0, b1] = split(self.balance_max.0);
-        let [d0, d1] = split(self.daily_debit_amount_max.0);
-        let [m0, m1] = split(self.monthly_debit_amount_max.0);
-        let counts = u64::from(self.daily_debit_count_max) | (u64::from(self.monthly_debit_count_max) << 32);
-        let mut reserved = 0u64;
-        for byte in self.reserved {
-            reserved = reserved.rotate_left(8) ^ u64::from(byte);
+macro_rules! words_by_transmute {
+    ($($record:ty),+) => {$(
+        impl Words for $record {
+            #[inline(always)]
+            fn words(&self) -> [u64; 16] {
+                // SAFETY: the record is 128 bytes of plain integer fields with no padding
+                // (its layout is asserted above), and every bit pattern is a valid u64.
+                unsafe { core::mem::transmute::<$record, [u64; 16]>(*self) }
+            }
         }
-        [id0, id1, o0, o1, b0, b1, d0, d1, m0, m1, counts, u64::from(self.flags.0), reserved, 0, 0, self.timestamp]
-    }
+    )+};
 }
+
+words_by_transmute!(Account, Transfer, AccountLimits);
+
+// No padding: the fields add up to the size.
+const _: () = assert!(16 * 5 + 16 + 8 + 4 + 4 + 4 + 2 + 2 + 8 == 128);
+const _: () = assert!(16 * 6 + 8 + 4 + 4 + 4 + 2 + 2 + 8 == 128);
+const _: () = assert!(16 * 5 + 4 + 4 + 4 + 28 + 8 == 128);

@@ -15,7 +15,7 @@ mod support;
 use support::model::Model;
 use support::*;
 use walletd_core::{
-    Account, AccountFlags, AccountId, AccountLimits, Amount, Batch, Config, LimitFlags, Ledger, Output, Query,
+    Account, AccountFlags, AccountId, AccountLimits, Amount, Batch, Config, Ledger, LimitFlags, Output, Query,
     Transfer, TransferFlags, TransferId,
 };
 
@@ -116,7 +116,13 @@ impl Workload {
                 if !reuse && !self.account_ids.contains(&id) && self.account_ids.len() < 170 {
                     self.account_ids.push(id);
                 }
-                Account { id: AccountId(id), ledger, code: 1 + self.rng.below(2) as u16, flags: AccountFlags(flags), ..Account::default() }
+                Account {
+                    id: AccountId(id),
+                    ledger,
+                    code: 1 + self.rng.below(2) as u16,
+                    flags: AccountFlags(flags),
+                    ..Account::default()
+                }
             })
             .collect()
     }
@@ -304,7 +310,8 @@ fn run_seed(seed: u64, events_max: u64) {
     let mut twin = Ledger::new(config()).unwrap();
     let mut twin_output = Output::new(twin.config());
     let mut model = Model::new(config());
-    let mut workload = Workload { rng: Rng(seed ^ 0xabcdef), account_ids: Vec::new(), recent: Vec::new(), holds: Vec::new(), low: 0 };
+    let mut workload =
+        Workload { rng: Rng(seed ^ 0xabcdef), account_ids: Vec::new(), recent: Vec::new(), holds: Vec::new(), low: 0 };
     let mut events_done = 0u64;
     let mut batch_number = 0u64;
     let first = Owned::Accounts(workload.accounts(120));
@@ -370,7 +377,8 @@ fn the_ledger_agrees_with_the_model_on_seeded_workloads() {
     let seeds = seeds();
     let per_seed = EVENTS_TOTAL / seeds.len() as u64;
     // Two threads: this machine has two cores.
-    let halves: Vec<Vec<u64>> = vec![seeds.iter().step_by(2).copied().collect(), seeds.iter().skip(1).step_by(2).copied().collect()];
+    let halves: Vec<Vec<u64>> =
+        vec![seeds.iter().step_by(2).copied().collect(), seeds.iter().skip(1).step_by(2).copied().collect()];
     std::thread::scope(|scope| {
         let handles: Vec<_> = halves
             .into_iter()

@@ -67,7 +67,12 @@ fn round(h: &mut Harness, round: u128, accounts: &[walletd_core::Account], ids: 
     let posts: Vec<Transfer> = (0..4u128)
         .map(|i| resolve(ms, round * 1000 + 500 + i, transfers[(i * 5) as usize].id, 0, i % 2 == 1))
         .collect();
-    let limits = [AccountLimits { account_id: AccountId(3), flags: LimitFlags(LimitFlags::DAILY_DEBIT_COUNT), daily_debit_count_max: 1000, ..Default::default() }];
+    let limits = [AccountLimits {
+        account_id: AccountId(3),
+        flags: LimitFlags(LimitFlags::DAILY_DEBIT_COUNT),
+        daily_debit_count_max: 1000,
+        ..Default::default()
+    }];
 
     COUNTING.with(|counting| counting.set(true));
     h.ledger.apply(h.now_ns, Batch::CreateTransfers(&transfers), &mut h.output);

@@ -94,7 +94,11 @@ fn book_single_phase(h: &mut Harness, seen: &mut Seen) {
         ("id 0", Transfer { id: TransferId(0), ..t(2) }, T::IdMustNotBeZero),
         ("id MAX", Transfer { id: TransferId(MAX), ..t(2) }, T::IdMustNotBeIntMax),
         ("id from the future", transfer(ms + 60_000, 2, B, A, 1), T::IdTimestampInFuture),
-        ("pending and post", flags(t(2), TransferFlags::PENDING | TransferFlags::POST_PENDING), T::FlagsAreMutuallyExclusive),
+        (
+            "pending and post",
+            flags(t(2), TransferFlags::PENDING | TransferFlags::POST_PENDING),
+            T::FlagsAreMutuallyExclusive,
+        ),
         ("debit 0", Transfer { debit_account_id: AccountId(0), ..t(2) }, T::DebitAccountIdMustNotBeZero),
         ("debit MAX", Transfer { debit_account_id: AccountId(MAX), ..t(2) }, T::DebitAccountIdMustNotBeIntMax),
         ("credit 0", Transfer { credit_account_id: AccountId(0), ..t(2) }, T::CreditAccountIdMustNotBeZero),
@@ -134,9 +138,21 @@ fn book_two_phase(h: &mut Harness, seen: &mut Seen) {
         ("post of id MAX", resolve(ms, 13, TransferId(MAX), 0, false), T::PendingIdMustNotBeIntMax),
         ("post of itself", resolve(ms, 13, TransferId::from_parts(ms, 13), 0, false), T::PendingIdMustBeDifferent),
         ("post with a timeout", Transfer { timeout_s: 1, ..post(13, 0) }, T::TimeoutReservedForPendingTransfer),
-        ("post of a single-phase transfer", resolve(ms, 13, TransferId::from_parts(ms, 10), 0, false), T::PendingTransferNotPending),
-        ("post, other debit", Transfer { debit_account_id: AccountId(10), ..post(13, 0) }, T::PendingTransferHasDifferentDebitAccountId),
-        ("post, other credit", Transfer { credit_account_id: AccountId(10), ..post(13, 0) }, T::PendingTransferHasDifferentCreditAccountId),
+        (
+            "post of a single-phase transfer",
+            resolve(ms, 13, TransferId::from_parts(ms, 10), 0, false),
+            T::PendingTransferNotPending,
+        ),
+        (
+            "post, other debit",
+            Transfer { debit_account_id: AccountId(10), ..post(13, 0) },
+            T::PendingTransferHasDifferentDebitAccountId,
+        ),
+        (
+            "post, other credit",
+            Transfer { credit_account_id: AccountId(10), ..post(13, 0) },
+            T::PendingTransferHasDifferentCreditAccountId,
+        ),
         ("post, other ledger", Transfer { ledger: 2, ..post(13, 0) }, T::PendingTransferHasDifferentLedger),
         ("post, other code", Transfer { code: 9, ..post(13, 0) }, T::PendingTransferHasDifferentCode),
         ("post 31 of 30", post(13, 31), T::ExceedsPendingTransferAmount),
@@ -164,7 +180,10 @@ fn book_two_phase(h: &mut Harness, seen: &mut Seen) {
     row(h, seen, "post P3 after it expired", &[resolve(ms, 31, p3.id, 0, false)], &[T::PendingTransferExpired]);
     h.ledger.query(Query::LookupTransfers(&[p1.id, p2.id, p3.id]), &mut h.output);
     let statuses: Vec<_> = h.output.transfers.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [TransferStatus::PendingPosted, TransferStatus::PendingVoided, TransferStatus::PendingExpired]);
+    assert_eq!(
+        statuses,
+        [TransferStatus::PendingPosted, TransferStatus::PendingVoided, TransferStatus::PendingExpired]
+    );
 }
 
 fn book_overflow(h: &mut Harness, seen: &mut Seen) {
@@ -193,10 +212,12 @@ fn book_overflow(h: &mut Harness, seen: &mut Seen) {
 
 fn book_closed_and_limits(h: &mut Harness, seen: &mut Seen) {
     let ms = h.now_ms();
-    let closed = h.apply(Batch::CloseAccounts(&[AccountId(E), AccountId(E), AccountId(0), AccountId(MAX), AccountId(999)]));
+    let closed =
+        h.apply(Batch::CloseAccounts(&[AccountId(E), AccountId(E), AccountId(0), AccountId(MAX), AccountId(999)]));
     seen.state.extend(closed.iter().copied());
     use AccountStateResult as S;
-    let expected = [S::Ok, S::AlreadyClosed, S::AccountIdMustNotBeZero, S::AccountIdMustNotBeIntMax, S::AccountNotFound];
+    let expected =
+        [S::Ok, S::AlreadyClosed, S::AccountIdMustNotBeZero, S::AccountIdMustNotBeIntMax, S::AccountNotFound];
     assert_eq!(closed, expected.map(|code| code as u32));
     row(h, seen, "E→B while E is closed", &[transfer(ms, 50, E, B, 1)], &[T::DebitAccountClosed]);
     row(h, seen, "B→E while E is closed", &[transfer(ms, 51, B, E, 1)], &[T::CreditAccountClosed]);
@@ -285,7 +306,13 @@ fn book_linked(h: &mut Harness, seen: &mut Seen) {
         &[linked(transfer(ms, 97, B, A, 1)), transfer(ms, 98, A, B, 1_000_000), transfer(ms, 99, B, A, 1)],
         &[T::LinkedEventFailed, T::ExceedsCredits, T::Ok],
     );
-    row(h, seen, "a chain left open at the end of the batch", &[linked(transfer(ms, 92, B, A, 1))], &[T::LinkedEventChainOpen]);
+    row(
+        h,
+        seen,
+        "a chain left open at the end of the batch",
+        &[linked(transfer(ms, 92, B, A, 1))],
+        &[T::LinkedEventChainOpen],
+    );
     row(
         h,
         seen,
@@ -402,7 +429,8 @@ fn the_books_reach_every_result_code_and_keep_the_invariants() {
     book_window(&mut seen);
     book_accounts(&mut seen);
 
-    let missing = |all: Vec<u32>, seen: &BTreeSet<u32>| -> Vec<u32> { all.into_iter().filter(|c| !seen.contains(c)).collect() };
+    let missing =
+        |all: Vec<u32>, seen: &BTreeSet<u32>| -> Vec<u32> { all.into_iter().filter(|c| !seen.contains(c)).collect() };
     let transfers = missing(T::ALL.iter().map(|c| *c as u32).collect(), &seen.transfers);
     let names: Vec<_> = transfers.iter().map(|c| T::from_u32(*c).unwrap()).collect();
     assert!(names.is_empty(), "transfer codes no book reaches: {names:?}");

@@ -347,8 +347,7 @@ impl Model {
         let Some(debits) = dr.debits_pending.0.checked_add(dr.debits_posted.0).and_then(|x| x.checked_add(a)) else {
             return T::OverflowsDebits;
         };
-        let Some(credits) = cr.credits_pending.0.checked_add(cr.credits_posted.0).and_then(|x| x.checked_add(a))
-        else {
+        let Some(credits) = cr.credits_pending.0.checked_add(cr.credits_posted.0).and_then(|x| x.checked_add(a)) else {
             return T::OverflowsCredits;
         };
         if dr.flags.0 & AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS != 0 && debits > dr.credits_posted.0 {
@@ -366,7 +365,8 @@ impl Model {
         }
         if cr.flags.0 & AccountFlags::LIMITS != 0 {
             let (l, _) = self.state.limits[&cr.id.0];
-            if l.flags.0 & LimitFlags::BALANCE_MAX != 0 && credits > cr.debits_posted.0.saturating_add(l.balance_max.0) {
+            if l.flags.0 & LimitFlags::BALANCE_MAX != 0 && credits > cr.debits_posted.0.saturating_add(l.balance_max.0)
+            {
                 return T::BalanceLimitExceeded;
             }
         }
@@ -523,7 +523,11 @@ impl Model {
     }
 
     pub fn lookup_transfer(&self, id: u128) -> Option<(Transfer, TransferStatus)> {
-        self.state.transfers.get(&id).copied().or_else(|| self.state.holds.get(&id).map(|h| (h.transfer, TransferStatus::Pending)))
+        self.state
+            .transfers
+            .get(&id)
+            .copied()
+            .or_else(|| self.state.holds.get(&id).map(|h| (h.transfer, TransferStatus::Pending)))
     }
 
     /// Ids of the holds on an account (either side), sorted.
