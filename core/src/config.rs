@@ -40,7 +40,7 @@ impl Config {
             ledgers_max: 16,
             batch_events_max: BATCH_EVENTS_MAX,
             id_future_ms_max: 10_000,
-            hash_seed: 0x5eed_0f_1ed6e5,
+            hash_seed: 0x5eed_0f1e_d6e5,
         }
     }
 

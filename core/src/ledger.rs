@@ -798,6 +798,12 @@ impl Ledger {
 
     /// The state hash computed from every record: O(n).
     pub fn state_hash_recompute(&self) -> u128 {
+        let (hash_sum, balance_sums) = self.hash_sums_compute();
+        self.state_digest(hash_sum, balance_sums)
+    }
+
+    /// (hash_sum, balance_sums) from every record, checking each stored ring hash on the way.
+    pub(crate) fn hash_sums_compute(&self) -> (u128, [u128; 4]) {
         let mut sum = 0u128;
         let mut balance_sums = [0u128; 4];
         for line in &self.accounts {
@@ -823,7 +829,7 @@ impl Ledger {
             assert_eq!(self.account_limits[entry.account_slot as usize], slot as u32, "limits back-pointer");
             sum = sum.wrapping_add(entry.hash());
         }
-        self.state_digest(sum, balance_sums)
+        (sum, balance_sums)
     }
 
     /// O(ledgers), after every batch: Σ debits = Σ credits per ledger, posted and pending.

@@ -11,8 +11,10 @@
 
 mod accounts;
 mod calendar;
+pub mod command;
 pub mod config;
 mod hash;
+pub mod image;
 mod index;
 pub mod ledger;
 pub mod output;
@@ -22,7 +24,9 @@ pub mod results;
 mod transfers;
 pub mod types;
 
+pub use command::{Command, CommandError, CommandScratch, Operation};
 pub use config::{Config, ConfigError, BATCH_EVENTS_MAX};
+pub use image::{ImageError, ImageHeader};
 pub use ledger::{Batch, Ledger, LedgerTotals, MemoryBytes, Query};
 pub use output::{BalanceRead, DebitUsage, EventResult, Output, TransferRecord};
 pub use results::{AccountStateResult, CreateAccountResult, CreateTransferResult, SetLimitsResult};

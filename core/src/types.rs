@@ -281,7 +281,69 @@ macro_rules! words_by_transmute {
 
 words_by_transmute!(Account, Transfer, AccountLimits);
 
-// No padding: the fields add up to the size.
-const _: () = assert!(16 * 5 + 16 + 8 + 4 + 4 + 4 + 2 + 2 + 8 == 128);
-const _: () = assert!(16 * 6 + 8 + 4 + 4 + 4 + 2 + 2 + 8 == 128);
-const _: () = assert!(16 * 5 + 4 + 4 + 4 + 28 + 8 == 128);
+/// Asserts at compile time that each field starts where the previous one ends and the last
+/// ends at the record's size: no padding, so the bytes are exactly the fields.
+macro_rules! assert_packed {
+    ($record:ty { $first:ident $(, $field:ident)* }) => {
+        const _: () = {
+            let mut end = 0;
+            assert!(core::mem::offset_of!($record, $first) == end);
+            end += core::mem::size_of_val(&layout_probe::<$record>().$first);
+            $(
+                assert!(core::mem::offset_of!($record, $field) == end, concat!(stringify!($field), " is padded"));
+                end += core::mem::size_of_val(&layout_probe::<$record>().$field);
+            )*
+            assert!(end == core::mem::size_of::<$record>());
+        };
+    };
+}
+
+/// A value to take field sizes from in const context (never read).
+const fn layout_probe<T: Copy>() -> T {
+    // SAFETY: only used inside `size_of_val` in constant evaluation of the records above, all
+    // of whose fields are integers for which zero is valid.
+    unsafe { core::mem::zeroed() }
+}
+
+assert_packed!(Account {
+    id,
+    debits_pending,
+    debits_posted,
+    credits_pending,
+    credits_posted,
+    user_data_128,
+    user_data_64,
+    user_data_32,
+    reserved,
+    ledger,
+    code,
+    flags,
+    timestamp
+});
+assert_packed!(Transfer {
+    id,
+    debit_account_id,
+    credit_account_id,
+    amount,
+    pending_id,
+    user_data_128,
+    user_data_64,
+    user_data_32,
+    timeout_s,
+    ledger,
+    code,
+    flags,
+    timestamp
+});
+assert_packed!(AccountLimits {
+    account_id,
+    overdraft_max,
+    balance_max,
+    daily_debit_amount_max,
+    monthly_debit_amount_max,
+    daily_debit_count_max,
+    monthly_debit_count_max,
+    flags,
+    reserved,
+    timestamp
+});

@@ -1,0 +1,353 @@
+//! Commands as bytes: the body of a journal record and of a request frame. A command is an
+//! operation and its events, each a fixed-size little-endian record, so encoding is a copy and
+//! decoding is a length check plus a copy into aligned buffers the caller owns.
+//!
+//! ```text
+//! offset size field
+//!      0    2 operation (Operation as u16)
+//!      2    2 reserved (zero)
+//!      4    4 event_count
+//!      8    8 reserved (zero)
+//!     16    … event_count events of Operation::event_size_bytes() each
+//! ```
+
+use crate::ledger::{Batch, Query};
+use crate::types::{Account, AccountId, AccountLimits, Transfer, TransferId};
+use core::mem::size_of;
+
+pub const COMMAND_HEADER_SIZE_BYTES: usize = 16;
+
+/// Every operation the engine knows. The numbers are part of the wire and disk formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Operation {
+    Pulse = 1,
+    CreateAccounts = 2,
+    CreateTransfers = 3,
+    CloseAccounts = 4,
+    ReopenAccounts = 5,
+    SetAccountLimits = 6,
+    LookupAccounts = 10,
+    LookupTransfers = 11,
+    LookupBalances = 12,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 9] = [
+        Operation::Pulse,
+        Operation::CreateAccounts,
+        Operation::CreateTransfers,
+        Operation::CloseAccounts,
+        Operation::ReopenAccounts,
+        Operation::SetAccountLimits,
+        Operation::LookupAccounts,
+        Operation::LookupTransfers,
+        Operation::LookupBalances,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|operation| *operation as u16 == value)
+    }
+
+    /// Bytes of one event of this operation.
+    pub fn event_size_bytes(self) -> usize {
+        match self {
+            Operation::Pulse => 0,
+            Operation::CreateAccounts | Operation::CreateTransfers | Operation::SetAccountLimits => 128,
+            Operation::CloseAccounts
+            | Operation::ReopenAccounts
+            | Operation::LookupAccounts
+            | Operation::LookupTransfers
+            | Operation::LookupBalances => 16,
+        }
+    }
+
+    /// Whether the operation changes state (and so is journaled and gets timestamps).
+    pub fn is_mutating(self) -> bool {
+        (self as u16) < 10
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Pulse => "pulse",
+            Operation::CreateAccounts => "create_accounts",
+            Operation::CreateTransfers => "create_transfers",
+            Operation::CloseAccounts => "close_accounts",
+            Operation::ReopenAccounts => "reopen_accounts",
+            Operation::SetAccountLimits => "set_account_limits",
+            Operation::LookupAccounts => "lookup_accounts",
+            Operation::LookupTransfers => "lookup_transfers",
+            Operation::LookupBalances => "lookup_balances",
+        }
+    }
+}
+
+/// Why bytes are not a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    TooShort {
+        size_bytes: usize,
+    },
+    UnknownOperation {
+        operation: u16,
+    },
+    ReservedNotZero,
+    /// The body is not `event_count` events of the operation's size.
+    SizeMismatch {
+        operation: Operation,
+        event_count: u32,
+        size_bytes: usize,
+    },
+    TooManyEvents {
+        event_count: u32,
+        event_count_max: u32,
+    },
+}
+
+impl core::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CommandError::TooShort { size_bytes } => {
+                write!(f, "command of {size_bytes} bytes is shorter than its {COMMAND_HEADER_SIZE_BYTES}-byte header")
+            }
+            CommandError::UnknownOperation { operation } => write!(f, "unknown operation {operation}"),
+            CommandError::ReservedNotZero => write!(f, "reserved command header bytes are not zero"),
+            CommandError::SizeMismatch { operation, event_count, size_bytes } => write!(
+                f,
+                "{} command claims {event_count} events but carries {size_bytes} bytes of events ({} each)",
+                operation.name(),
+                operation.event_size_bytes()
+            ),
+            CommandError::TooManyEvents { event_count, event_count_max } => {
+                write!(f, "command has {event_count} events; at most {event_count_max} are allowed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// The records of a command as bytes (little-endian, as in memory on the targets walletd
+/// builds for).
+fn as_bytes<T: Copy>(records: &[T]) -> &[u8] {
+    // SAFETY: T is one of the 128- or 16-byte plain-integer records, which have no padding;
+    // any initialized value is a valid byte sequence, and the length covers exactly the slice.
+    unsafe { core::slice::from_raw_parts(records.as_ptr().cast::<u8>(), core::mem::size_of_val(records)) }
+}
+
+/// Appends the encoded command to `out`.
+pub fn command_encode(operation: Operation, events: &[u8], event_count: u32, out: &mut Vec<u8>) {
+    assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
+    out.extend_from_slice(&(operation as u16).to_le_bytes());
+    out.extend_from_slice(&[0; 2]);
+    out.extend_from_slice(&event_count.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(events);
+}
+
+/// Appends a mutating batch, encoded, to `out`.
+pub fn batch_encode(batch: &Batch<'_>, out: &mut Vec<u8>) {
+    let (operation, events) = match batch {
+        Batch::Pulse => (Operation::Pulse, &[][..]),
+        Batch::CreateAccounts(events) => (Operation::CreateAccounts, as_bytes(events)),
+        Batch::CreateTransfers(events) => (Operation::CreateTransfers, as_bytes(events)),
+        Batch::CloseAccounts(events) => (Operation::CloseAccounts, as_bytes(events)),
+        Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, as_bytes(events)),
+        Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, as_bytes(events)),
+    };
+    command_encode(operation, events, batch.len() as u32, out);
+}
+
+/// Appends a query, encoded, to `out`.
+pub fn query_encode(query: &Query<'_>, out: &mut Vec<u8>) {
+    let (operation, events, count) = match query {
+        Query::LookupAccounts(ids) => (Operation::LookupAccounts, as_bytes(ids), ids.len()),
+        Query::LookupTransfers(ids) => (Operation::LookupTransfers, as_bytes(ids), ids.len()),
+        Query::LookupBalances(ids) => (Operation::LookupBalances, as_bytes(ids), ids.len()),
+    };
+    command_encode(operation, events, count as u32, out);
+}
+
+/// The header of an encoded command, checked against the body's length.
+pub fn command_header_decode(bytes: &[u8], event_count_max: u32) -> Result<(Operation, u32), CommandError> {
+    if bytes.len() < COMMAND_HEADER_SIZE_BYTES {
+        return Err(CommandError::TooShort { size_bytes: bytes.len() });
+    }
+    let operation_code = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let operation =
+        Operation::from_u16(operation_code).ok_or(CommandError::UnknownOperation { operation: operation_code })?;
+    if bytes[2..4] != [0; 2] || bytes[8..16] != [0; 8] {
+        return Err(CommandError::ReservedNotZero);
+    }
+    let event_count = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if event_count > event_count_max {
+        return Err(CommandError::TooManyEvents { event_count, event_count_max });
+    }
+    let size_bytes = bytes.len() - COMMAND_HEADER_SIZE_BYTES;
+    if size_bytes != event_count as usize * operation.event_size_bytes() {
+        return Err(CommandError::SizeMismatch { operation, event_count, size_bytes });
+    }
+    Ok((operation, event_count))
+}
+
+/// A decoded command, borrowing from the scratch buffers.
+#[derive(Clone, Copy, Debug)]
+pub enum Command<'a> {
+    Batch(Batch<'a>),
+    Query(Query<'a>),
+}
+
+/// Aligned buffers that decoded events are copied into, sized once for the largest batch.
+pub struct CommandScratch {
+    accounts: Vec<Account>,
+    transfers: Vec<Transfer>,
+    limits: Vec<AccountLimits>,
+    account_ids: Vec<AccountId>,
+    transfer_ids: Vec<TransferId>,
+    event_count_max: u32,
+}
+
+impl CommandScratch {
+    pub fn new(event_count_max: u32) -> CommandScratch {
+        let capacity = event_count_max as usize;
+        CommandScratch {
+            accounts: Vec::with_capacity(capacity),
+            transfers: Vec::with_capacity(capacity),
+            limits: Vec::with_capacity(capacity),
+            account_ids: Vec::with_capacity(capacity),
+            transfer_ids: Vec::with_capacity(capacity),
+            event_count_max,
+        }
+    }
+
+    /// Decodes `bytes` (a whole command) into these buffers.
+    pub fn decode<'a>(&'a mut self, bytes: &[u8]) -> Result<Command<'a>, CommandError> {
+        let (operation, event_count) = command_header_decode(bytes, self.event_count_max)?;
+        let events = &bytes[COMMAND_HEADER_SIZE_BYTES..];
+        let count = event_count as usize;
+        Ok(match operation {
+            Operation::Pulse => Command::Batch(Batch::Pulse),
+            Operation::CreateAccounts => {
+                Command::Batch(Batch::CreateAccounts(copy_into(&mut self.accounts, events, count)))
+            }
+            Operation::CreateTransfers => {
+                Command::Batch(Batch::CreateTransfers(copy_into(&mut self.transfers, events, count)))
+            }
+            Operation::CloseAccounts => {
+                Command::Batch(Batch::CloseAccounts(copy_into(&mut self.account_ids, events, count)))
+            }
+            Operation::ReopenAccounts => {
+                Command::Batch(Batch::ReopenAccounts(copy_into(&mut self.account_ids, events, count)))
+            }
+            Operation::SetAccountLimits => {
+                Command::Batch(Batch::SetAccountLimits(copy_into(&mut self.limits, events, count)))
+            }
+            Operation::LookupAccounts => {
+                Command::Query(Query::LookupAccounts(copy_into(&mut self.account_ids, events, count)))
+            }
+            Operation::LookupTransfers => {
+                Command::Query(Query::LookupTransfers(copy_into(&mut self.transfer_ids, events, count)))
+            }
+            Operation::LookupBalances => {
+                Command::Query(Query::LookupBalances(copy_into(&mut self.account_ids, events, count)))
+            }
+        })
+    }
+}
+
+/// Marks the plain-integer records that any byte pattern may be copied into.
+///
+/// # Safety
+/// Implementors have no padding, no invalid bit patterns and no pointers.
+unsafe trait Plain: Copy {}
+// SAFETY: each is a #[repr(C)] or #[repr(transparent)] struct of integers with its size asserted.
+unsafe impl Plain for Account {}
+// SAFETY: as above.
+unsafe impl Plain for Transfer {}
+// SAFETY: as above.
+unsafe impl Plain for AccountLimits {}
+// SAFETY: a transparent u128.
+unsafe impl Plain for AccountId {}
+// SAFETY: a transparent u128.
+unsafe impl Plain for TransferId {}
+
+const _: () = assert!(size_of::<AccountId>() == 16 && size_of::<TransferId>() == 16);
+
+/// Replaces `buffer`'s contents with `count` records copied from `bytes`, within its capacity.
+fn copy_into<'a, T: Plain>(buffer: &'a mut Vec<T>, bytes: &[u8], count: usize) -> &'a [T] {
+    assert_eq!(bytes.len(), count * size_of::<T>());
+    assert!(count <= buffer.capacity(), "decode over the scratch capacity");
+    buffer.clear();
+    // SAFETY: the buffer has capacity for `count` records (asserted); the source holds exactly
+    // `count * size_of::<T>()` bytes (asserted); T is Plain, so any bytes form valid records;
+    // the regions cannot overlap (one is borrowed shared, the other exclusively).
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), buffer.as_mut_ptr().cast::<u8>(), bytes.len());
+        buffer.set_len(count);
+    }
+    buffer
+}
+
+/// Records as bytes, for encoders outside the core (the wire protocol's replies).
+pub fn records_as_bytes<T: Copy + RecordBytes>(records: &[T]) -> &[u8] {
+    as_bytes(records)
+}
+
+/// The records whose bytes may be sent as they are.
+pub trait RecordBytes {}
+impl RecordBytes for Account {}
+impl RecordBytes for Transfer {}
+impl RecordBytes for AccountLimits {}
+impl RecordBytes for AccountId {}
+impl RecordBytes for TransferId {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Amount;
+
+    #[test]
+    fn batches_round_trip() {
+        let transfers = [
+            Transfer { id: TransferId(7), amount: Amount(9), ledger: 1, ..Transfer::default() },
+            Transfer { id: TransferId(u128::MAX), timestamp: 3, ..Transfer::default() },
+        ];
+        let mut bytes = Vec::new();
+        batch_encode(&Batch::CreateTransfers(&transfers), &mut bytes);
+        assert_eq!(bytes.len(), 16 + 256);
+        let mut scratch = CommandScratch::new(8);
+        match scratch.decode(&bytes).unwrap() {
+            Command::Batch(Batch::CreateTransfers(decoded)) => assert_eq!(decoded, transfers),
+            other => panic!("decoded {other:?}"),
+        }
+        let ids = [AccountId(1), AccountId(2)];
+        bytes.clear();
+        query_encode(&Query::LookupBalances(&ids), &mut bytes);
+        match scratch.decode(&bytes).unwrap() {
+            Command::Query(Query::LookupBalances(decoded)) => assert_eq!(decoded, ids),
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_commands_are_refused() {
+        let mut scratch = CommandScratch::new(2);
+        assert_eq!(scratch.decode(&[0; 3]).unwrap_err(), CommandError::TooShort { size_bytes: 3 });
+        let mut bytes = Vec::new();
+        command_encode(Operation::CreateTransfers, &[0; 128], 1, &mut bytes);
+        let mut unknown = bytes.clone();
+        unknown[0] = 99;
+        assert_eq!(scratch.decode(&unknown).unwrap_err(), CommandError::UnknownOperation { operation: 99 });
+        let mut reserved = bytes.clone();
+        reserved[9] = 1;
+        assert_eq!(scratch.decode(&reserved).unwrap_err(), CommandError::ReservedNotZero);
+        let short = &bytes[..bytes.len() - 1];
+        assert!(matches!(scratch.decode(short).unwrap_err(), CommandError::SizeMismatch { .. }));
+        let mut many = Vec::new();
+        command_encode(Operation::CloseAccounts, &[0; 48], 3, &mut many);
+        assert_eq!(
+            scratch.decode(&many).unwrap_err(),
+            CommandError::TooManyEvents { event_count: 3, event_count_max: 2 }
+        );
+    }
+}
