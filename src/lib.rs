@@ -1,4 +1,17 @@
-//! The `walletd` binary's library half: what the binary wires together, shared with the
-//! benchmarks and the end-to-end tests.
+//! The `walletd` binary's library half: the wiring of ledger, journal and snapshots into a
+//! node (recovery, replay, the snapshot replica, the offline generator), shared by the binary,
+//! the benchmarks and the end-to-end tests. The rules live in `walletd-core`; the bytes on
+//! disk in `walletd-journal` and `walletd-snapshot`.
 
+pub mod checkpoint;
+pub mod data_dir;
+pub mod error;
+pub mod generate;
 pub mod memory;
+pub mod recovery;
+pub mod replay;
+pub mod snapshotter;
+pub mod workload;
+pub mod writer;
+
+pub use error::NodeError;

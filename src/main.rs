@@ -1,1 +1,308 @@
-fn main() {}
+//! The walletd binary: one executable for the node and its tools. This file is the command
+//! line only; every command's work is in the library (`walletd::…`).
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use walletd::data_dir::DataDir;
+use walletd::generate::{generate, GenerateOptions};
+use walletd::recovery::{replay_onto, ReplayTarget};
+use walletd::replay::ReplayStats;
+use walletd::workload::Distribution;
+use walletd::NodeError;
+use walletd_core::Ledger;
+use walletd_journal::{FileStorage, Reader};
+use walletd_snapshot::snapshot_load_newest;
+
+#[global_allocator]
+static ALLOCATOR: walletd::memory::HugePages = walletd::memory::HugePages;
+
+/// walletd: a deterministic double-entry wallet ledger engine.
+#[derive(Parser)]
+#[command(name = "walletd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a seeded workload through the ledger, journal (real fsync) and snapshots.
+    Generate(GenerateArgs),
+    /// Rebuild the state from snapshot and/or journal, verifying the hash chain and every
+    /// checkpoint; print what it rebuilt. Exits non-zero on any mismatch. Read-only.
+    Replay(ReplayArgs),
+    /// Journal maintenance.
+    #[command(subcommand)]
+    Journal(JournalCommands),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    #[arg(long)]
+    transfers: u64,
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Events per batch (at most 8189).
+    #[arg(long, default_value_t = 8189)]
+    batch: usize,
+    /// Batches per fsync (group commit).
+    #[arg(long, default_value_t = 1)]
+    commit_batches: u64,
+    /// Ops between snapshots.
+    #[arg(long, default_value_t = 1024)]
+    snapshot_ops: u64,
+    /// Percent of transfers that are holds, posted or voided in the next batch.
+    #[arg(long, default_value_t = 5)]
+    two_phase_percent: u64,
+    /// uniform, zipf or hot.
+    #[arg(long, default_value = "uniform")]
+    distribution: Distribution,
+    #[arg(long, default_value_t = 256 << 20)]
+    segment_size: u64,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Ignore snapshots: replay the whole journal (archive/ included) from op 1.
+    #[arg(long)]
+    from_genesis: bool,
+    /// Stop after this op.
+    #[arg(long)]
+    until_op: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Only verify the journal's hash chain, without applying anything (fast).
+    #[arg(long)]
+    audit: bool,
+}
+
+#[derive(Subcommand)]
+enum JournalCommands {
+    /// Cut the journal at a corrupt record, moving what follows to journal/quarantine/. The
+    /// explicit operator action that start-up's corruption message names.
+    Truncate {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The segment file start-up named.
+        #[arg(long)]
+        segment: PathBuf,
+        /// The byte offset start-up named.
+        #[arg(long)]
+        offset: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Generate(args) => generate_command(args),
+        Commands::Replay(args) => replay_command(args),
+        Commands::Journal(JournalCommands::Truncate { data_dir, segment, offset }) => {
+            truncate_command(data_dir, segment, offset)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("walletd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
+    if args.batch < 2 || args.batch > 8189 {
+        eprintln!("walletd: --batch must be between 2 and 8189");
+        std::process::exit(2);
+    }
+    let options = GenerateOptions {
+        transfers: args.transfers,
+        accounts: args.accounts.max(2),
+        seed: args.seed,
+        batch_size: args.batch,
+        commit_batches: args.commit_batches.max(1),
+        snapshot_ops: args.snapshot_ops.max(1),
+        segment_size_bytes: args.segment_size,
+        two_phase_percent: args.two_phase_percent.min(100),
+        distribution: args.distribution,
+        ..GenerateOptions::default()
+    };
+    let data_dir = DataDir::new(&args.data_dir);
+    let report = generate(&data_dir, &options)?;
+    println!("data dir      {}", args.data_dir.display());
+    println!("ops durable   {}", report.op_durable);
+    println!("accounts      {}", report.accounts);
+    println!("transfers     {} submitted, {} created in total", report.transfers_submitted, report.transfers_created);
+    println!(
+        "time          {:.3} s, {:.0} transfers/s, {} fsyncs",
+        report.seconds,
+        report.transfers_submitted as f64 / report.seconds,
+        report.commits
+    );
+    println!("state hash    {:032x}", report.state_hash);
+    println!(
+        "snapshots     {} written (newest at op {}), {} segments archived, apply-thread stall per snapshot ≤ {} µs",
+        report.snapshots.len(),
+        report.snapshots.last().map_or(0, |s| s.op),
+        report.segments_archived,
+        report.checkpoint_ns_max.div_ceil(1000)
+    );
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LedgerReport {
+    ledger: u32,
+    debits_posted: String,
+    credits_posted: String,
+    debits_pending: String,
+    credits_pending: String,
+}
+
+#[derive(Serialize)]
+struct ReplayReport {
+    mode: &'static str,
+    ops: u64,
+    snapshot_op: Option<u64>,
+    records: u64,
+    checkpoints_verified: u64,
+    accounts: u64,
+    transfers: u64,
+    pending: u64,
+    state_hash: String,
+    seconds: f64,
+    transfers_per_second: f64,
+    ledgers: Vec<LedgerReport>,
+}
+
+fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
+    let data_dir = DataDir::new(&args.data_dir);
+    if args.audit {
+        return audit_command(&data_dir, args.json);
+    }
+    let config = data_dir.config_read()?;
+    let (mut ledger, start) = if args.from_genesis {
+        (Ledger::new(config)?, None)
+    } else {
+        let (loaded, skipped) = snapshot_load_newest(&data_dir.snapshots())?;
+        for error in &skipped {
+            tracing::warn!(%error, "skipping a snapshot that failed its checks");
+        }
+        match loaded {
+            Some(loaded) if args.until_op.is_none_or(|until| loaded.header.op <= until) => {
+                (loaded.ledger, Some((loaded.header.op, loaded.header.journal_checksum)))
+            }
+            _ => (Ledger::new(config)?, None),
+        }
+    };
+    let mut stats = ReplayStats::default();
+    let target = ReplayTarget { op_durable: None, until_op: args.until_op };
+    replay_onto(FileStorage::default(), &data_dir, &mut ledger, start, target, &mut stats)?;
+    ledger.verify();
+    let report = ReplayReport {
+        mode: if start.is_some() { "snapshot+journal" } else { "genesis" },
+        ops: stats.op_last,
+        snapshot_op: start.map(|(op, _)| op),
+        records: stats.records,
+        checkpoints_verified: stats.checkpoints_verified,
+        accounts: u64::from(ledger.accounts_count()),
+        transfers: ledger.transfers_created(),
+        pending: u64::from(ledger.pending_count()),
+        state_hash: format!("{:032x}", ledger.state_hash()),
+        seconds: stats.seconds,
+        transfers_per_second: stats.transfers_per_second(),
+        ledgers: ledger
+            .ledger_totals()
+            .iter()
+            .map(|t| LedgerReport {
+                ledger: t.ledger,
+                debits_posted: t.debits_posted.to_string(),
+                credits_posted: t.credits_posted.to_string(),
+                debits_pending: t.debits_pending.to_string(),
+                credits_pending: t.credits_pending.to_string(),
+            })
+            .collect(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    } else {
+        replay_print(&report);
+    }
+    Ok(())
+}
+
+fn replay_print(report: &ReplayReport) {
+    let from = report.snapshot_op.map_or("genesis".to_string(), |op| format!("snapshot at op {op}"));
+    println!(
+        "replayed      from {from} to op {} ({} records, {} checkpoints verified)",
+        report.ops, report.records, report.checkpoints_verified
+    );
+    println!("accounts      {}", report.accounts);
+    println!("transfers     {} created, {} pending open", report.transfers, report.pending);
+    for ledger in &report.ledgers {
+        println!(
+            "ledger {:<6} debits_posted {} = credits_posted {}; debits_pending {} = credits_pending {}",
+            ledger.ledger, ledger.debits_posted, ledger.credits_posted, ledger.debits_pending, ledger.credits_pending
+        );
+    }
+    println!("state hash    {}", report.state_hash);
+    println!("replay        {:.3} s, {:.0} transfers/s", report.seconds, report.transfers_per_second);
+}
+
+#[derive(Serialize)]
+struct AuditReport {
+    mode: &'static str,
+    ops: u64,
+    records: u64,
+    bytes: u64,
+    seconds: f64,
+    records_per_second: f64,
+}
+
+/// Walks the whole journal (archive/ and live) verifying every checksum and the hash chain.
+fn audit_command(data_dir: &DataDir, json: bool) -> Result<(), NodeError> {
+    let start = Instant::now();
+    let mut reader = Reader::open(FileStorage::default(), &data_dir.root, 1)?;
+    let (mut records, mut bytes, mut op) = (0u64, 0u64, 0u64);
+    while let Some(record) = reader.next_record()? {
+        records += 1;
+        bytes += record.body.len() as u64 + 64;
+        op = record.op;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let report = AuditReport {
+        mode: "audit",
+        ops: op,
+        records,
+        bytes,
+        seconds,
+        records_per_second: records as f64 / seconds.max(1e-9),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report).expect("report serialises"));
+    } else {
+        println!("audited       ops 1..={op}: {records} records, {bytes} bytes, hash chain intact");
+        println!("time          {seconds:.3} s, {:.0} records/s", report.records_per_second);
+    }
+    Ok(())
+}
+
+fn truncate_command(data_dir: PathBuf, segment: PathBuf, offset: u64) -> Result<(), NodeError> {
+    let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;
+    println!("truncated     {truncated:?}");
+    Ok(())
+}

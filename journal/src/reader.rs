@@ -21,6 +21,8 @@ use crate::storage::{OpenMode, Storage, StorageFile};
 /// or `Journal::reader`.
 pub struct Reader<S: Storage> {
     storage: S,
+    /// The journal's layout, to find segments created after the reader opened.
+    layout: Layout,
     /// archive/ and live segments, merged, in op order.
     segments: Vec<SegmentEntry>,
     index: usize,
@@ -70,6 +72,7 @@ impl<S: Storage> Reader<S> {
         assert!(header.first_op <= op_first);
         Ok(Reader {
             storage,
+            layout,
             segments,
             index,
             file,
@@ -131,7 +134,13 @@ impl<S: Storage> Reader<S> {
         };
         if self.index + 1 == self.segments.len() {
             let durable_missing = self.op_last.is_some_and(|op| self.chain.op_next <= op);
-            return if durable_missing { Err(corrupt(self, reason)) } else { Ok(false) };
+            if !durable_missing {
+                return Ok(false);
+            }
+            // A follower may have been told of ops in a segment created since it opened.
+            if !self.segments_refresh()? {
+                return Err(corrupt(self, reason));
+            }
         }
         let entry = &self.segments[self.index + 1];
         let (file, header) = segment_open(&self.storage, entry, OpenMode::ReadOnly)?;
@@ -150,6 +159,23 @@ impl<S: Storage> Reader<S> {
         self.offset = SEGMENT_HEADER_SIZE_BYTES;
         assert_eq!(self.chain.op_next, self.segments[self.index].first_op);
         Ok(true)
+    }
+
+    /// Extends the range to `op_last`, which must be durable: a follower (the snapshot
+    /// replica) calls this each time the journal reports more durable ops, and reads on.
+    pub fn follow(&mut self, op_last: u64) {
+        assert!(self.op_last.is_none_or(|current| op_last >= current), "a follower's range only grows");
+        self.op_last = Some(op_last);
+    }
+
+    /// Adds live segments created after the reader opened; true if any was added.
+    fn segments_refresh(&mut self) -> Result<bool, JournalError> {
+        let last_first_op = self.segments.last().map_or(0, |segment| segment.first_op);
+        let (live, _) = segments_list(&self.storage, &self.layout.live)?;
+        let before = self.segments.len();
+        self.segments.extend(live.into_iter().filter(|segment| segment.first_op > last_first_op));
+        assert!(self.segments.windows(2).all(|pair| pair[0].first_op < pair[1].first_op));
+        Ok(self.segments.len() > before)
     }
 
     /// Segment path and byte offset of the record last returned by `next_record`.

@@ -267,3 +267,31 @@ fn kill_9_loses_no_durable_op() {
     }
     assert!(op_durable_max > 0, "the child made progress");
 }
+
+#[test]
+fn a_follower_reads_new_durable_ops_across_new_segments() {
+    for storage in storages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut journal, _) = Journal::open(storage, config(dir.path())).expect("open");
+        append_ops(&mut journal, 1, 20, 5);
+        let mut follower = Reader::open_until(storage, dir.path(), 1, journal.op_durable()).expect("follower");
+        let mut op_read = 0;
+        for round in 0..4u64 {
+            while let Some(record) = follower.next_record().expect("follow") {
+                assert_eq!(record.op, op_read + 1);
+                assert_eq!(record.body, &body_of(record.op)[..]);
+                op_read = record.op;
+            }
+            assert_eq!(op_read, journal.op_durable(), "round {round}: read up to what is durable");
+            let segments_before = journal.segments().len();
+            // Enough to rotate into new segments the follower has not seen.
+            append_ops(&mut journal, op_read + 1, op_read + 60, 7);
+            assert!(journal.segments().len() > segments_before, "the journal rotated");
+            follower.follow(journal.op_durable());
+        }
+        while let Some(record) = follower.next_record().expect("follow") {
+            op_read = record.op;
+        }
+        assert_eq!(op_read, 260);
+    }
+}

@@ -1,0 +1,161 @@
+//! A data directory: everything a node keeps, under one root.
+//!
+//! ```text
+//! DIR/ledger.conf          the ledger's config, written once when the directory is created
+//! DIR/journal/             segment-{first_op:020}.wal (live), archive/ (kept for years), quarantine/
+//! DIR/snapshots/           snapshot-{op:020}.snap, the newest few
+//! ```
+//!
+//! The config is part of the state: capacities decide which events are refused as full and
+//! the hash seed lays out the indexes, so a replay must use the one the journal was written
+//! with. `ledger.conf` pins it, checksummed; a node reads it and uses it, whatever its flags.
+//!
+//! ```text
+//! ledger.conf (80 bytes)
+//! offset size field
+//!      0    8 magic "WDCONFIG"
+//!      8    4 version (1)
+//!     12    4 reserved (zero)
+//!     16   40 the config, laid out as in the ledger image header (offsets 16..56 there)
+//!     56    8 reserved (zero)
+//!     64   16 checksum: first 16 bytes of BLAKE3 over bytes 0..64
+//! ```
+
+use crate::error::NodeError;
+use std::fs;
+use std::path::PathBuf;
+use walletd_core::Config;
+use walletd_journal::JournalConfig;
+
+const CONFIG_MAGIC: [u8; 8] = *b"WDCONFIG";
+const CONFIG_VERSION: u32 = 1;
+const CONFIG_SIZE_BYTES: usize = 80;
+
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("ledger.conf")
+    }
+
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    pub fn journal_config(&self, segment_size_bytes: u64) -> JournalConfig {
+        JournalConfig { dir: self.root.clone(), segment_size_bytes }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// Creates the directory with `config` if it has no ledger.conf yet; otherwise reads the
+    /// config it was created with (the one that must be used).
+    pub fn open_or_create(&self, config: Config) -> Result<Config, NodeError> {
+        if self.exists() {
+            return self.config_read();
+        }
+        let config = config.validated()?;
+        fs::create_dir_all(&self.root).map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+        let path = self.config_path();
+        let temporary = path.with_extension("tmp");
+        let io = |source| NodeError::Io { path: temporary.clone(), source };
+        fs::write(&temporary, config_encode(&config)).map_err(io)?;
+        fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io)?;
+        fs::rename(&temporary, &path).map_err(|source| NodeError::Io { path: path.clone(), source })?;
+        fs::File::open(&self.root)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+        Ok(config)
+    }
+
+    /// The config the directory was created with.
+    pub fn config_read(&self) -> Result<Config, NodeError> {
+        let path = self.config_path();
+        let bytes = fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => NodeError::DataDir {
+                path: self.root.clone(),
+                reason:
+                    "not a walletd data directory (no ledger.conf); `walletd serve` or `walletd generate` creates one"
+                        .to_string(),
+            },
+            _ => NodeError::Io { path: path.clone(), source },
+        })?;
+        config_decode(&bytes).map_err(|reason| NodeError::DataDir { path, reason })
+    }
+}
+
+pub fn config_encode(config: &Config) -> [u8; CONFIG_SIZE_BYTES] {
+    let mut bytes = [0u8; CONFIG_SIZE_BYTES];
+    bytes[0..8].copy_from_slice(&CONFIG_MAGIC);
+    bytes[8..12].copy_from_slice(&CONFIG_VERSION.to_le_bytes());
+    let words32 = [
+        config.accounts_max,
+        config.transfers_max,
+        config.pending_max,
+        config.limits_max,
+        config.ledgers_max,
+        config.batch_events_max,
+    ];
+    for (index, value) in words32.iter().enumerate() {
+        bytes[16 + index * 4..20 + index * 4].copy_from_slice(&value.to_le_bytes());
+    }
+    bytes[40..48].copy_from_slice(&config.id_future_ms_max.to_le_bytes());
+    bytes[48..56].copy_from_slice(&config.hash_seed.to_le_bytes());
+    let checksum = blake3::hash(&bytes[..64]);
+    bytes[64..80].copy_from_slice(&checksum.as_bytes()[..16]);
+    bytes
+}
+
+pub fn config_decode(bytes: &[u8]) -> Result<Config, String> {
+    if bytes.len() != CONFIG_SIZE_BYTES {
+        return Err(format!("ledger.conf is {} bytes, expected {CONFIG_SIZE_BYTES}", bytes.len()));
+    }
+    if bytes[0..8] != CONFIG_MAGIC {
+        return Err("ledger.conf has a bad magic: not a walletd config".to_string());
+    }
+    if blake3::hash(&bytes[..64]).as_bytes()[..16] != bytes[64..80] {
+        return Err("ledger.conf checksum mismatch: the file was damaged or edited".to_string());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != CONFIG_VERSION {
+        return Err(format!("ledger.conf version {version} is not supported"));
+    }
+    let u32_at = |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+    let u64_at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
+    let config = Config {
+        accounts_max: u32_at(16),
+        transfers_max: u32_at(20),
+        pending_max: u32_at(24),
+        limits_max: u32_at(28),
+        ledgers_max: u32_at(32),
+        batch_events_max: u32_at(36),
+        id_future_ms_max: u64_at(40),
+        hash_seed: u64_at(48),
+    };
+    config.validated().map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trips_and_damage_is_refused() {
+        let config = Config::small().validated().unwrap();
+        let bytes = config_encode(&config);
+        assert_eq!(config_decode(&bytes), Ok(config));
+        let mut damaged = bytes;
+        damaged[20] ^= 1;
+        assert!(config_decode(&damaged).unwrap_err().contains("checksum"));
+        assert!(config_decode(&bytes[..10]).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! Start-up: the newest valid snapshot, plus the journal's tail replayed on top, gives the
+//! state an uninterrupted run would have. Step by step:
+//!
+//! 1. Read the config the directory was created with (`ledger.conf`).
+//! 2. Load the newest snapshot that passes its checksum and state hash; a damaged one is
+//!    reported and the next older one is tried (its tail is longer, that is all).
+//! 3. Open the journal: a torn tail is truncated and reported; corruption stops start-up with
+//!    the segment, offset and op, for the operator (`walletd journal truncate`).
+//! 4. Check that the journal reaches the snapshot's op and that the record at that op has the
+//!    checksum the snapshot recorded: the tail continues exactly the history the snapshot saw.
+//! 5. Replay the tail, verifying every checkpoint.
+
+use crate::data_dir::DataDir;
+use crate::error::NodeError;
+use crate::replay::{ReplayStats, Replayer};
+use std::path::PathBuf;
+use walletd_core::{Config, Ledger};
+use walletd_journal::{Journal, Reader, Storage};
+use walletd_snapshot::{snapshot_load_newest, Loaded, SnapshotError, SnapshotHeader};
+
+/// A recovered node's state, journal open for appending.
+pub struct Recovered<S: Storage> {
+    pub config: Config,
+    pub ledger: Ledger,
+    pub journal: Journal<S>,
+    pub journal_recovered: walletd_journal::Recovered,
+    /// The snapshot started from, if any.
+    pub snapshot: Option<(SnapshotHeader, PathBuf)>,
+    /// Newer snapshots that failed their checks, with why.
+    pub snapshots_skipped: Vec<SnapshotError>,
+    pub replay: ReplayStats,
+}
+
+/// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
+pub fn recover<S: Storage>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError> {
+    let config = data_dir.config_read()?;
+    let (loaded, snapshots_skipped) = snapshot_load_newest(&data_dir.snapshots())?;
+    let (journal, journal_recovered) = Journal::open(storage.clone(), data_dir.journal_config(segment_size_bytes))?;
+    let (ledger, snapshot) = match loaded {
+        Some(Loaded { ledger, header, path }) => {
+            if ledger.config() != &config {
+                return Err(NodeError::Discontinuity {
+                    reason: format!("snapshot {} was taken with another config than ledger.conf", path.display()),
+                });
+            }
+            (ledger, Some((header, path)))
+        }
+        None => (Ledger::new(config)?, None),
+    };
+    let op_snapshot = snapshot.as_ref().map_or(0, |(header, _)| header.op);
+    if journal_recovered.op_last < op_snapshot {
+        return Err(NodeError::Discontinuity {
+            reason: format!(
+                "the journal ends at op {} but the newest snapshot is at op {op_snapshot}: journal records the \
+                 snapshot saw are missing",
+                journal_recovered.op_last
+            ),
+        });
+    }
+    let mut recovered = Recovered {
+        config,
+        ledger,
+        journal,
+        journal_recovered,
+        snapshot,
+        snapshots_skipped,
+        replay: ReplayStats::default(),
+    };
+    replay_tail(storage, data_dir, &mut recovered)?;
+    Ok(recovered)
+}
+
+/// Replays the journal after the snapshot (or from genesis), checking the join.
+fn replay_tail<S: Storage>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), NodeError> {
+    let op_last = recovered.journal_recovered.op_last;
+    let start = recovered.snapshot.as_ref().map(|(header, _)| (header.op, header.journal_checksum));
+    let target = ReplayTarget { op_durable: Some(op_last), until_op: None };
+    replay_onto(storage, data_dir, &mut recovered.ledger, start, target, &mut recovered.replay)?;
+    assert!(op_last == 0 || recovered.replay.op_last == op_last || start.is_some_and(|(op, _)| op == op_last));
+    Ok(())
+}
+
+/// How far a replay goes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayTarget {
+    /// Ops known durable: the journal ending before this is corruption (recovery knows it).
+    pub op_durable: Option<u64>,
+    /// Stop after this op (a drill of a past state).
+    pub until_op: Option<u64>,
+}
+
+/// Replays the journal onto `ledger`, which holds the state at `start`'s op (a snapshot's op
+/// and the journal checksum it recorded), or the empty state when `start` is None. The record
+/// at the snapshot's op must carry the recorded checksum: the tail continues that history.
+pub fn replay_onto<S: Storage>(
+    storage: S,
+    data_dir: &DataDir,
+    ledger: &mut Ledger,
+    start: Option<(u64, u128)>,
+    target: ReplayTarget,
+    stats: &mut ReplayStats,
+) -> Result<(), NodeError> {
+    if target.op_durable == Some(0) {
+        return Ok(());
+    }
+    let (op_snapshot, checksum_snapshot) = start.unwrap_or((0, 0));
+    let mut reader = match target.op_durable {
+        Some(op_durable) => Reader::open_until(storage, &data_dir.root, op_snapshot.max(1), op_durable)?,
+        None => Reader::open(storage, &data_dir.root, op_snapshot.max(1))?,
+    };
+    if op_snapshot > 0 {
+        let record = reader.next_record()?.ok_or_else(|| NodeError::Discontinuity {
+            reason: format!("the journal ends before the snapshot's op {op_snapshot}"),
+        })?;
+        assert_eq!(record.op, op_snapshot);
+        if record.checksum != checksum_snapshot {
+            return Err(NodeError::Discontinuity {
+                reason: format!(
+                    "the journal record at op {op_snapshot} has checksum {:032x}, the snapshot recorded {checksum_snapshot:032x}",
+                    record.checksum
+                ),
+            });
+        }
+        stats.op_last = op_snapshot;
+    }
+    let mut replayer = Replayer::new(ledger.config());
+    replayer.replay(ledger, &mut reader, target.until_op, stats)
+}

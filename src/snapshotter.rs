@@ -1,0 +1,151 @@
+//! The snapshot replica: a second ledger on its own thread, fed from the durable journal.
+//! When it reaches a checkpoint record that asks for one, it writes a snapshot at that exact
+//! op. The apply thread never serialises anything, so its snapshot stall is the time to append
+//! one checkpoint record; the price is a second copy of the state in memory and the replay
+//! work on another core. The replica also re-verifies every checkpoint as it goes, a
+//! continuous check that the journal replays to what the live ledger computed.
+
+use crate::checkpoint::CHECKPOINT_SNAPSHOT;
+use crate::data_dir::DataDir;
+use crate::error::NodeError;
+use crate::replay::{Applied, Replayer};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use walletd_core::Ledger;
+use walletd_journal::{Reader, Storage};
+use walletd_snapshot::snapshot_save;
+
+/// One snapshot the replica wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotTaken {
+    pub op: u64,
+    pub size_bytes: u64,
+    /// Time to serialise, write, fsync and rename it (on the replica's thread).
+    pub seconds: f64,
+}
+
+struct Shared {
+    op_durable: AtomicU64,
+    op_snapshot: AtomicU64,
+    op_replayed: AtomicU64,
+    stop: AtomicBool,
+    taken: Mutex<Vec<SnapshotTaken>>,
+}
+
+pub struct Snapshotter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<Result<(), NodeError>>>,
+}
+
+impl Snapshotter {
+    /// Starts the replica `replica`, whose state includes every op up to `op_replica`.
+    pub fn start<S: Storage + Send + 'static>(
+        replica: Ledger,
+        op_replica: u64,
+        storage: S,
+        data_dir: DataDir,
+        kept: usize,
+    ) -> Result<Snapshotter, NodeError>
+    where
+        S::File: Send,
+    {
+        let shared = Arc::new(Shared {
+            op_durable: AtomicU64::new(op_replica),
+            op_snapshot: AtomicU64::new(0),
+            op_replayed: AtomicU64::new(op_replica),
+            stop: AtomicBool::new(false),
+            taken: Mutex::new(Vec::new()),
+        });
+        let reader = Reader::open_until(storage, &data_dir.root, op_replica + 1, op_replica)?;
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("snapshot".to_string())
+            .spawn(move || replica_run(replica, reader, data_dir, kept, &thread_shared))
+            .map_err(|source| NodeError::Io { path: "snapshot thread".into(), source })?;
+        Ok(Snapshotter { shared, thread: Some(thread) })
+    }
+
+    /// Tells the replica that ops up to `op` are durable.
+    pub fn durable(&self, op: u64) {
+        self.shared.op_durable.fetch_max(op, Ordering::Release);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+
+    /// The op of the newest snapshot written (0 if none yet).
+    pub fn op_snapshot(&self) -> u64 {
+        self.shared.op_snapshot.load(Ordering::Acquire)
+    }
+
+    /// The last op the replica has applied.
+    pub fn op_replayed(&self) -> u64 {
+        self.shared.op_replayed.load(Ordering::Acquire)
+    }
+
+    pub fn taken(&self) -> Vec<SnapshotTaken> {
+        self.shared.taken.lock().expect("snapshot list lock").clone()
+    }
+
+    /// Catches up with every durable op, then stops; returns the replica's error if it had one.
+    pub fn finish(mut self) -> Result<Vec<SnapshotTaken>, NodeError> {
+        self.shared.stop.store(true, Ordering::Release);
+        let thread = self.thread.take().expect("finish once");
+        thread.thread().unpark();
+        thread.join().expect("snapshot thread panicked")?;
+        Ok(self.taken())
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shared.stop.store(true, Ordering::Release);
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+fn replica_run<S: Storage>(
+    mut replica: Ledger,
+    mut reader: Reader<S>,
+    data_dir: DataDir,
+    kept: usize,
+    shared: &Shared,
+) -> Result<(), NodeError> {
+    let mut replayer = Replayer::new(replica.config());
+    let mut op_replayed = shared.op_replayed.load(Ordering::Acquire);
+    loop {
+        let op_durable = shared.op_durable.load(Ordering::Acquire);
+        if op_durable > op_replayed {
+            reader.follow(op_durable);
+            while let Some(record) = reader.next_record()? {
+                assert_eq!(record.op, op_replayed + 1, "the replica reads every op in order");
+                let applied = replayer.record_apply(&mut replica, &record)?;
+                if let Applied::Checkpoint(checkpoint) = applied {
+                    if checkpoint.flags & CHECKPOINT_SNAPSHOT != 0 {
+                        let start = Instant::now();
+                        let saved = snapshot_save(&data_dir.snapshots(), record.op, record.checksum, &replica, kept)?;
+                        let taken = SnapshotTaken {
+                            op: record.op,
+                            size_bytes: saved.size_bytes,
+                            seconds: start.elapsed().as_secs_f64(),
+                        };
+                        shared.taken.lock().expect("snapshot list lock").push(taken);
+                        shared.op_snapshot.store(record.op, Ordering::Release);
+                    }
+                }
+                op_replayed = record.op;
+                shared.op_replayed.store(op_replayed, Ordering::Release);
+            }
+            assert_eq!(op_replayed, op_durable);
+        } else if shared.stop.load(Ordering::Acquire) {
+            return Ok(());
+        } else {
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}
