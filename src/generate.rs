@@ -31,6 +31,8 @@ pub struct GenerateOptions {
     /// Percent of transfers that are holds (posted or voided in the next batch).
     pub two_phase_percent: u64,
     pub distribution: Distribution,
+    /// Print `durable <op>` on stdout after every commit (for crash tests).
+    pub print_durable: bool,
 }
 
 impl Default for GenerateOptions {
@@ -46,6 +48,7 @@ impl Default for GenerateOptions {
             segment_size_bytes: 256 << 20,
             two_phase_percent: 5,
             distribution: Distribution::Uniform,
+            print_durable: false,
         }
     }
 }
@@ -165,6 +168,11 @@ impl Run {
     fn commit(&mut self) -> Result<(), NodeError> {
         let op_durable = self.writer.commit()?;
         self.batches_since_commit = 0;
+        if self.options.print_durable {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "durable {op_durable}").and_then(|()| stdout.flush());
+        }
         self.snapshotter.durable(op_durable);
         let op_snapshot = self.snapshotter.op_snapshot();
         if op_snapshot > self.op_archived {

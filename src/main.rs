@@ -66,6 +66,9 @@ struct GenerateArgs {
     distribution: Distribution,
     #[arg(long, default_value_t = 256 << 20)]
     segment_size: u64,
+    /// Print `durable <op>` after every commit (for crash tests).
+    #[arg(long)]
+    print_durable: bool,
 }
 
 #[derive(Args)]
@@ -139,6 +142,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
         segment_size_bytes: args.segment_size,
         two_phase_percent: args.two_phase_percent.min(100),
         distribution: args.distribution,
+        print_durable: args.print_durable,
         ..GenerateOptions::default()
     };
     let data_dir = DataDir::new(&args.data_dir);
