@@ -91,18 +91,29 @@ struct ReplayArgs {
 
 #[derive(Subcommand)]
 enum JournalCommands {
-    /// Cut the journal at a corrupt record, moving what follows to journal/quarantine/. The
-    /// explicit operator action that start-up's corruption message names.
-    Truncate {
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// The segment file start-up named.
-        #[arg(long)]
-        segment: PathBuf,
-        /// The byte offset start-up named.
-        #[arg(long)]
-        offset: u64,
-    },
+    /// Cut the journal at a corrupt record, moving what follows to journal/quarantine/: the
+    /// explicit operator action that start-up's corruption message names, as
+    /// `walletd journal truncate <SEGMENT> <OFFSET>`. Run it with walletd stopped.
+    Truncate(TruncateArgs),
+}
+
+#[derive(Args)]
+struct TruncateArgs {
+    /// The segment file the corruption message named.
+    #[arg(value_name = "SEGMENT", required_unless_present = "segment")]
+    segment_path: Option<PathBuf>,
+    /// The byte offset the corruption message named.
+    #[arg(value_name = "OFFSET", required_unless_present = "offset")]
+    offset_bytes: Option<u64>,
+    /// The segment, as a flag.
+    #[arg(long, conflicts_with = "segment_path")]
+    segment: Option<PathBuf>,
+    /// The offset, as a flag.
+    #[arg(long, conflicts_with = "offset_bytes")]
+    offset: Option<u64>,
+    /// The data directory (default: the one the segment is in).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -114,9 +125,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Generate(args) => generate_command(args),
         Commands::Replay(args) => replay_command(args),
-        Commands::Journal(JournalCommands::Truncate { data_dir, segment, offset }) => {
-            truncate_command(data_dir, segment, offset)
-        }
+        Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -158,6 +167,19 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
         report.commits
     );
     println!("state hash    {:032x}", report.state_hash);
+    if let Some(largest) = report.snapshots.iter().max_by_key(|s| s.size_bytes) {
+        let mut seconds: Vec<f64> = report.snapshots.iter().map(|s| s.seconds).collect();
+        seconds.sort_by(f64::total_cmp);
+        println!(
+            "snapshot save {:.3} s median, {:.3} s max, on the replica thread; largest {} MB",
+            seconds[seconds.len() / 2],
+            seconds[seconds.len() - 1],
+            largest.size_bytes / 1_000_000
+        );
+    }
+    if report.recovery_seconds > 0.0 {
+        println!("recovery      {:.3} s before the run", report.recovery_seconds);
+    }
     println!(
         "snapshots     {} written (newest at op {}), {} segments archived, apply-thread stall per snapshot ≤ {} µs",
         report.snapshots.len(),
@@ -188,6 +210,7 @@ struct ReplayReport {
     transfers: u64,
     pending: u64,
     state_hash: String,
+    snapshot_load_seconds: f64,
     seconds: f64,
     transfers_per_second: f64,
     ledgers: Vec<LedgerReport>,
@@ -199,6 +222,7 @@ fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
         return audit_command(&data_dir, args.json);
     }
     let config = data_dir.config_read()?;
+    let load_start = Instant::now();
     let (mut ledger, start) = if args.from_genesis {
         (Ledger::new(config)?, None)
     } else {
@@ -213,6 +237,7 @@ fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
             _ => (Ledger::new(config)?, None),
         }
     };
+    let snapshot_load_seconds = load_start.elapsed().as_secs_f64();
     let mut stats = ReplayStats::default();
     let target = ReplayTarget { op_durable: None, until_op: args.until_op };
     replay_onto(FileStorage::default(), &data_dir, &mut ledger, start, target, &mut stats)?;
@@ -227,6 +252,7 @@ fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
         transfers: ledger.transfers_created(),
         pending: u64::from(ledger.pending_count()),
         state_hash: format!("{:032x}", ledger.state_hash()),
+        snapshot_load_seconds,
         seconds: stats.seconds,
         transfers_per_second: stats.transfers_per_second(),
         ledgers: ledger
@@ -264,6 +290,9 @@ fn replay_print(report: &ReplayReport) {
         );
     }
     println!("state hash    {}", report.state_hash);
+    if report.snapshot_op.is_some() {
+        println!("snapshot load {:.3} s", report.snapshot_load_seconds);
+    }
     println!("replay        {:.3} s, {:.0} transfers/s", report.seconds, report.transfers_per_second);
 }
 
@@ -305,7 +334,16 @@ fn audit_command(data_dir: &DataDir, json: bool) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn truncate_command(data_dir: PathBuf, segment: PathBuf, offset: u64) -> Result<(), NodeError> {
+fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
+    let segment = args.segment_path.or(args.segment).expect("clap requires a segment");
+    let offset = args.offset_bytes.or(args.offset).expect("clap requires an offset");
+    // DIR/journal/segment-….wal → DIR
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => segment.parent().and_then(|journal| journal.parent()).map(PathBuf::from).ok_or_else(|| {
+            NodeError::DataDir { path: segment.clone(), reason: "cannot tell the data directory: pass --data-dir".into() }
+        })?,
+    };
     let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;
     println!("truncated     {truncated:?}");
     Ok(())
