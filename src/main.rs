@@ -341,7 +341,10 @@ fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => segment.parent().and_then(|journal| journal.parent()).map(PathBuf::from).ok_or_else(|| {
-            NodeError::DataDir { path: segment.clone(), reason: "cannot tell the data directory: pass --data-dir".into() }
+            NodeError::DataDir {
+                path: segment.clone(),
+                reason: "cannot tell the data directory: pass --data-dir".into(),
+            }
         })?,
     };
     let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;

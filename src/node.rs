@@ -1,0 +1,71 @@
+//! A node: a data directory recovered, the snapshot replica started beside it, and the
+//! pipeline running on the recovered ledger and journal. The network front (the gateway)
+//! feeds `Node::pipeline`; `walletd serve` puts the two together.
+
+use crate::data_dir::DataDir;
+use crate::error::NodeError;
+use crate::pipeline::{pipeline_start, Pipeline, PipelineOptions, ReplyRoute};
+use crate::recovery::recover;
+use crate::snapshotter::Snapshotter;
+use crate::writer::SystemClock;
+use walletd_core::{Config, Ledger};
+use walletd_journal::FileStorage;
+use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
+
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The config a new data directory gets (an existing one keeps its own).
+    pub config: Config,
+    pub segment_size_bytes: u64,
+    pub pipeline: PipelineOptions,
+}
+
+/// What start-up found, for the log.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub op: u64,
+    pub accounts: u32,
+    pub snapshot_op: Option<u64>,
+    pub ops_replayed: u64,
+    pub torn_tail: bool,
+    pub snapshots_skipped: usize,
+    pub config: Config,
+}
+
+pub struct Node {
+    pub pipeline: Pipeline,
+    pub started: Started,
+}
+
+impl Node {
+    /// Opens (or creates) the data directory, recovers, and starts the pipeline.
+    pub fn start(data_dir: &DataDir, options: NodeOptions, route: ReplyRoute) -> Result<Node, NodeError> {
+        data_dir.open_or_create(options.config)?;
+        let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
+        for error in &recovered.snapshots_skipped {
+            tracing::warn!(%error, "skipped a snapshot that failed its checks");
+        }
+        if let Some(torn) = &recovered.journal_recovered.torn_tail {
+            tracing::warn!(?torn, "truncated a torn journal tail left by a crash");
+        }
+        let op = recovered.journal.op_durable();
+        let started = Started {
+            op,
+            accounts: recovered.ledger.accounts_count(),
+            snapshot_op: recovered.snapshot.as_ref().map(|(header, _)| header.op),
+            ops_replayed: recovered.replay.records,
+            torn_tail: recovered.journal_recovered.torn_tail.is_some(),
+            snapshots_skipped: recovered.snapshots_skipped.len(),
+            config: recovered.config,
+        };
+        let mut image = Vec::new();
+        recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
+        let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
+        drop(image);
+        let snapshotter =
+            Snapshotter::start(replica, op, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+        let pipeline =
+            pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, options.pipeline);
+        Ok(Node { pipeline, started })
+    }
+}

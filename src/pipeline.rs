@@ -1,0 +1,556 @@
+//! The pipeline, wired in one place: receive → sequence → journal ∥ apply → reply.
+//!
+//! - **receive** (the gateway's connection threads) frames, checks and validates a request, then
+//!   hands it to the sequencer over a bounded channel; a full channel blocks the connection
+//!   thread, which stops reading its socket (backpressure, nothing dropped).
+//! - **sequence** (one thread, the ring's single producer) gives each mutating request its op
+//!   and its timestamp — the only clock read — and inserts a checkpoint every `checkpoint_ops`
+//!   ops (with a snapshot request every `snapshot_ops`). It claims a ring slot; a full ring makes
+//!   it wait, so the channel fills, so the clients slow down.
+//! - **journal** and **apply** consume the ring side by side (the disruptor's two first
+//!   consumers). Journal appends every command and checkpoint and commits (one fdatasync) at
+//!   the end of each batch the ring hands it: group commit. Apply runs the ledger ahead of the
+//!   fsync (speculatively) and leaves each outcome in its slot. A checkpoint slot is the one
+//!   place journal waits for apply: the checkpoint carries the state hash only apply knows.
+//! - **reply** runs after both: the disruptor advances a consumer's cursor only after its whole
+//!   batch, so a slot reaches reply only once its command is durable and applied
+//!   (`op <= min(op_durable, op_applied)`); reads too wait for every write before them.
+//!
+//! A journal failure is fatal: the journal thread logs it and exits the process (fail-stop);
+//! no reply for a command that a restart would not reproduce can leave.
+
+use crate::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
+use crate::metrics::Metrics;
+use crate::snapshotter::Snapshotter;
+use crate::writer::Clock;
+use crossbeam_channel::{Receiver, Sender};
+use disruptor::wait_strategies::WaitStrategy;
+use disruptor::{build_single_producer, Producer, Sequence};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use walletd_core::command::{command_encode, Command, CommandScratch};
+use walletd_core::{Ledger, Operation, Output};
+use walletd_journal::{FileStorage, Journal, RecordKind};
+
+pub const OPERATION_PING: u16 = 256;
+pub const OPERATION_SNAPSHOT: u16 = 257;
+
+/// A validated request, from the receive stage.
+#[derive(Debug)]
+pub struct Request {
+    pub connection: u64,
+    pub request_id: u64,
+    pub client_id: u128,
+    pub operation: u16,
+    pub event_count: u32,
+    /// The events (`event_count` × the operation's event size), already checked.
+    pub events: Vec<u8>,
+}
+
+/// What the reply stage hands back to the gateway.
+#[derive(Debug)]
+pub struct Reply {
+    pub connection: u64,
+    pub request_id: u64,
+    pub client_id: u128,
+    pub operation: u16,
+    /// The request's journal op (0 for reads and pings).
+    pub op: u64,
+    pub record_count: u32,
+    pub body: Vec<u8>,
+}
+
+/// Where replies go (the gateway's connection registry).
+pub type ReplyRoute = Arc<dyn Fn(Reply) + Send + Sync>;
+
+/// How idle pipeline threads wait. On a machine with few cores, spinning threads take the
+/// cores the work needs: `Backoff` (the default) spins briefly, then yields, then sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitKind {
+    BusySpin,
+    Yield,
+    Backoff,
+}
+
+impl std::str::FromStr for WaitKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<WaitKind, String> {
+        match text {
+            "busy-spin" => Ok(WaitKind::BusySpin),
+            "yield" => Ok(WaitKind::Yield),
+            "backoff" => Ok(WaitKind::Backoff),
+            other => Err(format!("unknown wait strategy {other:?}: use busy-spin, yield or backoff")),
+        }
+    }
+}
+
+/// Yields the core each time there is nothing to do.
+#[derive(Clone, Copy)]
+pub struct Yield;
+
+impl WaitStrategy for Yield {
+    fn wait_for(&self, _sequence: Sequence) {
+        std::thread::yield_now();
+    }
+}
+
+/// Spins ~100 times, yields ~100 times, then sleeps 50 µs per try, per awaited sequence.
+#[derive(Clone, Copy)]
+pub struct Backoff;
+
+thread_local! {
+    static BACKOFF: Cell<(Sequence, u32)> = const { Cell::new((-1, 0)) };
+}
+
+impl WaitStrategy for Backoff {
+    fn wait_for(&self, sequence: Sequence) {
+        let tries = BACKOFF.with(|state| {
+            let (awaited, tries) = state.get();
+            let tries = if awaited == sequence { tries.saturating_add(1) } else { 0 };
+            state.set((sequence, tries));
+            tries
+        });
+        match tries {
+            0..=99 => std::hint::spin_loop(),
+            100..=199 => std::thread::yield_now(),
+            _ => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Ring slots (a power of two); each holds one request of up to one batch.
+    pub ring_slots: usize,
+    pub wait: WaitKind,
+    /// Cores to pin journal, apply and reply to, in that order (none: unpinned).
+    pub pin_cores: Option<[usize; 3]>,
+    pub checkpoint_ops: u64,
+    pub snapshot_ops: u64,
+    /// Requests waiting for the sequencer before receive blocks.
+    pub queue_requests: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> PipelineOptions {
+        PipelineOptions {
+            ring_slots: 64,
+            wait: WaitKind::Backoff,
+            pin_cores: None,
+            checkpoint_ops: 256,
+            snapshot_ops: 16_384,
+            queue_requests: 256,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotKind {
+    Empty,
+    Command,
+    Query,
+    Checkpoint { snapshot: bool },
+    Ping,
+}
+
+/// The result apply leaves for reply (and, for a checkpoint, for journal).
+#[derive(Default)]
+struct Outcome {
+    record_count: u32,
+    body: Vec<u8>,
+    checkpoint: Option<[u8; CHECKPOINT_SIZE_BYTES]>,
+}
+
+/// One ring slot.
+struct Slot {
+    kind: SlotKind,
+    connection: u64,
+    request_id: u64,
+    client_id: u128,
+    operation: u16,
+    op: u64,
+    timestamp_ns: u64,
+    /// The command as journaled: a 16-byte command header and the events.
+    command: Vec<u8>,
+    outcome: Mutex<Outcome>,
+    checkpoint_ready: AtomicBool,
+}
+
+impl Slot {
+    fn new(batch_events_max: u32) -> Slot {
+        Slot {
+            kind: SlotKind::Empty,
+            connection: 0,
+            request_id: 0,
+            client_id: 0,
+            operation: 0,
+            op: 0,
+            timestamp_ns: 0,
+            command: Vec::with_capacity(16 + 128 * batch_events_max as usize),
+            outcome: Mutex::new(Outcome::default()),
+            checkpoint_ready: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A running pipeline: send requests into `requests`; `shutdown` drains it.
+pub struct Pipeline {
+    requests: Option<Sender<Request>>,
+    sequencer: Option<JoinHandle<()>>,
+    snapshotter: Arc<Snapshotter>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// A handle for the receive stage. Sending blocks while the pipeline is full.
+    pub fn requests(&self) -> Sender<Request> {
+        self.requests.as_ref().expect("pipeline running").clone()
+    }
+
+    /// Stops taking requests, finishes (journals, applies, replies to) everything taken, and
+    /// waits for the snapshot replica to catch up. Every sender from `requests()` must be
+    /// dropped first or this waits for them.
+    pub fn shutdown(mut self) {
+        drop(self.requests.take());
+        if let Some(sequencer) = self.sequencer.take() {
+            sequencer.join().expect("sequencer thread panicked");
+        }
+        if let Ok(snapshotter) = Arc::try_unwrap(self.snapshotter) {
+            if let Err(error) = snapshotter.finish() {
+                tracing::error!(%error, "snapshot replica failed");
+            }
+        }
+    }
+}
+
+struct JournalStage {
+    journal: Journal<FileStorage>,
+    appended: bool,
+    snapshotter: Arc<Snapshotter>,
+    op_archived: u64,
+    metrics: Arc<Metrics>,
+}
+
+struct ApplyStage {
+    ledger: Ledger,
+    output: Output,
+    scratch: CommandScratch,
+    metrics: Arc<Metrics>,
+}
+
+struct Sequencer<C: Clock> {
+    clock: C,
+    op_next: u64,
+    timestamp_next_min: u64,
+    op_checkpoint: u64,
+    op_snapshot: u64,
+    options: PipelineOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// Starts the pipeline on a recovered ledger and journal. `route` receives every reply.
+pub fn pipeline_start<C: Clock + Send + 'static>(
+    ledger: Ledger,
+    journal: Journal<FileStorage>,
+    snapshotter: Snapshotter,
+    clock: C,
+    route: ReplyRoute,
+    options: PipelineOptions,
+) -> Pipeline {
+    assert!(options.ring_slots.is_power_of_two(), "ring_slots must be a power of two");
+    assert_eq!(journal.op_appended(), journal.op_durable());
+    let metrics = Arc::new(Metrics::default());
+    let snapshotter = Arc::new(snapshotter);
+    let op_last = journal.op_durable();
+    metrics.op_durable.store(op_last, Ordering::Relaxed);
+    metrics.op_applied.store(op_last, Ordering::Relaxed);
+    metrics.op_published.store(op_last, Ordering::Relaxed);
+    let sequencer = Sequencer {
+        clock,
+        op_next: op_last + 1,
+        timestamp_next_min: ledger.timestamp_next_min().max(journal.timestamp_ns_last()),
+        op_checkpoint: op_last,
+        op_snapshot: op_last,
+        options: options.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let batch_events_max = ledger.config().batch_events_max;
+    let journal_stage = JournalStage {
+        journal,
+        appended: false,
+        snapshotter: Arc::clone(&snapshotter),
+        op_archived: 0,
+        metrics: Arc::clone(&metrics),
+    };
+    let apply_stage = ApplyStage {
+        output: Output::new(ledger.config()),
+        scratch: CommandScratch::new(batch_events_max),
+        ledger,
+        metrics: Arc::clone(&metrics),
+    };
+    let (sender, receiver) = crossbeam_channel::bounded(options.queue_requests);
+    let stages = Stages { journal: journal_stage, apply: apply_stage, route, batch_events_max };
+    let handle = match options.wait {
+        WaitKind::BusySpin => sequencer_spawn(sequencer, receiver, stages, disruptor::BusySpin),
+        WaitKind::Yield => sequencer_spawn(sequencer, receiver, stages, Yield),
+        WaitKind::Backoff => sequencer_spawn(sequencer, receiver, stages, Backoff),
+    };
+    Pipeline { requests: Some(sender), sequencer: Some(handle), snapshotter, metrics }
+}
+
+struct Stages {
+    journal: JournalStage,
+    apply: ApplyStage,
+    route: ReplyRoute,
+    batch_events_max: u32,
+}
+
+fn sequencer_spawn<C: Clock + Send + 'static, W: WaitStrategy + 'static>(
+    mut sequencer: Sequencer<C>,
+    receiver: Receiver<Request>,
+    stages: Stages,
+    wait: W,
+) -> JoinHandle<()> {
+    let Stages { journal, apply, route, batch_events_max } = stages;
+    let pins = sequencer.options.pin_cores;
+    let ring_slots = sequencer.options.ring_slots;
+    std::thread::Builder::new()
+        .name("sequence".to_string())
+        .spawn(move || {
+            let builder = build_single_producer(ring_slots, move || Slot::new(batch_events_max), wait);
+            let builder = match pins {
+                Some([core, _, _]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
+                None => builder,
+            };
+            let builder = disruptor::ProcessorSettings::thread_name(builder, "journal")
+                .handle_events_and_state_with(journal_handle, move || journal);
+            let builder = match pins {
+                Some([_, core, _]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
+                None => builder,
+            };
+            let builder = disruptor::ProcessorSettings::thread_name(builder, "apply")
+                .handle_events_and_state_with(apply_handle, move || apply)
+                .and_then();
+            let builder = match pins {
+                Some([_, _, core]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
+                None => builder,
+            };
+            let mut producer = disruptor::ProcessorSettings::thread_name(builder, "reply")
+                .handle_events_and_state_with(reply_handle, move || route)
+                .build();
+            while let Ok(request) = receiver.recv() {
+                sequencer.sequence(&mut producer, request);
+            }
+            // Dropping the producer lets the consumers finish every published slot, then joins them.
+            drop(producer);
+        })
+        .expect("spawn the sequencer")
+}
+
+impl<C: Clock> Sequencer<C> {
+    fn sequence(&mut self, producer: &mut impl Producer<Slot>, request: Request) {
+        self.metrics.request(request.operation);
+        let kind = match Operation::from_u16(request.operation) {
+            Some(operation) if operation.is_mutating() => SlotKind::Command,
+            Some(_) => SlotKind::Query,
+            None if request.operation == OPERATION_PING => SlotKind::Ping,
+            None => {
+                assert_eq!(request.operation, OPERATION_SNAPSHOT, "receive validated the operation");
+                SlotKind::Checkpoint { snapshot: true }
+            }
+        };
+        let (op, timestamp_ns) = self.stamp(kind, request.event_count);
+        self.publish(producer, |slot| {
+            slot.kind = kind;
+            slot.connection = request.connection;
+            slot.request_id = request.request_id;
+            slot.client_id = request.client_id;
+            slot.operation = request.operation;
+            slot.op = op;
+            slot.timestamp_ns = timestamp_ns;
+            slot.command.clear();
+            if matches!(kind, SlotKind::Command | SlotKind::Query) {
+                let operation = Operation::from_u16(request.operation).expect("checked above");
+                command_encode(operation, &request.events, request.event_count, &mut slot.command);
+            }
+            slot.checkpoint_ready.store(false, Ordering::Relaxed);
+        });
+        if kind == SlotKind::Command {
+            self.checkpoint_maybe(producer);
+        }
+    }
+
+    /// The op and timestamp of a slot: commands consume `max(count, 1)` timestamps.
+    fn stamp(&mut self, kind: SlotKind, event_count: u32) -> (u64, u64) {
+        match kind {
+            SlotKind::Command => {
+                let timestamp_ns = self.clock.now_ns().max(self.timestamp_next_min);
+                self.timestamp_next_min = timestamp_ns + u64::from(event_count.max(1));
+                self.op_next += 1;
+                (self.op_next - 1, timestamp_ns)
+            }
+            SlotKind::Checkpoint { .. } => {
+                self.op_next += 1;
+                self.op_checkpoint = self.op_next - 1;
+                (self.op_next - 1, self.timestamp_next_min - 1)
+            }
+            SlotKind::Query | SlotKind::Ping | SlotKind::Empty => (0, 0),
+        }
+    }
+
+    /// A checkpoint every `checkpoint_ops` ops; it asks for a snapshot every `snapshot_ops`.
+    fn checkpoint_maybe(&mut self, producer: &mut impl Producer<Slot>) {
+        if self.op_next - 1 - self.op_checkpoint < self.options.checkpoint_ops {
+            return;
+        }
+        let snapshot = self.op_next - self.op_snapshot > self.options.snapshot_ops;
+        let kind = SlotKind::Checkpoint { snapshot };
+        let (op, timestamp_ns) = self.stamp(kind, 0);
+        if snapshot {
+            self.op_snapshot = op;
+        }
+        self.publish(producer, |slot| {
+            slot.kind = kind;
+            slot.connection = 0;
+            slot.operation = 0;
+            slot.op = op;
+            slot.timestamp_ns = timestamp_ns;
+            slot.command.clear();
+            slot.checkpoint_ready.store(false, Ordering::Relaxed);
+        });
+    }
+
+    /// Claims a slot, waiting (not spinning) while the ring is full.
+    fn publish(&mut self, producer: &mut impl Producer<Slot>, fill: impl FnOnce(&mut Slot)) {
+        let mut fill = Some(fill);
+        loop {
+            let attempt = producer.try_publish(|slot| (fill.take().expect("filled once"))(slot));
+            match attempt {
+                Ok(_) => break,
+                Err(_) => {
+                    self.metrics.ring_full_waits.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
+        }
+        self.metrics.op_published.store(self.op_next - 1, Ordering::Relaxed);
+    }
+}
+
+fn fail_stop(error: impl std::fmt::Display) -> ! {
+    tracing::error!(%error, "journal failed: stopping the node (fail-stop); restart it to recover from disk");
+    eprintln!("walletd: journal failed: {error}; stopping (fail-stop). Restart to recover from disk.");
+    std::process::exit(70);
+}
+
+fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
+    match slot.kind {
+        SlotKind::Command => {
+            let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::CommandBatch, &slot.command);
+            appended.unwrap_or_else(|error| fail_stop(error));
+            stage.appended = true;
+        }
+        SlotKind::Checkpoint { .. } => {
+            let start = Instant::now();
+            // The one wait on apply: the checkpoint carries the state hash at this op.
+            while !slot.checkpoint_ready.load(Ordering::Acquire) {
+                std::thread::yield_now();
+            }
+            let body = slot.outcome.lock().expect("outcome lock").checkpoint.expect("checkpoint ready");
+            let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::Checkpoint, &body);
+            appended.unwrap_or_else(|error| fail_stop(error));
+            stage.appended = true;
+            stage.metrics.snapshot_stall_seconds.observe(start.elapsed().as_secs_f64());
+        }
+        SlotKind::Query | SlotKind::Ping | SlotKind::Empty => {}
+    }
+    if end_of_batch && stage.appended {
+        let start = Instant::now();
+        let op_durable = stage.journal.commit().unwrap_or_else(|error| fail_stop(error));
+        stage.metrics.fsync_seconds.observe(start.elapsed().as_secs_f64());
+        stage.metrics.op_durable.store(op_durable, Ordering::Release);
+        stage.appended = false;
+        stage.snapshotter.durable(op_durable);
+        let op_snapshot = stage.snapshotter.op_snapshot();
+        stage.metrics.op_snapshot.store(op_snapshot, Ordering::Relaxed);
+        if op_snapshot > stage.op_archived {
+            let archived = stage.journal.archive_before(op_snapshot).unwrap_or_else(|error| fail_stop(error));
+            if !archived.is_empty() {
+                tracing::info!(
+                    segments = archived.len(),
+                    op_snapshot,
+                    "archived journal segments older than the snapshot"
+                );
+            }
+            stage.op_archived = op_snapshot;
+        }
+    }
+}
+
+fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+    let start = Instant::now();
+    let mut outcome = slot.outcome.lock().expect("outcome lock");
+    outcome.record_count = 0;
+    outcome.body.clear();
+    match slot.kind {
+        SlotKind::Command => {
+            let Command::Batch(batch) = stage.scratch.decode(&slot.command).expect("receive validated the command")
+            else {
+                unreachable!("a command slot holds a batch");
+            };
+            stage.ledger.apply(slot.timestamp_ns, batch, &mut stage.output);
+            stage.metrics.batch_events.observe(batch.len() as f64);
+            results_count(&stage.metrics, slot.operation, batch.len() as u64, &stage.output);
+            crate::reply_body::results_encode(&stage.output, &mut outcome.body);
+            outcome.record_count = stage.output.results.len() as u32;
+            stage.metrics.op_applied.store(slot.op, Ordering::Release);
+        }
+        SlotKind::Query => {
+            let Command::Query(query) = stage.scratch.decode(&slot.command).expect("receive validated the query")
+            else {
+                unreachable!("a query slot holds a query");
+            };
+            stage.ledger.query(query, &mut stage.output);
+            outcome.record_count = crate::reply_body::query_encode(&query, &stage.output, &mut outcome.body);
+        }
+        SlotKind::Checkpoint { snapshot } => {
+            let flags = if snapshot { CHECKPOINT_SNAPSHOT } else { 0 };
+            outcome.checkpoint = Some(Checkpoint::of(&stage.ledger, flags).encode());
+            drop(outcome);
+            slot.checkpoint_ready.store(true, Ordering::Release);
+            stage.metrics.op_applied.store(slot.op, Ordering::Release);
+            return;
+        }
+        SlotKind::Ping | SlotKind::Empty => {}
+    }
+    stage.metrics.apply_seconds.observe(start.elapsed().as_secs_f64());
+}
+
+fn results_count(metrics: &Metrics, operation: u16, events: u64, output: &Output) {
+    for result in &output.results {
+        metrics.events_add(operation, result.code, 1);
+    }
+    metrics.events_add(operation, 0, events - output.results.len() as u64);
+}
+
+fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+    if slot.connection == 0 {
+        return; // a checkpoint the sequencer inserted: nobody is waiting
+    }
+    let mut outcome = slot.outcome.lock().expect("outcome lock");
+    let reply = Reply {
+        connection: slot.connection,
+        request_id: slot.request_id,
+        client_id: slot.client_id,
+        operation: slot.operation,
+        op: slot.op,
+        record_count: outcome.record_count,
+        body: std::mem::take(&mut outcome.body),
+    };
+    drop(outcome);
+    route(reply);
+}
