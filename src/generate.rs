@@ -81,6 +81,8 @@ pub struct GenerateReport {
     /// Longest checkpoint append on the apply path: the snapshot stall.
     pub checkpoint_ns_max: u64,
     pub recovery_seconds: f64,
+    /// What recovery repaired or set aside before the run, one line each.
+    pub recovery_notes: Vec<String>,
 }
 
 pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<GenerateReport, NodeError> {
@@ -89,6 +91,7 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     data_dir.open_or_create(config_for(options.accounts))?;
     let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
     let recovery_seconds = recovery_start.elapsed().as_secs_f64();
+    let recovery_notes = recovery_notes(&recovered);
     let op_start = recovered.journal.op_durable();
     let mut image = Vec::new();
     recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
@@ -127,7 +130,32 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         segments_archived,
         checkpoint_ns_max: writer.checkpoint_ns_max,
         recovery_seconds,
+        recovery_notes,
     })
+}
+
+/// One line per thing recovery repaired or set aside (also logged as warnings).
+pub fn recovery_notes<S: walletd_journal::Storage>(recovered: &crate::recovery::Recovered<S>) -> Vec<String> {
+    let mut notes = Vec::new();
+    for error in &recovered.snapshots_skipped {
+        notes.push(format!("skipped and quarantined a damaged snapshot: {error}"));
+    }
+    for path in &recovered.snapshot_temporaries_removed {
+        notes.push(format!("removed a snapshot temporary a crash left: {}", path.display()));
+    }
+    if let Some(torn) = &recovered.journal_recovered.torn_tail {
+        notes.push(format!("truncated a torn journal tail: {torn:?}"));
+    }
+    for path in &recovered.journal_recovered.segments_regrown {
+        notes.push(format!("regrew a journal segment cut short: {}", path.display()));
+    }
+    for path in &recovered.journal_recovered.temporaries_removed {
+        notes.push(format!("removed a journal segment whose creation a crash interrupted: {}", path.display()));
+    }
+    for note in &notes {
+        tracing::warn!("recovery: {note}");
+    }
+    notes
 }
 
 struct Run {

@@ -157,6 +157,9 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
     let data_dir = DataDir::new(&args.data_dir);
     let report = generate(&data_dir, &options)?;
     println!("data dir      {}", args.data_dir.display());
+    for note in &report.recovery_notes {
+        println!("recovery      {note}");
+    }
     println!("ops durable   {}", report.op_durable);
     println!("accounts      {}", report.accounts);
     println!("transfers     {} submitted, {} created in total", report.transfers_submitted, report.transfers_created);
@@ -349,5 +352,21 @@ fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
     };
     let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;
     println!("truncated     {truncated:?}");
+    // Snapshots past the new end of the journal describe ops it no longer holds: set them aside.
+    let mut reader = Reader::open(FileStorage::default(), &data_dir, 1)?;
+    let mut op_last = 0;
+    while let Some(record) = reader.next_record()? {
+        op_last = record.op;
+    }
+    let snapshots = DataDir::new(&data_dir).snapshots();
+    for (op, path) in walletd_snapshot::snapshots_list(&snapshots)? {
+        if op > op_last {
+            let moved = walletd_snapshot::snapshot_quarantine(&snapshots, &path)?;
+            println!(
+                "quarantined   snapshot at op {op} (past the journal's new end, op {op_last}): {}",
+                moved.display()
+            );
+        }
+    }
     Ok(())
 }

@@ -29,6 +29,7 @@ pub struct Started {
     pub ops_replayed: u64,
     pub torn_tail: bool,
     pub snapshots_skipped: usize,
+    pub recovery_notes: Vec<String>,
     pub config: Config,
 }
 
@@ -42,12 +43,7 @@ impl Node {
     pub fn start(data_dir: &DataDir, options: NodeOptions, route: ReplyRoute) -> Result<Node, NodeError> {
         data_dir.open_or_create(options.config)?;
         let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
-        for error in &recovered.snapshots_skipped {
-            tracing::warn!(%error, "skipped a snapshot that failed its checks");
-        }
-        if let Some(torn) = &recovered.journal_recovered.torn_tail {
-            tracing::warn!(?torn, "truncated a torn journal tail left by a crash");
-        }
+        let notes = crate::generate::recovery_notes(&recovered);
         let op = recovered.journal.op_durable();
         let started = Started {
             op,
@@ -56,6 +52,7 @@ impl Node {
             ops_replayed: recovered.replay.records,
             torn_tail: recovered.journal_recovered.torn_tail.is_some(),
             snapshots_skipped: recovered.snapshots_skipped.len(),
+            recovery_notes: notes,
             config: recovered.config,
         };
         let mut image = Vec::new();

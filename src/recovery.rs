@@ -2,8 +2,10 @@
 //! state an uninterrupted run would have. Step by step:
 //!
 //! 1. Read the config the directory was created with (`ledger.conf`).
-//! 2. Load the newest snapshot that passes its checksum and state hash; a damaged one is
-//!    reported and the next older one is tried (its tail is longer, that is all).
+//! 2. Remove snapshot temporaries a crash left; load the newest snapshot that passes its
+//!    checksum and state hash. A damaged one is reported and moved to `snapshots/quarantine/`
+//!    (so it is never counted among the kept ones again), and the next older one is tried (its
+//!    tail is longer, that is all).
 //! 3. Open the journal: a torn tail is truncated and reported; corruption stops start-up with
 //!    the segment, offset and op, for the operator (`walletd journal truncate`).
 //! 4. Check that the journal reaches the snapshot's op and that the record at that op has the
@@ -16,7 +18,9 @@ use crate::replay::{ReplayStats, Replayer};
 use std::path::PathBuf;
 use walletd_core::{Config, Ledger};
 use walletd_journal::{Journal, Reader, Storage};
-use walletd_snapshot::{snapshot_load_newest, Loaded, SnapshotError, SnapshotHeader};
+use walletd_snapshot::{
+    snapshot_load_newest, snapshot_quarantine, snapshot_temporaries_remove, Loaded, SnapshotError, SnapshotHeader,
+};
 
 /// A recovered node's state, journal open for appending.
 pub struct Recovered<S: Storage> {
@@ -26,15 +30,23 @@ pub struct Recovered<S: Storage> {
     pub journal_recovered: walletd_journal::Recovered,
     /// The snapshot started from, if any.
     pub snapshot: Option<(SnapshotHeader, PathBuf)>,
-    /// Newer snapshots that failed their checks, with why.
+    /// Newer snapshots that failed their checks, with why (now in `snapshots/quarantine/`).
     pub snapshots_skipped: Vec<SnapshotError>,
+    /// Snapshot temporaries a crash left, removed.
+    pub snapshot_temporaries_removed: Vec<PathBuf>,
     pub replay: ReplayStats,
 }
 
 /// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
 pub fn recover<S: Storage>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError> {
     let config = data_dir.config_read()?;
+    let snapshot_temporaries_removed = snapshot_temporaries_remove(&data_dir.snapshots())?;
     let (loaded, snapshots_skipped) = snapshot_load_newest(&data_dir.snapshots())?;
+    for skipped in &snapshots_skipped {
+        if let SnapshotError::Corrupt { path, .. } = skipped {
+            snapshot_quarantine(&data_dir.snapshots(), path)?;
+        }
+    }
     let (journal, journal_recovered) = Journal::open(storage.clone(), data_dir.journal_config(segment_size_bytes))?;
     let (ledger, snapshot) = match loaded {
         Some(Loaded { ledger, header, path }) => {
@@ -64,6 +76,7 @@ pub fn recover<S: Storage>(storage: S, data_dir: &DataDir, segment_size_bytes: u
         journal_recovered,
         snapshot,
         snapshots_skipped,
+        snapshot_temporaries_removed,
         replay: ReplayStats::default(),
     };
     replay_tail(storage, data_dir, &mut recovered)?;

@@ -231,6 +231,43 @@ fn snapshots_prune(dir: &Path, kept: usize) -> Result<Vec<PathBuf>, SnapshotErro
     Ok(removed)
 }
 
+/// Moves a snapshot that must not be used (damaged, or newer than a truncated journal) into
+/// `dir/quarantine/`: kept for inspection, out of the set that is loaded and pruned.
+pub fn snapshot_quarantine(dir: &Path, path: &Path) -> Result<PathBuf, SnapshotError> {
+    let quarantine = dir.join("quarantine");
+    fs::create_dir_all(&quarantine).map_err(io_error(&quarantine))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| SnapshotError::Corrupt { path: path.to_path_buf(), reason: "not a file".into() })?;
+    let target = quarantine.join(name);
+    fs::rename(path, &target).map_err(io_error(path))?;
+    directory_sync(&quarantine)?;
+    directory_sync(dir)?;
+    Ok(target)
+}
+
+/// Removes `*.tmp` files a crash left while writing a snapshot; returns them.
+pub fn snapshot_temporaries_remove(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(SnapshotError::Io { path: dir.to_path_buf(), source: error }),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(io_error(dir))?.path();
+        let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
+        if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+            fs::remove_file(&path).map_err(io_error(&path))?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        directory_sync(dir)?;
+    }
+    Ok(removed)
+}
+
 /// A snapshot loaded and checked.
 pub struct Loaded {
     pub ledger: Ledger,

@@ -1,0 +1,657 @@
+//! End-to-end durability of the real `walletd` binary on real files: a run replays to the same
+//! state from its snapshot and from genesis; kill -9 in the middle of a run loses no op it
+//! reported durable, and the next run recovers and carries on; a flipped byte in a sealed
+//! segment stops both start-up and replay with the segment, offset and op, until the operator
+//! truncates there (with flags, or with the command the message prints); a damaged newest
+//! snapshot falls back to the older one; and a torn, cut-short journal tail is repaired on
+//! restart, while a cut through a record a snapshot holds is refused.
+//!
+//! The workloads are small (8 MiB segments, batches of 512 transfers) so that segments rotate,
+//! checkpoints and snapshots happen, and each test takes a few seconds. The tests use the
+//! library crates only to find where records and snapshots lie on disk, never to do the work.
+//!
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use walletd_journal::{record_header_encode, record_size_bytes, FileStorage, Reader, RecordKind};
+use walletd_snapshot::{snapshot_load, snapshots_list};
+
+const WALLETD: &str = env!("CARGO_BIN_EXE_walletd");
+const SEGMENT_SIZE_BYTES: u64 = 8 << 20;
+const ACCOUNTS_COUNT: u64 = 5_000;
+/// Events per batch (one journal op): small, so that a small workload makes hundreds of ops,
+/// a checkpoint every 64 of them and several 8 MiB segments.
+const BATCH_EVENTS: u64 = 512;
+/// Ops between snapshot requests: every checkpoint asks for one.
+const SNAPSHOT_OPS_OFTEN: u64 = 16;
+/// Ops between snapshot requests: none before the final checkpoint, so nothing is archived.
+const SNAPSHOT_OPS_NEVER: u64 = 1 << 40;
+/// Longest any one command may run before the test kills it and fails.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn tempdir() -> tempfile::TempDir {
+    let base = Path::new("/work/tmp");
+    let builder = tempfile::Builder::new().prefix("walletd-durability-").to_owned();
+    if base.is_dir() { builder.tempdir_in(base) } else { builder.tempdir() }.expect("create a temporary directory")
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// What one run of the binary printed.
+struct Ran {
+    args: Vec<String>,
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn expect_success(self) -> Ran {
+        assert!(self.success, "walletd {} failed:\n{}\n{}", self.args.join(" "), self.stdout, self.stderr);
+        self
+    }
+
+    fn expect_failure(self) -> Ran {
+        assert!(
+            !self.success,
+            "walletd {} succeeded but must not:\n{}\n{}",
+            self.args.join(" "),
+            self.stdout,
+            self.stderr
+        );
+        assert!(!self.stderr.is_empty(), "a failure says why on stderr");
+        self
+    }
+
+    /// The value of a `label   value …` line of `generate`'s report.
+    fn report_value(&self, label: &str) -> &str {
+        let line = self.stdout.lines().find(|line| line.starts_with(label)).unwrap_or_else(|| {
+            panic!("no `{label}` line in the output of walletd {}:\n{}", self.args.join(" "), self.stdout)
+        });
+        line[label.len()..].split_whitespace().next().expect("a value after the label")
+    }
+}
+
+fn walletd_command<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut command = Command::new(WALLETD);
+    command.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1").stdin(Stdio::null());
+    command
+}
+
+fn read_all_in_thread(mut from: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = from.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Runs `walletd args…` to the end (killed and failed after COMMAND_TIMEOUT).
+fn walletd(args: &[&str]) -> Ran {
+    let mut child = walletd_command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn walletd");
+    let stdout = read_all_in_thread(child.stdout.take().expect("stdout"));
+    let stderr = read_all_in_thread(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll walletd") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("kill a hung walletd");
+            child.wait().expect("reap walletd");
+            panic!("walletd {} did not finish within {COMMAND_TIMEOUT:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ran {
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        success: status.success(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn generate_args(dir: &Path, transfers: u64, seed: u64, snapshot_ops: u64) -> Vec<String> {
+    let mut args: Vec<String> = vec!["generate".into(), "--data-dir".into(), path_str(dir).into()];
+    for (flag, value) in [
+        ("--transfers", transfers),
+        ("--accounts", ACCOUNTS_COUNT),
+        ("--seed", seed),
+        ("--batch", BATCH_EVENTS),
+        ("--snapshot-ops", snapshot_ops),
+        ("--segment-size", SEGMENT_SIZE_BYTES),
+    ] {
+        args.push(flag.into());
+        args.push(value.to_string());
+    }
+    args
+}
+
+fn generate(dir: &Path, transfers: u64, seed: u64, snapshot_ops: u64) -> Ran {
+    let args = generate_args(dir, transfers, seed, snapshot_ops);
+    walletd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// What `generate` reported on success.
+struct Generated {
+    ops: u64,
+    state_hash: String,
+    segments_archived: u64,
+}
+
+fn generate_ok(dir: &Path, transfers: u64, seed: u64, snapshot_ops: u64) -> Generated {
+    let ran = generate(dir, transfers, seed, snapshot_ops).expect_success();
+    let state_hash = ran.report_value("state hash").to_string();
+    assert_eq!(state_hash.len(), 32, "a 128-bit hash in hex: {state_hash}");
+    let ops = ran.report_value("ops durable").parse().expect("ops durable is a number");
+    let snapshots_line = ran.stdout.lines().find(|line| line.starts_with("snapshots")).expect("snapshots line");
+    let segments_archived = snapshots_line
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" segments archived"))
+        .expect("the snapshots line counts archived segments")
+        .parse()
+        .expect("a count");
+    Generated { ops, state_hash, segments_archived }
+}
+
+/// `walletd replay --json`'s report (the fields these tests check).
+#[derive(Debug, Deserialize)]
+struct Replayed {
+    mode: String,
+    ops: u64,
+    snapshot_op: Option<u64>,
+    records: u64,
+    checkpoints_verified: u64,
+    accounts: u64,
+    transfers: u64,
+    state_hash: String,
+}
+
+/// Where a replay starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Start {
+    Snapshot,
+    Genesis,
+}
+
+fn replay_run(dir: &Path, from: Start) -> (Ran, Option<Replayed>) {
+    let mut args = vec!["replay", "--data-dir", path_str(dir), "--json"];
+    if from == Start::Genesis {
+        args.push("--from-genesis");
+    }
+    let ran = walletd(&args);
+    let report = ran.success.then(|| serde_json::from_str(ran.stdout.trim()).expect("replay --json prints one object"));
+    (ran, report)
+}
+
+fn replay(dir: &Path, from: Start) -> Replayed {
+    let (ran, report) = replay_run(dir, from);
+    let report = report.unwrap_or_else(|| {
+        panic!("walletd {} failed:\n{}", ran.args.join(" "), ran.stderr);
+    });
+    match from {
+        Start::Genesis => {
+            assert_eq!(report.mode, "genesis");
+            assert_eq!(report.snapshot_op, None);
+            assert_eq!(report.records, report.ops, "from genesis, every op 1..=ops is read");
+        }
+        Start::Snapshot => {
+            assert_eq!(report.mode, "snapshot+journal", "a snapshot exists: {report:?}");
+            let snapshot_op = report.snapshot_op.expect("the snapshot's op");
+            assert!(snapshot_op > 0);
+            assert_eq!(report.records, report.ops - snapshot_op, "only the tail after the snapshot is read");
+        }
+    }
+    report
+}
+
+/// `replay --audit --json`: ops in the whole journal (archive/ and live), hash chain intact.
+fn audit(dir: &Path) -> Ran {
+    walletd(&["replay", "--data-dir", path_str(dir), "--audit", "--json"])
+}
+
+fn audit_ops(dir: &Path) -> u64 {
+    let ran = audit(dir).expect_success();
+    let report: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("audit --json prints one object");
+    report["ops"].as_u64().expect("audit reports ops")
+}
+
+/// Replays from the newest snapshot and from genesis, audits, and checks they all agree;
+/// returns the genesis replay.
+fn replays_agree(dir: &Path) -> Replayed {
+    let genesis = replay(dir, Start::Genesis);
+    let snapshot = replay(dir, Start::Snapshot);
+    assert_eq!(snapshot.state_hash, genesis.state_hash, "snapshot {snapshot:?}\ngenesis {genesis:?}");
+    assert_eq!(snapshot.ops, genesis.ops);
+    assert_eq!(snapshot.accounts, genesis.accounts);
+    assert_eq!(snapshot.transfers, genesis.transfers);
+    assert_eq!(audit_ops(dir), genesis.ops, "the audit walks the same journal");
+    genesis
+}
+
+fn journal_dir(dir: &Path) -> PathBuf {
+    dir.join("journal")
+}
+
+/// Segment files in `dir`, in op order.
+fn segments_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut paths: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension() == Some(OsStr::new("wal")))
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn snapshot_ops(dir: &Path) -> Vec<u64> {
+    snapshots_list(&dir.join("snapshots")).expect("list snapshots").into_iter().map(|(op, _)| op).collect()
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let file = fs::OpenOptions::new().read(true).write(true).open(path).expect("open for damage");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).expect("read the byte");
+    byte[0] ^= 0x40;
+    file.write_all_at(&byte, offset).expect("write the flipped byte");
+}
+
+/// Where a verified record lies, and what it holds.
+struct Located {
+    op: u64,
+    segment: PathBuf,
+    offset: u64,
+    timestamp_ns: u64,
+    checksum: u128,
+    body: Vec<u8>,
+}
+
+/// Every record from `op_first` on, in op order (bodies copied only when `bodies`).
+fn records_from(dir: &Path, op_first: u64, bodies: bool) -> Vec<Located> {
+    let mut reader = Reader::open(FileStorage::default(), dir, op_first).expect("open a journal reader");
+    let mut found = Vec::new();
+    while let Some(record) = reader.next_record().expect("a verified record") {
+        let (op, timestamp_ns, checksum) = (record.op, record.timestamp_ns, record.checksum);
+        let body = if bodies { record.body.to_vec() } else { vec![0; record.body.len()] };
+        let (segment, offset) = reader.position().expect("the position of the record just read");
+        found.push(Located { op, segment: segment.to_path_buf(), offset, timestamp_ns, checksum, body });
+    }
+    found
+}
+
+/// The segment, byte offset and op named by a `journal corrupt: …` message.
+fn corrupt_place(stderr: &str) -> (PathBuf, u64, u64) {
+    let rest = stderr.split("journal corrupt: ").nth(1).unwrap_or_else(|| panic!("no corruption message:\n{stderr}"));
+    let (segment, rest) = rest.split_once(" at byte offset ").expect("the message names a byte offset");
+    let (offset, rest) = rest.split_once(", where op ").expect("the message names the op");
+    let op = rest.split_whitespace().next().expect("an op");
+    (PathBuf::from(segment), offset.parse().expect("offset"), op.parse().expect("op"))
+}
+
+#[test]
+fn replay_from_snapshot_equals_replay_from_genesis_and_the_live_run() {
+    let dir = tempdir();
+    let generated = generate_ok(dir.path(), 200_000, 1, SNAPSHOT_OPS_OFTEN);
+    let archived = segments_in(&journal_dir(dir.path()).join("archive"));
+    let live = segments_in(&journal_dir(dir.path()));
+    assert!(archived.len() + live.len() >= 3, "the workload rotated segments: {archived:?} {live:?}");
+    assert_eq!(archived.len() as u64, generated.segments_archived);
+    assert!(!archived.is_empty(), "snapshots let sealed segments move to archive/");
+    assert_eq!(snapshot_ops(dir.path()).len(), 2, "the newest two snapshots are kept");
+
+    let genesis = replay(dir.path(), Start::Genesis);
+    assert_eq!(genesis.state_hash, generated.state_hash, "genesis replay reaches the live run's state");
+    assert_eq!(genesis.ops, generated.ops);
+    assert_eq!(genesis.accounts, ACCOUNTS_COUNT);
+    assert!(genesis.transfers >= 200_000, "{genesis:?}");
+    assert!(genesis.checkpoints_verified >= generated.ops / 64, "a checkpoint every 64 ops: {genesis:?}");
+
+    let snapshot = replay(dir.path(), Start::Snapshot);
+    assert_eq!(snapshot.state_hash, generated.state_hash, "snapshot replay reaches the live run's state");
+    assert_eq!(snapshot.ops, generated.ops);
+    assert_eq!(snapshot.snapshot_op, snapshot_ops(dir.path()).first().copied(), "the newest snapshot is used");
+    assert_eq!(snapshot.transfers, genesis.transfers);
+
+    let audited = audit(dir.path()).expect_success();
+    assert!(audited.stdout.contains(&format!("\"ops\":{}", generated.ops)), "{}", audited.stdout);
+}
+
+/// Spawns `generate --print-durable` with a workload far larger than the test waits for, lets
+/// it report `durable_min` commits (or run for a bounded time), SIGKILLs it, and returns the
+/// first and last op it reported durable.
+fn generate_and_kill(dir: &Path, seed: u64, durable_min: usize) -> (u64, u64) {
+    let mut args = generate_args(dir, 50_000_000, seed, SNAPSHOT_OPS_OFTEN);
+    args.push("--print-durable".into());
+    let mut child: Child =
+        walletd_command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn generate");
+    let stderr = read_all_in_thread(child.stderr.take().expect("stderr"));
+    let (lines_sender, lines) = mpsc::channel();
+    let stdout: ChildStdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let durable_of = |line: &str| line.strip_prefix("durable ").map(|op| op.parse::<u64>().expect("an op"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut durable: Vec<u64> = Vec::new();
+    while durable.len() < durable_min {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => durable.extend(durable_of(&line)),
+            Err(_) => break,
+        }
+    }
+    child.kill().expect("SIGKILL generate");
+    let status = child.wait().expect("reap generate");
+    // Lines printed before it died were durable too: read them to the end of the pipe.
+    reader.join().expect("stdout reader");
+    durable.extend(lines.try_iter().filter_map(|line| durable_of(&line)));
+    let stderr = stderr.join().expect("stderr reader");
+    assert!(!status.success(), "generate was killed, not finished:\n{stderr}");
+    assert!(durable.len() >= durable_min.min(3), "generate reported too few commits before the deadline:\n{stderr}");
+    assert!(durable.windows(2).all(|pair| pair[0] < pair[1]), "durable ops only grow: {durable:?}");
+    (durable[0], *durable.last().expect("at least one durable op"))
+}
+
+#[test]
+fn kill_9_during_generate_loses_no_durable_op() {
+    let dir = tempdir();
+    let mut ops_recovered = 0;
+    // Kill early (during account creation), before the first checkpoint, and later, once
+    // segments rotate and snapshots are being written (a `.tmp` is often left behind).
+    for (round, durable_min) in [3usize, 40, 250, 400].into_iter().enumerate() {
+        let (durable_first, durable_last) = generate_and_kill(dir.path(), 11 + round as u64, durable_min);
+        assert!(
+            durable_first > ops_recovered,
+            "round {round}: the run recovered ops 1..={ops_recovered} and carried on after them, \
+             but its first commit reported op {durable_first}"
+        );
+        let genesis = replay(dir.path(), Start::Genesis);
+        assert!(
+            genesis.ops >= durable_last,
+            "round {round}: generate reported op {durable_last} durable, the journal holds only {}",
+            genesis.ops
+        );
+        let (ran, snapshot) = replay_run(dir.path(), Start::Snapshot);
+        let snapshot =
+            snapshot.unwrap_or_else(|| panic!("round {round}: replay from snapshot failed:\n{}", ran.stderr));
+        assert_eq!(snapshot.state_hash, genesis.state_hash, "round {round}");
+        assert_eq!(snapshot.ops, genesis.ops, "round {round}");
+        assert!(
+            snapshot.snapshot_op.unwrap_or(0) <= durable_last,
+            "round {round}: a snapshot only follows durable ops"
+        );
+        assert_eq!(audit_ops(dir.path()), genesis.ops, "round {round}");
+        eprintln!(
+            "kill -9 round {round}: reported durable {durable_first}..={durable_last}, journal holds {} ops, \
+             snapshot at {:?}",
+            genesis.ops, snapshot.snapshot_op
+        );
+        ops_recovered = genesis.ops;
+    }
+    // A run that finishes recovers the last kill's leftovers and carries on.
+    let generated = generate_ok(dir.path(), 20_000, 99, SNAPSHOT_OPS_OFTEN);
+    assert!(generated.ops > ops_recovered, "the last run appended after op {ops_recovered}");
+    let genesis = replays_agree(dir.path());
+    assert_eq!(genesis.ops, generated.ops);
+    assert_eq!(genesis.state_hash, generated.state_hash);
+    assert_eq!(genesis.accounts, ACCOUNTS_COUNT, "resubmitted accounts came back as `exists`");
+}
+
+/// A data directory whose journal has several live (sealed) segments and no archive, with one
+/// byte flipped in the body of a record in the middle of the first segment. Returns the
+/// located record (op, segment, offset) and the ops the journal held.
+fn journal_with_a_flipped_byte(dir: &Path) -> (Located, u64) {
+    let generated = generate_ok(dir, 200_000, 3, SNAPSHOT_OPS_NEVER);
+    assert_eq!(generated.segments_archived, 0);
+    let live = segments_in(&journal_dir(dir));
+    assert!(live.len() >= 3, "the corrupt segment is sealed, and not the last: {live:?}");
+    let mut in_first: Vec<Located> =
+        records_from(dir, 1, false).into_iter().filter(|record| record.segment == live[0]).collect();
+    assert!(in_first.len() > 10, "the first segment holds many records");
+    let middle = in_first.swap_remove(in_first.len() / 2);
+    assert!(middle.body.len() > 16);
+    flip_byte(&middle.segment, middle.offset + 64 + middle.body.len() as u64 / 2);
+    (middle, generated.ops)
+}
+
+#[test]
+fn a_flipped_byte_mid_journal_is_refused_then_truncated_by_the_operator() {
+    let dir = tempdir();
+    let (damaged, ops_before) = journal_with_a_flipped_byte(dir.path());
+    let segment_bytes = fs::read(&damaged.segment).expect("read the damaged segment");
+    let place = |stderr: &str| {
+        assert!(stderr.contains(&damaged.segment.display().to_string()), "names the segment:\n{stderr}");
+        assert_eq!(corrupt_place(stderr), (damaged.segment.clone(), damaged.offset, damaged.op), "{stderr}");
+    };
+
+    // Start-up refuses, and touches nothing.
+    let live_before = segments_in(&journal_dir(dir.path()));
+    let refused = generate(dir.path(), 1_000, 4, SNAPSHOT_OPS_NEVER).expect_failure();
+    place(&refused.stderr);
+    assert!(fs::read(&damaged.segment).expect("read the segment") == segment_bytes, "a refusal repairs nothing");
+    assert_eq!(segments_in(&journal_dir(dir.path())), live_before);
+    // Replay and audit from genesis refuse with the same place.
+    let (ran, _) = replay_run(dir.path(), Start::Genesis);
+    assert!(!ran.success, "replay from genesis must refuse a corrupt journal:\n{}", ran.stdout);
+    place(&ran.stderr);
+    place(&audit(dir.path()).expect_failure().stderr);
+
+    // The operator accepts the loss of the op and everything after it.
+    let (segment, offset, _) = corrupt_place(&ran.stderr);
+    let offset_text = offset.to_string();
+    let truncated = walletd(&[
+        "journal",
+        "truncate",
+        "--data-dir",
+        path_str(dir.path()),
+        "--segment",
+        path_str(&segment),
+        "--offset",
+        &offset_text,
+    ])
+    .expect_success();
+    assert!(truncated.stdout.contains("truncated"), "{}", truncated.stdout);
+    let quarantine = journal_dir(dir.path()).join("quarantine");
+    let copy_name = format!("{}.truncated-at-{offset}", segment.file_name().expect("name").to_string_lossy());
+    assert!(fs::read(quarantine.join(copy_name)).expect("the evidence is kept") == segment_bytes);
+    for later in &live_before[1..] {
+        assert!(quarantine.join(later.file_name().expect("name")).exists(), "{later:?} moved to quarantine/");
+    }
+    assert_eq!(segments_in(&journal_dir(dir.path())), vec![segment.clone()]);
+
+    let genesis = replay(dir.path(), Start::Genesis);
+    assert_eq!(genesis.ops, damaged.op - 1, "the journal ends just before the damaged op");
+    assert!(genesis.ops < ops_before);
+    assert_eq!(audit_ops(dir.path()), damaged.op - 1);
+}
+
+#[test]
+fn a_corrupt_newest_snapshot_falls_back_to_the_older_one() {
+    let dir = tempdir();
+    let generated = generate_ok(dir.path(), 200_000, 5, SNAPSHOT_OPS_OFTEN);
+    let snapshots = snapshots_list(&dir.path().join("snapshots")).expect("list snapshots");
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let ((newest_op, newest), (older_op, _)) = (snapshots[0].clone(), snapshots[1].clone());
+    assert_eq!(newest_op, generated.ops, "the final checkpoint is snapshotted");
+    assert!(older_op < newest_op);
+    let size = fs::metadata(&newest).expect("newest snapshot").len();
+    flip_byte(&newest, size / 2);
+
+    let (ran, snapshot) = replay_run(dir.path(), Start::Snapshot);
+    let snapshot = snapshot.unwrap_or_else(|| panic!("replay must fall back, not fail:\n{}", ran.stderr));
+    assert_eq!(snapshot.mode, "snapshot+journal");
+    assert_eq!(snapshot.snapshot_op, Some(older_op), "the older snapshot is used");
+    assert_eq!(snapshot.records, newest_op - older_op, "and the journal tail after it replayed");
+    assert_eq!(snapshot.state_hash, generated.state_hash);
+    assert!(ran.stderr.contains(&newest.display().to_string()), "the damaged snapshot is named:\n{}", ran.stderr);
+    let genesis = replay(dir.path(), Start::Genesis);
+    assert_eq!(genesis.state_hash, snapshot.state_hash);
+
+    // Start-up falls back the same way, and the run carries on.
+    let carried_on = generate_ok(dir.path(), 20_000, 6, SNAPSHOT_OPS_OFTEN);
+    assert!(carried_on.ops > newest_op);
+    let genesis = replays_agree(dir.path());
+    assert_eq!(genesis.state_hash, carried_on.state_hash);
+    assert_eq!(snapshot_ops(dir.path())[0], carried_on.ops, "a fresh snapshot was written");
+}
+
+/// Generates, then returns the last record of the journal (with its body).
+fn generate_and_locate_the_last_record(dir: &Path, seed: u64) -> (Generated, Located) {
+    let generated = generate_ok(dir, 100_000, seed, SNAPSHOT_OPS_OFTEN);
+    let mut records = records_from(dir, generated.ops, true);
+    assert_eq!(records.len(), 1, "op {} is the last", generated.ops);
+    let last = records.pop().expect("the last record");
+    assert_eq!(last.op, generated.ops);
+    assert_eq!(Some(&last.segment), segments_in(&journal_dir(dir)).last(), "it is in the last live segment");
+    (generated, last)
+}
+
+#[test]
+fn a_torn_journal_tail_is_truncated_on_restart() {
+    let dir = tempdir();
+    let (generated, last) = generate_and_locate_the_last_record(dir.path(), 7);
+    // The crash came while the next op was being written: its header and half its body
+    // reached the file, which was then cut short mid-record.
+    let data_end = last.offset + record_size_bytes(last.body.len() as u64);
+    let torn_body = &last.body[..last.body.len().min(4096)];
+    let header =
+        record_header_encode(last.op + 1, last.timestamp_ns + 1, RecordKind::CommandBatch, torn_body, last.checksum);
+    let written = [&header[..], &torn_body[..torn_body.len() / 2]].concat();
+    assert!(data_end + record_size_bytes(torn_body.len() as u64) <= SEGMENT_SIZE_BYTES, "the torn op fits");
+    let file = fs::OpenOptions::new().write(true).open(&last.segment).expect("open the last segment");
+    file.write_all_at(&written, data_end).expect("write the torn record");
+    file.set_len(data_end + written.len() as u64).expect("cut the file mid-record");
+    drop(file);
+
+    // A read-only replay stops before the torn op.
+    assert_eq!(replay(dir.path(), Start::Genesis).ops, generated.ops);
+    // Restart: the segment is regrown, the torn op zeroed, and the run carries on after the
+    // last durable op.
+    let carried_on = generate_ok(dir.path(), 20_000, 8, SNAPSHOT_OPS_OFTEN);
+    assert_eq!(fs::metadata(&last.segment).expect("segment").len(), SEGMENT_SIZE_BYTES, "the segment was regrown");
+    assert!(carried_on.ops > generated.ops);
+    let genesis = replays_agree(dir.path());
+    assert_eq!(genesis.ops, carried_on.ops);
+    assert_eq!(genesis.state_hash, carried_on.state_hash);
+    let after = records_from(dir.path(), last.op, false);
+    assert_eq!(after[0].checksum, last.checksum, "the last durable op is intact");
+}
+
+#[test]
+fn a_cut_through_a_record_the_newest_snapshot_holds_is_refused() {
+    let dir = tempdir();
+    let (generated, last) = generate_and_locate_the_last_record(dir.path(), 9);
+    assert_eq!(snapshot_ops(dir.path())[0], last.op, "the newest snapshot holds the last op");
+    // Not a torn write (the op was durable before the snapshot was taken): the disk lost it.
+    let file = fs::OpenOptions::new().write(true).open(&last.segment).expect("open the last segment");
+    file.set_len(last.offset + 64 + 3).expect("cut the file mid-record");
+    drop(file);
+
+    let refused = generate(dir.path(), 1_000, 10, SNAPSHOT_OPS_OFTEN).expect_failure();
+    let (op_lost, op_before) = (generated.ops.to_string(), (generated.ops - 1).to_string());
+    assert!(refused.stderr.contains(&format!("journal ends at op {op_before}")), "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("snapshot is at op {op_lost}")), "{}", refused.stderr);
+    let (ran, _) = replay_run(dir.path(), Start::Snapshot);
+    assert!(!ran.success, "replay from the snapshot cannot join the journal");
+    assert_eq!(replay(dir.path(), Start::Genesis).ops, generated.ops - 1, "the journal before the cut is intact");
+}
+
+/// The corruption message names a command for the operator; run exactly as printed (the data
+/// directory implied by the segment's path), it does what the message says.
+#[test]
+fn the_truncate_command_the_corruption_message_names_works_as_printed() {
+    let dir = tempdir();
+    let (damaged, _) = journal_with_a_flipped_byte(dir.path());
+    let refused = generate(dir.path(), 1_000, 4, SNAPSHOT_OPS_NEVER).expect_failure();
+    let command = refused.stderr.split("run `").nth(1).and_then(|rest| rest.split('`').next()).unwrap_or_else(|| {
+        panic!("the message names a command:\n{}", refused.stderr);
+    });
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[..3], ["walletd", "journal", "truncate"], "{command}");
+    walletd(&words[1..]).expect_success();
+    assert_eq!(replay(dir.path(), Start::Genesis).ops, damaged.op - 1, "the journal ends just before the damaged op");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reproductions of product bugs: these fail today. See the report that accompanies them.
+
+/// `walletd journal truncate` cuts the journal but leaves snapshots taken after the cut, so the
+/// node refuses to start ("the journal ends at op N but the newest snapshot is at op M").
+#[test]
+
+fn the_node_starts_again_after_the_operator_truncates() {
+    let dir = tempdir();
+    let (damaged, _) = journal_with_a_flipped_byte(dir.path());
+    let offset = damaged.offset.to_string();
+    let args = [
+        "journal",
+        "truncate",
+        "--data-dir",
+        path_str(dir.path()),
+        "--segment",
+        path_str(&damaged.segment),
+        "--offset",
+        &offset,
+    ];
+    walletd(&args).expect_success();
+    let carried_on = generate_ok(dir.path(), 1_000, 4, SNAPSHOT_OPS_OFTEN);
+    assert!(carried_on.ops >= damaged.op);
+    replays_agree(dir.path());
+}
+
+/// With `kept` = 2, a run that starts next to a corrupt newest snapshot keeps the corrupt file
+/// as the fallback and deletes the good older one.
+#[test]
+
+fn every_snapshot_kept_after_a_fallback_is_loadable() {
+    let dir = tempdir();
+    generate_ok(dir.path(), 200_000, 5, SNAPSHOT_OPS_OFTEN);
+    let newest = snapshots_list(&dir.path().join("snapshots")).expect("list")[0].1.clone();
+    flip_byte(&newest, fs::metadata(&newest).expect("newest").len() / 2);
+    generate_ok(dir.path(), 20_000, 6, SNAPSHOT_OPS_OFTEN);
+    for (op, path) in snapshots_list(&dir.path().join("snapshots")).expect("list") {
+        assert!(snapshot_load(&path).is_ok(), "the kept snapshot at op {op} ({}) does not load", path.display());
+    }
+}
+
+/// A snapshot being written when the process died leaves `snapshot-….tmp`, which no later run
+/// removes (snapshots can be gigabytes).
+#[test]
+
+fn a_restart_removes_a_leftover_snapshot_temporary() {
+    let dir = tempdir();
+    generate_ok(dir.path(), 20_000, 1, SNAPSHOT_OPS_OFTEN);
+    let leftover = dir.path().join("snapshots").join("snapshot-00000000000000999999.tmp");
+    fs::write(&leftover, vec![0x55; 1 << 20]).expect("write a leftover");
+    generate_ok(dir.path(), 20_000, 2, SNAPSHOT_OPS_OFTEN);
+    assert!(!leftover.exists(), "the leftover temporary is still there");
+}
+
+/// Recovery zeroes a torn tail, regrows a cut segment and skips a damaged snapshot, and returns
+/// all of it in `Recovered`, but `generate` prints none of it: the operator never learns.
+#[test]
+
+fn a_restart_reports_the_damaged_snapshot_it_skipped() {
+    let dir = tempdir();
+    generate_ok(dir.path(), 200_000, 5, SNAPSHOT_OPS_OFTEN);
+    let newest = snapshots_list(&dir.path().join("snapshots")).expect("list")[0].1.clone();
+    flip_byte(&newest, fs::metadata(&newest).expect("newest").len() / 2);
+    let ran = generate(dir.path(), 1_000, 6, SNAPSHOT_OPS_OFTEN).expect_success();
+    let output = format!("{}{}", ran.stdout, ran.stderr);
+    assert!(output.contains(&newest.display().to_string()), "nothing names the skipped snapshot:\n{output}");
+}
