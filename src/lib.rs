@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod recovery;
 pub mod replay;
 pub mod reply_body;
+pub mod serve;
 pub mod snapshotter;
 pub mod workload;
 pub mod writer;

@@ -29,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Run the node: recover from the data directory, then serve the binary protocol.
+    Serve(ServeArgs),
     /// Run a seeded workload through the ledger, journal (real fsync) and snapshots.
     Generate(GenerateArgs),
     /// Rebuild the state from snapshot and/or journal, verifying the hash chain and every
@@ -37,6 +39,46 @@ enum Commands {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCommands),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where the journal, snapshots and ledger.conf live (created if missing).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address for the binary protocol.
+    #[arg(long, default_value = "127.0.0.1:4100")]
+    addr: std::net::SocketAddr,
+    /// Address for Prometheus metrics (GET /metrics); off unless given.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Client connections at once; more are answered `busy` and closed.
+    #[arg(long, default_value_t = 256)]
+    connections_max: usize,
+    /// Ring slots (a power of two), each one request of up to 8189 events.
+    #[arg(long, default_value_t = 64)]
+    ring_slots: usize,
+    /// How idle pipeline threads wait: backoff (spin, yield, then sleep), yield, busy-spin.
+    #[arg(long, default_value = "backoff")]
+    wait: walletd::pipeline::WaitKind,
+    /// Pin journal, apply and reply threads to these cores, e.g. 0,1,1 (default: unpinned).
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    pin_cores: Option<Vec<usize>>,
+    /// Seconds a started frame may take to arrive whole before the connection is closed.
+    #[arg(long, default_value_t = 10)]
+    frame_timeout_s: u64,
+    /// Ops between checkpoints (state hash in the journal).
+    #[arg(long, default_value_t = 256)]
+    checkpoint_ops: u64,
+    /// Ops between snapshots.
+    #[arg(long, default_value_t = 16384)]
+    snapshot_ops: u64,
+    /// Journal segment size in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    segment_size: u64,
+    /// For a new data directory: accounts it can hold.
+    #[arg(long, default_value_t = 1 << 20)]
+    accounts_max: u32,
 }
 
 #[derive(Args)]
@@ -123,6 +165,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Commands::Serve(args) => serve_command(args),
         Commands::Generate(args) => generate_command(args),
         Commands::Replay(args) => replay_command(args),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args),
@@ -134,6 +177,69 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Set by SIGINT/SIGTERM.
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn stop_on_signal(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
+    if !args.ring_slots.is_power_of_two() {
+        eprintln!("walletd: --ring-slots must be a power of two");
+        std::process::exit(2);
+    }
+    let pin_cores = args.pin_cores.map(|cores| [cores[0], cores[1], cores[2]]);
+    let pipeline = walletd::pipeline::PipelineOptions {
+        ring_slots: args.ring_slots,
+        wait: args.wait,
+        pin_cores,
+        checkpoint_ops: args.checkpoint_ops.max(1),
+        snapshot_ops: args.snapshot_ops.max(1),
+        ..walletd::pipeline::PipelineOptions::default()
+    };
+    let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
+    config.accounts_max = args.accounts_max.max(2);
+    let options = walletd::serve::ServeOptions {
+        data_dir: DataDir::new(&args.data_dir),
+        addr: args.addr,
+        metrics_addr: args.metrics_addr,
+        node: walletd::node::NodeOptions { config, segment_size_bytes: args.segment_size, pipeline },
+        server: walletd_gateway::server::ServerOptions {
+            connections_max: args.connections_max.max(1),
+            frame_timeout: std::time::Duration::from_secs(args.frame_timeout_s.max(1)),
+            ..walletd_gateway::server::ServerOptions::default()
+        },
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
+    }
+    let server = walletd::serve::serve_start(options)?;
+    let started = &server.started;
+    tracing::info!(
+        addr = %server.local_addr,
+        data_dir = %args.data_dir.display(),
+        op = started.op,
+        accounts = started.accounts,
+        snapshot_op = ?started.snapshot_op,
+        ops_replayed = started.ops_replayed,
+        "walletd serving"
+    );
+    println!("walletd listening on {} (data dir {}, op {})", server.local_addr, args.data_dir.display(), started.op);
+    if let Some(metrics) = server.metrics_addr {
+        println!("metrics on http://{metrics}/metrics");
+    }
+    while !STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!("stopping: finishing and answering the requests already taken");
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {

@@ -89,6 +89,9 @@ pub struct Metrics {
     pub op_durable: AtomicU64,
     pub op_applied: AtomicU64,
     pub op_snapshot: AtomicU64,
+    /// The ledger's state hash after `op_applied` (low and high halves; read them when quiet).
+    pub state_hash_low: AtomicU64,
+    pub state_hash_high: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -108,6 +111,8 @@ impl Default for Metrics {
             op_durable: AtomicU64::new(0),
             op_applied: AtomicU64::new(0),
             op_snapshot: AtomicU64::new(0),
+            state_hash_low: AtomicU64::new(0),
+            state_hash_high: AtomicU64::new(0),
         }
     }
 }
@@ -121,6 +126,16 @@ impl Metrics {
     pub fn events_add(&self, operation: u16, code: u32, count: u64) {
         let code = (code as usize).min(RESULT_CODES - 1);
         self.events[operation_index(operation) * RESULT_CODES + code].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn state_hash_set(&self, state_hash: u128) {
+        self.state_hash_low.store(state_hash as u64, Ordering::Relaxed);
+        self.state_hash_high.store((state_hash >> 64) as u64, Ordering::Relaxed);
+    }
+
+    pub fn state_hash(&self) -> u128 {
+        let high = u128::from(self.state_hash_high.load(Ordering::Relaxed));
+        (high << 64) | u128::from(self.state_hash_low.load(Ordering::Relaxed))
     }
 
     /// The text exposition format.
@@ -167,6 +182,13 @@ impl Metrics {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", value.load(Ordering::Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# HELP walletd_state_info The ledger's state hash at op_applied (compare with `walletd replay`).\n\
+             # TYPE walletd_state_info gauge\nwalletd_state_info{{state_hash=\"{:032x}\",op=\"{}\"}} 1",
+            self.state_hash(),
+            self.op_applied.load(Ordering::Relaxed)
+        );
         let depth = self.op_published.load(Ordering::Relaxed).saturating_sub(self.op_applied.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP walletd_ring_depth Ops sequenced but not yet applied.\n# TYPE walletd_ring_depth gauge\nwalletd_ring_depth {depth}");
         self.batch_events.render(&mut out, "walletd_batch_events", "Events per request.");

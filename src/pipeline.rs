@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use walletd_core::command::{command_encode, Command, CommandScratch};
+use walletd_core::command::{Command, CommandScratch};
 use walletd_core::{Ledger, Operation, Output};
 use walletd_journal::{FileStorage, Journal, RecordKind};
 
@@ -46,8 +46,9 @@ pub struct Request {
     pub client_id: u128,
     pub operation: u16,
     pub event_count: u32,
-    /// The events (`event_count` × the operation's event size), already checked.
-    pub events: Vec<u8>,
+    /// For ledger operations, the command as the journal records it (already checked);
+    /// empty for ping and snapshot.
+    pub command: Vec<u8>,
 }
 
 /// What the reply stage hands back to the gateway.
@@ -269,6 +270,7 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
     metrics.op_durable.store(op_last, Ordering::Relaxed);
     metrics.op_applied.store(op_last, Ordering::Relaxed);
     metrics.op_published.store(op_last, Ordering::Relaxed);
+    metrics.state_hash_set(ledger.state_hash());
     let sequencer = Sequencer {
         clock,
         op_next: op_last + 1,
@@ -373,10 +375,7 @@ impl<C: Clock> Sequencer<C> {
             slot.op = op;
             slot.timestamp_ns = timestamp_ns;
             slot.command.clear();
-            if matches!(kind, SlotKind::Command | SlotKind::Query) {
-                let operation = Operation::from_u16(request.operation).expect("checked above");
-                command_encode(operation, &request.events, request.event_count, &mut slot.command);
-            }
+            slot.command.extend_from_slice(&request.command);
             slot.checkpoint_ready.store(false, Ordering::Relaxed);
         });
         if kind == SlotKind::Command {
@@ -507,6 +506,7 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
             results_count(&stage.metrics, slot.operation, batch.len() as u64, &stage.output);
             crate::reply_body::results_encode(&stage.output, &mut outcome.body);
             outcome.record_count = stage.output.results.len() as u32;
+            stage.metrics.state_hash_set(stage.ledger.state_hash());
             stage.metrics.op_applied.store(slot.op, Ordering::Release);
         }
         SlotKind::Query => {

@@ -18,13 +18,15 @@ fn options() -> NodeOptions {
 }
 
 fn request(id: u64, operation: Operation, events: &[u8], count: usize) -> Request {
+    let mut command = Vec::new();
+    walletd_core::command::command_encode(operation, events, count as u32, &mut command);
     Request {
         connection: 1,
         request_id: id,
         client_id: 9,
         operation: operation as u16,
         event_count: count as u32,
-        events: events.to_vec(),
+        command,
     }
 }
 
@@ -69,7 +71,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             client_id: 9,
             operation: OPERATION_PING,
             event_count: 0,
-            events: vec![],
+            command: vec![],
         })
         .unwrap();
     requests
@@ -79,7 +81,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             client_id: 9,
             operation: OPERATION_SNAPSHOT,
             event_count: 0,
-            events: vec![],
+            command: vec![],
         })
         .unwrap();
     let got: Vec<Reply> = (0..5).map(|_| replies.recv_timeout(Duration::from_secs(10)).unwrap()).collect();

@@ -1,0 +1,18 @@
+//! walletd-gateway: the wire protocol and the Rust client library.
+//!
+//! `protocol` is the codec that the server and every client share: the 64-byte frame header,
+//! its checks and the bodies of every request and reply, so the two sides cannot drift apart.
+//! `client` is a blocking, thread-safe client that pipelines requests on one connection and
+//! coalesces concurrent creates into shared frames. The crate depends on the core's records and
+//! nothing else of ours (not the journal, the snapshots or the node), so a client can be built
+//! without the engine. docs/PROTOCOL.md documents the protocol byte by byte.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Balances, Client, ClientError, ClientOptions, Reply};
+pub use protocol::{
+    check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, Status,
+    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, HEADER_SIZE_BYTES,
+};

@@ -1,0 +1,958 @@
+//! The wire protocol: frames, their checks, and the bodies of every request and reply, shared by
+//! the server and the client so that the two can never disagree on a byte.
+//!
+//! A frame is a fixed 64-byte little-endian header and a body of fixed-size records, so that
+//! framing is two reads, a check is two crc32c sums, and a body is a copy of the core's own
+//! 128-byte records (the wire, the journal and the ledger's tables hold the same bytes). The
+//! checks are split by what a failure does to the connection: `FrameHeader::decode` finds the
+//! errors after which the stream cannot be trusted (the connection closes), `check_request` the
+//! ones that spoil a single request (the connection is kept). Decoders never panic on bytes from
+//! the network; they return a `FrameError` that names the status a server would reply with.
+//! Writers append to a `Vec<u8>` the caller owns and reuses, so a steady stream of frames does
+//! not allocate. docs/PROTOCOL.md describes every layout byte by byte.
+
+use core::fmt;
+use core::mem::size_of;
+use walletd_core::command::{command_encode, records_as_bytes};
+use walletd_core::{
+    Account, AccountLimits, Amount, BalanceRead, Batch, Command, CommandError, CommandScratch, DebitUsage, EventResult,
+    Operation, Query, Transfer, TransferRecord, TransferStatus, BATCH_EVENTS_MAX,
+};
+
+/// The bytes every frame starts with.
+pub const MAGIC: [u8; 4] = *b"WLTD";
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+pub const HEADER_SIZE_BYTES: usize = 64;
+/// The most events (requests) or records (replies) in one frame.
+pub const EVENT_COUNT_MAX: u32 = BATCH_EVENTS_MAX;
+/// The largest body: a full batch of 128-byte records.
+pub const BODY_SIZE_MAX_BYTES: u32 = BATCH_EVENTS_MAX * 128;
+/// `flags` bit 0: the frame is a reply (set by the server only).
+pub const FLAG_REPLY: u16 = 1 << 0;
+
+// The header, byte by byte (all integers little-endian):
+//
+// offset size field
+//      0    4 magic            "WLTD"
+//      4    2 version          1
+//      6    2 operation        FrameOperation code
+//      8    8 request_id       chosen by the client, echoed in the reply
+//     16   16 client_id        chosen by the client, echoed in the reply
+//     32    4 event_count      request: events in the body; reply: records in the body
+//     36    4 body_size_bytes  ≤ BODY_SIZE_MAX_BYTES
+//     40    2 flags            bit 0 = reply; other bits zero
+//     42    2 status           Status (replies); zero in requests
+//     44    4 reserved         zero
+//     48    8 op               reply: the journal op of the request; zero otherwise
+//     56    4 body_checksum    crc32c of the body
+//     60    4 header_checksum  crc32c of bytes 0..60
+pub const MAGIC_OFFSET: usize = 0;
+pub const VERSION_OFFSET: usize = 4;
+pub const OPERATION_OFFSET: usize = 6;
+pub const REQUEST_ID_OFFSET: usize = 8;
+pub const CLIENT_ID_OFFSET: usize = 16;
+pub const EVENT_COUNT_OFFSET: usize = 32;
+pub const BODY_SIZE_OFFSET: usize = 36;
+pub const FLAGS_OFFSET: usize = 40;
+pub const STATUS_OFFSET: usize = 42;
+pub const RESERVED_OFFSET: usize = 44;
+pub const OP_OFFSET: usize = 48;
+pub const BODY_CHECKSUM_OFFSET: usize = 56;
+pub const HEADER_CHECKSUM_OFFSET: usize = 60;
+
+const _: () = assert!(HEADER_CHECKSUM_OFFSET + 4 == HEADER_SIZE_BYTES);
+const _: () = assert!(BODY_SIZE_MAX_BYTES == 1_048_192);
+const _: () = assert!(EVENT_COUNT_MAX == 8189);
+
+/// A sparse result: index u32, code u32.
+pub const RESULT_SIZE_BYTES: usize = 8;
+/// A lookup_transfers record: Transfer (128), status u8, 15 zero bytes.
+pub const TRANSFER_RECORD_SIZE_BYTES: usize = 144;
+const TRANSFER_RECORD_STATUS_OFFSET: usize = 128;
+
+// A lookup_balances read, byte by byte:
+//
+// offset size field
+//      0  128 account              Account
+//    128  128 limits               AccountLimits (all zero when the account has none)
+//    256    4 usage.day            days since 1970-01-01 of the last counted debit
+//    260    4 usage.day_count
+//    264    4 usage.month          months since 1970-01
+//    268    4 usage.month_count
+//    272   16 usage.day_amount
+//    288   16 usage.month_amount
+//    304    4 holds_count_total    open holds on the account
+//    308    4 holds_count          holds listed after the reads (≤ holds_count_total)
+//    312    8 reserved             zero
+pub const BALANCE_READ_SIZE_BYTES: usize = 320;
+const BALANCE_LIMITS_OFFSET: usize = 128;
+const BALANCE_USAGE_OFFSET: usize = 256;
+const BALANCE_HOLDS_COUNT_TOTAL_OFFSET: usize = 304;
+const BALANCE_HOLDS_COUNT_OFFSET: usize = 308;
+const BALANCE_RESERVED_OFFSET: usize = 312;
+const RECORD_SIZE_BYTES: usize = 128;
+
+const _: () = assert!(BALANCE_RESERVED_OFFSET + 8 == BALANCE_READ_SIZE_BYTES);
+const _: () = assert!(BALANCE_USAGE_OFFSET + 48 == BALANCE_HOLDS_COUNT_TOTAL_OFFSET);
+const _: () = assert!(size_of::<Account>() == RECORD_SIZE_BYTES);
+const _: () = assert!(size_of::<Transfer>() == RECORD_SIZE_BYTES);
+const _: () = assert!(size_of::<AccountLimits>() == RECORD_SIZE_BYTES);
+
+/// What a frame asks for: a ledger operation (the core's `Operation` numbers) or one of the
+/// gateway's own (ping, snapshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameOperation {
+    Ledger(Operation),
+    /// Answered by the gateway without touching the ledger: liveness and round-trip time.
+    Ping,
+    /// Admin: take a snapshot now; the reply carries the snapshot's op.
+    Snapshot,
+}
+
+impl FrameOperation {
+    pub const PING_CODE: u16 = 256;
+    pub const SNAPSHOT_CODE: u16 = 257;
+    pub const ALL: [FrameOperation; 11] = [
+        FrameOperation::Ledger(Operation::Pulse),
+        FrameOperation::Ledger(Operation::CreateAccounts),
+        FrameOperation::Ledger(Operation::CreateTransfers),
+        FrameOperation::Ledger(Operation::CloseAccounts),
+        FrameOperation::Ledger(Operation::ReopenAccounts),
+        FrameOperation::Ledger(Operation::SetAccountLimits),
+        FrameOperation::Ledger(Operation::LookupAccounts),
+        FrameOperation::Ledger(Operation::LookupTransfers),
+        FrameOperation::Ledger(Operation::LookupBalances),
+        FrameOperation::Ping,
+        FrameOperation::Snapshot,
+    ];
+
+    pub fn from_u16(code: u16) -> Option<FrameOperation> {
+        match code {
+            FrameOperation::PING_CODE => Some(FrameOperation::Ping),
+            FrameOperation::SNAPSHOT_CODE => Some(FrameOperation::Snapshot),
+            code => Operation::from_u16(code).map(FrameOperation::Ledger),
+        }
+    }
+
+    pub fn code(self) -> u16 {
+        match self {
+            FrameOperation::Ledger(operation) => operation as u16,
+            FrameOperation::Ping => FrameOperation::PING_CODE,
+            FrameOperation::Snapshot => FrameOperation::SNAPSHOT_CODE,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameOperation::Ledger(operation) => operation.name(),
+            FrameOperation::Ping => "ping",
+            FrameOperation::Snapshot => "snapshot",
+        }
+    }
+
+    /// Bytes of one request event.
+    pub fn event_size_bytes(self) -> usize {
+        match self {
+            FrameOperation::Ledger(operation) => operation.event_size_bytes(),
+            FrameOperation::Ping | FrameOperation::Snapshot => 0,
+        }
+    }
+
+    /// Bytes of one record of a successful reply (lookup_balances: one read, holds excluded).
+    pub fn reply_record_size_bytes(self) -> usize {
+        match self {
+            FrameOperation::Ledger(Operation::LookupAccounts) => RECORD_SIZE_BYTES,
+            FrameOperation::Ledger(Operation::LookupTransfers) => TRANSFER_RECORD_SIZE_BYTES,
+            FrameOperation::Ledger(Operation::LookupBalances) => BALANCE_READ_SIZE_BYTES,
+            FrameOperation::Ledger(Operation::Pulse) | FrameOperation::Ping | FrameOperation::Snapshot => 0,
+            FrameOperation::Ledger(_) => RESULT_SIZE_BYTES,
+        }
+    }
+
+    /// The most events one request may carry: no more than `EVENT_COUNT_MAX`, and few enough
+    /// that both the request and the fullest reply fit in `BODY_SIZE_MAX_BYTES` (so
+    /// lookup_transfers takes at most 7279 ids and lookup_balances 3275). Operations without
+    /// events take none.
+    pub fn event_count_max(self) -> u32 {
+        let record_size_bytes = self.event_size_bytes().max(self.reply_record_size_bytes());
+        if self.event_size_bytes() == 0 {
+            return 0;
+        }
+        let fitting = BODY_SIZE_MAX_BYTES as usize / record_size_bytes;
+        (fitting as u32).min(EVENT_COUNT_MAX)
+    }
+}
+
+/// A reply's `status`: 0, or why the request was not executed. The numbers are part of the
+/// protocol and never change meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    Ok = 0,
+    BadMagic = 1,
+    BadVersion = 2,
+    BadHeaderChecksum = 3,
+    BodyTooLarge = 4,
+    BadBodyChecksum = 5,
+    UnknownOperation = 6,
+    BadBodySize = 7,
+    TooManyEvents = 8,
+    ShuttingDown = 9,
+    Busy = 10,
+}
+
+impl Status {
+    pub const ALL: [Status; 11] = [
+        Status::Ok,
+        Status::BadMagic,
+        Status::BadVersion,
+        Status::BadHeaderChecksum,
+        Status::BodyTooLarge,
+        Status::BadBodyChecksum,
+        Status::UnknownOperation,
+        Status::BadBodySize,
+        Status::TooManyEvents,
+        Status::ShuttingDown,
+        Status::Busy,
+    ];
+
+    pub fn from_u16(value: u16) -> Option<Status> {
+        Status::ALL.into_iter().find(|status| *status as u16 == value)
+    }
+
+    /// Whether the server closes the connection after this reply: the stream's framing can no
+    /// longer be trusted (or, for a bad version, never could be).
+    pub fn closes_connection(self) -> bool {
+        matches!(self, Status::BadMagic | Status::BadVersion | Status::BadHeaderChecksum | Status::BodyTooLarge)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::BadMagic => "bad_magic",
+            Status::BadVersion => "bad_version",
+            Status::BadHeaderChecksum => "bad_header_checksum",
+            Status::BodyTooLarge => "body_too_large",
+            Status::BadBodyChecksum => "bad_body_checksum",
+            Status::UnknownOperation => "unknown_operation",
+            Status::BadBodySize => "bad_body_size",
+            Status::TooManyEvents => "too_many_events",
+            Status::ShuttingDown => "shutting_down",
+            Status::Busy => "busy",
+        }
+    }
+
+    /// What the sender should do about it.
+    pub fn advice(self) -> &'static str {
+        match self {
+            Status::Ok => "nothing",
+            Status::BadMagic | Status::BadHeaderChecksum => {
+                "the server lost the stream's framing and closed the connection: reconnect, resend"
+            }
+            Status::BadVersion => "the server speaks another protocol version: upgrade the client or the server",
+            Status::BodyTooLarge => "the body exceeds 1048192 bytes: split the batch",
+            Status::BadBodyChecksum => "the body was corrupted in transit: resend",
+            Status::UnknownOperation => "the server does not know this operation: check the client's version",
+            Status::BadBodySize => {
+                "the body is not event_count events of the operation's size, or a reserved field is not zero"
+            }
+            Status::TooManyEvents => "split the batch into smaller frames",
+            Status::ShuttingDown => "the server is draining: retry on another node or later",
+            Status::Busy => "the server is overloaded: back off and retry",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.name(), *self as u16, self.advice())
+    }
+}
+
+/// Why bytes are not a valid frame or body. Each maps to the `Status` a server replies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    BadMagic {
+        magic: [u8; 4],
+    },
+    BadVersion {
+        version: u16,
+    },
+    BadHeaderChecksum {
+        checksum_stored: u32,
+        checksum_computed: u32,
+    },
+    BodyTooLarge {
+        body_size_bytes: u32,
+    },
+    BadBodyChecksum {
+        checksum_stored: u32,
+        checksum_computed: u32,
+    },
+    UnknownOperation {
+        operation: u16,
+    },
+    /// The body is not `event_count` events of the operation's size.
+    BadBodySize {
+        operation: FrameOperation,
+        event_count: u32,
+        body_size_bytes: u32,
+    },
+    /// A request sets a field only replies may set, or a reserved field.
+    ReservedNotZero {
+        field: &'static str,
+    },
+    TooManyEvents {
+        operation: FrameOperation,
+        event_count: u32,
+        event_count_max: u32,
+    },
+    /// A reply body that does not hold what its header and operation say.
+    MalformedReply {
+        operation: FrameOperation,
+        reason: &'static str,
+    },
+}
+
+impl FrameError {
+    pub fn status(self) -> Status {
+        match self {
+            FrameError::BadMagic { .. } => Status::BadMagic,
+            FrameError::BadVersion { .. } => Status::BadVersion,
+            FrameError::BadHeaderChecksum { .. } => Status::BadHeaderChecksum,
+            FrameError::BodyTooLarge { .. } => Status::BodyTooLarge,
+            FrameError::BadBodyChecksum { .. } => Status::BadBodyChecksum,
+            FrameError::UnknownOperation { .. } => Status::UnknownOperation,
+            FrameError::BadBodySize { .. } | FrameError::ReservedNotZero { .. } => Status::BadBodySize,
+            FrameError::TooManyEvents { .. } => Status::TooManyEvents,
+            FrameError::MalformedReply { .. } => Status::BadBodySize,
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FrameError::BadMagic { magic } => write!(
+                f,
+                "frame starts with {magic:02x?}, not the magic \"WLTD\": the peer is not walletd or the stream lost its framing"
+            ),
+            FrameError::BadVersion { version } => {
+                write!(f, "frame has protocol version {version}, this side speaks {VERSION}: upgrade the older side")
+            }
+            FrameError::BadHeaderChecksum { checksum_stored, checksum_computed } => write!(
+                f,
+                "frame header checksum is {checksum_stored:#010x} but its bytes sum to {checksum_computed:#010x}: corrupted in transit or a broken encoder"
+            ),
+            FrameError::BodyTooLarge { body_size_bytes } => write!(
+                f,
+                "frame body of {body_size_bytes} bytes exceeds the {BODY_SIZE_MAX_BYTES}-byte limit: split the batch"
+            ),
+            FrameError::BadBodyChecksum { checksum_stored, checksum_computed } => write!(
+                f,
+                "frame body checksum is {checksum_stored:#010x} but the body sums to {checksum_computed:#010x}: corrupted in transit, resend"
+            ),
+            FrameError::UnknownOperation { operation } => write!(
+                f,
+                "operation {operation} is unknown (known: 1-6, 10-12, 256, 257): check the peer's protocol version"
+            ),
+            FrameError::BadBodySize { operation, event_count, body_size_bytes } => write!(
+                f,
+                "{} frame claims {event_count} events of {} bytes but its body is {body_size_bytes} bytes",
+                operation.name(),
+                operation.event_size_bytes()
+            ),
+            FrameError::ReservedNotZero { field } => write!(f, "the {field} field of a request must be zero"),
+            FrameError::TooManyEvents { operation, event_count, event_count_max } => write!(
+                f,
+                "{} frame has {event_count} events, at most {event_count_max} are allowed: split the batch",
+                operation.name()
+            ),
+            FrameError::MalformedReply { operation, reason } => {
+                write!(f, "malformed {} reply: {reason}", operation.name())
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// A frame header with its fields decoded. `magic`, `version` and `header_checksum` are not
+/// fields: `encode` writes them and `decode` checks them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The raw operation code: `decode` keeps unknown codes for `check_request` to refuse
+    /// without closing the connection.
+    pub operation: u16,
+    pub request_id: u64,
+    pub client_id: u128,
+    pub event_count: u32,
+    pub body_size_bytes: u32,
+    pub flags: u16,
+    pub status: u16,
+    pub reserved: u32,
+    pub op: u64,
+    pub body_checksum: u32,
+}
+
+impl FrameHeader {
+    /// A request header, its body fields left for `frame_append`/`frame_end` to fill.
+    pub fn request(operation: FrameOperation, request_id: u64, client_id: u128, event_count: u32) -> FrameHeader {
+        FrameHeader { operation: operation.code(), request_id, client_id, event_count, ..FrameHeader::default() }
+    }
+
+    /// The reply to `request`, echoing its operation and ids. `op` is 0 for reads and errors.
+    pub fn reply_to(request: &FrameHeader, status: Status, op: u64, event_count: u32) -> FrameHeader {
+        assert!(status == Status::Ok || event_count == 0, "an error reply has no records");
+        assert!(status == Status::Ok || op == 0, "an error reply has no op");
+        FrameHeader {
+            operation: request.operation,
+            request_id: request.request_id,
+            client_id: request.client_id,
+            event_count,
+            flags: FLAG_REPLY,
+            status: status as u16,
+            op,
+            ..FrameHeader::default()
+        }
+    }
+
+    /// The reply to a request whose header `decode` refused. Its ids are echoed only when the
+    /// header checksum held: after a bad magic or header checksum they are zero.
+    pub fn error_reply_to(request_bytes: &[u8; HEADER_SIZE_BYTES], error: FrameError) -> FrameHeader {
+        let status = error.status();
+        assert!(status != Status::Ok);
+        let trusted = !matches!(status, Status::BadMagic | Status::BadHeaderChecksum);
+        if !trusted {
+            return FrameHeader { flags: FLAG_REPLY, status: status as u16, ..FrameHeader::default() };
+        }
+        FrameHeader {
+            operation: u16_at(request_bytes, OPERATION_OFFSET),
+            request_id: u64_at(request_bytes, REQUEST_ID_OFFSET),
+            client_id: u128_at(request_bytes, CLIENT_ID_OFFSET),
+            flags: FLAG_REPLY,
+            status: status as u16,
+            ..FrameHeader::default()
+        }
+    }
+
+    pub fn is_reply(&self) -> bool {
+        self.flags & FLAG_REPLY != 0
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_SIZE_BYTES] {
+        let mut bytes = [0u8; HEADER_SIZE_BYTES];
+        bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&MAGIC);
+        bytes[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&VERSION.to_le_bytes());
+        bytes[OPERATION_OFFSET..OPERATION_OFFSET + 2].copy_from_slice(&self.operation.to_le_bytes());
+        bytes[REQUEST_ID_OFFSET..REQUEST_ID_OFFSET + 8].copy_from_slice(&self.request_id.to_le_bytes());
+        bytes[CLIENT_ID_OFFSET..CLIENT_ID_OFFSET + 16].copy_from_slice(&self.client_id.to_le_bytes());
+        bytes[EVENT_COUNT_OFFSET..EVENT_COUNT_OFFSET + 4].copy_from_slice(&self.event_count.to_le_bytes());
+        bytes[BODY_SIZE_OFFSET..BODY_SIZE_OFFSET + 4].copy_from_slice(&self.body_size_bytes.to_le_bytes());
+        bytes[FLAGS_OFFSET..FLAGS_OFFSET + 2].copy_from_slice(&self.flags.to_le_bytes());
+        bytes[STATUS_OFFSET..STATUS_OFFSET + 2].copy_from_slice(&self.status.to_le_bytes());
+        bytes[RESERVED_OFFSET..RESERVED_OFFSET + 4].copy_from_slice(&self.reserved.to_le_bytes());
+        bytes[OP_OFFSET..OP_OFFSET + 8].copy_from_slice(&self.op.to_le_bytes());
+        bytes[BODY_CHECKSUM_OFFSET..BODY_CHECKSUM_OFFSET + 4].copy_from_slice(&self.body_checksum.to_le_bytes());
+        header_seal(&mut bytes);
+        bytes
+    }
+
+    /// Checks what, when wrong, leaves the stream untrustworthy (the connection closes): magic,
+    /// header checksum, version, body size limit — in that order, so that the ids echoed in a
+    /// bad_version or body_too_large reply are the ones the checksum vouched for.
+    pub fn decode(bytes: &[u8; HEADER_SIZE_BYTES]) -> Result<FrameHeader, FrameError> {
+        let magic: [u8; 4] = bytes[MAGIC_OFFSET..MAGIC_OFFSET + 4].try_into().expect("4 bytes");
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic { magic });
+        }
+        let checksum_stored = u32_at(bytes, HEADER_CHECKSUM_OFFSET);
+        let checksum_computed = header_checksum(bytes);
+        if checksum_stored != checksum_computed {
+            return Err(FrameError::BadHeaderChecksum { checksum_stored, checksum_computed });
+        }
+        let version = u16_at(bytes, VERSION_OFFSET);
+        if version != VERSION {
+            return Err(FrameError::BadVersion { version });
+        }
+        let header = FrameHeader {
+            operation: u16_at(bytes, OPERATION_OFFSET),
+            request_id: u64_at(bytes, REQUEST_ID_OFFSET),
+            client_id: u128_at(bytes, CLIENT_ID_OFFSET),
+            event_count: u32_at(bytes, EVENT_COUNT_OFFSET),
+            body_size_bytes: u32_at(bytes, BODY_SIZE_OFFSET),
+            flags: u16_at(bytes, FLAGS_OFFSET),
+            status: u16_at(bytes, STATUS_OFFSET),
+            reserved: u32_at(bytes, RESERVED_OFFSET),
+            op: u64_at(bytes, OP_OFFSET),
+            body_checksum: u32_at(bytes, BODY_CHECKSUM_OFFSET),
+        };
+        if header.body_size_bytes > BODY_SIZE_MAX_BYTES {
+            return Err(FrameError::BodyTooLarge { body_size_bytes: header.body_size_bytes });
+        }
+        Ok(header)
+    }
+}
+
+/// crc32c of the header's first 60 bytes.
+pub fn header_checksum(bytes: &[u8; HEADER_SIZE_BYTES]) -> u32 {
+    crc32c::crc32c(&bytes[..HEADER_CHECKSUM_OFFSET])
+}
+
+/// Writes the header checksum over the other 60 bytes (for encoders, and for tests that patch
+/// a field and need the header to stay otherwise valid).
+pub fn header_seal(bytes: &mut [u8; HEADER_SIZE_BYTES]) {
+    let checksum = header_checksum(bytes);
+    bytes[HEADER_CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+}
+
+pub fn body_checksum(body: &[u8]) -> u32 {
+    crc32c::crc32c(body)
+}
+
+/// Checks a request whose header `decode` accepted and whose body (exactly `body_size_bytes`)
+/// was read: the errors here spoil one request, and the connection is kept. Returns the
+/// operation, known and with a body of exactly `event_count` events.
+pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation, FrameError> {
+    assert_eq!(body.len(), header.body_size_bytes as usize, "the body read is not the header's body");
+    assert!(header.body_size_bytes <= BODY_SIZE_MAX_BYTES, "decode checks the body size limit");
+    let checksum_computed = body_checksum(body);
+    if checksum_computed != header.body_checksum {
+        return Err(FrameError::BadBodyChecksum { checksum_stored: header.body_checksum, checksum_computed });
+    }
+    let operation = FrameOperation::from_u16(header.operation)
+        .ok_or(FrameError::UnknownOperation { operation: header.operation })?;
+    request_reserved_check(header)?;
+    let event_count_max = operation.event_count_max();
+    if header.event_count > event_count_max {
+        return Err(FrameError::TooManyEvents { operation, event_count: header.event_count, event_count_max });
+    }
+    if body.len() != header.event_count as usize * operation.event_size_bytes() {
+        return Err(FrameError::BadBodySize {
+            operation,
+            event_count: header.event_count,
+            body_size_bytes: header.body_size_bytes,
+        });
+    }
+    Ok(operation)
+}
+
+/// The fields only a reply may set, and the reserved ones, must be zero in a request.
+fn request_reserved_check(header: &FrameHeader) -> Result<(), FrameError> {
+    if header.flags & FLAG_REPLY != 0 {
+        return Err(FrameError::ReservedNotZero { field: "flags (the reply bit)" });
+    }
+    if header.flags != 0 {
+        return Err(FrameError::ReservedNotZero { field: "flags (reserved bits)" });
+    }
+    if header.status != 0 {
+        return Err(FrameError::ReservedNotZero { field: "status" });
+    }
+    if header.reserved != 0 {
+        return Err(FrameError::ReservedNotZero { field: "reserved" });
+    }
+    if header.op != 0 {
+        return Err(FrameError::ReservedNotZero { field: "op" });
+    }
+    Ok(())
+}
+
+/// Checks a reply whose header `decode` accepted and whose body was read: it is a reply, its
+/// body is intact, and an error reply is empty. Returns the status (records follow only when
+/// it is `Ok`).
+pub fn check_reply(header: &FrameHeader, body: &[u8]) -> Result<Status, FrameError> {
+    assert_eq!(body.len(), header.body_size_bytes as usize, "the body read is not the header's body");
+    let operation = FrameOperation::from_u16(header.operation)
+        .ok_or(FrameError::UnknownOperation { operation: header.operation })?;
+    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    if !header.is_reply() {
+        return Err(malformed("the reply flag is not set"));
+    }
+    let checksum_computed = body_checksum(body);
+    if checksum_computed != header.body_checksum {
+        return Err(FrameError::BadBodyChecksum { checksum_stored: header.body_checksum, checksum_computed });
+    }
+    let status = Status::from_u16(header.status).ok_or(malformed("unknown status"))?;
+    if status != Status::Ok && (header.event_count != 0 || !body.is_empty()) {
+        return Err(malformed("an error reply carries records"));
+    }
+    Ok(status)
+}
+
+/// Appends a whole frame (`header` with its body size and checksum filled in, then `body`).
+pub fn frame_append(header: &FrameHeader, body: &[u8], out: &mut Vec<u8>) {
+    let start = frame_begin(out);
+    out.extend_from_slice(body);
+    frame_end(out, start, header);
+}
+
+/// Reserves a header at the end of `out` for a body that the caller appends next; returns the
+/// frame's start, for `frame_end`.
+pub fn frame_begin(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; HEADER_SIZE_BYTES]);
+    start
+}
+
+/// Completes the frame that `frame_begin` started at `start`: everything after its header is
+/// the body. Writes `header` with the body's size and checksum.
+pub fn frame_end(out: &mut [u8], start: usize, header: &FrameHeader) {
+    assert!(out.len() >= start + HEADER_SIZE_BYTES, "frame_end without frame_begin");
+    let body = &out[start + HEADER_SIZE_BYTES..];
+    assert!(body.len() <= BODY_SIZE_MAX_BYTES as usize, "frame body over the limit");
+    let sealed = FrameHeader { body_size_bytes: body.len() as u32, body_checksum: body_checksum(body), ..*header };
+    out[start..start + HEADER_SIZE_BYTES].copy_from_slice(&sealed.encode());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests.
+
+/// Appends a request frame carrying `events` (`event_count` events of the operation's size).
+pub fn request_append(
+    operation: FrameOperation,
+    request_id: u64,
+    client_id: u128,
+    events: &[u8],
+    event_count: u32,
+    out: &mut Vec<u8>,
+) {
+    assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
+    assert!(event_count <= operation.event_count_max(), "too many events for one frame");
+    frame_append(&FrameHeader::request(operation, request_id, client_id, event_count), events, out);
+}
+
+/// Appends the request frame of a mutating batch.
+pub fn batch_request_append(batch: &Batch<'_>, request_id: u64, client_id: u128, out: &mut Vec<u8>) {
+    let (operation, events) = match batch {
+        Batch::Pulse => (Operation::Pulse, &[][..]),
+        Batch::CreateAccounts(events) => (Operation::CreateAccounts, records_as_bytes(events)),
+        Batch::CreateTransfers(events) => (Operation::CreateTransfers, records_as_bytes(events)),
+        Batch::CloseAccounts(events) => (Operation::CloseAccounts, records_as_bytes(events)),
+        Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, records_as_bytes(events)),
+        Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, records_as_bytes(events)),
+    };
+    request_append(FrameOperation::Ledger(operation), request_id, client_id, events, batch.len() as u32, out);
+}
+
+/// Appends the request frame of a query.
+pub fn query_request_append(query: &Query<'_>, request_id: u64, client_id: u128, out: &mut Vec<u8>) {
+    let (operation, events, event_count) = match query {
+        Query::LookupAccounts(ids) => (Operation::LookupAccounts, records_as_bytes(ids), ids.len()),
+        Query::LookupTransfers(ids) => (Operation::LookupTransfers, records_as_bytes(ids), ids.len()),
+        Query::LookupBalances(ids) => (Operation::LookupBalances, records_as_bytes(ids), ids.len()),
+    };
+    request_append(FrameOperation::Ledger(operation), request_id, client_id, events, event_count as u32, out);
+}
+
+/// A checked, decoded request.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// A ledger command: its events as the core's types, and the same command as the bytes the
+    /// journal records (the core's 16-byte command header, then the events).
+    Ledger {
+        command: Command<'a>,
+        command_bytes: &'a [u8],
+    },
+    Ping,
+    Snapshot,
+}
+
+/// Buffers a request is decoded into, sized once for the largest frame: the command bytes
+/// (for the journal) and the core's aligned scratch (for the ledger).
+pub struct RequestScratch {
+    command_bytes: Vec<u8>,
+    scratch: CommandScratch,
+}
+
+impl Default for RequestScratch {
+    fn default() -> RequestScratch {
+        RequestScratch::new()
+    }
+}
+
+impl RequestScratch {
+    pub fn new() -> RequestScratch {
+        let capacity = walletd_core::command::COMMAND_HEADER_SIZE_BYTES + BODY_SIZE_MAX_BYTES as usize;
+        RequestScratch { command_bytes: Vec::with_capacity(capacity), scratch: CommandScratch::new(EVENT_COUNT_MAX) }
+    }
+
+    /// Checks the request (`check_request`) and decodes its body.
+    pub fn decode<'a>(&'a mut self, header: &FrameHeader, body: &[u8]) -> Result<Request<'a>, FrameError> {
+        let operation = match check_request(header, body)? {
+            FrameOperation::Ledger(operation) => operation,
+            FrameOperation::Ping => return Ok(Request::Ping),
+            FrameOperation::Snapshot => return Ok(Request::Snapshot),
+        };
+        let capacity = self.command_bytes.capacity();
+        self.command_bytes.clear();
+        command_encode(operation, body, header.event_count, &mut self.command_bytes);
+        assert_eq!(self.command_bytes.capacity(), capacity, "the command buffer grew");
+        let command = self.scratch.decode(&self.command_bytes).map_err(|error| command_error(operation, error))?;
+        Ok(Request::Ledger { command, command_bytes: &self.command_bytes })
+    }
+}
+
+/// `check_request` has ruled out every `CommandError`; if the core still refuses, say so as the
+/// nearest frame error rather than panic on network input.
+fn command_error(operation: Operation, error: CommandError) -> FrameError {
+    let operation = FrameOperation::Ledger(operation);
+    match error {
+        CommandError::UnknownOperation { operation } => FrameError::UnknownOperation { operation },
+        CommandError::TooManyEvents { event_count, event_count_max } => {
+            FrameError::TooManyEvents { operation, event_count, event_count_max }
+        }
+        CommandError::SizeMismatch { event_count, size_bytes, .. } => {
+            FrameError::BadBodySize { operation, event_count, body_size_bytes: size_bytes as u32 }
+        }
+        CommandError::TooShort { .. } | CommandError::ReservedNotZero => {
+            FrameError::ReservedNotZero { field: "command header" }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply bodies. Encoders append and return the record count for the header's event_count;
+// decoders append to the caller's vectors and refuse, never panic on, malformed bytes.
+
+/// Sparse results of a mutating operation: (index u32, code u32) per failed event.
+pub fn results_encode(results: &[EventResult], out: &mut Vec<u8>) -> u32 {
+    assert!(results.len() <= EVENT_COUNT_MAX as usize, "more results than events");
+    for result in results {
+        assert!(result.code != 0, "success is not listed");
+        out.extend_from_slice(&result.index.to_le_bytes());
+        out.extend_from_slice(&result.code.to_le_bytes());
+    }
+    results.len() as u32
+}
+
+pub fn results_decode(
+    operation: FrameOperation,
+    event_count: u32,
+    body: &[u8],
+    out: &mut Vec<EventResult>,
+) -> Result<(), FrameError> {
+    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    if body.len() as u64 != u64::from(event_count) * RESULT_SIZE_BYTES as u64 {
+        return Err(malformed("the body is not event_count results of 8 bytes"));
+    }
+    let start = out.len();
+    for chunk in body.chunks_exact(RESULT_SIZE_BYTES) {
+        let result = EventResult { index: u32_at(chunk, 0), code: u32_at(chunk, 4) };
+        if result.code == 0 {
+            out.truncate(start);
+            return Err(malformed("a result has code 0 (success is not listed)"));
+        }
+        if out.len() > start && out[out.len() - 1].index >= result.index {
+            out.truncate(start);
+            return Err(malformed("result indexes are not strictly increasing"));
+        }
+        out.push(result);
+    }
+    Ok(())
+}
+
+pub fn accounts_encode(accounts: &[Account], out: &mut Vec<u8>) -> u32 {
+    assert!(accounts.len() <= EVENT_COUNT_MAX as usize, "more accounts than a frame holds");
+    out.extend_from_slice(records_as_bytes(accounts));
+    accounts.len() as u32
+}
+
+pub fn accounts_decode(
+    operation: FrameOperation,
+    event_count: u32,
+    body: &[u8],
+    out: &mut Vec<Account>,
+) -> Result<(), FrameError> {
+    if body.len() as u64 != u64::from(event_count) * RECORD_SIZE_BYTES as u64 {
+        return Err(FrameError::MalformedReply { operation, reason: "the body is not event_count 128-byte accounts" });
+    }
+    out.extend(body.chunks_exact(RECORD_SIZE_BYTES).map(record_read::<Account>));
+    Ok(())
+}
+
+/// lookup_transfers records: the transfer, its status byte, 15 zero bytes.
+pub fn transfer_records_encode(records: &[TransferRecord], out: &mut Vec<u8>) -> u32 {
+    assert!(records.len() * TRANSFER_RECORD_SIZE_BYTES <= BODY_SIZE_MAX_BYTES as usize, "records over a frame");
+    for record in records {
+        out.extend_from_slice(records_as_bytes(core::slice::from_ref(&record.transfer)));
+        out.push(record.status as u8);
+        out.extend_from_slice(&[0u8; TRANSFER_RECORD_SIZE_BYTES - TRANSFER_RECORD_STATUS_OFFSET - 1]);
+    }
+    records.len() as u32
+}
+
+pub fn transfer_records_decode(
+    operation: FrameOperation,
+    event_count: u32,
+    body: &[u8],
+    out: &mut Vec<TransferRecord>,
+) -> Result<(), FrameError> {
+    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    if body.len() as u64 != u64::from(event_count) * TRANSFER_RECORD_SIZE_BYTES as u64 {
+        return Err(malformed("the body is not event_count 144-byte transfer records"));
+    }
+    let start = out.len();
+    for chunk in body.chunks_exact(TRANSFER_RECORD_SIZE_BYTES) {
+        let status = match transfer_status_from_u8(chunk[TRANSFER_RECORD_STATUS_OFFSET]) {
+            Some(status) => status,
+            None => {
+                out.truncate(start);
+                return Err(malformed("unknown transfer status"));
+            }
+        };
+        if chunk[TRANSFER_RECORD_STATUS_OFFSET + 1..].iter().any(|byte| *byte != 0) {
+            out.truncate(start);
+            return Err(malformed("transfer record padding is not zero"));
+        }
+        out.push(TransferRecord { transfer: record_read(&chunk[..RECORD_SIZE_BYTES]), status });
+    }
+    Ok(())
+}
+
+pub fn transfer_status_from_u8(value: u8) -> Option<TransferStatus> {
+    Some(match value {
+        1 => TransferStatus::Posted,
+        2 => TransferStatus::Voided,
+        3 => TransferStatus::Pending,
+        4 => TransferStatus::PendingPosted,
+        5 => TransferStatus::PendingVoided,
+        6 => TransferStatus::PendingExpired,
+        _ => return None,
+    })
+}
+
+/// lookup_balances: the reads, then each read's holds in read order. `holds` is the ledger
+/// output's hold list (`holds_start` indexes it). Holds are listed while they fit in one frame:
+/// a read whose holds were cut says so with `holds_count < holds_count_total`, as when the
+/// ledger's own hold capacity ran out.
+pub fn balances_encode(reads: &[BalanceRead], holds: &[Transfer], out: &mut Vec<u8>) -> u32 {
+    let reads_size_bytes = reads.len() * BALANCE_READ_SIZE_BYTES;
+    assert!(reads_size_bytes <= BODY_SIZE_MAX_BYTES as usize, "more balance reads than a frame holds");
+    let mut hold_room_count = (BODY_SIZE_MAX_BYTES as usize - reads_size_bytes) / RECORD_SIZE_BYTES;
+    let listed_start = out.len();
+    for read in reads {
+        let listed_count = (read.holds_count as usize).min(hold_room_count);
+        hold_room_count -= listed_count;
+        balance_read_encode(read, listed_count as u32, out);
+    }
+    for (index, read) in reads.iter().enumerate() {
+        let offset = listed_start + index * BALANCE_READ_SIZE_BYTES + BALANCE_HOLDS_COUNT_OFFSET;
+        let listed_count = u32_at(out, offset) as usize;
+        let start = read.holds_start as usize;
+        assert!(start + read.holds_count as usize <= holds.len(), "a read's holds are outside the hold list");
+        out.extend_from_slice(records_as_bytes(&holds[start..start + listed_count]));
+    }
+    reads.len() as u32
+}
+
+fn balance_read_encode(read: &BalanceRead, holds_count: u32, out: &mut Vec<u8>) {
+    assert!(holds_count <= read.holds_count, "listing holds the read does not have");
+    assert!(read.holds_count <= read.holds_count_total, "more holds listed than open");
+    let start = out.len();
+    out.extend_from_slice(records_as_bytes(core::slice::from_ref(&read.account)));
+    out.extend_from_slice(records_as_bytes(core::slice::from_ref(&read.limits)));
+    let usage = &read.usage;
+    for value in [usage.day, usage.day_count, usage.month, usage.month_count] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend_from_slice(&usage.day_amount.0.to_le_bytes());
+    out.extend_from_slice(&usage.month_amount.0.to_le_bytes());
+    out.extend_from_slice(&read.holds_count_total.to_le_bytes());
+    out.extend_from_slice(&holds_count.to_le_bytes());
+    out.extend_from_slice(&[0u8; BALANCE_READ_SIZE_BYTES - BALANCE_RESERVED_OFFSET]);
+    assert_eq!(out.len() - start, BALANCE_READ_SIZE_BYTES);
+}
+
+/// Appends the reads to `reads` and their holds to `holds`; each read's `holds_start` indexes
+/// `holds` as it stands after the call.
+pub fn balances_decode(
+    operation: FrameOperation,
+    event_count: u32,
+    body: &[u8],
+    reads: &mut Vec<BalanceRead>,
+    holds: &mut Vec<Transfer>,
+) -> Result<(), FrameError> {
+    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    let reads_size_bytes = u64::from(event_count) * BALANCE_READ_SIZE_BYTES as u64;
+    if reads_size_bytes > body.len() as u64 {
+        return Err(malformed("the body is shorter than event_count balance reads"));
+    }
+    let (reads_bytes, holds_bytes) = body.split_at(reads_size_bytes as usize);
+    let reads_start = reads.len();
+    let mut holds_next = holds.len() as u64;
+    for chunk in reads_bytes.chunks_exact(BALANCE_READ_SIZE_BYTES) {
+        let read = balance_read_decode(chunk, holds_next as u32);
+        let valid = read.holds_count <= read.holds_count_total
+            && chunk[BALANCE_RESERVED_OFFSET..].iter().all(|byte| *byte == 0);
+        holds_next += u64::from(read.holds_count);
+        if !valid || holds_next > u64::from(u32::MAX) {
+            reads.truncate(reads_start);
+            return Err(malformed("a balance read has holds_count over its total or non-zero reserved bytes"));
+        }
+        reads.push(read);
+    }
+    if holds_bytes.len() as u64 != (holds_next - holds.len() as u64) * RECORD_SIZE_BYTES as u64 {
+        reads.truncate(reads_start);
+        return Err(malformed("the holds after the reads are not Σ holds_count transfers"));
+    }
+    holds.extend(holds_bytes.chunks_exact(RECORD_SIZE_BYTES).map(record_read::<Transfer>));
+    Ok(())
+}
+
+fn balance_read_decode(chunk: &[u8], holds_start: u32) -> BalanceRead {
+    assert_eq!(chunk.len(), BALANCE_READ_SIZE_BYTES);
+    let usage = &chunk[BALANCE_USAGE_OFFSET..BALANCE_HOLDS_COUNT_TOTAL_OFFSET];
+    BalanceRead {
+        account: record_read(&chunk[..BALANCE_LIMITS_OFFSET]),
+        limits: record_read(&chunk[BALANCE_LIMITS_OFFSET..BALANCE_USAGE_OFFSET]),
+        usage: DebitUsage {
+            day: u32_at(usage, 0),
+            day_count: u32_at(usage, 4),
+            month: u32_at(usage, 8),
+            month_count: u32_at(usage, 12),
+            day_amount: Amount(u128_at(usage, 16)),
+            month_amount: Amount(u128_at(usage, 32)),
+        },
+        holds_count_total: u32_at(chunk, BALANCE_HOLDS_COUNT_TOTAL_OFFSET),
+        holds_start,
+        holds_count: u32_at(chunk, BALANCE_HOLDS_COUNT_OFFSET),
+    }
+}
+
+/// The 128-byte records that may be read from any bytes.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` structs of integers (and transparent integer newtypes) of
+/// exactly 128 bytes with no padding, so every byte pattern is a valid value.
+unsafe trait WireRecord: Copy {}
+// SAFETY: Account is #[repr(C)], 128 bytes of integer fields, no padding (asserted in the core).
+unsafe impl WireRecord for Account {}
+// SAFETY: as above, for Transfer.
+unsafe impl WireRecord for Transfer {}
+// SAFETY: as above, for AccountLimits (its reserved bytes are a [u8; 28]).
+unsafe impl WireRecord for AccountLimits {}
+
+fn record_read<T: WireRecord>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), size_of::<T>(), "a record is 128 bytes");
+    assert_eq!(size_of::<T>(), RECORD_SIZE_BYTES);
+    // SAFETY: `bytes` holds exactly size_of::<T>() bytes (asserted); T is a WireRecord, so any
+    // bytes are a valid T; read_unaligned makes no alignment demand on the network buffer.
+    unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+fn u16_at(bytes: &[u8], offset: usize) -> u16 {
+    u16::from_le_bytes(bytes[offset..offset + 2].try_into().expect("2 bytes"))
+}
+
+fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+fn u128_at(bytes: &[u8], offset: usize) -> u128 {
+    u128::from_le_bytes(bytes[offset..offset + 16].try_into().expect("16 bytes"))
+}

@@ -1,0 +1,373 @@
+//! The TCP server's receive and reply ends: accepting connections (up to a limit), reading and
+//! checking frames, handing checked requests to the engine, and writing the engine's replies
+//! back. It knows frames, not ledgers: the engine behind `Submit` is the node's pipeline.
+//!
+//! Each connection has a reader thread and a writer thread. The reader reads a header, checks
+//! it (`FrameHeader::decode`), reads the body, checks it (`check_request`), turns it into the
+//! command bytes the journal will record, and submits it; `Submit::submit` blocks while the
+//! engine is full, so the reader stops reading its socket (backpressure: nothing accepted is
+//! ever dropped). Malformed frames get their documented error reply; the errors that lose the
+//! framing close the connection. A peer that starts a frame and stalls past `frame_timeout`
+//! is disconnected. The writer writes the frames the engine routes to the connection, in the
+//! order they come; a client that stops reading its replies until its queue is full is
+//! disconnected rather than allowed to stall the engine.
+
+use crate::protocol::{check_request, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use walletd_core::command::command_encode;
+
+/// A checked request, for the engine.
+#[derive(Debug)]
+pub struct ServerRequest {
+    pub connection: u64,
+    pub request_id: u64,
+    pub client_id: u128,
+    pub operation: FrameOperation,
+    pub event_count: u32,
+    /// For ledger operations, the command exactly as the journal records it (the core's
+    /// 16-byte command header, then the events); empty for ping and snapshot.
+    pub command: Vec<u8>,
+}
+
+/// The engine refused a request because it is shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStopped;
+
+impl std::fmt::Display for EngineStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the engine is shutting down")
+    }
+}
+
+impl std::error::Error for EngineStopped {}
+
+/// The engine: takes checked requests, and later routes each reply through `Connections`.
+pub trait Submit: Send + Sync + 'static {
+    /// Blocks while the engine is full.
+    fn submit(&self, request: ServerRequest) -> Result<(), EngineStopped>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub connections_max: usize,
+    /// Events per request the engine accepts (its batch limit, at most 8189).
+    pub event_count_max: u32,
+    /// How long a started frame may take to arrive whole.
+    pub frame_timeout: Duration,
+    /// Replies queued for one connection before it counts as not reading.
+    pub reply_queue_frames: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            connections_max: 256,
+            event_count_max: crate::protocol::EVENT_COUNT_MAX,
+            frame_timeout: Duration::from_secs(10),
+            reply_queue_frames: 1024,
+        }
+    }
+}
+
+/// Server counters, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub frame_errors: AtomicU64,
+    pub slow_clients_dropped: AtomicU64,
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    /// Write what is queued, then close.
+    Close,
+}
+
+/// The open connections' reply queues: where the engine's replies are routed.
+#[derive(Default)]
+pub struct Connections {
+    writers: Mutex<HashMap<u64, SyncSender<Outgoing>>>,
+    next_id: AtomicU64,
+    pub counters: ServerCounters,
+}
+
+impl Connections {
+    /// Routes a reply frame to its connection; a connection that is gone or not reading loses it.
+    pub fn send(&self, connection: u64, frame: Vec<u8>) {
+        let writers = self.writers.lock().expect("connections lock");
+        let Some(writer) = writers.get(&connection) else { return };
+        if let Err(TrySendError::Full(_)) = writer.try_send(Outgoing::Frame(frame)) {
+            tracing::warn!(connection, "client is not reading its replies; disconnecting it");
+            self.counters.slow_clients_dropped.fetch_add(1, Ordering::Relaxed);
+            let _ = writer.try_send(Outgoing::Close);
+            drop(writers);
+            self.writers.lock().expect("connections lock").remove(&connection);
+        }
+    }
+
+    /// Encodes and routes a reply.
+    pub fn reply(&self, connection: u64, header: &FrameHeader, body: &[u8]) {
+        let mut frame = Vec::with_capacity(HEADER_SIZE_BYTES + body.len());
+        crate::protocol::frame_append(header, body, &mut frame);
+        self.send(connection, frame);
+    }
+
+    fn register(&self, writer: SyncSender<Outgoing>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.writers.lock().expect("connections lock").insert(id, writer);
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        self.writers.lock().expect("connections lock").remove(&id);
+    }
+
+    /// Closes every connection after its queued replies are written.
+    pub fn close_all(&self) {
+        for (_, writer) in self.writers.lock().expect("connections lock").drain() {
+            let _ = writer.send(Outgoing::Close);
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.writers.lock().expect("connections lock").len()
+    }
+}
+
+/// Accepts connections until `stop` is set; returns the acceptor thread. Reader threads end
+/// within `POLL` of `stop`, dropping their hold on the engine.
+pub fn serve(
+    listener: TcpListener,
+    options: ServerOptions,
+    engine: Arc<dyn Submit>,
+    connections: Arc<Connections>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("accept".to_string()).spawn(move || {
+        let mut readers: Vec<JoinHandle<()>> = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    readers.retain(|reader| !reader.is_finished());
+                    if connections.open_count() >= options.connections_max {
+                        connection_refuse(stream, &connections.counters);
+                        continue;
+                    }
+                    tracing::debug!(%peer, "connection accepted");
+                    match connection_start(stream, &options, &engine, &connections, &stop) {
+                        Ok(reader) => readers.push(reader),
+                        Err(error) => tracing::warn!(%error, "could not start a connection"),
+                    }
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+        for reader in readers {
+            let _ = reader.join();
+        }
+    })
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// Over the limit: one `busy` reply, then close.
+fn connection_refuse(mut stream: TcpStream, counters: &ServerCounters) {
+    counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("connection refused: at the connection limit");
+    let header =
+        FrameHeader { flags: crate::protocol::FLAG_REPLY, status: Status::Busy as u16, ..FrameHeader::default() };
+    let mut frame = Vec::new();
+    crate::protocol::frame_append(&header, &[], &mut frame);
+    let _ = stream.set_nonblocking(false).and_then(|()| stream.write_all(&frame));
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+fn connection_start(
+    stream: TcpStream,
+    options: &ServerOptions,
+    engine: &Arc<dyn Submit>,
+    connections: &Arc<Connections>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    stream.set_nonblocking(false)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(POLL))?;
+    let (writer_queue, writer_receive) = sync_channel(options.reply_queue_frames);
+    let id = connections.register(writer_queue.clone());
+    connections.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    let write_stream = stream.try_clone()?;
+    std::thread::Builder::new().name(format!("write-{id}")).spawn(move || writer_run(write_stream, writer_receive))?;
+    let reader = Reader {
+        id,
+        stream,
+        options: options.clone(),
+        engine: Arc::clone(engine),
+        connections: Arc::clone(connections),
+        writer: writer_queue,
+        stop: Arc::clone(stop),
+    };
+    std::thread::Builder::new().name(format!("read-{id}")).spawn(move || reader.run())
+}
+
+fn writer_run(mut stream: TcpStream, queue: Receiver<Outgoing>) {
+    while let Ok(outgoing) = queue.recv() {
+        match outgoing {
+            Outgoing::Frame(frame) => {
+                if stream.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+            Outgoing::Close => break,
+        }
+    }
+    let _ = stream.flush();
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+struct Reader {
+    id: u64,
+    stream: TcpStream,
+    options: ServerOptions,
+    engine: Arc<dyn Submit>,
+    connections: Arc<Connections>,
+    writer: SyncSender<Outgoing>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How a read of a frame part ended.
+enum ReadOutcome {
+    Complete,
+    /// The peer closed before the frame began.
+    Closed,
+    /// The peer closed, stalled or failed mid-frame, or the server is stopping.
+    Abandoned(&'static str),
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
+        let mut body = Vec::with_capacity(crate::protocol::BODY_SIZE_MAX_BYTES as usize);
+        loop {
+            match self.read_exact_within(&mut header_bytes, false) {
+                ReadOutcome::Complete => {}
+                ReadOutcome::Closed => break,
+                ReadOutcome::Abandoned(why) => {
+                    tracing::debug!(connection = self.id, why, "connection ended");
+                    break;
+                }
+            }
+            if !self.frame_handle(&header_bytes, &mut body) {
+                break;
+            }
+        }
+        self.connections.unregister(self.id);
+        self.connections.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.writer.send(Outgoing::Close);
+    }
+
+    /// Reads and handles one frame whose header is in `header_bytes`; false closes.
+    fn frame_handle(&mut self, header_bytes: &[u8; HEADER_SIZE_BYTES], body: &mut Vec<u8>) -> bool {
+        let header = match FrameHeader::decode(header_bytes) {
+            Ok(header) => header,
+            Err(error) => {
+                self.error_reply(FrameHeader::error_reply_to(header_bytes, error), error);
+                return false; // the framing cannot be trusted any more
+            }
+        };
+        body.resize(header.body_size_bytes as usize, 0);
+        if let ReadOutcome::Abandoned(why) = self.read_exact_within(body, true).or_closed() {
+            tracing::debug!(connection = self.id, why, "connection ended mid-frame");
+            return false;
+        }
+        match self.request_build(&header, body) {
+            Ok(request) => self.engine.submit(request).is_ok(),
+            Err(error) => {
+                self.error_reply(FrameHeader::reply_to(&header, error.status(), 0, 0), error);
+                !error.status().closes_connection()
+            }
+        }
+    }
+
+    fn request_build(&self, header: &FrameHeader, body: &[u8]) -> Result<ServerRequest, FrameError> {
+        let operation = check_request(header, body)?;
+        let mut command = Vec::new();
+        if let FrameOperation::Ledger(ledger_operation) = operation {
+            if header.event_count > self.options.event_count_max {
+                return Err(FrameError::TooManyEvents {
+                    operation,
+                    event_count: header.event_count,
+                    event_count_max: self.options.event_count_max,
+                });
+            }
+            command.reserve_exact(walletd_core::command::COMMAND_HEADER_SIZE_BYTES + body.len());
+            command_encode(ledger_operation, body, header.event_count, &mut command);
+        }
+        Ok(ServerRequest {
+            connection: self.id,
+            request_id: header.request_id,
+            client_id: header.client_id,
+            operation,
+            event_count: header.event_count,
+            command,
+        })
+    }
+
+    fn error_reply(&self, reply: FrameHeader, error: FrameError) {
+        self.connections.counters.frame_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(connection = self.id, %error, "malformed frame");
+        let mut frame = Vec::with_capacity(HEADER_SIZE_BYTES);
+        crate::protocol::frame_append(&reply, &[], &mut frame);
+        let _ = self.writer.send(Outgoing::Frame(frame));
+    }
+
+    /// Fills `buffer` from the socket. Between frames it waits indefinitely (checking `stop`);
+    /// once a frame has begun (`in_frame`, or any header byte read) it allows `frame_timeout`.
+    fn read_exact_within(&mut self, buffer: &mut [u8], in_frame: bool) -> ReadOutcome {
+        let mut filled = 0;
+        let mut started: Option<Instant> = in_frame.then(Instant::now);
+        while filled < buffer.len() {
+            if self.stop.load(Ordering::Acquire) && filled == 0 && !in_frame {
+                return ReadOutcome::Abandoned("the server is stopping");
+            }
+            if started.is_some_and(|at| at.elapsed() > self.options.frame_timeout) {
+                return ReadOutcome::Abandoned("a frame stalled past the frame timeout");
+            }
+            match self.stream.read(&mut buffer[filled..]) {
+                Ok(0) if filled == 0 && !in_frame => return ReadOutcome::Closed,
+                Ok(0) => return ReadOutcome::Abandoned("the peer closed mid-frame"),
+                Ok(read) => {
+                    filled += read;
+                    started.get_or_insert_with(Instant::now);
+                }
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                }
+                Err(_) => return ReadOutcome::Abandoned("the socket failed"),
+            }
+        }
+        ReadOutcome::Complete
+    }
+}
+
+impl ReadOutcome {
+    /// Mid-frame, a clean close is abandonment too.
+    fn or_closed(self) -> ReadOutcome {
+        match self {
+            ReadOutcome::Closed => ReadOutcome::Abandoned("the peer closed mid-frame"),
+            other => other,
+        }
+    }
+}

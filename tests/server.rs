@@ -1,0 +1,364 @@
+//! The server end to end, on a real socket and real files: create and transfer through the
+//! client, restart, same balances; every malformed frame gets its documented reply (or a
+//! closed connection), the server keeps serving everyone else, and nothing of it reaches the
+//! ledger; a peer that stalls mid-frame and connections over the limit are shed; a retried
+//! request after a reconnect returns the original outcome; and the real binary, SIGKILLed under
+//! load, restarts with every acknowledged transfer and the state hash `walletd replay` computes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use walletd::data_dir::DataDir;
+use walletd::generate::config_for;
+use walletd::node::NodeOptions;
+use walletd::pipeline::PipelineOptions;
+use walletd::serve::{serve_start, RunningServer, ServeOptions};
+use walletd_core::command::records_as_bytes;
+use walletd_core::{Account, AccountId, Amount, CreateTransferResult, Operation, Transfer, TransferId};
+use walletd_gateway::protocol::{
+    frame_append, header_seal, request_append, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES,
+};
+use walletd_gateway::server::ServerOptions;
+use walletd_gateway::{Client, ClientOptions};
+
+fn server(dir: &Path, frame_timeout: Duration, connections_max: usize) -> RunningServer {
+    let options = ServeOptions {
+        data_dir: DataDir::new(dir),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        node: NodeOptions {
+            config: config_for(1000),
+            segment_size_bytes: 4 << 20,
+            pipeline: PipelineOptions { checkpoint_ops: 16, snapshot_ops: 64, ..PipelineOptions::default() },
+        },
+        server: ServerOptions { frame_timeout, connections_max, ..ServerOptions::default() },
+    };
+    serve_start(options).expect("server starts")
+}
+
+fn client(addr: SocketAddr) -> Client {
+    let options = ClientOptions { request_timeout: Duration::from_secs(20), ..ClientOptions::default() };
+    Client::connect(addr, options).expect("client connects")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn accounts(count: u128) -> Vec<Account> {
+    (1..=count).map(|id| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() }).collect()
+}
+
+fn transfer(low: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
+    Transfer {
+        id: TransferId::from_parts(now_ms(), low),
+        debit_account_id: AccountId(debit),
+        credit_account_id: AccountId(credit),
+        amount: Amount(amount),
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    }
+}
+
+#[test]
+fn create_transfer_restart_same_balances() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let client_one = client(running.local_addr);
+    assert!(client_one.create_accounts(&accounts(3)).unwrap().is_empty());
+    let transfers: Vec<Transfer> = (1..=100u128).map(|i| transfer(i, 1 + i % 2, 3, i)).collect();
+    assert!(client_one.create_transfers(&transfers).unwrap().is_empty());
+    let before = client_one.lookup_accounts(&[AccountId(1), AccountId(2), AccountId(3)]).unwrap();
+    assert_eq!(before[2].credits_posted, Amount((1..=100).sum()));
+    drop(client_one);
+    running.shutdown();
+
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    assert!(running.started.op >= 2);
+    let client_two = client(running.local_addr);
+    let after = client_two.lookup_accounts(&[AccountId(1), AccountId(2), AccountId(3)]).unwrap();
+    assert_eq!(after, before, "the same balances after a restart");
+    drop(client_two);
+    running.shutdown();
+}
+
+/// Writes raw bytes and reads one reply header (None if the connection closed).
+fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<FrameHeader> {
+    stream.write_all(bytes).ok()?;
+    reply_read(stream)
+}
+
+fn reply_read(stream: &mut TcpStream) -> Option<FrameHeader> {
+    let mut header = [0u8; HEADER_SIZE_BYTES];
+    stream.read_exact(&mut header).ok()?;
+    let header = FrameHeader::decode(&header).expect("the server's reply decodes");
+    let mut body = vec![0u8; header.body_size_bytes as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(header)
+}
+
+fn closed(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+fn good_frame(request_id: u64) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let ids = [AccountId(1)];
+    request_append(
+        FrameOperation::Ledger(Operation::LookupAccounts),
+        request_id,
+        7,
+        records_as_bytes(&ids),
+        1,
+        &mut frame,
+    );
+    frame
+}
+
+fn create_frame(request_id: u64, low: u128) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let account = [Account { id: AccountId(low), ledger: 1, code: 1, ..Account::default() }];
+    request_append(
+        FrameOperation::Ledger(Operation::CreateAccounts),
+        request_id,
+        7,
+        records_as_bytes(&account),
+        1,
+        &mut frame,
+    );
+    frame
+}
+
+/// Patches a header field and reseals the header checksum.
+fn patched(mut frame: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
+    frame[offset..offset + bytes.len()].copy_from_slice(bytes);
+    let header: &mut [u8; HEADER_SIZE_BYTES] = (&mut frame[..HEADER_SIZE_BYTES]).try_into().unwrap();
+    header_seal(header);
+    frame
+}
+
+#[test]
+fn malformed_frames_get_their_replies_and_never_reach_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 64);
+    let addr = running.local_addr;
+    let op_before = running_op_durable(&running);
+    // Errors that lose the framing: a reply with the status, then the connection closes.
+    let closing: Vec<(Vec<u8>, Status)> = vec![
+        (
+            {
+                let mut f = create_frame(1, 900);
+                f[0] = b'X';
+                f
+            },
+            Status::BadMagic,
+        ),
+        (patched(create_frame(2, 901), 4, &2u16.to_le_bytes()), Status::BadVersion),
+        (
+            {
+                let mut f = create_frame(3, 902);
+                f[20] ^= 1;
+                f
+            },
+            Status::BadHeaderChecksum,
+        ),
+        (patched(create_frame(4, 903), 36, &(2u32 << 20).to_le_bytes()), Status::BodyTooLarge),
+    ];
+    for (frame, status) in closing {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let reply = exchange(&mut stream, &frame).expect("an error reply before closing");
+        assert_eq!(reply.status, status as u16, "{status:?}");
+        assert!(closed(&mut stream), "{status:?} closes the connection");
+    }
+    // Errors that spoil one request: the reply, and the same connection goes on working.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let kept: Vec<(Vec<u8>, Status)> = vec![
+        (
+            {
+                let mut f = create_frame(10, 910);
+                let last = f.len() - 1;
+                f[last] ^= 1;
+                f
+            },
+            Status::BadBodyChecksum,
+        ),
+        (patched(create_frame(11, 911), 6, &999u16.to_le_bytes()), Status::UnknownOperation),
+        (patched(create_frame(12, 912), 32, &2u32.to_le_bytes()), Status::BadBodySize),
+        (patched(create_frame(13, 913), 40, &1u16.to_le_bytes()), Status::BadBodySize),
+        (too_many_events_frame(14), Status::TooManyEvents),
+    ];
+    for (frame, status) in kept {
+        let reply = exchange(&mut stream, &frame).expect("a reply, connection kept");
+        assert_eq!(reply.status, status as u16, "{status:?}");
+        let ok = exchange(&mut stream, &good_frame(99)).expect("the connection still serves");
+        assert_eq!((ok.status, ok.request_id), (0, 99));
+    }
+    // A frame cut short, then closed: the server drops that connection only.
+    let mut cut = TcpStream::connect(addr).unwrap();
+    cut.write_all(&create_frame(20, 920)[..100]).unwrap();
+    drop(cut);
+    let check = client(addr);
+    let found = check.lookup_accounts(&(900..=920u128).map(AccountId).collect::<Vec<_>>()).unwrap();
+    assert!(found.is_empty(), "no malformed request created anything: {found:?}");
+    assert_eq!(running_op_durable(&running), op_before, "nothing malformed was journaled");
+    drop(check);
+    running.shutdown();
+}
+
+fn too_many_events_frame(request_id: u64) -> Vec<u8> {
+    // 8190 ids claimed in the header (one over the limit), with a body to match.
+    let ids = vec![0u8; 8190 * 16];
+    let header = FrameHeader::request(FrameOperation::Ledger(Operation::LookupAccounts), request_id, 7, 8190);
+    let mut frame = Vec::new();
+    frame_append(&header, &ids, &mut frame);
+    frame
+}
+
+fn running_op_durable(running: &RunningServer) -> u64 {
+    metrics_of(running.metrics_addr.expect("metrics on")).0
+}
+
+/// (op_durable, state hash text) from the metrics endpoint.
+fn metrics_of(addr: SocketAddr) -> (u64, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let op =
+        text.lines().find_map(|l| l.strip_prefix("walletd_op_durable ")).expect("op_durable").trim().parse().unwrap();
+    let hash = text.lines().find_map(|l| l.split("state_hash=\"").nth(1)).expect("state info")[..32].to_string();
+    (op, hash)
+}
+
+#[test]
+fn a_stalled_half_frame_and_excess_connections_are_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(1), 2);
+    let addr = running.local_addr;
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(&create_frame(1, 930)[..40]).unwrap();
+    let started = Instant::now();
+    assert!(closed(&mut stalled), "a peer that stalls mid-frame is disconnected");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _first = client(addr);
+    let _second = client(addr);
+    let mut third = TcpStream::connect(addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let reply = reply_read(&mut third).expect("a busy reply");
+    assert_eq!(reply.status, Status::Busy as u16);
+    assert!(closed(&mut third));
+    let ok = exchange(&mut TcpStream::connect(addr).unwrap(), &good_frame(5));
+    assert!(ok.is_none() || ok.unwrap().status == Status::Busy as u16, "still at the limit");
+    drop(_first);
+    drop(_second);
+    running.shutdown();
+}
+
+#[test]
+fn a_retried_request_after_a_reconnect_returns_the_original_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let first = client(running.local_addr);
+    first.create_accounts(&accounts(2)).unwrap();
+    let payment = transfer(1, 1, 2, 500);
+    assert!(first.create_transfers(&[payment]).unwrap().is_empty());
+    drop(first); // the connection is gone, as if the reply had been lost
+    let second = client(running.local_addr);
+    let results = second.create_transfers(&[payment]).unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].code, CreateTransferResult::Exists as u32, "the original outcome, not a second payment");
+    let changed = Transfer { amount: Amount(501), ..payment };
+    assert_eq!(
+        second.create_transfers(&[changed]).unwrap()[0].code,
+        CreateTransferResult::ExistsWithDifferentAmount as u32
+    );
+    let balances = second.lookup_accounts(&[AccountId(2)]).unwrap();
+    assert_eq!(balances[0].credits_posted, Amount(500), "money moved once");
+    drop(second);
+    running.shutdown();
+}
+
+/// Starts the real binary; returns it and the address it printed.
+fn binary_start(dir: &Path) -> (std::process::Child, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--checkpoint-ops", "16"])
+        .args(["--snapshot-ops", "64", "--segment-size", "8388608", "--accounts-max", "4096", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().expect("a line").unwrap();
+    let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().unwrap();
+    let metrics_line = lines.next().expect("a metrics line").unwrap();
+    let metrics = metrics_line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().unwrap();
+    (child, addr, metrics)
+}
+
+#[test]
+fn kill_9_under_load_keeps_every_acknowledged_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, _) = binary_start(dir.path());
+    let load = std::sync::Arc::new(client(addr));
+    load.create_accounts(&accounts(100)).unwrap();
+    let mut acknowledged: Vec<Transfer> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut low = 0u128;
+    // Bounded load: at most 200 batches or 3 s, then SIGKILL while requests are in flight.
+    for round in 0..200u32 {
+        let batch: Vec<Transfer> = (0..500)
+            .map(|_| {
+                low += 1;
+                transfer(low, 1 + low % 50, 51 + low % 50, 1 + low % 7)
+            })
+            .collect();
+        if round == 20 || Instant::now() > deadline {
+            let in_flight = batch.clone();
+            let sender = std::thread::spawn({
+                let load = std::sync::Arc::clone(&load);
+                move || load.create_transfers(&in_flight)
+            });
+            std::thread::sleep(Duration::from_millis(2));
+            child.kill().unwrap();
+            let _ = sender.join();
+            break;
+        }
+        assert!(load.create_transfers(&batch).unwrap().is_empty());
+        acknowledged.extend(batch);
+    }
+    let _ = child.wait();
+    assert!(acknowledged.len() >= 5000, "load ran");
+
+    let (mut child, addr, metrics) = binary_start(dir.path());
+    let check = client(addr);
+    for chunk in acknowledged.chunks(7000) {
+        let ids: Vec<TransferId> = chunk.iter().map(|t| t.id).collect();
+        let found = check.lookup_transfers(&ids).unwrap();
+        assert_eq!(found.len(), chunk.len(), "every acknowledged transfer is there");
+    }
+    let all = check.lookup_accounts(&(1..=100u128).map(AccountId).collect::<Vec<_>>()).unwrap();
+    let debits: u128 = all.iter().map(|a| a.debits_posted.0).sum();
+    let credits: u128 = all.iter().map(|a| a.credits_posted.0).sum();
+    assert_eq!(debits, credits, "money sums to zero");
+    let (_, live_hash) = metrics_of(metrics);
+    drop(check);
+    // SIGTERM: a graceful stop.
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let output = Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["replay", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["state_hash"].as_str().unwrap(), live_hash, "replay agrees with the live server");
+}
