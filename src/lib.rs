@@ -13,7 +13,6 @@ pub mod node;
 pub mod pipeline;
 pub mod recovery;
 pub mod replay;
-pub mod reply_body;
 pub mod serve;
 pub mod snapshotter;
 pub mod workload;

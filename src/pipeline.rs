@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::command::{Command, CommandScratch};
-use walletd_core::{Ledger, Operation, Output};
+use walletd_core::{Ledger, Operation, Output, Query};
+use walletd_gateway::protocol;
 use walletd_journal::{FileStorage, Journal, RecordKind};
 
 pub const OPERATION_PING: u16 = 256;
@@ -504,8 +505,7 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
             stage.ledger.apply(slot.timestamp_ns, batch, &mut stage.output);
             stage.metrics.batch_events.observe(batch.len() as f64);
             results_count(&stage.metrics, slot.operation, batch.len() as u64, &stage.output);
-            crate::reply_body::results_encode(&stage.output, &mut outcome.body);
-            outcome.record_count = stage.output.results.len() as u32;
+            outcome.record_count = protocol::results_encode(&stage.output.results, &mut outcome.body);
             stage.metrics.state_hash_set(stage.ledger.state_hash());
             stage.metrics.op_applied.store(slot.op, Ordering::Release);
         }
@@ -515,7 +515,14 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
                 unreachable!("a query slot holds a query");
             };
             stage.ledger.query(query, &mut stage.output);
-            outcome.record_count = crate::reply_body::query_encode(&query, &stage.output, &mut outcome.body);
+            let output = &stage.output;
+            let body = &mut outcome.body;
+            outcome.record_count = match query {
+                Query::LookupAccounts(_) => protocol::accounts_encode(&output.accounts, body),
+                Query::LookupTransfers(_) => protocol::transfer_records_encode(&output.transfers, body),
+                // Lists holds only while the reply fits in one frame (a cut read says so).
+                Query::LookupBalances(_) => protocol::balances_encode(&output.balances, &output.holds, body),
+            };
         }
         SlotKind::Checkpoint { snapshot } => {
             let flags = if snapshot { CHECKPOINT_SNAPSHOT } else { 0 };

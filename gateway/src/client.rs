@@ -847,12 +847,13 @@ fn read_error(error: io::Error) -> ClientError {
     }
 }
 
-/// Hands one reply to its caller. Returns an error when the connection must end: a reply that
-/// answers no request (request id 0) with a status that closes the connection.
+/// Hands one reply to its caller. Returns an error when the connection must end: an error
+/// reply with request id 0 (which no request has) is about the connection itself — the server
+/// lost the framing, or refuses the connection — and every call in flight ends with it.
 fn reply_dispatch(shared: &Shared, header: FrameHeader, body: Vec<u8>) -> Result<(), ClientError> {
     let checked = check_reply(&header, &body);
     if let Ok(status) = checked {
-        if status.closes_connection() && header.request_id == 0 {
+        if status != Status::Ok && header.request_id == 0 {
             return Err(ClientError::Frame(status));
         }
     }

@@ -308,9 +308,10 @@ pub enum FrameError {
         event_count: u32,
         event_count_max: u32,
     },
-    /// A reply body that does not hold what its header and operation say.
+    /// A reply that does not hold what its header and operation say (`operation` is the raw
+    /// code: a reply about the connection itself has operation 0).
     MalformedReply {
-        operation: FrameOperation,
+        operation: u16,
         reason: &'static str,
     },
 }
@@ -369,9 +370,10 @@ impl fmt::Display for FrameError {
                 "{} frame has {event_count} events, at most {event_count_max} are allowed: split the batch",
                 operation.name()
             ),
-            FrameError::MalformedReply { operation, reason } => {
-                write!(f, "malformed {} reply: {reason}", operation.name())
-            }
+            FrameError::MalformedReply { operation, reason } => match FrameOperation::from_u16(operation) {
+                Some(known) => write!(f, "malformed {} reply: {reason}", known.name()),
+                None => write!(f, "malformed reply (operation {operation}): {reason}"),
+            },
         }
     }
 }
@@ -559,13 +561,12 @@ fn request_reserved_check(header: &FrameHeader) -> Result<(), FrameError> {
 }
 
 /// Checks a reply whose header `decode` accepted and whose body was read: it is a reply, its
-/// body is intact, and an error reply is empty. Returns the status (records follow only when
-/// it is `Ok`).
+/// body is intact, an error reply is empty, and a successful one answers a known operation.
+/// Returns the status (records follow only when it is `Ok`). An error reply may carry
+/// operation 0: the server could not read the request's header.
 pub fn check_reply(header: &FrameHeader, body: &[u8]) -> Result<Status, FrameError> {
     assert_eq!(body.len(), header.body_size_bytes as usize, "the body read is not the header's body");
-    let operation = FrameOperation::from_u16(header.operation)
-        .ok_or(FrameError::UnknownOperation { operation: header.operation })?;
-    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    let malformed = |reason| FrameError::MalformedReply { operation: header.operation, reason };
     if !header.is_reply() {
         return Err(malformed("the reply flag is not set"));
     }
@@ -574,8 +575,14 @@ pub fn check_reply(header: &FrameHeader, body: &[u8]) -> Result<Status, FrameErr
         return Err(FrameError::BadBodyChecksum { checksum_stored: header.body_checksum, checksum_computed });
     }
     let status = Status::from_u16(header.status).ok_or(malformed("unknown status"))?;
-    if status != Status::Ok && (header.event_count != 0 || !body.is_empty()) {
-        return Err(malformed("an error reply carries records"));
+    if status != Status::Ok {
+        if header.event_count != 0 || !body.is_empty() || header.op != 0 {
+            return Err(malformed("an error reply carries records or an op"));
+        }
+        return Ok(status);
+    }
+    if FrameOperation::from_u16(header.operation).is_none() {
+        return Err(FrameError::UnknownOperation { operation: header.operation });
     }
     Ok(status)
 }
@@ -732,7 +739,7 @@ pub fn results_decode(
     body: &[u8],
     out: &mut Vec<EventResult>,
 ) -> Result<(), FrameError> {
-    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    let malformed = |reason| FrameError::MalformedReply { operation: operation.code(), reason };
     if body.len() as u64 != u64::from(event_count) * RESULT_SIZE_BYTES as u64 {
         return Err(malformed("the body is not event_count results of 8 bytes"));
     }
@@ -765,7 +772,8 @@ pub fn accounts_decode(
     out: &mut Vec<Account>,
 ) -> Result<(), FrameError> {
     if body.len() as u64 != u64::from(event_count) * RECORD_SIZE_BYTES as u64 {
-        return Err(FrameError::MalformedReply { operation, reason: "the body is not event_count 128-byte accounts" });
+        let reason = "the body is not event_count 128-byte accounts";
+        return Err(FrameError::MalformedReply { operation: operation.code(), reason });
     }
     out.extend(body.chunks_exact(RECORD_SIZE_BYTES).map(record_read::<Account>));
     Ok(())
@@ -788,7 +796,7 @@ pub fn transfer_records_decode(
     body: &[u8],
     out: &mut Vec<TransferRecord>,
 ) -> Result<(), FrameError> {
-    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    let malformed = |reason| FrameError::MalformedReply { operation: operation.code(), reason };
     if body.len() as u64 != u64::from(event_count) * TRANSFER_RECORD_SIZE_BYTES as u64 {
         return Err(malformed("the body is not event_count 144-byte transfer records"));
     }
@@ -873,7 +881,7 @@ pub fn balances_decode(
     reads: &mut Vec<BalanceRead>,
     holds: &mut Vec<Transfer>,
 ) -> Result<(), FrameError> {
-    let malformed = |reason| FrameError::MalformedReply { operation, reason };
+    let malformed = |reason| FrameError::MalformedReply { operation: operation.code(), reason };
     let reads_size_bytes = u64::from(event_count) * BALANCE_READ_SIZE_BYTES as u64;
     if reads_size_bytes > body.len() as u64 {
         return Err(malformed("the body is shorter than event_count balance reads"));

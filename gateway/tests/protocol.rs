@@ -1,0 +1,569 @@
+//! The codec's tier of tests: every frame and body round-trips (proptest), every malformed
+//! header and request is refused with its own status, decoders refuse rather than panic on any
+//! bytes, and the worked example in docs/PROTOCOL.md is what the code really sends.
+
+use proptest::prelude::*;
+use walletd_core::{
+    Account, AccountFlags, AccountId, AccountLimits, Amount, BalanceRead, Batch, Command, DebitUsage, EventResult,
+    LimitFlags, Operation, Query, Transfer, TransferFlags, TransferId, TransferRecord, TransferStatus,
+};
+use walletd_gateway::protocol::*;
+
+fn account_strategy() -> impl Strategy<Value = Account> {
+    (any::<[u128; 6]>(), any::<u64>(), any::<[u32; 3]>(), any::<[u16; 2]>(), any::<u64>()).prop_map(
+        |(wide, user_data_64, narrow, short, timestamp)| Account {
+            id: AccountId(wide[0]),
+            debits_pending: Amount(wide[1]),
+            debits_posted: Amount(wide[2]),
+            credits_pending: Amount(wide[3]),
+            credits_posted: Amount(wide[4]),
+            user_data_128: wide[5],
+            user_data_64,
+            user_data_32: narrow[0],
+            reserved: narrow[1],
+            ledger: narrow[2],
+            code: short[0],
+            flags: AccountFlags(short[1]),
+            timestamp,
+        },
+    )
+}
+
+fn transfer_strategy() -> impl Strategy<Value = Transfer> {
+    (any::<[u128; 6]>(), any::<u64>(), any::<[u32; 3]>(), any::<[u16; 2]>(), any::<u64>()).prop_map(
+        |(wide, user_data_64, narrow, short, timestamp)| Transfer {
+            id: TransferId(wide[0]),
+            debit_account_id: AccountId(wide[1]),
+            credit_account_id: AccountId(wide[2]),
+            amount: Amount(wide[3]),
+            pending_id: TransferId(wide[4]),
+            user_data_128: wide[5],
+            user_data_64,
+            user_data_32: narrow[0],
+            timeout_s: narrow[1],
+            ledger: narrow[2],
+            code: short[0],
+            flags: TransferFlags(short[1]),
+            timestamp,
+        },
+    )
+}
+
+fn limits_strategy() -> impl Strategy<Value = AccountLimits> {
+    (any::<[u128; 5]>(), any::<[u32; 3]>(), any::<[u8; 28]>(), any::<u64>()).prop_map(
+        |(wide, narrow, reserved, timestamp)| AccountLimits {
+            account_id: AccountId(wide[0]),
+            overdraft_max: Amount(wide[1]),
+            balance_max: Amount(wide[2]),
+            daily_debit_amount_max: Amount(wide[3]),
+            monthly_debit_amount_max: Amount(wide[4]),
+            daily_debit_count_max: narrow[0],
+            monthly_debit_count_max: narrow[1],
+            flags: LimitFlags(narrow[2]),
+            reserved,
+            timestamp,
+        },
+    )
+}
+
+fn status_strategy() -> impl Strategy<Value = TransferStatus> {
+    prop::sample::select(vec![
+        TransferStatus::Posted,
+        TransferStatus::Voided,
+        TransferStatus::Pending,
+        TransferStatus::PendingPosted,
+        TransferStatus::PendingVoided,
+        TransferStatus::PendingExpired,
+    ])
+}
+
+fn header_strategy() -> impl Strategy<Value = FrameHeader> {
+    (
+        any::<[u16; 3]>(),
+        any::<u64>(),
+        any::<u128>(),
+        any::<u32>(),
+        0..=BODY_SIZE_MAX_BYTES,
+        any::<[u32; 2]>(),
+        any::<u64>(),
+    )
+        .prop_map(|(short, request_id, client_id, event_count, body_size_bytes, narrow, op)| FrameHeader {
+            operation: short[0],
+            request_id,
+            client_id,
+            event_count,
+            body_size_bytes,
+            flags: short[1],
+            status: short[2],
+            reserved: narrow[0],
+            op,
+            body_checksum: narrow[1],
+        })
+}
+
+/// Results as the ledger produces them: strictly increasing indexes, non-zero codes.
+fn results_strategy() -> impl Strategy<Value = Vec<EventResult>> {
+    prop::collection::btree_map(0u32..EVENT_COUNT_MAX, 1u32.., 0..64)
+        .prop_map(|map| map.into_iter().map(|(index, code)| EventResult { index, code }).collect())
+}
+
+/// Balance reads and the ledger's hold list, with `holds_start` pointing into it in order.
+fn balances_strategy() -> impl Strategy<Value = (Vec<BalanceRead>, Vec<Transfer>)> {
+    let read = (account_strategy(), limits_strategy(), any::<[u32; 4]>(), any::<[u128; 2]>(), 0u32..4, 0u32..3);
+    (prop::collection::vec(read, 0..8), prop::collection::vec(transfer_strategy(), 24)).prop_map(|(reads, pool)| {
+        let mut holds_next = 0u32;
+        let reads = reads
+            .into_iter()
+            .map(|(account, limits, usage, amounts, holds_count, unlisted_count)| {
+                let read = BalanceRead {
+                    account,
+                    limits,
+                    usage: DebitUsage {
+                        day: usage[0],
+                        day_count: usage[1],
+                        month: usage[2],
+                        month_count: usage[3],
+                        day_amount: Amount(amounts[0]),
+                        month_amount: Amount(amounts[1]),
+                    },
+                    holds_count_total: holds_count + unlisted_count,
+                    holds_start: holds_next,
+                    holds_count,
+                };
+                holds_next += holds_count;
+                read
+            })
+            .collect();
+        (reads, pool[..holds_next as usize].to_vec())
+    })
+}
+
+/// Decodes a frame the way a server does: header, then body checks.
+fn frame_split(frame: &[u8]) -> (FrameHeader, &[u8]) {
+    let header_bytes: &[u8; HEADER_SIZE_BYTES] = frame[..HEADER_SIZE_BYTES].try_into().unwrap();
+    let header = FrameHeader::decode(header_bytes).expect("a fresh frame decodes");
+    let body = &frame[HEADER_SIZE_BYTES..];
+    assert_eq!(body.len(), header.body_size_bytes as usize);
+    (header, body)
+}
+
+proptest! {
+    #[test]
+    fn header_round_trips(header in header_strategy()) {
+        let bytes = header.encode();
+        prop_assert_eq!(&bytes[..4], b"WLTD");
+        prop_assert_eq!(FrameHeader::decode(&bytes), Ok(header));
+    }
+
+    #[test]
+    fn header_bit_flips_are_refused(header in header_strategy(), bit in 0usize..HEADER_SIZE_BYTES * 8) {
+        let mut bytes = header.encode();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        let status = FrameHeader::decode(&bytes).expect_err("a flipped bit is caught").status();
+        prop_assert!(status == Status::BadMagic || status == Status::BadHeaderChecksum);
+        prop_assert!(status.closes_connection());
+    }
+
+    #[test]
+    fn results_round_trip(results in results_strategy()) {
+        let mut body = vec![0xaa];
+        let count = results_encode(&results, &mut body);
+        prop_assert_eq!(count as usize, results.len());
+        let operation = FrameOperation::Ledger(Operation::CreateTransfers);
+        let mut decoded = vec![EventResult { index: 99, code: 1 }];
+        results_decode(operation, count, &body[1..], &mut decoded).unwrap();
+        prop_assert_eq!(&decoded[1..], &results[..]);
+    }
+
+    #[test]
+    fn accounts_round_trip(accounts in prop::collection::vec(account_strategy(), 0..16)) {
+        let mut body = Vec::new();
+        let count = accounts_encode(&accounts, &mut body);
+        let mut decoded = Vec::new();
+        accounts_decode(FrameOperation::Ledger(Operation::LookupAccounts), count, &body, &mut decoded).unwrap();
+        prop_assert_eq!(decoded, accounts);
+    }
+
+    #[test]
+    fn transfer_records_round_trip(
+        records in prop::collection::vec((transfer_strategy(), status_strategy()), 0..16),
+    ) {
+        let records: Vec<TransferRecord> =
+            records.into_iter().map(|(transfer, status)| TransferRecord { transfer, status }).collect();
+        let mut body = Vec::new();
+        let count = transfer_records_encode(&records, &mut body);
+        prop_assert_eq!(body.len(), records.len() * 144);
+        let mut decoded = Vec::new();
+        transfer_records_decode(FrameOperation::Ledger(Operation::LookupTransfers), count, &body, &mut decoded)
+            .unwrap();
+        prop_assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn balances_round_trip((reads, holds) in balances_strategy()) {
+        let mut body = Vec::new();
+        let count = balances_encode(&reads, &holds, &mut body);
+        prop_assert_eq!(body.len(), reads.len() * 320 + holds.len() * 128);
+        let (mut reads_decoded, mut holds_decoded) = (Vec::new(), Vec::new());
+        let operation = FrameOperation::Ledger(Operation::LookupBalances);
+        balances_decode(operation, count, &body, &mut reads_decoded, &mut holds_decoded).unwrap();
+        prop_assert_eq!(reads_decoded, reads);
+        prop_assert_eq!(holds_decoded, holds);
+    }
+
+    #[test]
+    fn batch_requests_round_trip(
+        request_id in any::<u64>(),
+        client_id in any::<u128>(),
+        accounts in prop::collection::vec(account_strategy(), 0..8),
+        transfers in prop::collection::vec(transfer_strategy(), 0..8),
+        limits in prop::collection::vec(limits_strategy(), 0..8),
+        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
+    ) {
+        let batches = [
+            Batch::Pulse,
+            Batch::CreateAccounts(&accounts),
+            Batch::CreateTransfers(&transfers),
+            Batch::CloseAccounts(&account_ids),
+            Batch::ReopenAccounts(&account_ids),
+            Batch::SetAccountLimits(&limits),
+        ];
+        let mut scratch = RequestScratch::new();
+        for batch in batches {
+            let mut frame = Vec::new();
+            batch_request_append(&batch, request_id, client_id, &mut frame);
+            let (header, body) = frame_split(&frame);
+            prop_assert_eq!((header.request_id, header.client_id), (request_id, client_id));
+            prop_assert_eq!(header.event_count as usize, batch.len());
+            let decoded = match scratch.decode(&header, body).unwrap() {
+                Request::Ledger { command: Command::Batch(decoded), command_bytes } => {
+                    prop_assert_eq!(command_bytes.len(), 16 + body.len());
+                    format!("{decoded:?}")
+                }
+                other => return Err(TestCaseError::fail(format!("decoded {other:?}"))),
+            };
+            prop_assert_eq!(decoded, format!("{batch:?}"));
+        }
+    }
+
+    #[test]
+    fn query_requests_round_trip(
+        request_id in any::<u64>(),
+        client_id in any::<u128>(),
+        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
+        transfer_ids in prop::collection::vec(any::<u128>().prop_map(TransferId), 0..8),
+    ) {
+        let queries =
+            [Query::LookupAccounts(&account_ids), Query::LookupTransfers(&transfer_ids), Query::LookupBalances(&account_ids)];
+        let mut scratch = RequestScratch::new();
+        for query in queries {
+            let mut frame = Vec::new();
+            query_request_append(&query, request_id, client_id, &mut frame);
+            let (header, body) = frame_split(&frame);
+            let decoded = match scratch.decode(&header, body).unwrap() {
+                Request::Ledger { command: Command::Query(decoded), .. } => format!("{decoded:?}"),
+                other => return Err(TestCaseError::fail(format!("decoded {other:?}"))),
+            };
+            prop_assert_eq!(decoded, format!("{query:?}"));
+        }
+    }
+
+    /// Any bytes given to any decoder: refused or accepted, never a panic.
+    #[test]
+    fn decoders_never_panic(body in prop::collection::vec(any::<u8>(), 0..1024), event_count in 0u32..16) {
+        let operation = FrameOperation::Ledger(Operation::LookupBalances);
+        let _ = results_decode(operation, event_count, &body, &mut Vec::new());
+        let _ = accounts_decode(operation, event_count, &body, &mut Vec::new());
+        let _ = transfer_records_decode(operation, event_count, &body, &mut Vec::new());
+        let _ = balances_decode(operation, event_count, &body, &mut Vec::new(), &mut Vec::new());
+        let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
+        let length = body.len().min(HEADER_SIZE_BYTES);
+        header_bytes[..length].copy_from_slice(&body[..length]);
+        header_bytes[..4].copy_from_slice(b"WLTD");
+        header_seal(&mut header_bytes);
+        if let Ok(mut header) = FrameHeader::decode(&header_bytes) {
+            let request_body = vec![0u8; header.body_size_bytes.min(4096) as usize];
+            header.body_size_bytes = request_body.len() as u32;
+            let _ = RequestScratch::new().decode(&header, &request_body);
+            let _ = check_reply(&header, &request_body);
+        }
+    }
+}
+
+#[test]
+fn ping_and_snapshot_requests_decode() {
+    let mut scratch = RequestScratch::new();
+    for (operation, expected) in [(FrameOperation::Ping, "Ping"), (FrameOperation::Snapshot, "Snapshot")] {
+        let mut frame = Vec::new();
+        request_append(operation, 5, 6, &[], 0, &mut frame);
+        let (header, body) = frame_split(&frame);
+        assert_eq!(format!("{:?}", scratch.decode(&header, body).unwrap()), expected);
+    }
+}
+
+#[test]
+fn operations_have_their_numbers_and_limits() {
+    let codes: Vec<u16> = FrameOperation::ALL.iter().map(|operation| operation.code()).collect();
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 10, 11, 12, 256, 257]);
+    for operation in FrameOperation::ALL {
+        assert_eq!(FrameOperation::from_u16(operation.code()), Some(operation));
+        let max = operation.event_count_max() as usize;
+        assert!(max * operation.event_size_bytes() <= BODY_SIZE_MAX_BYTES as usize);
+        assert!(max * operation.reply_record_size_bytes() <= BODY_SIZE_MAX_BYTES as usize);
+    }
+    assert_eq!(FrameOperation::from_u16(7), None);
+    assert_eq!(FrameOperation::Ledger(Operation::CreateTransfers).event_count_max(), 8189);
+    assert_eq!(FrameOperation::Ledger(Operation::LookupAccounts).event_count_max(), 8189);
+    assert_eq!(FrameOperation::Ledger(Operation::LookupTransfers).event_count_max(), 7279);
+    assert_eq!(FrameOperation::Ledger(Operation::LookupBalances).event_count_max(), 3275);
+    assert_eq!(FrameOperation::Ping.event_count_max(), 0);
+    let closing: Vec<u16> =
+        Status::ALL.iter().filter(|status| status.closes_connection()).map(|status| *status as u16).collect();
+    assert_eq!(closing, [1, 2, 3, 4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Malformed headers (connection-closing) and requests (connection-keeping): each its status.
+
+fn transfer_request() -> Vec<u8> {
+    let transfers = [Transfer { id: TransferId(1), amount: Amount(5), ..Transfer::default() }; 2];
+    let mut frame = Vec::new();
+    batch_request_append(&Batch::CreateTransfers(&transfers), 77, 88, &mut frame);
+    frame
+}
+
+fn header_bytes_of(frame: &[u8]) -> [u8; HEADER_SIZE_BYTES] {
+    frame[..HEADER_SIZE_BYTES].try_into().unwrap()
+}
+
+#[test]
+fn malformed_headers_close_the_connection() {
+    let frame = transfer_request();
+    let mut magic = header_bytes_of(&frame);
+    magic[1] = b'X';
+    header_seal(&mut magic);
+    assert_eq!(FrameHeader::decode(&magic), Err(FrameError::BadMagic { magic: *b"WXTD" }));
+
+    let mut version = header_bytes_of(&frame);
+    version[VERSION_OFFSET] = 2;
+    header_seal(&mut version);
+    assert_eq!(FrameHeader::decode(&version), Err(FrameError::BadVersion { version: 2 }));
+
+    let mut checksum = header_bytes_of(&frame);
+    checksum[REQUEST_ID_OFFSET] ^= 1;
+    assert_eq!(FrameHeader::decode(&checksum).unwrap_err().status(), Status::BadHeaderChecksum);
+
+    let mut large = header_bytes_of(&frame);
+    large[BODY_SIZE_OFFSET..BODY_SIZE_OFFSET + 4].copy_from_slice(&(BODY_SIZE_MAX_BYTES + 1).to_le_bytes());
+    header_seal(&mut large);
+    let error = FrameHeader::decode(&large).unwrap_err();
+    assert_eq!(error, FrameError::BodyTooLarge { body_size_bytes: BODY_SIZE_MAX_BYTES + 1 });
+    assert!(error.status().closes_connection());
+
+    // The reply to each: ids echoed only where the header checksum vouched for them.
+    for (bytes, echoed) in [(magic, false), (checksum, false), (version, true), (large, true)] {
+        let error = FrameHeader::decode(&bytes).unwrap_err();
+        let reply = FrameHeader::error_reply_to(&bytes, error);
+        assert_eq!(reply.request_id, if echoed { 77 } else { 0 });
+        assert_eq!(reply.status, error.status() as u16);
+        assert!(reply.is_reply());
+    }
+}
+
+/// Sets one field of a request header.
+type HeaderPatch = fn(&mut FrameHeader);
+
+/// Patches a request header field, keeps the header checksum valid, and checks the request.
+fn request_patched(patch: impl FnOnce(&mut FrameHeader, &mut Vec<u8>)) -> Result<FrameOperation, FrameError> {
+    let frame = transfer_request();
+    let (mut header, body) = frame_split(&frame);
+    let mut body = body.to_vec();
+    patch(&mut header, &mut body);
+    let header = FrameHeader::decode(&header.encode()).expect("the header itself stays valid");
+    check_request(&header, &body)
+}
+
+#[test]
+fn malformed_requests_keep_the_connection() {
+    let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
+    assert_eq!(request_patched(|_, _| {}), Ok(transfers));
+    let error = request_patched(|_, body| body[3] ^= 1).unwrap_err();
+    assert_eq!(error.status(), Status::BadBodyChecksum);
+    let error = request_patched(|header, _| header.operation = 9).unwrap_err();
+    assert_eq!(error, FrameError::UnknownOperation { operation: 9 });
+    let error = request_patched(|header, _| header.event_count = 3).unwrap_err();
+    assert_eq!(error, FrameError::BadBodySize { operation: transfers, event_count: 3, body_size_bytes: 256 });
+    let error = request_patched(|header, _| header.event_count = 8190).unwrap_err();
+    assert_eq!(error, FrameError::TooManyEvents { operation: transfers, event_count: 8190, event_count_max: 8189 });
+    let error = request_patched(|header, body| {
+        body.truncate(200);
+        header.body_size_bytes = 200;
+        header.body_checksum = body_checksum(body);
+    })
+    .unwrap_err();
+    assert_eq!(error.status(), Status::BadBodySize);
+    let reserved_cases: [(HeaderPatch, &str); 5] = [
+        (|header| header.flags = FLAG_REPLY, "flags (the reply bit)"),
+        (|header| header.flags = 1 << 5, "flags (reserved bits)"),
+        (|header| header.status = 1, "status"),
+        (|header| header.reserved = 1, "reserved"),
+        (|header| header.op = 1, "op"),
+    ];
+    for (patch, field) in reserved_cases {
+        let error = request_patched(|header, _| patch(header)).unwrap_err();
+        assert_eq!(error, FrameError::ReservedNotZero { field });
+        assert_eq!(error.status(), Status::BadBodySize);
+        assert!(!error.status().closes_connection());
+    }
+}
+
+#[test]
+fn too_many_lookups_for_one_reply_are_refused() {
+    let ids = vec![AccountId(1); 3276];
+    let mut frame = Vec::new();
+    let operation = FrameOperation::Ledger(Operation::LookupBalances);
+    frame_append(
+        &FrameHeader::request(operation, 1, 2, 3276),
+        walletd_core::command::records_as_bytes(&ids),
+        &mut frame,
+    );
+    let (header, body) = frame_split(&frame);
+    let error = check_request(&header, body).unwrap_err();
+    assert_eq!(error, FrameError::TooManyEvents { operation, event_count: 3276, event_count_max: 3275 });
+    let mut ping = Vec::new();
+    frame_append(&FrameHeader::request(FrameOperation::Ping, 1, 2, 1), &[], &mut ping);
+    let (header, body) = frame_split(&ping);
+    assert_eq!(check_request(&header, body).unwrap_err().status(), Status::TooManyEvents);
+}
+
+#[test]
+fn malformed_replies_are_refused() {
+    let request = FrameHeader::request(FrameOperation::Ledger(Operation::CreateTransfers), 3, 4, 1);
+    let mut frame = Vec::new();
+    let body = [0u8, 0, 0, 0, 7, 0, 0, 0];
+    frame_append(&FrameHeader::reply_to(&request, Status::Ok, 12, 1), &body, &mut frame);
+    let (header, body) = frame_split(&frame);
+    assert_eq!(check_reply(&header, body), Ok(Status::Ok));
+    assert_eq!(check_reply(&FrameHeader { flags: 0, ..header }, body).unwrap_err().status(), Status::BadBodySize);
+    let error = check_reply(&FrameHeader { body_checksum: header.body_checksum ^ 1, ..header }, body).unwrap_err();
+    assert_eq!(error.status(), Status::BadBodyChecksum);
+    assert!(check_reply(&FrameHeader { status: 99, ..header }, body).is_err());
+    assert!(check_reply(&FrameHeader { status: Status::Busy as u16, ..header }, body).is_err());
+    // An error reply about the connection itself has no operation; a successful one must have one.
+    let mut connection_error = Vec::new();
+    let header_bytes = [0u8; HEADER_SIZE_BYTES];
+    let refused = FrameHeader::error_reply_to(&header_bytes, FrameError::BadMagic { magic: [0; 4] });
+    frame_append(&refused, &[], &mut connection_error);
+    let (refused, empty) = frame_split(&connection_error);
+    assert_eq!((refused.operation, refused.request_id), (0, 0));
+    assert_eq!(check_reply(&refused, empty), Ok(Status::BadMagic));
+    let unknown = FrameHeader { status: 0, ..refused };
+    assert_eq!(check_reply(&unknown, empty), Err(FrameError::UnknownOperation { operation: 0 }));
+
+    let operation = FrameOperation::Ledger(Operation::CreateTransfers);
+    let unordered = [1u32, 5, 1, 5].iter().flat_map(|value| value.to_le_bytes()).collect::<Vec<u8>>();
+    assert!(results_decode(operation, 2, &unordered, &mut Vec::new()).is_err());
+    let zero_code = [1u32, 0].iter().flat_map(|value| value.to_le_bytes()).collect::<Vec<u8>>();
+    assert!(results_decode(operation, 1, &zero_code, &mut Vec::new()).is_err());
+    assert!(results_decode(operation, 2, &zero_code, &mut Vec::new()).is_err());
+    let mut record = vec![0u8; 144];
+    record[128] = 7;
+    assert!(transfer_records_decode(operation, 1, &record, &mut Vec::new()).is_err());
+    record[128] = 1;
+    record[140] = 1;
+    assert!(transfer_records_decode(operation, 1, &record, &mut Vec::new()).is_err());
+    let mut read = vec![0u8; 320];
+    read[308] = 1; // holds_count 1 > holds_count_total 0
+    assert!(balances_decode(operation, 1, &read, &mut Vec::new(), &mut Vec::new()).is_err());
+    read[304] = 1; // now consistent, but the hold is missing
+    assert!(balances_decode(operation, 1, &read, &mut Vec::new(), &mut Vec::new()).is_err());
+    read.extend_from_slice(&[0u8; 128]);
+    assert!(balances_decode(operation, 1, &read, &mut Vec::new(), &mut Vec::new()).is_ok());
+}
+
+#[test]
+fn balance_reads_list_holds_while_they_fit() {
+    let reads: Vec<BalanceRead> = (0..3000u32)
+        .map(|index| BalanceRead {
+            account: Account { id: AccountId(u128::from(index) + 1), ..Account::default() },
+            limits: AccountLimits::default(),
+            usage: DebitUsage::default(),
+            holds_count_total: 1,
+            holds_start: index,
+            holds_count: 1,
+        })
+        .collect();
+    let holds: Vec<Transfer> =
+        (0..3000u128).map(|index| Transfer { id: TransferId(index + 1), ..Transfer::default() }).collect();
+    let mut body = Vec::new();
+    let count = balances_encode(&reads, &holds, &mut body);
+    assert!(body.len() <= BODY_SIZE_MAX_BYTES as usize);
+    let (mut reads_decoded, mut holds_decoded) = (Vec::new(), Vec::new());
+    let operation = FrameOperation::Ledger(Operation::LookupBalances);
+    balances_decode(operation, count, &body, &mut reads_decoded, &mut holds_decoded).unwrap();
+    let room_count = (BODY_SIZE_MAX_BYTES as usize - 3000 * 320) / 128;
+    assert_eq!(holds_decoded.len(), room_count);
+    assert_eq!(holds_decoded[..], holds[..room_count]);
+    assert!(reads_decoded[..room_count].iter().all(|read| read.holds_count == 1));
+    assert!(reads_decoded[room_count..].iter().all(|read| read.holds_count == 0 && read.holds_count_total == 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worked example of docs/PROTOCOL.md.
+
+fn hex_dump(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (line_index, line) in bytes.chunks(16).enumerate() {
+        out.push_str(&format!("{:04x}:", line_index * 16));
+        for byte in line {
+            out.push_str(&format!(" {byte:02x}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The example: one transfer of 100 minor units from account 1 to account 2 on ledger 1, code 1,
+/// id = TransferId::from_parts(1_700_000_000_000, 1); request id 1, client id 0xc0ffee. The
+/// reply: op 42, the one event failed with exceeds_credits (58).
+fn doc_example() -> (Vec<u8>, Vec<u8>) {
+    let transfer = Transfer {
+        id: TransferId::from_parts(1_700_000_000_000, 1),
+        debit_account_id: AccountId(1),
+        credit_account_id: AccountId(2),
+        amount: Amount(100),
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    };
+    let mut request = Vec::new();
+    batch_request_append(&Batch::CreateTransfers(&[transfer]), 1, 0xc0ffee, &mut request);
+    let (header, _) = frame_split(&request);
+    let mut reply = Vec::new();
+    let start = frame_begin(&mut reply);
+    let count = results_encode(&[EventResult { index: 0, code: 58 }], &mut reply);
+    frame_end(&mut reply, start, &FrameHeader::reply_to(&header, Status::Ok, 42, count));
+    (request, reply)
+}
+
+#[test]
+fn protocol_doc_example_is_what_the_code_sends() {
+    let (request, reply) = doc_example();
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(doc_path).expect("docs/PROTOCOL.md exists");
+    let (request_dump, reply_dump) = (hex_dump(&request), hex_dump(&reply));
+    assert!(doc.contains(&request_dump), "docs/PROTOCOL.md lacks the request dump:\n{request_dump}");
+    assert!(doc.contains(&reply_dump), "docs/PROTOCOL.md lacks the reply dump:\n{reply_dump}");
+    let (header, body) = frame_split(&reply);
+    let mut results = Vec::new();
+    results_decode(FrameOperation::Ledger(Operation::CreateTransfers), header.event_count, body, &mut results).unwrap();
+    assert_eq!(results, [EventResult { index: 0, code: 58 }]);
+    assert_eq!(header.op, 42);
+}
+
+#[test]
+fn checksums_are_crc32c() {
+    // The CRC-32C check value, as docs/PROTOCOL.md states it for other implementations.
+    assert_eq!(body_checksum(b"123456789"), 0xe306_9283);
+    assert_eq!(body_checksum(&[]), 0);
+}
