@@ -24,12 +24,13 @@
 use crate::error::NodeError;
 use std::fs;
 use std::path::PathBuf;
+use walletd_core::config::CONFIG_SIZE_BYTES;
 use walletd_core::Config;
 use walletd_journal::JournalConfig;
 
 const CONFIG_MAGIC: [u8; 8] = *b"WDCONFIG";
 const CONFIG_VERSION: u32 = 1;
-const CONFIG_SIZE_BYTES: usize = 80;
+const CONFIG_FILE_SIZE_BYTES: usize = 80;
 
 #[derive(Clone, Debug)]
 pub struct DataDir {
@@ -93,31 +94,19 @@ impl DataDir {
     }
 }
 
-pub fn config_encode(config: &Config) -> [u8; CONFIG_SIZE_BYTES] {
-    let mut bytes = [0u8; CONFIG_SIZE_BYTES];
+pub fn config_encode(config: &Config) -> [u8; CONFIG_FILE_SIZE_BYTES] {
+    let mut bytes = [0u8; CONFIG_FILE_SIZE_BYTES];
     bytes[0..8].copy_from_slice(&CONFIG_MAGIC);
     bytes[8..12].copy_from_slice(&CONFIG_VERSION.to_le_bytes());
-    let words32 = [
-        config.accounts_max,
-        config.transfers_max,
-        config.pending_max,
-        config.limits_max,
-        config.ledgers_max,
-        config.batch_events_max,
-    ];
-    for (index, value) in words32.iter().enumerate() {
-        bytes[16 + index * 4..20 + index * 4].copy_from_slice(&value.to_le_bytes());
-    }
-    bytes[40..48].copy_from_slice(&config.id_future_ms_max.to_le_bytes());
-    bytes[48..56].copy_from_slice(&config.hash_seed.to_le_bytes());
+    bytes[16..56].copy_from_slice(&config.encode());
     let checksum = blake3::hash(&bytes[..64]);
     bytes[64..80].copy_from_slice(&checksum.as_bytes()[..16]);
     bytes
 }
 
 pub fn config_decode(bytes: &[u8]) -> Result<Config, String> {
-    if bytes.len() != CONFIG_SIZE_BYTES {
-        return Err(format!("ledger.conf is {} bytes, expected {CONFIG_SIZE_BYTES}", bytes.len()));
+    if bytes.len() != CONFIG_FILE_SIZE_BYTES {
+        return Err(format!("ledger.conf is {} bytes, expected {CONFIG_FILE_SIZE_BYTES}", bytes.len()));
     }
     if bytes[0..8] != CONFIG_MAGIC {
         return Err("ledger.conf has a bad magic: not a walletd config".to_string());
@@ -129,19 +118,8 @@ pub fn config_decode(bytes: &[u8]) -> Result<Config, String> {
     if version != CONFIG_VERSION {
         return Err(format!("ledger.conf version {version} is not supported"));
     }
-    let u32_at = |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
-    let u64_at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
-    let config = Config {
-        accounts_max: u32_at(16),
-        transfers_max: u32_at(20),
-        pending_max: u32_at(24),
-        limits_max: u32_at(28),
-        ledgers_max: u32_at(32),
-        batch_events_max: u32_at(36),
-        id_future_ms_max: u64_at(40),
-        hash_seed: u64_at(48),
-    };
-    config.validated().map_err(|error| error.to_string())
+    let config_bytes: &[u8; CONFIG_SIZE_BYTES] = bytes[16..56].try_into().expect("40 bytes");
+    Config::decode(config_bytes).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

@@ -74,6 +74,55 @@ impl Config {
     }
 }
 
+/// Bytes of a config on disk (in the ledger image header and in `ledger.conf`).
+pub const CONFIG_SIZE_BYTES: usize = 40;
+
+impl Config {
+    /// ```text
+    /// offset size field
+    ///      0    4 accounts_max        4 4 transfers_max      8 4 pending_max
+    ///     12    4 limits_max         16 4 ledgers_max       20 4 batch_events_max
+    ///     24    8 id_future_ms_max   32 8 hash_seed
+    /// ```
+    pub fn encode(&self) -> [u8; CONFIG_SIZE_BYTES] {
+        let mut bytes = [0u8; CONFIG_SIZE_BYTES];
+        let words32 = [
+            self.accounts_max,
+            self.transfers_max,
+            self.pending_max,
+            self.limits_max,
+            self.ledgers_max,
+            self.batch_events_max,
+        ];
+        for (index, value) in words32.iter().enumerate() {
+            bytes[index * 4..index * 4 + 4].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes[24..32].copy_from_slice(&self.id_future_ms_max.to_le_bytes());
+        bytes[32..40].copy_from_slice(&self.hash_seed.to_le_bytes());
+        bytes
+    }
+
+    /// The config encoded in `bytes`, which must be one a validated config encodes to.
+    pub fn decode(bytes: &[u8; CONFIG_SIZE_BYTES]) -> Result<Config, ConfigError> {
+        let u32_at = |offset: usize| u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"));
+        let u64_at = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
+        let config = Config {
+            accounts_max: u32_at(0),
+            transfers_max: u32_at(4),
+            pending_max: u32_at(8),
+            limits_max: u32_at(12),
+            ledgers_max: u32_at(16),
+            batch_events_max: u32_at(20),
+            id_future_ms_max: u64_at(24),
+            hash_seed: u64_at(32),
+        };
+        if config.validated()? != config {
+            return Err(ConfigError("transfers_max is not rounded as a validated config's"));
+        }
+        Ok(config)
+    }
+}
+
 /// A config that cannot be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub &'static str);

@@ -32,7 +32,7 @@
 //!             credits_pending, credits_posted (u128 each)
 //! ```
 
-use crate::config::Config;
+use crate::config::{Config, CONFIG_SIZE_BYTES};
 use crate::ledger::{Ledger, LedgerTotals, LimitsEntry, Line};
 use crate::output::DebitUsage;
 use crate::pending::NONE;
@@ -134,17 +134,12 @@ impl ImageHeader {
 
     fn encode(&self) -> [u8; IMAGE_HEADER_SIZE_BYTES] {
         let mut bytes = [0u8; IMAGE_HEADER_SIZE_BYTES];
-        let c = &self.config;
         bytes[0..8].copy_from_slice(&IMAGE_MAGIC);
         bytes[8..12].copy_from_slice(&IMAGE_VERSION.to_le_bytes());
-        let words32 = [c.accounts_max, c.transfers_max, c.pending_max, c.limits_max, c.ledgers_max, c.batch_events_max];
-        for (index, value) in words32.iter().enumerate() {
-            bytes[16 + index * 4..20 + index * 4].copy_from_slice(&value.to_le_bytes());
-        }
-        let words64 =
-            [c.id_future_ms_max, c.hash_seed, self.ring_head, self.ring_tail, self.horizon_ms, self.timestamp_last];
+        bytes[16..56].copy_from_slice(&self.config.encode());
+        let words64 = [self.ring_head, self.ring_tail, self.horizon_ms, self.timestamp_last];
         for (index, value) in words64.iter().enumerate() {
-            bytes[40 + index * 8..48 + index * 8].copy_from_slice(&value.to_le_bytes());
+            bytes[56 + index * 8..64 + index * 8].copy_from_slice(&value.to_le_bytes());
         }
         let counts = [self.accounts_count, self.pending_count, self.limits_count, self.ledgers_count];
         for (index, value) in counts.iter().enumerate() {
@@ -167,20 +162,8 @@ impl ImageHeader {
         if u32_at(8) != IMAGE_VERSION {
             return Err(ImageError::UnsupportedVersion { version: u32_at(8) });
         }
-        let config = Config {
-            accounts_max: u32_at(16),
-            transfers_max: u32_at(20),
-            pending_max: u32_at(24),
-            limits_max: u32_at(28),
-            ledgers_max: u32_at(32),
-            batch_events_max: u32_at(36),
-            id_future_ms_max: u64_at(40),
-            hash_seed: u64_at(48),
-        };
-        let validated = config.validated().map_err(|error| ImageError::BadConfig(error.0))?;
-        if validated != config {
-            return Err(ImageError::BadConfig("transfers_max is not rounded as a validated config's"));
-        }
+        let config_bytes: &[u8; CONFIG_SIZE_BYTES] = bytes[16..56].try_into().expect("40 bytes");
+        let config = Config::decode(config_bytes).map_err(|error| ImageError::BadConfig(error.0))?;
         let header = ImageHeader {
             config,
             ring_head: u64_at(56),
