@@ -49,6 +49,9 @@ pub const BATCH_MAX: u32 = EVENT_COUNT_MAX;
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 /// Significant decimal digits the latency histogram keeps.
 pub const LATENCY_SIGFIG: u8 = 3;
+/// Threads sending requests (`--connections × --in-flight`): the lane index has 12 bits in the
+/// transfer ids.
+pub const LANES_MAX: u32 = 1 << 12;
 /// Verification lists at most this many failures (and counts all of them).
 pub const FAILURES_LISTED_MAX: usize = 10;
 
@@ -136,14 +139,30 @@ pub enum BenchError {
     Args(String),
     /// The temporary server did not start.
     Server(NodeError),
-    Connect { addr: String, error: ClientError },
+    Connect {
+        addr: String,
+        error: ClientError,
+    },
     /// A request failed: its outcome is unknown, so the run cannot be verified.
-    Client { addr: String, stage: &'static str, error: ClientError },
+    Client {
+        addr: String,
+        stage: &'static str,
+        error: ClientError,
+    },
     /// Setting up the accounts was refused (other than `exists`).
-    AccountsRefused { result: String, count: u64 },
-    Io { path: PathBuf, source: std::io::Error },
+    AccountsRefused {
+        result: String,
+        count: u64,
+    },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The run completed, but the balances are not what was sent.
-    Verification { failures_count: u64, first: String },
+    Verification {
+        failures_count: u64,
+        first: String,
+    },
 }
 
 impl fmt::Display for BenchError {
@@ -185,7 +204,7 @@ pub fn bench_command(args: BenchArgs) -> Result<(), BenchError> {
         file_write(path, hgrm_format(&report.histogram).as_bytes())?;
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).expect("a bench report serialises");
+        let json = serde_json::to_string_pretty(&report).expect("a bench report serialises") + "\n";
         file_write(path, json.as_bytes())?;
     }
     if !report.verification.passed {
@@ -225,6 +244,10 @@ fn args_check(args: &BenchArgs) -> Result<(), BenchError> {
         (args.transfers == 0, "--transfers must be at least 1".to_string()),
         (args.batch == 0 || args.batch > BATCH_MAX, format!("--batch must be in 1..={BATCH_MAX}")),
         (args.connections == 0 || args.in_flight == 0, "--connections and --in-flight must be at least 1".into()),
+        (
+            u64::from(args.connections) * u64::from(args.in_flight) > u64::from(LANES_MAX),
+            format!("--connections × --in-flight must be at most {LANES_MAX}"),
+        ),
         (!(0.0..=1.0).contains(&args.two_phase_ratio), "--two-phase-ratio must be in 0.0..=1.0".into()),
         (args.rate == Some(0), "--rate must be at least 1 transfer per second".to_string()),
         (
@@ -399,7 +422,8 @@ fn report_build(
     let histogram = drive.histogram;
     assert_eq!(histogram.len(), drive.requests, "one latency per request");
     let results_not_ok = drive.codes.values().sum();
-    let results_not_ok_by_code = drive.codes.iter().map(|(code, count)| (transfer_result_name(*code), *count)).collect();
+    let results_not_ok_by_code =
+        drive.codes.iter().map(|(code, count)| (transfer_result_name(*code), *count)).collect();
     BenchReport {
         server,
         accounts: args.accounts,
@@ -447,7 +471,10 @@ fn client_connect(addr: &str) -> Result<Client, BenchError> {
 pub enum AccountsCreateError {
     Client(ClientError),
     /// Some accounts were refused with a code other than `exists`; the first such code.
-    Refused { result: String, count: u64 },
+    Refused {
+        result: String,
+        count: u64,
+    },
 }
 
 /// Creates accounts 1..=`count` (plain, ledger 1) in full frames. `exists` counts as created,
@@ -485,7 +512,8 @@ pub fn accounts_lookup(client: &Client, count: u64) -> Result<Vec<Account>, Clie
         let ids: Vec<AccountId> = (start..end).map(|index| AccountId(u128::from(index) + 1)).collect();
         for account in client.lookup_accounts(&ids)? {
             let index = account.id.0.checked_sub(1).filter(|index| *index < u128::from(count));
-            let index = index.ok_or_else(|| ClientError::Protocol(format!("lookup returned account {}", account.id.0)))?;
+            let index =
+                index.ok_or_else(|| ClientError::Protocol(format!("lookup returned account {}", account.id.0)))?;
             found[index as usize] = account;
         }
         start = end;
@@ -539,11 +567,13 @@ impl Expected {
     /// A post of the whole of `hold` was acknowledged ok: the reservation becomes posted.
     pub fn post_apply(&mut self, hold: &Transfer) {
         let (debit, credit) = (self.index(hold.debit_account_id), self.index(hold.credit_account_id));
+        assert_ne!(debit, credit, "a hold moves money between two accounts");
         let amount = hold.amount.0;
-        let (debit, credit) = (&mut self.moved[debit], &mut self.moved[credit]);
+        let debit = &mut self.moved[debit];
         debit.debits_pending = debit.debits_pending.checked_sub(amount).expect("a post follows its hold");
-        credit.credits_pending = credit.credits_pending.checked_sub(amount).expect("a post follows its hold");
         debit.debits_posted += amount;
+        let credit = &mut self.moved[credit];
+        credit.credits_pending = credit.credits_pending.checked_sub(amount).expect("a post follows its hold");
         credit.credits_posted += amount;
     }
 }
@@ -624,7 +654,9 @@ pub fn verify_balances(baseline: &[Account], after: &[Account], expected: &Expec
     }
     let [debits_posted, credits_posted, debits_pending, credits_pending] = totals;
     if debits_posted != credits_posted {
-        verification.failure(format!("money does not sum to zero: debits_posted {debits_posted} ≠ credits_posted {credits_posted}"));
+        verification.failure(format!(
+            "money does not sum to zero: debits_posted {debits_posted} ≠ credits_posted {credits_posted}"
+        ));
     }
     if debits_pending != credits_pending {
         verification.failure(format!(
@@ -695,7 +727,8 @@ fn transfers_drive(
 ) -> Result<DriveOutcome, BenchError> {
     let clients = (0..args.connections).map(|_| client_connect(addr)).collect::<Result<Vec<Client>, _>>()?;
     let lanes_count = args.connections * args.in_flight;
-    let shared = DriveShared { args, picker, expected, abort: AtomicBool::new(false), start: Instant::now(), lanes_count };
+    let shared =
+        DriveShared { args, picker, expected, abort: AtomicBool::new(false), start: Instant::now(), lanes_count };
     let outcomes: Vec<Result<LaneOutcome, ClientError>> = std::thread::scope(|scope| {
         let lanes: Vec<_> = (0..lanes_count)
             .map(|lane_index| {
@@ -717,7 +750,11 @@ fn transfers_drive(
         codes: BTreeMap::new(),
     };
     for outcome in outcomes {
-        let lane = outcome.map_err(|error| BenchError::Client { addr: addr.to_string(), stage: "sending transfers", error })?;
+        let lane = outcome.map_err(|error| BenchError::Client {
+            addr: addr.to_string(),
+            stage: "sending transfers",
+            error,
+        })?;
         drive.events_sent += lane.events_sent;
         drive.requests += lane.requests;
         drive.holds += lane.holds;
@@ -745,9 +782,18 @@ struct LaneOutcome {
     codes: BTreeMap<u32, u64>,
 }
 
-/// One lane: build a request, wait for its due time (open loop), send it, record its latency,
-/// read its results into the book; until its share of the transfers is sent.
+/// One lane; if it fails, the others stop too (the run is lost anyway).
 fn lane_run(client: &Client, shared: &DriveShared<'_>, lane_index: u32) -> Result<LaneOutcome, ClientError> {
+    let result = lane_loop(client, shared, lane_index);
+    if result.is_err() {
+        shared.abort.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+/// Build a request, wait for its due time (open loop), send it, record its latency, read its
+/// results into the book; until the lane's share of the transfers is sent.
+fn lane_loop(client: &Client, shared: &DriveShared<'_>, lane_index: u32) -> Result<LaneOutcome, ClientError> {
     let args = shared.args;
     let (lanes, index) = (u64::from(shared.lanes_count), u64::from(lane_index));
     let events_count = args.transfers / lanes + u64::from(index < args.transfers % lanes);
@@ -760,7 +806,8 @@ fn lane_run(client: &Client, shared: &DriveShared<'_>, lane_index: u32) -> Resul
         histogram: histogram_new(),
         codes: BTreeMap::new(),
     };
-    let mut due = args.rate.map(|_| shared.start + lane.interval(u64::from(args.batch)).mul_f64(index as f64 / lanes as f64));
+    let mut due =
+        args.rate.map(|_| shared.start + lane.interval(u64::from(args.batch)).mul_f64(index as f64 / lanes as f64));
     let operation = FrameOperation::Ledger(Operation::CreateTransfers);
     let mut results = Vec::with_capacity(args.batch as usize);
     // Each request sends at least one of the lane's events, so this ends within events_count rounds.
@@ -777,9 +824,7 @@ fn lane_run(client: &Client, shared: &DriveShared<'_>, lane_index: u32) -> Resul
             }
             None => Instant::now(),
         };
-        let reply = client.request(operation, records_as_bytes(&lane.request)).inspect_err(|_| {
-            shared.abort.store(true, Ordering::Relaxed);
-        })?;
+        let reply = client.request(operation, records_as_bytes(&lane.request))?;
         outcome.histogram.saturating_record(sent_at.elapsed().as_micros().max(1) as u64);
         results.clear();
         results_decode(operation, reply.header.event_count, &reply.body, &mut results)?;
@@ -825,7 +870,7 @@ impl<'a> Lane<'a> {
         // Ids: the millisecond on top, then a per-run, per-lane prefix, then a counter, so
         // lanes never collide and neither do runs started in the same millisecond.
         let run_bits = Rng(args.seed ^ (u64::from(std::process::id()) << 32)).next_u64() & 0xf_ffff;
-        assert!(lane_index < 1 << 12, "at most 4096 lanes");
+        assert!(lane_index < LANES_MAX, "args_check bounds the lanes");
         Lane {
             picker: shared.picker,
             rng: Rng(args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(lane_index)),
@@ -958,7 +1003,12 @@ pub fn hgrm_format(histogram: &Histogram<u64>) -> String {
         histogram.mean() / MS_PER_US,
         histogram.stdev() / MS_PER_US
     );
-    let _ = writeln!(out, "#[Max     = {:12.3}, Total count    = {:12}]", histogram.max() as f64 / MS_PER_US, histogram.len());
+    let _ = writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        histogram.max() as f64 / MS_PER_US,
+        histogram.len()
+    );
     let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", histogram.buckets(), sub_buckets);
     out
 }

@@ -3,7 +3,9 @@
 //! the benchmarks and the end-to-end tests. The rules live in `walletd-core`; the bytes on
 //! disk in `walletd-journal` and `walletd-snapshot`.
 
+pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod data_dir;
 pub mod error;
 pub mod generate;

@@ -39,6 +39,13 @@ enum Commands {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCommands),
+    /// Load generator: drive a server (or a temporary one) and measure throughput and latency,
+    /// then verify through lookups that every balance is what was sent.
+    Bench(walletd::bench::BenchArgs),
+    /// Create or show an account on a running server.
+    Account(walletd::cli::AccountArgs),
+    /// Create, post, void or show a transfer on a running server.
+    Transfer(walletd::cli::TransferArgs),
 }
 
 #[derive(Args)]
@@ -164,11 +171,19 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Commands::Serve(args) => serve_command(args),
-        Commands::Generate(args) => generate_command(args),
-        Commands::Replay(args) => replay_command(args),
-        Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args),
+    let result: Result<(), String> = match cli.command {
+        Commands::Serve(args) => serve_command(args).map_err(|error| error.to_string()),
+        Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
+        Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
+        Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
+        Commands::Bench(args) => walletd::bench::bench_command(args).map_err(|error| error.to_string()),
+        Commands::Account(args) => {
+            walletd::cli::account_command(&args.addr, args.command).map_err(|error| error.to_string())
+        }
+        Commands::Transfer(args) => {
+            let addr = args.addr.clone();
+            walletd::cli::transfer_command(&addr, args.command()).map_err(|error| error.to_string())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
