@@ -17,9 +17,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status};
-use walletd_gateway::server::{serve, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
+use walletd_gateway::server::{serve, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -37,8 +36,9 @@ pub struct RunningServer {
     pub started: Started,
     node: Node,
     connections: Arc<Connections>,
+    /// Stops the metrics endpoint.
     stop: Arc<AtomicBool>,
-    acceptor: JoinHandle<()>,
+    acceptor: Acceptor,
 }
 
 /// The pipeline as the gateway's engine.
@@ -72,7 +72,7 @@ pub fn serve_start(options: ServeOptions) -> Result<RunningServer, NodeError> {
     server_options.event_count_max = server_options.event_count_max.min(node.started.config.batch_events_max);
     let engine: Arc<dyn Submit> = Arc::new(Engine { requests: node.pipeline.requests() });
     let stop = Arc::new(AtomicBool::new(false));
-    let acceptor = serve(listener, server_options, engine, Arc::clone(&connections), Arc::clone(&stop))
+    let acceptor = serve(listener, server_options, engine, Arc::clone(&connections))
         .map_err(|source| NodeError::Io { path: "accept thread".into(), source })?;
     let metrics_addr = match options.metrics_addr {
         Some(addr) => {
@@ -87,7 +87,7 @@ impl RunningServer {
     /// Stops taking work, finishes and answers everything taken, and closes.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Release);
-        self.acceptor.join().expect("accept thread panicked");
+        self.acceptor.stop();
         self.node.pipeline.shutdown();
         self.connections.close_all();
     }

@@ -142,20 +142,45 @@ impl Connections {
     }
 }
 
-/// Accepts connections until `stop` is set; returns the acceptor thread. Reader threads end
-/// within `POLL` of `stop`, dropping their hold on the engine.
+/// A running acceptor: `stop` ends it and, within `POLL`, every reader thread.
+pub struct Acceptor {
+    local_addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Acceptor {
+    /// Stops accepting and reading new frames, and waits for the reader threads to end (so
+    /// they no longer hold the engine). Replies already routed are still written.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        // The accept blocks (so a new connection is served at once, not at the next poll):
+        // wake it with a connection of our own.
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        self.thread.join().expect("accept thread panicked");
+    }
+}
+
+/// Accepts connections until `Acceptor::stop`.
 pub fn serve(
     listener: TcpListener,
     options: ServerOptions,
     engine: Arc<dyn Submit>,
     connections: Arc<Connections>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("accept".to_string()).spawn(move || {
+) -> std::io::Result<Acceptor> {
+    listener.set_nonblocking(false)?;
+    let local_addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = Arc::clone(&stop);
+    let thread = std::thread::Builder::new().name("accept".to_string()).spawn(move || {
+        let stop = thread_stop;
         let mut readers: Vec<JoinHandle<()>> = Vec::new();
-        while !stop.load(Ordering::Acquire) {
-            match listener.accept() {
+        loop {
+            let accepted = listener.accept();
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
+            match accepted {
                 Ok((stream, peer)) => {
                     readers.retain(|reader| !reader.is_finished());
                     if connections.open_count() >= options.connections_max {
@@ -168,7 +193,6 @@ pub fn serve(
                         Err(error) => tracing::warn!(%error, "could not start a connection"),
                     }
                 }
-                Err(error) if error.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     std::thread::sleep(POLL);
@@ -178,7 +202,8 @@ pub fn serve(
         for reader in readers {
             let _ = reader.join();
         }
-    })
+    })?;
+    Ok(Acceptor { local_addr, stop, thread })
 }
 
 const POLL: Duration = Duration::from_millis(50);
