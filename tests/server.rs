@@ -284,8 +284,18 @@ fn a_retried_request_after_a_reconnect_returns_the_original_outcome() {
     running.shutdown();
 }
 
-/// Starts the real binary; returns it and the address it printed.
-fn binary_start(dir: &Path) -> (std::process::Child, SocketAddr, SocketAddr) {
+/// A child server killed when dropped, so a failing test leaves no server running.
+struct ServerChild(std::process::Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary; returns it and the addresses it printed.
+fn binary_start(dir: &Path) -> (ServerChild, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--checkpoint-ops", "16"])
         .args(["--snapshot-ops", "64", "--segment-size", "8388608", "--accounts-max", "4096", "--data-dir"])
@@ -294,7 +304,9 @@ fn binary_start(dir: &Path) -> (std::process::Child, SocketAddr, SocketAddr) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stdout = child.stdout.take().unwrap();
+    let child = ServerChild(child);
+    let mut lines = BufReader::new(stdout).lines();
     let listening = lines.next().expect("a line").unwrap();
     let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().unwrap();
     let metrics_line = lines.next().expect("a metrics line").unwrap();
@@ -326,14 +338,14 @@ fn kill_9_under_load_keeps_every_acknowledged_transfer() {
                 move || load.create_transfers(&in_flight)
             });
             std::thread::sleep(Duration::from_millis(2));
-            child.kill().unwrap();
+            child.0.kill().unwrap();
             let _ = sender.join();
             break;
         }
         assert!(load.create_transfers(&batch).unwrap().is_empty());
         acknowledged.extend(batch);
     }
-    let _ = child.wait();
+    let _ = child.0.wait();
     assert!(acknowledged.len() >= 5000, "load ran");
 
     let (mut child, addr, metrics) = binary_start(dir.path());
@@ -351,8 +363,8 @@ fn kill_9_under_load_keeps_every_acknowledged_transfer() {
     drop(check);
     // SIGTERM: a graceful stop.
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
     let output = Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["replay", "--json", "--data-dir"])
         .arg(dir.path())
