@@ -116,8 +116,14 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     run.checkpoint(true)?;
     run.commit()?;
     let seconds = start.elapsed().as_secs_f64();
-    let Run { writer, snapshotter, segments_archived, .. } = run;
+    let Run { mut writer, snapshotter, mut segments_archived, op_archived, .. } = run;
     let snapshots = snapshotter.finish()?;
+    // The replica has caught up: archive what is older than the snapshot before the final one
+    // (the journal after it stays live, so falling back to it needs nothing from archive/).
+    let fallback = snapshots.len().checked_sub(2).map(|index| &snapshots[index]);
+    if let Some(fallback) = fallback.filter(|snapshot| snapshot.op > op_archived) {
+        segments_archived += writer.journal.archive_before(fallback.op)?.len();
+    }
     Ok(GenerateReport {
         op_durable: writer.journal.op_durable(),
         accounts: u64::from(writer.ledger.accounts_count()),

@@ -38,7 +38,11 @@ pub struct Recovered<S: Storage> {
 }
 
 /// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
-pub fn recover<S: Storage>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError> {
+pub fn recover<S>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError>
+where
+    S: Storage + Send + 'static,
+    S::File: Send,
+{
     let config = data_dir.config_read()?;
     let snapshot_temporaries_removed = snapshot_temporaries_remove(&data_dir.snapshots())?;
     let (loaded, snapshots_skipped) = snapshot_load_newest(&data_dir.snapshots())?;
@@ -84,7 +88,11 @@ pub fn recover<S: Storage>(storage: S, data_dir: &DataDir, segment_size_bytes: u
 }
 
 /// Replays the journal after the snapshot (or from genesis), checking the join.
-fn replay_tail<S: Storage>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), NodeError> {
+fn replay_tail<S>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), NodeError>
+where
+    S: Storage + Send + 'static,
+    S::File: Send,
+{
     let op_last = recovered.journal_recovered.op_last;
     let start = recovered.snapshot.as_ref().map(|(header, _)| (header.op, header.journal_checksum));
     let target = ReplayTarget { op_durable: Some(op_last), until_op: None };
@@ -105,14 +113,18 @@ pub struct ReplayTarget {
 /// Replays the journal onto `ledger`, which holds the state at `start`'s op (a snapshot's op
 /// and the journal checksum it recorded), or the empty state when `start` is None. The record
 /// at the snapshot's op must carry the recorded checksum: the tail continues that history.
-pub fn replay_onto<S: Storage>(
+pub fn replay_onto<S>(
     storage: S,
     data_dir: &DataDir,
     ledger: &mut Ledger,
     start: Option<(u64, u128)>,
     target: ReplayTarget,
     stats: &mut ReplayStats,
-) -> Result<(), NodeError> {
+) -> Result<(), NodeError>
+where
+    S: Storage + Send + 'static,
+    S::File: Send,
+{
     if target.op_durable == Some(0) {
         return Ok(());
     }
@@ -137,5 +149,5 @@ pub fn replay_onto<S: Storage>(
         stats.op_last = op_snapshot;
     }
     let mut replayer = Replayer::new(ledger.config());
-    replayer.replay(ledger, &mut reader, target.until_op, stats)
+    replayer.replay(ledger, reader, target.until_op, stats)
 }

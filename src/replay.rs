@@ -95,31 +95,116 @@ impl Replayer {
         }
     }
 
-    /// Applies every record the reader yields, up to `until_op` if given.
-    pub fn replay<S: Storage>(
+    /// Applies every record the reader yields, up to `until_op` if given. The reading and
+    /// verifying (checksums, hash chain) runs on a second thread, overlapping with apply; the
+    /// records come over in op order, copied into buffers the apply side hands back.
+    pub fn replay<S>(
         &mut self,
         ledger: &mut Ledger,
-        reader: &mut Reader<S>,
+        reader: Reader<S>,
         until_op: Option<u64>,
         stats: &mut ReplayStats,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), NodeError>
+    where
+        S: Storage + Send + 'static,
+        S::File: Send,
+    {
         let start = Instant::now();
-        while let Some(record) = reader.next_record()? {
-            if until_op.is_some_and(|until| record.op > until) {
+        let (records, records_receive) = crossbeam_channel::bounded::<Result<OwnedRecord, NodeError>>(4);
+        let (buffers, buffers_receive) = crossbeam_channel::bounded::<Vec<u8>>(8);
+        let reading = std::thread::Builder::new()
+            .name("replay-read".to_string())
+            .spawn(move || replay_read(reader, until_op, &records, &buffers_receive))
+            .map_err(|source| NodeError::Io { path: "replay reader thread".into(), source })?;
+        let mut outcome = Ok(());
+        for message in records_receive.iter() {
+            let owned = match message {
+                Ok(owned) => owned,
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            };
+            let record = Record {
+                op: owned.op,
+                timestamp_ns: owned.timestamp_ns,
+                kind: owned.kind,
+                body: &owned.body,
+                checksum: owned.checksum,
+            };
+            if let Err(error) = self.record_account(ledger, &record, stats) {
+                outcome = Err(error);
                 break;
             }
-            assert!(record.op > stats.op_last, "records come in op order");
-            match self.record_apply(ledger, &record)? {
-                Applied::Command { transfers } => {
-                    stats.commands += 1;
-                    stats.transfers += transfers;
-                }
-                Applied::Checkpoint(_) => stats.checkpoints_verified += 1,
-            }
-            stats.records += 1;
-            stats.op_last = record.op;
+            let _ = buffers.try_send(owned.body);
         }
+        drop(records_receive); // a reader still sending sees the end and stops
+        reading.join().expect("replay reader panicked");
         stats.seconds += start.elapsed().as_secs_f64();
+        outcome
+    }
+
+    fn record_account(
+        &mut self,
+        ledger: &mut Ledger,
+        record: &Record<'_>,
+        stats: &mut ReplayStats,
+    ) -> Result<(), NodeError> {
+        assert!(record.op > stats.op_last, "records come in op order");
+        match self.record_apply(ledger, record)? {
+            Applied::Command { transfers } => {
+                stats.commands += 1;
+                stats.transfers += transfers;
+            }
+            Applied::Checkpoint(_) => stats.checkpoints_verified += 1,
+        }
+        stats.records += 1;
+        stats.op_last = record.op;
         Ok(())
+    }
+}
+
+/// A record copied out of the journal for the apply side.
+struct OwnedRecord {
+    op: u64,
+    timestamp_ns: u64,
+    kind: RecordKind,
+    checksum: u128,
+    body: Vec<u8>,
+}
+
+/// The reading side of `Replayer::replay`: verified records, in order, until the end,
+/// `until_op`, an error (sent on), or the apply side hanging up.
+fn replay_read<S: Storage>(
+    mut reader: Reader<S>,
+    until_op: Option<u64>,
+    records: &crossbeam_channel::Sender<Result<OwnedRecord, NodeError>>,
+    buffers: &crossbeam_channel::Receiver<Vec<u8>>,
+) {
+    loop {
+        let record = match reader.next_record() {
+            Ok(Some(record)) => record,
+            Ok(None) => return,
+            Err(error) => {
+                let _ = records.send(Err(error.into()));
+                return;
+            }
+        };
+        if until_op.is_some_and(|until| record.op > until) {
+            return;
+        }
+        let mut body = buffers.try_recv().unwrap_or_default();
+        body.clear();
+        body.extend_from_slice(record.body);
+        let owned = OwnedRecord {
+            op: record.op,
+            timestamp_ns: record.timestamp_ns,
+            kind: record.kind,
+            checksum: record.checksum,
+            body,
+        };
+        if records.send(Ok(owned)).is_err() {
+            return;
+        }
     }
 }
