@@ -1,6 +1,7 @@
 //! A data directory: everything a node keeps, under one root.
 //!
 //! ```text
+//! DIR/lock                 held (flock) by the one process that writes: serve, generate, truncate
 //! DIR/ledger.conf          the ledger's config, written once when the directory is created
 //! DIR/journal/             segment-{first_op:020}.wal (live), archive/ (kept for years), quarantine/
 //! DIR/snapshots/           snapshot-{op:020}.snap, the newest few
@@ -37,9 +38,47 @@ pub struct DataDir {
     pub root: PathBuf,
 }
 
+/// The exclusive lock on a data directory, held while this value lives. Two writers on one
+/// journal would both acknowledge the same op; the second is refused instead.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
         DataDir { root: root.into() }
+    }
+
+    /// Takes the directory's write lock (creating the directory if missing), or refuses with
+    /// the pid of the process that holds it. Read-only tools (replay) do not take it.
+    pub fn lock(&self) -> Result<DirLock, NodeError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::io::AsRawFd;
+        fs::create_dir_all(&self.root).map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+        let path = self.root.join("lock");
+        let io = |source| NodeError::Io { path: path.clone(), source };
+        let mut file =
+            fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !locked {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(NodeError::DataDir {
+                path: self.root.clone(),
+                reason: format!(
+                    "locked by another walletd process (pid {}): one process writes a data directory at a time; \
+                     stop it first",
+                    holder.trim()
+                ),
+            });
+        }
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .map_err(io)?;
+        Ok(DirLock { _file: file })
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -88,6 +88,7 @@ pub struct GenerateReport {
 pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<GenerateReport, NodeError> {
     assert!(options.batch_size >= 2 && options.batch_size <= BATCH_EVENTS_MAX as usize);
     let recovery_start = Instant::now();
+    let _lock = data_dir.lock()?;
     data_dir.open_or_create(config_for(options.accounts))?;
     let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
     let recovery_seconds = recovery_start.elapsed().as_secs_f64();

@@ -233,6 +233,14 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
         libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
     }
+    // A panic is a broken invariant: a node with one pipeline thread gone is neither up nor
+    // down. Stop the process instead (fail-stop); restart recovers from disk.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report_panic(info);
+        eprintln!("walletd: a thread panicked; stopping (fail-stop). Restart to recover from disk.");
+        std::process::exit(70);
+    }));
     let server = walletd::serve::serve_start(options)?;
     let started = &server.started;
     tracing::info!(
@@ -471,14 +479,14 @@ fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
             }
         })?,
     };
+    let _lock = DataDir::new(&data_dir).lock()?;
     let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;
     println!("truncated     {truncated:?}");
-    // Snapshots past the new end of the journal describe ops it no longer holds: set them aside.
-    let mut reader = Reader::open(FileStorage::default(), &data_dir, 1)?;
-    let mut op_last = 0;
-    while let Some(record) = reader.next_record()? {
-        op_last = record.op;
-    }
+    // Snapshots past the journal's new end describe ops it no longer holds: set them aside.
+    // Opening the journal finds that end (from the live segments; history is not read).
+    let (journal, recovered) = walletd_journal::Journal::open_files(walletd_journal::JournalConfig::new(&data_dir))?;
+    drop(journal);
+    let op_last = recovered.op_last;
     let snapshots = DataDir::new(&data_dir).snapshots();
     for (op, path) in walletd_snapshot::snapshots_list(&snapshots)? {
         if op > op_last {

@@ -83,12 +83,16 @@ pub struct Metrics {
     pub batch_events: Histogram,
     pub fsync_seconds: Histogram,
     pub apply_seconds: Histogram,
-    pub snapshot_stall_seconds: Histogram,
+    pub checkpoint_seconds: Histogram,
     pub ring_full_waits: AtomicU64,
     pub op_published: AtomicU64,
     pub op_durable: AtomicU64,
     pub op_applied: AtomicU64,
     pub op_snapshot: AtomicU64,
+    /// The last op the snapshot replica has applied, and whether it has failed (1).
+    pub op_replica: AtomicU64,
+    pub replica_failed: AtomicU64,
+    pub archive_failures: AtomicU64,
     /// The ledger's state hash after `op_applied` (low and high halves; read them when quiet).
     pub state_hash_low: AtomicU64,
     pub state_hash_high: AtomicU64,
@@ -105,12 +109,15 @@ impl Default for Metrics {
             batch_events: Histogram::new(EVENTS_BOUNDS),
             fsync_seconds: Histogram::new(SECONDS_BOUNDS),
             apply_seconds: Histogram::new(SECONDS_BOUNDS),
-            snapshot_stall_seconds: Histogram::new(SECONDS_BOUNDS),
+            checkpoint_seconds: Histogram::new(SECONDS_BOUNDS),
             ring_full_waits: AtomicU64::new(0),
             op_published: AtomicU64::new(0),
             op_durable: AtomicU64::new(0),
             op_applied: AtomicU64::new(0),
             op_snapshot: AtomicU64::new(0),
+            op_replica: AtomicU64::new(0),
+            replica_failed: AtomicU64::new(0),
+            archive_failures: AtomicU64::new(0),
             state_hash_low: AtomicU64::new(0),
             state_hash_high: AtomicU64::new(0),
         }
@@ -177,6 +184,9 @@ impl Metrics {
             ("walletd_op_durable", "Last op made durable by the journal.", &self.op_durable),
             ("walletd_op_applied", "Last op applied by the ledger.", &self.op_applied),
             ("walletd_op_snapshot", "Op of the newest snapshot.", &self.op_snapshot),
+            ("walletd_op_replica", "Last op the snapshot replica has applied.", &self.op_replica),
+            ("walletd_replica_failed", "1 if the snapshot replica stopped on an error.", &self.replica_failed),
+            ("walletd_archive_failures_total", "Journal archive moves that failed.", &self.archive_failures),
         ];
         for (name, help, value) in gauges {
             let _ =
@@ -198,10 +208,10 @@ impl Metrics {
             "Journal group commit (fdatasync) latency.",
         );
         self.apply_seconds.render(&mut out, "walletd_apply_seconds", "Ledger apply time per request.");
-        self.snapshot_stall_seconds.render(
+        self.checkpoint_seconds.render(
             &mut out,
-            "walletd_snapshot_stall_seconds",
-            "Time a snapshot cost the pipeline (computing and appending its checkpoint).",
+            "walletd_checkpoint_seconds",
+            "Journal thread time per checkpoint: waiting for apply's state hash, then appending it.",
         );
         out
     }

@@ -36,11 +36,14 @@ pub struct Started {
 pub struct Node {
     pub pipeline: Pipeline,
     pub started: Started,
+    /// Held for the node's life: no other process may write this directory meanwhile.
+    _lock: crate::data_dir::DirLock,
 }
 
 impl Node {
     /// Opens (or creates) the data directory, recovers, and starts the pipeline.
     pub fn start(data_dir: &DataDir, options: NodeOptions, route: ReplyRoute) -> Result<Node, NodeError> {
+        let lock = data_dir.lock()?;
         data_dir.open_or_create(options.config)?;
         let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
         let notes = crate::generate::recovery_notes(&recovered);
@@ -63,6 +66,8 @@ impl Node {
             Snapshotter::start(replica, op, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
         let pipeline =
             pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, options.pipeline);
-        Ok(Node { pipeline, started })
+        let op_snapshot = started.snapshot_op.unwrap_or(0);
+        pipeline.metrics.op_snapshot.store(op_snapshot, std::sync::atomic::Ordering::Relaxed);
+        Ok(Node { pipeline, started, _lock: lock })
     }
 }

@@ -464,7 +464,7 @@ fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, en
             let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::Checkpoint, &body);
             appended.unwrap_or_else(|error| fail_stop(error));
             stage.appended = true;
-            stage.metrics.snapshot_stall_seconds.observe(start.elapsed().as_secs_f64());
+            stage.metrics.checkpoint_seconds.observe(start.elapsed().as_secs_f64());
         }
         SlotKind::Query | SlotKind::Ping | SlotKind::Empty => {}
     }
@@ -475,20 +475,33 @@ fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, en
         stage.metrics.op_durable.store(op_durable, Ordering::Release);
         stage.appended = false;
         stage.snapshotter.durable(op_durable);
-        let op_snapshot = stage.snapshotter.op_snapshot();
-        stage.metrics.op_snapshot.store(op_snapshot, Ordering::Relaxed);
-        if op_snapshot > stage.op_archived {
-            let archived = stage.journal.archive_before(op_snapshot).unwrap_or_else(|error| fail_stop(error));
-            if !archived.is_empty() {
-                tracing::info!(
-                    segments = archived.len(),
-                    op_snapshot,
-                    "archived journal segments older than the snapshot"
-                );
-            }
-            stage.op_archived = op_snapshot;
+        journal_housekeeping(stage);
+    }
+}
+
+/// After a commit: replica progress into the metrics, and archiving what the newest snapshot
+/// made history. Archiving is housekeeping, not durability: a failure is logged and counted,
+/// and the node goes on.
+fn journal_housekeeping(stage: &mut JournalStage) {
+    let metrics = &stage.metrics;
+    metrics.op_replica.store(stage.snapshotter.op_replayed(), Ordering::Relaxed);
+    metrics.replica_failed.store(u64::from(stage.snapshotter.failed()), Ordering::Relaxed);
+    let op_snapshot = stage.snapshotter.op_snapshot();
+    if op_snapshot <= stage.op_archived {
+        return;
+    }
+    metrics.op_snapshot.store(op_snapshot, Ordering::Relaxed);
+    match stage.journal.archive_before(op_snapshot) {
+        Ok(archived) if !archived.is_empty() => {
+            tracing::info!(segments = archived.len(), op_snapshot, "archived journal segments older than the snapshot");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            metrics.archive_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "could not archive journal segments; they stay live");
         }
     }
+    stage.op_archived = op_snapshot;
 }
 
 fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {

@@ -32,6 +32,8 @@ struct Shared {
     op_snapshot: AtomicU64,
     op_replayed: AtomicU64,
     stop: AtomicBool,
+    /// The replica stopped on an error (logged when it happened).
+    failed: AtomicBool,
     taken: Mutex<Vec<SnapshotTaken>>,
 }
 
@@ -57,6 +59,7 @@ impl Snapshotter {
             op_snapshot: AtomicU64::new(0),
             op_replayed: AtomicU64::new(op_replica),
             stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             taken: Mutex::new(Vec::new()),
         });
         let reader = Reader::open_until(storage, &data_dir.root, op_replica + 1, op_replica)?;
@@ -65,7 +68,11 @@ impl Snapshotter {
             .name("snapshot".to_string())
             .spawn(move || {
                 thread_priority_lower();
-                replica_run(replica, reader, data_dir, kept, &thread_shared)
+                let result = replica_run(replica, reader, data_dir, kept, &thread_shared);
+                if let Err(error) = &result {
+                    replica_failed(error, &thread_shared);
+                }
+                result
             })
             .map_err(|source| NodeError::Io { path: "snapshot thread".into(), source })?;
         Ok(Snapshotter { shared, thread: Some(thread) })
@@ -82,6 +89,11 @@ impl Snapshotter {
     /// The op of the newest snapshot written (0 if none yet).
     pub fn op_snapshot(&self) -> u64 {
         self.shared.op_snapshot.load(Ordering::Acquire)
+    }
+
+    /// Whether the replica stopped on an error (no more snapshots until a restart).
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     /// The last op the replica has applied.
@@ -111,6 +123,20 @@ impl Drop for Snapshotter {
             let _ = thread.join();
         }
     }
+}
+
+/// Reports a replica failure when it happens. A checkpoint mismatch means replaying the
+/// journal does not give the state the live ledger had: the node stops (fail-stop) rather
+/// than go on from a state its journal cannot reproduce. Other failures (a snapshot that
+/// cannot be written) stop snapshots only; the node serves on and the metric says so.
+fn replica_failed(error: &NodeError, shared: &Shared) {
+    shared.failed.store(true, Ordering::Release);
+    if let NodeError::CheckpointMismatch { .. } = error {
+        tracing::error!(%error, "the journal does not replay to the live state: stopping (fail-stop)");
+        eprintln!("walletd: {error}; stopping (fail-stop)");
+        std::process::exit(70);
+    }
+    tracing::error!(%error, "snapshot replica stopped: no more snapshots until a restart");
 }
 
 /// The replica only has to keep up by the next snapshot: on a small machine it should take

@@ -374,3 +374,115 @@ fn kill_9_under_load_keeps_every_acknowledged_transfer() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["state_hash"].as_str().unwrap(), live_hash, "replay agrees with the live server");
 }
+
+#[test]
+fn a_second_writer_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let options = ServeOptions {
+        data_dir: DataDir::new(dir.path()),
+        addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        node: NodeOptions {
+            config: config_for(1000),
+            segment_size_bytes: 4 << 20,
+            pipeline: PipelineOptions::default(),
+        },
+        server: ServerOptions::default(),
+    };
+    let refused = serve_start(options).err().expect("a second server on the same directory is refused");
+    let message = refused.to_string();
+    assert!(message.contains("locked by another walletd process"), "{message}");
+    assert!(message.contains(&std::process::id().to_string()), "names the holder's pid: {message}");
+    running.shutdown();
+    // Once the first has stopped, the directory can be opened again.
+    server(dir.path(), Duration::from_secs(10), 16).shutdown();
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_and_shutdown_does_not_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let addr = running.local_addr;
+    let mut ping = Vec::new();
+    request_append(FrameOperation::Ping, 1, 7, &[], 0, &mut ping);
+    let mut flood = TcpStream::connect(addr).unwrap();
+    flood.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Pings whose replies are never read: the reply queue fills and the server cuts us off.
+    let frames: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 4096).collect();
+    let mut cut = false;
+    for _ in 0..400 {
+        if flood.write_all(&frames).is_err() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a client that never reads its replies is disconnected");
+    let other = client(addr);
+    other.ping().expect("everyone else is still served");
+    drop(other);
+    let started = Instant::now();
+    running.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(15), "shutdown did not wait on the cut client");
+}
+
+#[test]
+fn a_graceful_stop_answers_every_request_it_executed() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let setup = client(running.local_addr);
+    setup.create_accounts(&accounts(10)).unwrap();
+    drop(setup);
+    let mut stream = TcpStream::connect(running.local_addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let answered = std::thread::spawn(move || {
+        let mut count = 0u64;
+        while reply_read(&mut reader).is_some() {
+            count += 1;
+        }
+        count
+    });
+    let mut low = 10_000u128;
+    let writer = std::thread::spawn(move || {
+        for request_id in 1..=300u64 {
+            let batch: Vec<Transfer> = (0..2000)
+                .map(|_| {
+                    low += 1;
+                    transfer(low, 1 + low % 5, 6 + low % 5, 1)
+                })
+                .collect();
+            let mut frame = Vec::new();
+            request_append(
+                FrameOperation::Ledger(Operation::CreateTransfers),
+                request_id,
+                7,
+                records_as_bytes(&batch),
+                2000,
+                &mut frame,
+            );
+            if stream.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    running.shutdown();
+    let _ = writer.join();
+    let answered = answered.join().unwrap();
+    let restarted = server(dir.path(), Duration::from_secs(10), 16);
+    // Every transfer moved 1: the requests executed are the debits posted over 2000 per request.
+    let check = client(restarted.local_addr);
+    let debits: u128 = check
+        .lookup_accounts(&(1..=10u128).map(AccountId).collect::<Vec<_>>())
+        .unwrap()
+        .iter()
+        .map(|a| a.debits_posted.0)
+        .sum();
+    drop(check);
+    assert_eq!(debits % 2000, 0, "requests are all or nothing");
+    let executed = (debits / 2000) as u64;
+    assert!(answered > 0, "some requests were answered before the stop");
+    assert_eq!(answered, executed, "every request executed was answered, and only those");
+    restarted.shutdown();
+}

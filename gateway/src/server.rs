@@ -10,7 +10,8 @@
 //! framing close the connection. A peer that starts a frame and stalls past `frame_timeout`
 //! is disconnected. The writer writes the frames the engine routes to the connection, in the
 //! order they come; a client that stops reading its replies until its queue is full is
-//! disconnected rather than allowed to stall the engine.
+//! disconnected (its socket shut down) rather than allowed to stall the engine or a shutdown.
+//! Nothing on the reply side blocks: routing, error replies and closing all use `try_send`.
 
 use crate::protocol::{check_request, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES};
 use std::collections::HashMap;
@@ -91,25 +92,34 @@ enum Outgoing {
     Close,
 }
 
-/// The open connections' reply queues: where the engine's replies are routed.
+/// One open connection, as the reply side sees it.
+struct Open {
+    writer: SyncSender<Outgoing>,
+    /// A handle on the socket, to cut a connection whose writer cannot keep up.
+    stream: TcpStream,
+}
+
+/// The open connections' reply queues: where the engine's replies are routed. Nothing here
+/// blocks: a connection whose queue is full is cut (its socket shut down), so one client that
+/// stops reading can stall neither the engine nor a shutdown.
 #[derive(Default)]
 pub struct Connections {
-    writers: Mutex<HashMap<u64, SyncSender<Outgoing>>>,
+    open: Mutex<HashMap<u64, Open>>,
     next_id: AtomicU64,
     pub counters: ServerCounters,
 }
 
 impl Connections {
-    /// Routes a reply frame to its connection; a connection that is gone or not reading loses it.
+    /// Routes a reply frame to its connection; a connection that is gone loses it, one that
+    /// is not reading is cut.
     pub fn send(&self, connection: u64, frame: Vec<u8>) {
-        let writers = self.writers.lock().expect("connections lock");
-        let Some(writer) = writers.get(&connection) else { return };
-        if let Err(TrySendError::Full(_)) = writer.try_send(Outgoing::Frame(frame)) {
+        let mut open = self.open.lock().expect("connections lock");
+        let Some(entry) = open.get(&connection) else { return };
+        if let Err(TrySendError::Full(_)) = entry.writer.try_send(Outgoing::Frame(frame)) {
             tracing::warn!(connection, "client is not reading its replies; disconnecting it");
             self.counters.slow_clients_dropped.fetch_add(1, Ordering::Relaxed);
-            let _ = writer.try_send(Outgoing::Close);
-            drop(writers);
-            self.writers.lock().expect("connections lock").remove(&connection);
+            let _ = entry.stream.shutdown(Shutdown::Both);
+            open.remove(&connection);
         }
     }
 
@@ -120,25 +130,36 @@ impl Connections {
         self.send(connection, frame);
     }
 
-    fn register(&self, writer: SyncSender<Outgoing>) -> u64 {
+    fn register(&self, writer: SyncSender<Outgoing>, stream: TcpStream) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.writers.lock().expect("connections lock").insert(id, writer);
+        self.open.lock().expect("connections lock").insert(id, Open { writer, stream });
         id
     }
 
+    /// Forgets a connection and lets its writer finish what is queued, then close.
     fn unregister(&self, id: u64) {
-        self.writers.lock().expect("connections lock").remove(&id);
-    }
-
-    /// Closes every connection after its queued replies are written.
-    pub fn close_all(&self) {
-        for (_, writer) in self.writers.lock().expect("connections lock").drain() {
-            let _ = writer.send(Outgoing::Close);
+        let removed = self.open.lock().expect("connections lock").remove(&id);
+        if let Some(entry) = removed {
+            if entry.writer.try_send(Outgoing::Close).is_err() {
+                let _ = entry.stream.shutdown(Shutdown::Both);
+            }
         }
     }
 
+    /// Closes every connection after its queued replies are written (or at once, if its
+    /// writer is stuck).
+    pub fn close_all(&self) {
+        let all: Vec<Open> = self.open.lock().expect("connections lock").drain().map(|(_, entry)| entry).collect();
+        for entry in all {
+            if entry.writer.try_send(Outgoing::Close).is_err() {
+                let _ = entry.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Connections whose reader is still running (a cut connection counts until it has ended).
     pub fn open_count(&self) -> usize {
-        self.writers.lock().expect("connections lock").len()
+        self.counters.connections_open.load(Ordering::Relaxed) as usize
     }
 }
 
@@ -207,6 +228,8 @@ pub fn serve(
 }
 
 const POLL: Duration = Duration::from_millis(50);
+/// A reply write that cannot progress this long ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Over the limit: one `busy` reply, then close.
 fn connection_refuse(mut stream: TcpStream, counters: &ServerCounters) {
@@ -230,8 +253,9 @@ fn connection_start(
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (writer_queue, writer_receive) = sync_channel(options.reply_queue_frames);
-    let id = connections.register(writer_queue.clone());
+    let id = connections.register(writer_queue.clone(), stream.try_clone()?);
     connections.counters.connections_open.fetch_add(1, Ordering::Relaxed);
     let write_stream = stream.try_clone()?;
     std::thread::Builder::new().name(format!("write-{id}")).spawn(move || writer_run(write_stream, writer_receive))?;
@@ -298,9 +322,12 @@ impl Reader {
                 break;
             }
         }
-        self.connections.unregister(self.id);
         self.connections.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.writer.send(Outgoing::Close);
+        // When the server stops, the connection stays registered: the replies of requests
+        // already taken still arrive, and `close_all` closes it after the engine has drained.
+        if !self.stop.load(Ordering::Acquire) {
+            self.connections.unregister(self.id);
+        }
     }
 
     /// Reads and handles one frame whose header is in `header_bytes`; false closes.
@@ -320,8 +347,8 @@ impl Reader {
         match self.request_build(&header, body) {
             Ok(request) => self.engine.submit(request).is_ok(),
             Err(error) => {
-                self.error_reply(FrameHeader::reply_to(&header, error.status(), 0, 0), error);
-                !error.status().closes_connection()
+                let queued = self.error_reply(FrameHeader::reply_to(&header, error.status(), 0, 0), error);
+                queued && !error.status().closes_connection()
             }
         }
     }
@@ -350,12 +377,14 @@ impl Reader {
         })
     }
 
-    fn error_reply(&self, reply: FrameHeader, error: FrameError) {
+    /// Queues an error reply; false when the connection must close (its queue is full: the
+    /// client is not reading).
+    fn error_reply(&self, reply: FrameHeader, error: FrameError) -> bool {
         self.connections.counters.frame_errors.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(connection = self.id, %error, "malformed frame");
         let mut frame = Vec::with_capacity(HEADER_SIZE_BYTES);
         crate::protocol::frame_append(&reply, &[], &mut frame);
-        let _ = self.writer.send(Outgoing::Frame(frame));
+        self.writer.try_send(Outgoing::Frame(frame)).is_ok()
     }
 
     /// Fills `buffer` from the socket. Between frames it waits indefinitely (checking `stop`);
@@ -364,7 +393,8 @@ impl Reader {
         let mut filled = 0;
         let mut started: Option<Instant> = in_frame.then(Instant::now);
         while filled < buffer.len() {
-            if self.stop.load(Ordering::Acquire) && filled == 0 && !in_frame {
+            if self.stop.load(Ordering::Acquire) {
+                // A frame not read whole is never executed: stopping may cut it.
                 return ReadOutcome::Abandoned("the server is stopping");
             }
             if started.is_some_and(|at| at.elapsed() > self.options.frame_timeout) {
