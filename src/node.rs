@@ -70,4 +70,9 @@ impl Node {
         pipeline.metrics.op_snapshot.store(op_snapshot, std::sync::atomic::Ordering::Relaxed);
         Ok(Node { pipeline, started, _lock: lock })
     }
+
+    /// Drains the pipeline (see `Pipeline::shutdown`), then releases the directory's lock.
+    pub fn shutdown(self) {
+        self.pipeline.shutdown();
+    }
 }

@@ -88,7 +88,7 @@ impl RunningServer {
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Release);
         self.acceptor.stop();
-        self.node.pipeline.shutdown();
+        self.node.shutdown();
         self.connections.close_all();
     }
 }

@@ -94,7 +94,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     assert_eq!(got[4].op, 3, "the snapshot checkpoint has its own op");
     assert!(node.pipeline.metrics.op_durable.load(std::sync::atomic::Ordering::Relaxed) >= 3);
     drop(requests);
-    node.pipeline.shutdown();
+    node.shutdown();
 
     let (node, replies) = start(&dir);
     assert_eq!(node.started.op, 3, "everything acknowledged is there");
@@ -104,7 +104,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     let account: Account = bytes_record(&reply.body);
     assert_eq!(account.credits_posted, Amount(90), "the same balance after the restart");
     drop(requests);
-    node.pipeline.shutdown();
+    node.shutdown();
 }
 
 fn bytes_record(bytes: &[u8]) -> Account {
