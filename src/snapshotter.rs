@@ -169,6 +169,9 @@ fn replica_run<S: Storage>(
                 if let Applied::Checkpoint(checkpoint) = applied {
                     if checkpoint.flags & CHECKPOINT_SNAPSHOT != 0 {
                         let start = Instant::now();
+                        // The O(n) scan of every invariant, off the apply path (a broken
+                        // invariant panics: fail-stop).
+                        replica.verify();
                         let saved = snapshot_save(&data_dir.snapshots(), record.op, record.checksum, &replica, kept)?;
                         let taken = SnapshotTaken {
                             op: record.op,
