@@ -250,6 +250,9 @@ struct Sequencer<C: Clock> {
     timestamp_next_min: u64,
     op_checkpoint: u64,
     op_snapshot: u64,
+    /// The op of the last snapshot asked for (0: none), and the replica that writes them.
+    op_snapshot_requested: u64,
+    snapshotter: Arc<Snapshotter>,
     options: PipelineOptions,
     metrics: Arc<Metrics>,
 }
@@ -278,6 +281,8 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         timestamp_next_min: ledger.timestamp_next_min().max(journal.timestamp_ns_last()),
         op_checkpoint: op_last,
         op_snapshot: op_last,
+        op_snapshot_requested: 0,
+        snapshotter: Arc::clone(&snapshotter),
         options: options.clone(),
         metrics: Arc::clone(&metrics),
     };
@@ -366,7 +371,13 @@ impl<C: Clock> Sequencer<C> {
                 SlotKind::Checkpoint { snapshot: true }
             }
         };
-        let (op, timestamp_ns) = self.stamp(kind, request.event_count);
+        // A snapshot requested while an earlier one is not yet written joins that one: a
+        // client cannot queue up snapshots of the whole state faster than the disk writes them.
+        let pending = self.op_snapshot_requested > self.snapshotter.op_snapshot() && !self.snapshotter.failed();
+        let (kind, (op, timestamp_ns)) = match kind {
+            SlotKind::Checkpoint { snapshot: true } if pending => (SlotKind::Ping, (self.op_snapshot_requested, 0)),
+            kind => (kind, self.stamp(kind, request.event_count)),
+        };
         self.publish(producer, |slot| {
             slot.kind = kind;
             slot.connection = request.connection;
@@ -393,9 +404,13 @@ impl<C: Clock> Sequencer<C> {
                 self.op_next += 1;
                 (self.op_next - 1, timestamp_ns)
             }
-            SlotKind::Checkpoint { .. } => {
+            SlotKind::Checkpoint { snapshot } => {
                 self.op_next += 1;
                 self.op_checkpoint = self.op_next - 1;
+                if snapshot {
+                    self.op_snapshot = self.op_checkpoint;
+                    self.op_snapshot_requested = self.op_checkpoint;
+                }
                 (self.op_next - 1, self.timestamp_next_min - 1)
             }
             SlotKind::Query | SlotKind::Ping | SlotKind::Empty => (0, 0),
@@ -410,9 +425,6 @@ impl<C: Clock> Sequencer<C> {
         let snapshot = self.op_next - self.op_snapshot > self.options.snapshot_ops;
         let kind = SlotKind::Checkpoint { snapshot };
         let (op, timestamp_ns) = self.stamp(kind, 0);
-        if snapshot {
-            self.op_snapshot = op;
-        }
         self.publish(producer, |slot| {
             slot.kind = kind;
             slot.connection = 0;

@@ -181,20 +181,37 @@ impl Ledger {
                 return code;
             }
         }
+        let accounts =
+            Moved { debit_slot, credit_slot, ledger, debit_limited: debit_flags.contains(AccountFlags::LIMITS) };
+        self.transfer_move_apply(id_tag, transfer, timestamp_ns, accounts, expires_at_ns);
+        R::Ok
+    }
+
+    /// The effects of a single-phase transfer or a new hold that passed every check.
+    fn transfer_move_apply(
+        &mut self,
+        id_tag: Tag,
+        transfer: &Transfer,
+        timestamp_ns: u64,
+        accounts: Moved,
+        expires_at_ns: u64,
+    ) {
+        let Moved { debit_slot, credit_slot, ledger, debit_limited } = accounts;
+        let amount = transfer.amount;
         let totals_slot = self.totals_slot(ledger);
-        if pending {
+        if transfer.flags.contains(TransferFlags::PENDING) {
             let position = self.ring_push(id_tag, transfer, timestamp_ns, TransferStatus::Pending);
             self.entry_apply(debit_slot, credit_slot, Phase::Pending, amount, totals_slot, false);
             let stored = Transfer { timestamp: timestamp_ns, ..*transfer };
             self.pending_insert(&stored, debit_slot, credit_slot, expires_at_ns, position);
         } else {
+            assert_eq!(expires_at_ns, u64::MAX, "only a hold expires");
             self.ring_push(id_tag, transfer, timestamp_ns, TransferStatus::Posted);
             self.entry_apply(debit_slot, credit_slot, Phase::Posted, amount, totals_slot, false);
         }
-        if debit_flags.contains(AccountFlags::LIMITS) {
+        if debit_limited {
             self.limits_count_debit(debit_slot, amount, timestamp_ns);
         }
-        R::Ok
     }
 
     /// Post (fully or partly) or void a hold.
@@ -274,6 +291,15 @@ impl Ledger {
             None => CreateTransferResult::PendingTransferNotFound,
         }
     }
+}
+
+/// The accounts a checked transfer moves money between.
+#[derive(Clone, Copy)]
+struct Moved {
+    debit_slot: u32,
+    credit_slot: u32,
+    ledger: u32,
+    debit_limited: bool,
 }
 
 /// The code for posting or voiding a transfer whose status is already `status`.
