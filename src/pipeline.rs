@@ -52,9 +52,11 @@ pub struct Request {
     pub command: Vec<u8>,
 }
 
-/// What the reply stage hands back to the gateway.
+/// What the reply stage hands back to the gateway. The body is borrowed from the ring slot, so
+/// the slot keeps its buffer (and its capacity) for the next request: apply never allocates
+/// for a reply.
 #[derive(Debug)]
-pub struct Reply {
+pub struct Reply<'a> {
     pub connection: u64,
     pub request_id: u64,
     pub client_id: u128,
@@ -62,11 +64,11 @@ pub struct Reply {
     /// The request's journal op (0 for reads and pings).
     pub op: u64,
     pub record_count: u32,
-    pub body: Vec<u8>,
+    pub body: &'a [u8],
 }
 
 /// Where replies go (the gateway's connection registry).
-pub type ReplyRoute = Arc<dyn Fn(Reply) + Send + Sync>;
+pub type ReplyRoute = Arc<dyn Fn(&Reply<'_>) + Send + Sync>;
 
 /// How idle pipeline threads wait. On a machine with few cores, spinning threads take the
 /// cores the work needs: `Backoff` (the default) spins briefly, then yields, then sleeps.
@@ -573,7 +575,7 @@ fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_o
     if slot.connection == 0 {
         return; // a checkpoint the sequencer inserted: nobody is waiting
     }
-    let mut outcome = slot.outcome.lock().expect("outcome lock");
+    let outcome = slot.outcome.lock().expect("outcome lock");
     let reply = Reply {
         connection: slot.connection,
         request_id: slot.request_id,
@@ -581,8 +583,7 @@ fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_o
         operation: slot.operation,
         op: slot.op,
         record_count: outcome.record_count,
-        body: std::mem::take(&mut outcome.body),
+        body: &outcome.body,
     };
-    drop(outcome);
-    route(reply);
+    route(&reply);
 }

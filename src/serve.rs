@@ -95,7 +95,7 @@ impl RunningServer {
 
 /// Replies from the pipeline, framed and routed to their connections.
 fn reply_route(connections: Arc<Connections>) -> ReplyRoute {
-    Arc::new(move |reply: Reply| {
+    Arc::new(move |reply: &Reply<'_>| {
         let request = FrameHeader {
             operation: reply.operation,
             request_id: reply.request_id,
@@ -104,7 +104,7 @@ fn reply_route(connections: Arc<Connections>) -> ReplyRoute {
         };
         let op = if FrameOperation::from_u16(reply.operation).is_some_and(is_mutating) { reply.op } else { 0 };
         let header = FrameHeader::reply_to(&request, Status::Ok, op, reply.record_count);
-        connections.reply(reply.connection, &header, &reply.body);
+        connections.reply(reply.connection, &header, reply.body);
     })
 }
 

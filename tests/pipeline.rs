@@ -30,10 +30,26 @@ fn request(id: u64, operation: Operation, events: &[u8], count: usize) -> Reques
     }
 }
 
-fn start(dir: &DataDir) -> (Node, mpsc::Receiver<Reply>) {
+/// A reply, copied out of the ring slot it borrows from.
+struct Got {
+    request_id: u64,
+    op: u64,
+    record_count: u32,
+    body: Vec<u8>,
+}
+
+fn start(dir: &DataDir) -> (Node, mpsc::Receiver<Got>) {
     let (sender, receiver) = mpsc::channel();
     let sender = std::sync::Mutex::new(sender);
-    let route = Arc::new(move |reply: Reply| sender.lock().unwrap().send(reply).unwrap());
+    let route = Arc::new(move |reply: &Reply<'_>| {
+        let got = Got {
+            request_id: reply.request_id,
+            op: reply.op,
+            record_count: reply.record_count,
+            body: reply.body.to_vec(),
+        };
+        sender.lock().unwrap().send(got).unwrap()
+    });
     (Node::start(dir, options(), route).unwrap(), receiver)
 }
 
@@ -84,7 +100,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             command: vec![],
         })
         .unwrap();
-    let got: Vec<Reply> = (0..5).map(|_| replies.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+    let got: Vec<Got> = (0..5).map(|_| replies.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
     assert_eq!(got.iter().map(|r| r.request_id).collect::<Vec<_>>(), [1, 2, 3, 4, 5], "replies in sequence order");
     assert_eq!((got[0].record_count, got[0].op), (0, 1), "accounts created at op 1");
     assert_eq!(got[1].record_count, 1, "one failure");
