@@ -23,7 +23,15 @@ fn main() {
         if two_phase_mode {
             let mut posts = Vec::with_capacity(ApplyDriver::BATCH);
             let time_ms = time_ms + 2 * index;
-            two_phase(&mut batch, &mut posts, ApplyDriver::BATCH, &driver.picker, &mut driver.rng, &mut driver.ids, time_ms);
+            two_phase(
+                &mut batch,
+                &mut posts,
+                ApplyDriver::BATCH,
+                &driver.picker,
+                &mut driver.rng,
+                &mut driver.ids,
+                time_ms,
+            );
             prepared.push(batch);
             prepared.push(posts);
         } else {
