@@ -255,6 +255,8 @@ struct Sequencer<C: Clock> {
     /// The op of the last snapshot asked for (0: none), and the replica that writes them.
     op_snapshot_requested: u64,
     snapshotter: Arc<Snapshotter>,
+    /// When the clock warning was last logged.
+    clock_warned_ns: u64,
     options: PipelineOptions,
     metrics: Arc<Metrics>,
 }
@@ -285,6 +287,7 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         op_snapshot: op_last,
         op_snapshot_requested: 0,
         snapshotter: Arc::clone(&snapshotter),
+        clock_warned_ns: 0,
         options: options.clone(),
         metrics: Arc::clone(&metrics),
     };
@@ -401,7 +404,9 @@ impl<C: Clock> Sequencer<C> {
     fn stamp(&mut self, kind: SlotKind, event_count: u32) -> (u64, u64) {
         match kind {
             SlotKind::Command => {
-                let timestamp_ns = self.clock.now_ns().max(self.timestamp_next_min);
+                let now_ns = self.clock.now_ns();
+                self.clock_behind_check(now_ns);
+                let timestamp_ns = now_ns.max(self.timestamp_next_min);
                 self.timestamp_next_min = timestamp_ns + u64::from(event_count.max(1));
                 self.op_next += 1;
                 (self.op_next - 1, timestamp_ns)
@@ -416,6 +421,22 @@ impl<C: Clock> Sequencer<C> {
                 (self.op_next - 1, self.timestamp_next_min - 1)
             }
             SlotKind::Query | SlotKind::Ping | SlotKind::Empty => (0, 0),
+        }
+    }
+
+    /// Ledger time never goes back, so after the wall clock steps back (or after it once ran
+    /// ahead) ledger time leads it, and holds expire early by wall time. That cannot be undone
+    /// without breaking determinism; it is made visible instead: a gauge, and a warning at most
+    /// once a minute while the lead is over a second.
+    fn clock_behind_check(&mut self, now_ns: u64) {
+        let behind_ns = self.timestamp_next_min.saturating_sub(now_ns);
+        self.metrics.clock_behind_ns.store(behind_ns, Ordering::Relaxed);
+        if behind_ns > 1_000_000_000 && now_ns >= self.clock_warned_ns + 60_000_000_000 {
+            self.clock_warned_ns = now_ns;
+            tracing::warn!(
+                behind_ms = behind_ns / 1_000_000,
+                "the wall clock is behind the ledger's time (it stepped back, or ran ahead before)"
+            );
         }
     }
 
