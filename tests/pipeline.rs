@@ -2,6 +2,9 @@
 //! the route. Replies carry the outcomes, arrive only once durable, reads see the writes before
 //! them, and after a restart the state is the one that was acknowledged.
 
+mod common;
+
+use common::transfer;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,7 @@ use walletd::generate::config_for;
 use walletd::node::{Node, NodeOptions};
 use walletd::pipeline::{PipelineOptions, Reply, Request, OPERATION_PING, OPERATION_SNAPSHOT};
 use walletd_core::command::records_as_bytes;
-use walletd_core::{Account, AccountId, Amount, Operation, Transfer, TransferId};
+use walletd_core::{Account, AccountId, Amount, Operation, Transfer};
 
 fn options() -> NodeOptions {
     let pipeline = PipelineOptions { checkpoint_ops: 4, snapshot_ops: 8, ..PipelineOptions::default() };
@@ -53,19 +56,6 @@ fn start(dir: &DataDir) -> (Node, mpsc::Receiver<Got>) {
     (Node::start(dir, options(), route).unwrap(), receiver)
 }
 
-fn transfer(id: u64, debit: u128, credit: u128, amount: u128) -> Transfer {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    Transfer {
-        id: TransferId::from_parts(now_ms, u128::from(id)),
-        debit_account_id: AccountId(debit),
-        credit_account_id: AccountId(credit),
-        amount: Amount(amount),
-        ledger: 1,
-        code: 1,
-        ..Transfer::default()
-    }
-}
-
 #[test]
 fn replies_carry_outcomes_and_survive_a_restart() {
     let root = tempfile::tempdir().unwrap();
@@ -75,7 +65,8 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     let accounts: Vec<Account> =
         (1..=4u128).map(|id| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() }).collect();
     requests.send(request(1, Operation::CreateAccounts, records_as_bytes(&accounts), 4)).unwrap();
-    let transfers: Vec<Transfer> = (0..20u64).map(|i| transfer(i + 1, 1 + u128::from(i % 2), 3, 10)).collect();
+    let transfers: Vec<Transfer> =
+        (0..20u64).map(|i| transfer(u128::from(i) + 1, 1 + u128::from(i % 2), 3, 10)).collect();
     let mut bad = transfers.clone();
     bad[5].amount = Amount(0);
     requests.send(request(2, Operation::CreateTransfers, records_as_bytes(&bad[..10]), 10)).unwrap();

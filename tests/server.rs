@@ -5,6 +5,9 @@
 //! request after a reconnect returns the original outcome; and the real binary, SIGKILLed under
 //! load, restarts with every acknowledged transfer and the state hash `walletd replay` computes.
 
+mod common;
+
+use common::{accounts, transfer};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -41,26 +44,6 @@ fn server(dir: &Path, frame_timeout: Duration, connections_max: usize) -> Runnin
 fn client(addr: SocketAddr) -> Client {
     let options = ClientOptions { request_timeout: Duration::from_secs(20), ..ClientOptions::default() };
     Client::connect(addr, options).expect("client connects")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn accounts(count: u128) -> Vec<Account> {
-    (1..=count).map(|id| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() }).collect()
-}
-
-fn transfer(low: u128, debit: u128, credit: u128, amount: u128) -> Transfer {
-    Transfer {
-        id: TransferId::from_parts(now_ms(), low),
-        debit_account_id: AccountId(debit),
-        credit_account_id: AccountId(credit),
-        amount: Amount(amount),
-        ledger: 1,
-        code: 1,
-        ..Transfer::default()
-    }
 }
 
 #[test]
