@@ -84,6 +84,8 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub checkpoint_seconds: Histogram,
+    /// Apply-thread time per checkpoint (computing the O(1) state hash): the snapshot stall.
+    pub snapshot_stall_seconds: Histogram,
     pub ring_full_waits: AtomicU64,
     pub op_published: AtomicU64,
     pub op_durable: AtomicU64,
@@ -112,6 +114,7 @@ impl Default for Metrics {
             fsync_seconds: Histogram::new(SECONDS_BOUNDS),
             apply_seconds: Histogram::new(SECONDS_BOUNDS),
             checkpoint_seconds: Histogram::new(SECONDS_BOUNDS),
+            snapshot_stall_seconds: Histogram::new(SECONDS_BOUNDS),
             ring_full_waits: AtomicU64::new(0),
             op_published: AtomicU64::new(0),
             op_durable: AtomicU64::new(0),
@@ -212,6 +215,11 @@ impl Metrics {
             "Journal group commit (fdatasync) latency.",
         );
         self.apply_seconds.render(&mut out, "walletd_apply_seconds", "Ledger apply time per request.");
+        self.snapshot_stall_seconds.render(
+            &mut out,
+            "walletd_snapshot_stall_seconds",
+            "Apply-thread time per checkpoint (a snapshot's only cost to the apply thread).",
+        );
         self.checkpoint_seconds.render(
             &mut out,
             "walletd_checkpoint_seconds",

@@ -575,6 +575,7 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
         SlotKind::Checkpoint { snapshot } => {
             let flags = if snapshot { CHECKPOINT_SNAPSHOT } else { 0 };
             outcome.checkpoint = Some(Checkpoint::of(&stage.ledger, flags).encode());
+            stage.metrics.snapshot_stall_seconds.observe(start.elapsed().as_secs_f64());
             drop(outcome);
             slot.checkpoint_ready.store(true, Ordering::Release);
             stage.metrics.op_applied.store(slot.op, Ordering::Release);
