@@ -142,6 +142,7 @@ impl<S: Storage> Reader<S> {
                 return Err(corrupt(self, reason));
             }
         }
+        self.segment_archived_follow(self.index + 1);
         let entry = &self.segments[self.index + 1];
         let (file, header) = segment_open(&self.storage, entry, OpenMode::ReadOnly)?;
         let header = header.map_err(|reason| JournalError::Corrupt {
@@ -159,6 +160,21 @@ impl<S: Storage> Reader<S> {
         self.offset = SEGMENT_HEADER_SIZE_BYTES;
         assert_eq!(self.chain.op_next, self.segments[self.index].first_op);
         Ok(true)
+    }
+
+    /// A live segment the reader listed may since have moved to archive/ (a drill reading a
+    /// journal that a running node archives): read it from there.
+    fn segment_archived_follow(&mut self, index: usize) {
+        let entry = &self.segments[index];
+        if entry.path.starts_with(&self.layout.live) && !entry.path.starts_with(&self.layout.archive) {
+            let name = entry.path.file_name().expect("a segment path names a file");
+            let archived = self.layout.archive.join(name);
+            let live_exists =
+                self.storage.list_dir(&self.layout.live).is_ok_and(|names| names.iter().any(|n| n.as_str() == name));
+            if !live_exists {
+                self.segments[index].path = archived;
+            }
+        }
     }
 
     /// Extends the range to `op_last`, which must be durable: a follower (the snapshot

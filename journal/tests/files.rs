@@ -295,3 +295,25 @@ fn a_follower_reads_new_durable_ops_across_new_segments() {
         assert_eq!(op_read, 260);
     }
 }
+
+#[test]
+fn a_reader_follows_segments_archived_while_it_reads() {
+    let storage = FileStorage::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = Journal::open(storage, config(dir.path())).expect("open");
+    append_ops(&mut journal, 1, 200, 10);
+    assert!(journal.segments().len() >= 4, "several segments");
+    let mut reader = Reader::open(storage, dir.path(), 1).expect("reader");
+    let first = reader.next_record().expect("read").expect("a record");
+    assert_eq!(first.op, 1);
+    // A drill is reading while the node archives: the segments it will need next move away.
+    let archived = journal.archive_before(190).expect("archive");
+    assert!(archived.len() >= 2, "segments were archived under the reader");
+    let mut op_last = 1;
+    while let Some(record) = reader.next_record().expect("the reader follows them into archive/") {
+        assert_eq!(record.op, op_last + 1);
+        assert_eq!(record.body, &body_of(record.op)[..]);
+        op_last = record.op;
+    }
+    assert_eq!(op_last, 200);
+}
