@@ -96,7 +96,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     assert_eq!((got[0].record_count, got[0].op), (0, 1), "accounts created at op 1");
     assert_eq!(got[1].record_count, 1, "one failure");
     assert_eq!(&got[1].body[..], &[5u8, 0, 0, 0, 20, 0, 0, 0], "event 5: AmountMustNotBeZero (20)");
-    let account: Account = bytes_record(&got[2].body);
+    let account: Account = walletd_core::types::record_from_bytes::<Account>(&got[2].body);
     assert_eq!(account.credits_posted, Amount(90), "the read sees the nine transfers before it");
     assert_eq!(got[4].op, 3, "the snapshot checkpoint has its own op");
     assert!(node.pipeline.metrics.op_durable.load(std::sync::atomic::Ordering::Relaxed) >= 3);
@@ -108,16 +108,8 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     let requests = node.pipeline.requests();
     requests.send(request(6, Operation::LookupAccounts, records_as_bytes(&[AccountId(3)]), 1)).unwrap();
     let reply = replies.recv_timeout(Duration::from_secs(10)).unwrap();
-    let account: Account = bytes_record(&reply.body);
+    let account: Account = walletd_core::types::record_from_bytes::<Account>(&reply.body);
     assert_eq!(account.credits_posted, Amount(90), "the same balance after the restart");
     drop(requests);
     node.shutdown();
-}
-
-fn bytes_record(bytes: &[u8]) -> Account {
-    assert_eq!(bytes.len(), 128);
-    let mut account = Account::default();
-    // SAFETY: Account is a 128-byte record of integers; any bytes are a valid Account.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut account as *mut Account).cast::<u8>(), 128) };
-    account
 }

@@ -12,7 +12,8 @@
 //! ```
 
 use crate::ledger::{Batch, Query};
-use crate::types::{Account, AccountId, AccountLimits, Transfer, TransferId};
+pub use crate::types::records_as_bytes;
+use crate::types::{Account, AccountId, AccountLimits, Plain, Transfer, TransferId};
 use core::mem::size_of;
 
 pub const COMMAND_HEADER_SIZE_BYTES: usize = 16;
@@ -127,14 +128,6 @@ impl core::fmt::Display for CommandError {
 
 impl std::error::Error for CommandError {}
 
-/// The records of a command as bytes (little-endian, as in memory on the targets walletd
-/// builds for).
-fn as_bytes<T: Copy>(records: &[T]) -> &[u8] {
-    // SAFETY: T is one of the 128- or 16-byte plain-integer records, which have no padding;
-    // any initialized value is a valid byte sequence, and the length covers exactly the slice.
-    unsafe { core::slice::from_raw_parts(records.as_ptr().cast::<u8>(), core::mem::size_of_val(records)) }
-}
-
 /// Appends the encoded command to `out`.
 pub fn command_encode(operation: Operation, events: &[u8], event_count: u32, out: &mut Vec<u8>) {
     assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
@@ -149,11 +142,11 @@ pub fn command_encode(operation: Operation, events: &[u8], event_count: u32, out
 pub fn batch_encode(batch: &Batch<'_>, out: &mut Vec<u8>) {
     let (operation, events) = match batch {
         Batch::Pulse => (Operation::Pulse, &[][..]),
-        Batch::CreateAccounts(events) => (Operation::CreateAccounts, as_bytes(events)),
-        Batch::CreateTransfers(events) => (Operation::CreateTransfers, as_bytes(events)),
-        Batch::CloseAccounts(events) => (Operation::CloseAccounts, as_bytes(events)),
-        Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, as_bytes(events)),
-        Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, as_bytes(events)),
+        Batch::CreateAccounts(events) => (Operation::CreateAccounts, records_as_bytes(events)),
+        Batch::CreateTransfers(events) => (Operation::CreateTransfers, records_as_bytes(events)),
+        Batch::CloseAccounts(events) => (Operation::CloseAccounts, records_as_bytes(events)),
+        Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, records_as_bytes(events)),
+        Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, records_as_bytes(events)),
     };
     command_encode(operation, events, batch.len() as u32, out);
 }
@@ -161,9 +154,9 @@ pub fn batch_encode(batch: &Batch<'_>, out: &mut Vec<u8>) {
 /// Appends a query, encoded, to `out`.
 pub fn query_encode(query: &Query<'_>, out: &mut Vec<u8>) {
     let (operation, events, count) = match query {
-        Query::LookupAccounts(ids) => (Operation::LookupAccounts, as_bytes(ids), ids.len()),
-        Query::LookupTransfers(ids) => (Operation::LookupTransfers, as_bytes(ids), ids.len()),
-        Query::LookupBalances(ids) => (Operation::LookupBalances, as_bytes(ids), ids.len()),
+        Query::LookupAccounts(ids) => (Operation::LookupAccounts, records_as_bytes(ids), ids.len()),
+        Query::LookupTransfers(ids) => (Operation::LookupTransfers, records_as_bytes(ids), ids.len()),
+        Query::LookupBalances(ids) => (Operation::LookupBalances, records_as_bytes(ids), ids.len()),
     };
     command_encode(operation, events, count as u32, out);
 }
@@ -255,24 +248,6 @@ impl CommandScratch {
     }
 }
 
-/// Marks the plain-integer records that any byte pattern may be copied into.
-///
-/// # Safety
-/// Implementors have no padding, no invalid bit patterns and no pointers.
-unsafe trait Plain: Copy {}
-// SAFETY: each is a #[repr(C)] or #[repr(transparent)] struct of integers with its size asserted.
-unsafe impl Plain for Account {}
-// SAFETY: as above.
-unsafe impl Plain for Transfer {}
-// SAFETY: as above.
-unsafe impl Plain for AccountLimits {}
-// SAFETY: a transparent u128.
-unsafe impl Plain for AccountId {}
-// SAFETY: a transparent u128.
-unsafe impl Plain for TransferId {}
-
-const _: () = assert!(size_of::<AccountId>() == 16 && size_of::<TransferId>() == 16);
-
 /// Replaces `buffer`'s contents with `count` records copied from `bytes`, within its capacity.
 fn copy_into<'a, T: Plain>(buffer: &'a mut Vec<T>, bytes: &[u8], count: usize) -> &'a [T] {
     assert_eq!(bytes.len(), count * size_of::<T>());
@@ -287,19 +262,6 @@ fn copy_into<'a, T: Plain>(buffer: &'a mut Vec<T>, bytes: &[u8], count: usize) -
     }
     buffer
 }
-
-/// Records as bytes, for encoders outside the core (the wire protocol's replies).
-pub fn records_as_bytes<T: Copy + RecordBytes>(records: &[T]) -> &[u8] {
-    as_bytes(records)
-}
-
-/// The records whose bytes may be sent as they are.
-pub trait RecordBytes {}
-impl RecordBytes for Account {}
-impl RecordBytes for Transfer {}
-impl RecordBytes for AccountLimits {}
-impl RecordBytes for AccountId {}
-impl RecordBytes for TransferId {}
 
 #[cfg(test)]
 mod tests {

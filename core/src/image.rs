@@ -36,7 +36,7 @@ use crate::config::{Config, CONFIG_SIZE_BYTES};
 use crate::ledger::{Ledger, LedgerTotals, LimitsEntry, Line};
 use crate::output::DebitUsage;
 use crate::pending::NONE;
-use crate::types::{Account, AccountLimits, Amount, Transfer, TransferStatus, Words};
+use crate::types::{record_from_bytes, Account, AccountLimits, Amount, Transfer, TransferStatus, Words};
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"WDLEDGER";
 pub const IMAGE_VERSION: u32 = 1;
@@ -209,18 +209,6 @@ fn words_bytes(words: &[u64; 16]) -> [u8; 128] {
     bytes
 }
 
-/// A 128-byte record read from image bytes.
-fn record_read<T: Copy + Default>(bytes: &[u8]) -> T {
-    assert_eq!(bytes.len(), 128);
-    assert_eq!(core::mem::size_of::<T>(), 128);
-    let mut record = T::default();
-    // SAFETY: T is one of the 128-byte plain-integer records (Account, Transfer,
-    // AccountLimits; sizes asserted), for which every byte pattern is valid; the source holds
-    // exactly 128 bytes.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut record as *mut T).cast::<u8>(), 128) };
-    record
-}
-
 fn usage_bytes(usage: &DebitUsage) -> [u8; 48] {
     let mut bytes = [0u8; 48];
     bytes[0..4].copy_from_slice(&usage.day.to_le_bytes());
@@ -339,7 +327,7 @@ impl Ledger {
 
     fn image_accounts(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks_exact(128) {
-            let account: Account = record_read(chunk);
+            let account: Account = record_from_bytes(chunk);
             let slot = self.accounts_count();
             let tag = self.account_index.tag(account.id.0);
             self.accounts.push(Line(account));
@@ -366,7 +354,7 @@ impl Ledger {
         self.ring_head = header.ring_head;
         self.ring_tail = header.ring_head;
         for (chunk, status) in ring.chunks_exact(128).zip(statuses) {
-            let transfer: Transfer = record_read(chunk);
+            let transfer: Transfer = record_from_bytes(chunk);
             let status = status_from_u8(*status)?;
             let tag = self.transfer_index.tag(transfer.id.0);
             self.ring_push(tag, &transfer, transfer.timestamp, status);
@@ -377,7 +365,7 @@ impl Ledger {
 
     fn image_pending(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
         for chunk in bytes.chunks_exact(PENDING_SIZE_BYTES) {
-            let transfer: Transfer = record_read(&chunk[..128]);
+            let transfer: Transfer = record_from_bytes(&chunk[..128]);
             let expires_at_ns = u64::from_le_bytes(chunk[128..136].try_into().expect("8 bytes"));
             let ring_position = u64::from_le_bytes(chunk[136..144].try_into().expect("8 bytes"));
             let debit = self.image_account_slot(transfer.debit_account_id.0)?;
@@ -389,7 +377,7 @@ impl Ledger {
 
     fn image_limits(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
         for chunk in bytes.chunks_exact(LIMITS_SIZE_BYTES) {
-            let limits: AccountLimits = record_read(&chunk[..128]);
+            let limits: AccountLimits = record_from_bytes(&chunk[..128]);
             let usage = usage_read(&chunk[128..176]);
             let account_slot = self.image_account_slot(limits.account_id.0)?;
             let slot = self.limits.len() as u32;

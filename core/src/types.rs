@@ -256,6 +256,40 @@ const _: () = assert!(core::mem::offset_of!(Transfer, timestamp) == 120);
 const _: () = assert!(core::mem::offset_of!(AccountLimits, flags) == 88);
 const _: () = assert!(core::mem::offset_of!(AccountLimits, timestamp) == 120);
 
+/// The records that are plain bytes: no padding, no invalid bit patterns, no pointers. Only
+/// these may be viewed as bytes (wire and disk) or copied from arbitrary bytes.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]`/`#[repr(transparent)]` integer records whose layout is
+/// asserted packed (`assert_packed!` below or a transparent `u128`).
+pub unsafe trait Plain: Copy + 'static {}
+// SAFETY: packed integer record, asserted below.
+unsafe impl Plain for Account {}
+// SAFETY: packed integer record, asserted below.
+unsafe impl Plain for Transfer {}
+// SAFETY: packed integer record, asserted below.
+unsafe impl Plain for AccountLimits {}
+// SAFETY: a transparent u128.
+unsafe impl Plain for AccountId {}
+// SAFETY: a transparent u128.
+unsafe impl Plain for TransferId {}
+
+/// A slice of records as their bytes (little-endian, as on the wire and on disk).
+pub fn records_as_bytes<T: Plain>(records: &[T]) -> &[u8] {
+    // SAFETY: T is Plain (no padding), so every byte of the slice is initialized; the length
+    // covers exactly the slice.
+    unsafe { core::slice::from_raw_parts(records.as_ptr().cast::<u8>(), core::mem::size_of_val(records)) }
+}
+
+/// One record copied from exactly `size_of::<T>()` bytes.
+pub fn record_from_bytes<T: Plain + Default>(bytes: &[u8]) -> T {
+    assert_eq!(bytes.len(), core::mem::size_of::<T>(), "record bytes of the wrong size");
+    let mut record = T::default();
+    // SAFETY: T is Plain, so any bytes form a valid T; the source holds exactly its size.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut record as *mut T).cast::<u8>(), bytes.len()) };
+    record
+}
+
 // Records are little-endian on the wire and on disk, and the state hash reads their bytes as
 // little-endian words: walletd builds only for little-endian targets.
 const _: () = assert!(cfg!(target_endian = "little"));
