@@ -4,31 +4,15 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use walletd_core::Operation;
+use walletd_gateway::protocol::FrameOperation;
 
-/// Operations are counted by their index in `Operation::ALL`, admin ones after them.
-pub const OPERATION_SLOTS: usize = 12;
-pub const OPERATION_PING: usize = 9;
-pub const OPERATION_SNAPSHOT: usize = 10;
-pub const OPERATION_CHECKPOINT: usize = 11;
+/// Operations are counted by their index in the protocol's `FrameOperation::ALL`.
+pub const OPERATION_SLOTS: usize = FrameOperation::ALL.len();
 /// Result codes counted per operation (codes above this are counted at the last slot).
 pub const RESULT_CODES: usize = 80;
 
-pub fn operation_index(operation: u16) -> usize {
-    match Operation::from_u16(operation) {
-        Some(known) => Operation::ALL.iter().position(|o| *o == known).expect("listed"),
-        None if operation == 256 => OPERATION_PING,
-        None => OPERATION_SNAPSHOT,
-    }
-}
-
-fn operation_name(index: usize) -> &'static str {
-    match index {
-        OPERATION_PING => "ping",
-        OPERATION_SNAPSHOT => "snapshot",
-        OPERATION_CHECKPOINT => "checkpoint",
-        index => Operation::ALL[index].name(),
-    }
+fn operation_index(operation: FrameOperation) -> usize {
+    FrameOperation::ALL.iter().position(|known| *known == operation).expect("every operation is listed")
 }
 
 /// A histogram with fixed upper bounds.
@@ -131,12 +115,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, operation: u16) {
+    pub fn request(&self, operation: FrameOperation) {
         self.requests[operation_index(operation)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts `count` events of `operation` that ended with `code`.
-    pub fn events_add(&self, operation: u16, code: u32, count: u64) {
+    pub fn events_add(&self, operation: FrameOperation, code: u32, count: u64) {
         let code = (code as usize).min(RESULT_CODES - 1);
         self.events[operation_index(operation) * RESULT_CODES + code].fetch_add(count, Ordering::Relaxed);
     }
@@ -160,7 +144,8 @@ impl Metrics {
         );
         for (index, count) in self.requests.iter().enumerate() {
             let value = count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "walletd_requests_total{{operation=\"{}\"}} {value}", operation_name(index));
+            let _ =
+                writeln!(out, "walletd_requests_total{{operation=\"{}\"}} {value}", FrameOperation::ALL[index].name());
         }
         let _ = writeln!(
             out,
@@ -173,7 +158,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "walletd_events_total{{operation=\"{}\",code=\"{code}\"}} {value}",
-                    operation_name(operation)
+                    FrameOperation::ALL[operation].name()
                 );
             }
         }
@@ -232,13 +217,15 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use walletd_core::Operation;
 
     #[test]
     fn render_shows_what_was_counted() {
         let metrics = Metrics::default();
-        metrics.request(3);
-        metrics.events_add(3, 0, 10);
-        metrics.events_add(3, 58, 2);
+        let create_transfers = FrameOperation::Ledger(Operation::CreateTransfers);
+        metrics.request(create_transfers);
+        metrics.events_add(create_transfers, 0, 10);
+        metrics.events_add(create_transfers, 58, 2);
         metrics.fsync_seconds.observe(0.0003);
         metrics.op_durable.store(7, Ordering::Relaxed);
         let text = metrics.render();

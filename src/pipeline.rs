@@ -32,12 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::command::{Command, CommandScratch};
-use walletd_core::{Ledger, Operation, Output, Query};
-use walletd_gateway::protocol;
+use walletd_core::{Ledger, Output, Query};
+use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{FileStorage, Journal, RecordKind};
-
-pub const OPERATION_PING: u16 = 256;
-pub const OPERATION_SNAPSHOT: u16 = 257;
 
 /// A validated request, from the receive stage.
 #[derive(Debug)]
@@ -45,7 +42,7 @@ pub struct Request {
     pub connection: u64,
     pub request_id: u64,
     pub client_id: u128,
-    pub operation: u16,
+    pub operation: FrameOperation,
     pub event_count: u32,
     /// For ledger operations, the command as the journal records it (already checked);
     /// empty for ping and snapshot.
@@ -60,7 +57,7 @@ pub struct Reply<'a> {
     pub connection: u64,
     pub request_id: u64,
     pub client_id: u128,
-    pub operation: u16,
+    pub operation: FrameOperation,
     /// The request's journal op (0 for reads and pings).
     pub op: u64,
     pub record_count: u32,
@@ -175,7 +172,8 @@ struct Slot {
     connection: u64,
     request_id: u64,
     client_id: u128,
-    operation: u16,
+    /// The request's operation; `Snapshot` for a checkpoint the sequencer inserted.
+    operation: FrameOperation,
     op: u64,
     timestamp_ns: u64,
     /// The command as journaled: a 16-byte command header and the events.
@@ -191,7 +189,7 @@ impl Slot {
             connection: 0,
             request_id: 0,
             client_id: 0,
-            operation: 0,
+            operation: FrameOperation::Snapshot,
             op: 0,
             timestamp_ns: 0,
             command: Vec::with_capacity(16 + 128 * batch_events_max as usize),
@@ -367,14 +365,11 @@ fn sequencer_spawn<C: Clock + Send + 'static, W: WaitStrategy + 'static>(
 impl<C: Clock> Sequencer<C> {
     fn sequence(&mut self, producer: &mut impl Producer<Slot>, request: Request) {
         self.metrics.request(request.operation);
-        let kind = match Operation::from_u16(request.operation) {
-            Some(operation) if operation.is_mutating() => SlotKind::Command,
-            Some(_) => SlotKind::Query,
-            None if request.operation == OPERATION_PING => SlotKind::Ping,
-            None => {
-                assert_eq!(request.operation, OPERATION_SNAPSHOT, "receive validated the operation");
-                SlotKind::Checkpoint { snapshot: true }
-            }
+        let kind = match request.operation {
+            FrameOperation::Ledger(operation) if operation.is_mutating() => SlotKind::Command,
+            FrameOperation::Ledger(_) => SlotKind::Query,
+            FrameOperation::Ping => SlotKind::Ping,
+            FrameOperation::Snapshot => SlotKind::Checkpoint { snapshot: true },
         };
         // A snapshot requested while an earlier one is not yet written joins that one: a
         // client cannot queue up snapshots of the whole state faster than the disk writes them.
@@ -451,7 +446,7 @@ impl<C: Clock> Sequencer<C> {
         self.publish(producer, |slot| {
             slot.kind = kind;
             slot.connection = 0;
-            slot.operation = 0;
+            slot.operation = FrameOperation::Snapshot;
             slot.op = op;
             slot.timestamp_ns = timestamp_ns;
             slot.command.clear();
@@ -586,7 +581,7 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
     stage.metrics.apply_seconds.observe(start.elapsed().as_secs_f64());
 }
 
-fn results_count(metrics: &Metrics, operation: u16, events: u64, output: &Output) {
+fn results_count(metrics: &Metrics, operation: FrameOperation, events: u64, output: &Output) {
     for result in &output.results {
         metrics.events_add(operation, result.code, 1);
     }

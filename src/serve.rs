@@ -52,7 +52,7 @@ impl Submit for Engine {
             connection: request.connection,
             request_id: request.request_id,
             client_id: request.client_id,
-            operation: request.operation.code(),
+            operation: request.operation,
             event_count: request.event_count,
             command: request.command,
         };
@@ -97,12 +97,12 @@ impl RunningServer {
 fn reply_route(connections: Arc<Connections>) -> ReplyRoute {
     Arc::new(move |reply: &Reply<'_>| {
         let request = FrameHeader {
-            operation: reply.operation,
+            operation: reply.operation.code(),
             request_id: reply.request_id,
             client_id: reply.client_id,
             ..FrameHeader::default()
         };
-        let op = if FrameOperation::from_u16(reply.operation).is_some_and(is_mutating) { reply.op } else { 0 };
+        let op = if is_mutating(reply.operation) { reply.op } else { 0 };
         let header = FrameHeader::reply_to(&request, Status::Ok, op, reply.record_count);
         connections.reply(reply.connection, &header, reply.body);
     })

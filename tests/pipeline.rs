@@ -11,9 +11,10 @@ use std::time::Duration;
 use walletd::data_dir::DataDir;
 use walletd::generate::config_for;
 use walletd::node::{Node, NodeOptions};
-use walletd::pipeline::{PipelineOptions, Reply, Request, OPERATION_PING, OPERATION_SNAPSHOT};
+use walletd::pipeline::{PipelineOptions, Reply, Request};
 use walletd_core::command::records_as_bytes;
 use walletd_core::{Account, AccountId, Amount, Operation, Transfer};
+use walletd_gateway::protocol::FrameOperation;
 
 fn options() -> NodeOptions {
     let pipeline = PipelineOptions { checkpoint_ops: 4, snapshot_ops: 8, ..PipelineOptions::default() };
@@ -27,7 +28,7 @@ fn request(id: u64, operation: Operation, events: &[u8], count: usize) -> Reques
         connection: 1,
         request_id: id,
         client_id: 9,
-        operation: operation as u16,
+        operation: FrameOperation::Ledger(operation),
         event_count: count as u32,
         command,
     }
@@ -76,7 +77,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             connection: 1,
             request_id: 4,
             client_id: 9,
-            operation: OPERATION_PING,
+            operation: FrameOperation::Ping,
             event_count: 0,
             command: vec![],
         })
@@ -86,7 +87,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             connection: 1,
             request_id: 5,
             client_id: 9,
-            operation: OPERATION_SNAPSHOT,
+            operation: FrameOperation::Snapshot,
             event_count: 0,
             command: vec![],
         })
