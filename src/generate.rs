@@ -92,7 +92,7 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     data_dir.open_or_create(config_for(options.accounts))?;
     let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
     let recovery_seconds = recovery_start.elapsed().as_secs_f64();
-    let recovery_notes = recovery_notes(&recovered);
+    let recovery_notes = recovered.notes();
     let op_start = recovered.journal.op_durable();
     let mut image = Vec::new();
     recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
@@ -139,30 +139,6 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         recovery_seconds,
         recovery_notes,
     })
-}
-
-/// One line per thing recovery repaired or set aside (also logged as warnings).
-pub fn recovery_notes<S: walletd_journal::Storage>(recovered: &crate::recovery::Recovered<S>) -> Vec<String> {
-    let mut notes = Vec::new();
-    for error in &recovered.snapshots_skipped {
-        notes.push(format!("skipped and quarantined a damaged snapshot: {error}"));
-    }
-    for path in &recovered.snapshot_temporaries_removed {
-        notes.push(format!("removed a snapshot temporary a crash left: {}", path.display()));
-    }
-    if let Some(torn) = &recovered.journal_recovered.torn_tail {
-        notes.push(format!("truncated a torn journal tail: {torn:?}"));
-    }
-    for path in &recovered.journal_recovered.segments_regrown {
-        notes.push(format!("regrew a journal segment cut short: {}", path.display()));
-    }
-    for path in &recovered.journal_recovered.temporaries_removed {
-        notes.push(format!("removed a journal segment whose creation a crash interrupted: {}", path.display()));
-    }
-    for note in &notes {
-        tracing::warn!("recovery: {note}");
-    }
-    notes
 }
 
 struct Run {

@@ -46,7 +46,7 @@ impl Node {
         let lock = data_dir.lock()?;
         data_dir.open_or_create(options.config)?;
         let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
-        let notes = crate::generate::recovery_notes(&recovered);
+        let notes = recovered.notes();
         let op = recovered.journal.op_durable();
         let started = Started {
             op,

@@ -37,6 +37,32 @@ pub struct Recovered<S: Storage> {
     pub replay: ReplayStats,
 }
 
+impl<S: Storage> Recovered<S> {
+    /// One line per thing recovery repaired or set aside (also logged as warnings).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        for error in &self.snapshots_skipped {
+            notes.push(format!("skipped and quarantined a damaged snapshot: {error}"));
+        }
+        for path in &self.snapshot_temporaries_removed {
+            notes.push(format!("removed a snapshot temporary a crash left: {}", path.display()));
+        }
+        if let Some(torn) = &self.journal_recovered.torn_tail {
+            notes.push(format!("truncated a torn journal tail: {torn:?}"));
+        }
+        for path in &self.journal_recovered.segments_regrown {
+            notes.push(format!("regrew a journal segment cut short: {}", path.display()));
+        }
+        for path in &self.journal_recovered.temporaries_removed {
+            notes.push(format!("removed a journal segment whose creation a crash interrupted: {}", path.display()));
+        }
+        for note in &notes {
+            tracing::warn!("recovery: {note}");
+        }
+        notes
+    }
+}
+
 /// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
 pub fn recover<S>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError>
 where
