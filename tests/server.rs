@@ -469,3 +469,54 @@ fn a_graceful_stop_answers_every_request_it_executed() {
     assert_eq!(answered, executed, "every request executed was answered, and only those");
     restarted.shutdown();
 }
+
+/// One gauge or counter from the metrics endpoint.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_failed_archive_is_counted_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let metrics = running.metrics_addr.unwrap();
+    let load = client(running.local_addr);
+    load.create_accounts(&accounts(10)).unwrap();
+    // A file already named like the first segment in archive/: moving the segment there is
+    // refused (an archive never overwrites).
+    let archive = dir.path().join("journal").join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(archive.join("segment-00000000000000000001.wal"), b"an operator's restored copy").unwrap();
+    // ~128 KiB per request: 4 MiB segments rotate, and snapshots come every 64 ops.
+    let mut low = 0u128;
+    let mut failures = 0;
+    for _ in 0..400 {
+        let batch: Vec<Transfer> = (0..1000)
+            .map(|_| {
+                low += 1;
+                transfer(low, 1 + low % 5, 6 + low % 5, 1)
+            })
+            .collect();
+        assert!(load.create_transfers(&batch).unwrap().is_empty(), "the server serves on");
+        failures = metric(metrics, "walletd_archive_failures_total");
+        if failures > 0 {
+            break;
+        }
+    }
+    assert!(failures > 0, "the archive was attempted and refused");
+    assert!(load.create_transfers(&[transfer(low + 1, 1, 6, 1)]).unwrap().is_empty(), "still serving after it");
+    assert!(archive.join("segment-00000000000000000001.wal").exists());
+    assert!(dir.path().join("journal").join("segment-00000000000000000001.wal").exists(), "the segment stayed live");
+    drop(load);
+    running.shutdown();
+}
