@@ -22,7 +22,6 @@
 //!   and an exact check is impossible.
 //! - Floats appear only in rates, ratios and seconds; money is integers.
 
-use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::generate::config_for;
 use crate::node::NodeOptions;
@@ -42,6 +41,7 @@ use walletd_core::command::records_as_bytes;
 use walletd_core::{Account, AccountId, CreateAccountResult, CreateTransferResult, EventResult, Operation, Transfer};
 use walletd_gateway::protocol::results_decode;
 use walletd_gateway::{Client, ClientError, ClientOptions, FrameOperation, EVENT_COUNT_MAX};
+use walletd_replay::data_dir::DataDir;
 
 /// The most events one request may carry.
 pub const BATCH_MAX: u32 = EVENT_COUNT_MAX;

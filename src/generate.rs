@@ -4,15 +4,15 @@
 //! come back as `exists`), then transfers in batches: single-phase, plus a share of holds that
 //! the next batch posts or voids.
 
-use crate::data_dir::DataDir;
 use crate::error::NodeError;
-use crate::recovery::recover;
 use crate::snapshotter::{SnapshotTaken, Snapshotter};
 use crate::workload::{accounts, single_phase, Distribution, IdMaker, Picker, Rng};
 use crate::writer::{Clock, SystemClock, Writer};
 use std::time::Instant;
 use walletd_core::{Batch, Config, Ledger, Transfer, TransferFlags, BATCH_EVENTS_MAX};
 use walletd_journal::FileStorage;
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::recovery::recover;
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 #[derive(Clone, Debug)]

@@ -4,17 +4,13 @@
 //! disk in `walletd-journal` and `walletd-snapshot`.
 
 pub mod bench;
-pub mod checkpoint;
 pub mod cli;
-pub mod data_dir;
 pub mod error;
 pub mod generate;
 pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
-pub mod recovery;
-pub mod replay;
 pub mod serve;
 pub mod snapshotter;
 pub mod workload;

@@ -2,19 +2,13 @@
 //! line only; every command's work is in the library (`walletd::…`).
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
-use walletd::data_dir::DataDir;
 use walletd::generate::{generate, GenerateOptions};
-use walletd::recovery::{replay_onto, ReplayTarget};
-use walletd::replay::ReplayStats;
 use walletd::workload::Distribution;
 use walletd::NodeError;
-use walletd_core::Ledger;
-use walletd_journal::{FileStorage, Reader};
-use walletd_snapshot::snapshot_load_newest;
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::ReplayError;
 
 #[global_allocator]
 static ALLOCATOR: walletd::memory::HugePages = walletd::memory::HugePages;
@@ -322,83 +316,22 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
     Ok(())
 }
 
-#[derive(Serialize)]
-struct LedgerReport {
-    ledger: u32,
-    debits_posted: String,
-    credits_posted: String,
-    debits_pending: String,
-    credits_pending: String,
-}
-
-#[derive(Serialize)]
-struct ReplayReport {
-    mode: &'static str,
-    ops: u64,
-    snapshot_op: Option<u64>,
-    records: u64,
-    checkpoints_verified: u64,
-    accounts: u64,
-    transfers: u64,
-    pending: u64,
-    state_hash: String,
-    snapshot_load_seconds: f64,
-    seconds: f64,
-    transfers_per_second: f64,
-    ledgers: Vec<LedgerReport>,
-}
-
 fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
     let data_dir = DataDir::new(&args.data_dir);
     if args.audit {
-        return audit_command(&data_dir, args.json);
+        let report = walletd_replay::audit(&data_dir)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report).expect("report serialises"));
+        } else {
+            audit_print(&report);
+        }
+        return Ok(());
     }
-    let config = data_dir.config_read()?;
-    let load_start = Instant::now();
-    let (mut ledger, start) = if args.from_genesis {
-        (Ledger::new(config)?, None)
-    } else {
-        let (loaded, skipped) = snapshot_load_newest(&data_dir.snapshots())?;
-        for error in &skipped {
-            tracing::warn!(%error, "skipping a snapshot that failed its checks");
-        }
-        match loaded {
-            Some(loaded) if args.until_op.is_none_or(|until| loaded.header.op <= until) => {
-                (loaded.ledger, Some((loaded.header.op, loaded.header.journal_checksum)))
-            }
-            _ => (Ledger::new(config)?, None),
-        }
-    };
-    let snapshot_load_seconds = load_start.elapsed().as_secs_f64();
-    let mut stats = ReplayStats::default();
-    let target = ReplayTarget { op_durable: None, until_op: args.until_op };
-    replay_onto(FileStorage::default(), &data_dir, &mut ledger, start, target, &mut stats)?;
-    ledger.verify();
-    let report = ReplayReport {
-        mode: if start.is_some() { "snapshot+journal" } else { "genesis" },
-        ops: stats.op_last,
-        snapshot_op: start.map(|(op, _)| op),
-        records: stats.records,
-        checkpoints_verified: stats.checkpoints_verified,
-        accounts: u64::from(ledger.accounts_count()),
-        transfers: ledger.transfers_created(),
-        pending: u64::from(ledger.pending_count()),
-        state_hash: format!("{:032x}", ledger.state_hash()),
-        snapshot_load_seconds,
-        seconds: stats.seconds,
-        transfers_per_second: stats.transfers_per_second(),
-        ledgers: ledger
-            .ledger_totals()
-            .iter()
-            .map(|t| LedgerReport {
-                ledger: t.ledger,
-                debits_posted: t.debits_posted.to_string(),
-                credits_posted: t.credits_posted.to_string(),
-                debits_pending: t.debits_pending.to_string(),
-                credits_pending: t.credits_pending.to_string(),
-            })
-            .collect(),
-    };
+    let options = walletd_replay::DrillOptions { from_genesis: args.from_genesis, until_op: args.until_op };
+    let report = walletd_replay::drill(&data_dir, &options)?;
+    for skipped in &report.snapshots_skipped {
+        tracing::warn!(error = %skipped, "skipping a snapshot that failed its checks");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report).expect("report serialises"));
     } else {
@@ -407,12 +340,19 @@ fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn replay_print(report: &ReplayReport) {
+fn replay_print(report: &walletd_replay::DrillReport) {
     let from = report.snapshot_op.map_or("genesis".to_string(), |op| format!("snapshot at op {op}"));
     println!(
         "replayed      from {from} to op {} ({} records, {} checkpoints verified)",
         report.ops, report.records, report.checkpoints_verified
     );
+    println!("journal       reaches op {}, every record verified", report.journal_op_last);
+    if let Some(torn) = &report.torn_tail {
+        println!(
+            "torn tail     a record cut short after op {}: {torn} (zeroed at the next start)",
+            report.journal_op_last
+        );
+    }
     println!("accounts      {}", report.accounts);
     println!("transfers     {} created, {} pending open", report.transfers, report.pending);
     for ledger in &report.ledgers {
@@ -428,42 +368,15 @@ fn replay_print(report: &ReplayReport) {
     println!("replay        {:.3} s, {:.0} transfers/s", report.seconds, report.transfers_per_second);
 }
 
-#[derive(Serialize)]
-struct AuditReport {
-    mode: &'static str,
-    ops: u64,
-    records: u64,
-    bytes: u64,
-    seconds: f64,
-    records_per_second: f64,
-}
-
-/// Walks the whole journal (archive/ and live) verifying every checksum and the hash chain.
-fn audit_command(data_dir: &DataDir, json: bool) -> Result<(), NodeError> {
-    let start = Instant::now();
-    let mut reader = Reader::open(FileStorage::default(), &data_dir.root, 1)?;
-    let (mut records, mut bytes, mut op) = (0u64, 0u64, 0u64);
-    while let Some(record) = reader.next_record()? {
-        records += 1;
-        bytes += record.body.len() as u64 + 64;
-        op = record.op;
+fn audit_print(report: &walletd_replay::AuditReport) {
+    println!(
+        "audited       ops 1..={}: {} records, {} bytes, hash chain intact",
+        report.ops, report.records, report.bytes
+    );
+    if let Some(torn) = &report.torn_tail {
+        println!("torn tail     a record cut short after op {}: {torn} (zeroed at the next start)", report.ops);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let report = AuditReport {
-        mode: "audit",
-        ops: op,
-        records,
-        bytes,
-        seconds,
-        records_per_second: records as f64 / seconds.max(1e-9),
-    };
-    if json {
-        println!("{}", serde_json::to_string(&report).expect("report serialises"));
-    } else {
-        println!("audited       ops 1..={op}: {records} records, {bytes} bytes, hash chain intact");
-        println!("time          {seconds:.3} s, {:.0} records/s", report.records_per_second);
-    }
-    Ok(())
+    println!("time          {:.3} s, {:.0} records/s", report.seconds, report.records_per_second);
 }
 
 fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
@@ -473,29 +386,20 @@ fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => segment.parent().and_then(|journal| journal.parent()).map(PathBuf::from).ok_or_else(|| {
-            NodeError::DataDir {
+            ReplayError::DataDir {
                 path: segment.clone(),
                 reason: "cannot tell the data directory: pass --data-dir".into(),
             }
         })?,
     };
-    let _lock = DataDir::new(&data_dir).lock()?;
-    let truncated = walletd_journal::truncate_at(&data_dir, &segment, offset)?;
-    println!("truncated     {truncated:?}");
-    // Snapshots past the journal's new end describe ops it no longer holds: set them aside.
-    // Opening the journal finds that end (from the live segments; history is not read).
-    let (journal, recovered) = walletd_journal::Journal::open_files(walletd_journal::JournalConfig::new(&data_dir))?;
-    drop(journal);
-    let op_last = recovered.op_last;
-    let snapshots = DataDir::new(&data_dir).snapshots();
-    for (op, path) in walletd_snapshot::snapshots_list(&snapshots)? {
-        if op > op_last {
-            let moved = walletd_snapshot::snapshot_quarantine(&snapshots, &path)?;
-            println!(
-                "quarantined   snapshot at op {op} (past the journal's new end, op {op_last}): {}",
-                moved.display()
-            );
-        }
+    let report = walletd_replay::truncate(&DataDir::new(&data_dir), &segment, offset)?;
+    println!("truncated     {:?}", report.truncated);
+    for (op, moved) in &report.snapshots_quarantined {
+        println!(
+            "quarantined   snapshot at op {op} (past the journal's new end, op {}): {}",
+            report.op_last,
+            moved.display()
+        );
     }
     Ok(())
 }

@@ -2,14 +2,14 @@
 //! pipeline running on the recovered ledger and journal. The network front (the gateway)
 //! feeds `Node::pipeline`; `walletd serve` puts the two together.
 
-use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::pipeline::{pipeline_start, Pipeline, PipelineOptions, ReplyRoute};
-use crate::recovery::recover;
 use crate::snapshotter::Snapshotter;
 use crate::writer::SystemClock;
 use walletd_core::{Config, Ledger};
 use walletd_journal::FileStorage;
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::recovery::recover;
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 #[derive(Clone, Debug)]
@@ -37,7 +37,7 @@ pub struct Node {
     pub pipeline: Pipeline,
     pub started: Started,
     /// Held for the node's life: no other process may write this directory meanwhile.
-    _lock: crate::data_dir::DirLock,
+    _lock: walletd_replay::DirLock,
 }
 
 impl Node {

@@ -19,7 +19,6 @@
 //! A journal failure is fatal: the journal thread logs it and exits the process (fail-stop);
 //! no reply for a command that a restart would not reproduce can leave.
 
-use crate::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
 use crate::metrics::Metrics;
 use crate::snapshotter::Snapshotter;
 use crate::writer::Clock;
@@ -35,6 +34,7 @@ use walletd_core::command::{Command, CommandScratch};
 use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{FileStorage, Journal, RecordKind};
+use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
 
 /// A validated request, from the receive stage.
 #[derive(Debug)]

@@ -7,7 +7,6 @@
 //! new frames; drain the pipeline, so every request already taken is journaled, fsynced,
 //! applied and answered; let the snapshot replica catch up; close the connections.
 
-use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions, Started};
@@ -19,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status};
 use walletd_gateway::server::{serve, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
+use walletd_replay::data_dir::DataDir;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {

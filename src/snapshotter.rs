@@ -6,16 +6,16 @@
 //! continuous check that the journal replays to what the live ledger computed. The thread runs
 //! at a lower priority, so on a small machine it uses the time the pipeline leaves idle.
 
-use crate::checkpoint::CHECKPOINT_SNAPSHOT;
-use crate::data_dir::DataDir;
 use crate::error::NodeError;
-use crate::replay::{Applied, Replayer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::Ledger;
 use walletd_journal::{Reader, Storage};
+use walletd_replay::checkpoint::CHECKPOINT_SNAPSHOT;
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::replay::{Applied, Replayer};
 use walletd_snapshot::snapshot_save;
 
 /// One snapshot the replica wrote.
@@ -131,7 +131,7 @@ impl Drop for Snapshotter {
 /// cannot be written) stop snapshots only; the node serves on and the metric says so.
 fn replica_failed(error: &NodeError, shared: &Shared) {
     shared.failed.store(true, Ordering::Release);
-    if let NodeError::CheckpointMismatch { .. } = error {
+    if let NodeError::Replay(walletd_replay::ReplayError::CheckpointMismatch { .. }) = error {
         tracing::error!(%error, "the journal does not replay to the live state: stopping (fail-stop)");
         eprintln!("walletd: {error}; stopping (fail-stop)");
         std::process::exit(70);

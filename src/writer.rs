@@ -5,12 +5,12 @@
 //! since the last one. A failed append or commit is fatal: the writer is poisoned with the
 //! journal, and the node must restart and recover.
 
-use crate::checkpoint::{Checkpoint, CHECKPOINT_SNAPSHOT};
 use crate::error::NodeError;
 use std::time::Instant;
 use walletd_core::command::batch_encode;
 use walletd_core::{Batch, Ledger, Output};
 use walletd_journal::{Journal, RecordKind, Storage};
+use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SNAPSHOT};
 
 /// Where the clock comes from: the wall clock, or a test's.
 pub trait Clock {

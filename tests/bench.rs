@@ -11,7 +11,6 @@ use walletd::cli::{
     account_run, transfer_run, AccountArgs, AccountCommand, AccountCreateArgs, AccountShowArgs, CliError, Outcome,
     TransferArgs, TransferCommand, TransferCreateArgs, TransferPostArgs, TransferShowArgs, TransferVoidArgs,
 };
-use walletd::data_dir::DataDir;
 use walletd::generate::config_for;
 use walletd::node::NodeOptions;
 use walletd::pipeline::PipelineOptions;
@@ -22,6 +21,7 @@ use walletd_core::{
     TransferStatus,
 };
 use walletd_gateway::{Client, ClientOptions};
+use walletd_replay::data_dir::DataDir;
 
 /// The commands as `walletd` would wire them, to check the clap definitions.
 #[derive(Parser)]

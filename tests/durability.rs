@@ -655,3 +655,50 @@ fn a_restart_reports_the_damaged_snapshot_it_skipped() {
     let output = format!("{}{}", ran.stdout, ran.stderr);
     assert!(output.contains(&newest.display().to_string()), "nothing names the skipped snapshot:\n{output}");
 }
+
+/// The drill must never report green on a damaged journal: a flipped byte in a record in the
+/// middle of the *last live* segment (valid records after it) is refused by replay from a
+/// snapshot, from genesis and by the audit, with start-up's segment/offset/op message.
+#[test]
+fn a_flipped_byte_in_the_last_live_segment_fails_every_drill() {
+    let dir = tempdir();
+    let generated = generate_ok(dir.path(), 200_000, 5, 16);
+    let live = segments_in(&journal_dir(dir.path()));
+    let last = live.last().expect("a live segment").clone();
+    let snapshot_op = *snapshot_ops(dir.path()).last().expect("a snapshot");
+    let mut in_last: Vec<Located> = records_from(dir.path(), snapshot_op.max(1), false)
+        .into_iter()
+        .filter(|record| record.segment == last && record.op > snapshot_op)
+        .collect();
+    assert!(in_last.len() > 4, "the last segment holds records after the snapshot");
+    let middle = in_last.swap_remove(in_last.len() / 2);
+    assert!(middle.op < generated.ops, "valid records follow the damaged one");
+    flip_byte(&middle.segment, middle.offset + 64 + middle.body.len() as u64 / 2);
+
+    let place = |what: &str, ran: &Ran| {
+        assert!(!ran.success, "{what} must refuse a damaged journal:\n{}", ran.stdout);
+        assert_eq!(corrupt_place(&ran.stderr), (middle.segment.clone(), middle.offset, middle.op), "{what}");
+    };
+    place("replay from the snapshot", &replay_run(dir.path(), Start::Snapshot).0);
+    place("replay from genesis", &replay_run(dir.path(), Start::Genesis).0);
+    place("the audit", &audit(dir.path()));
+    let until = (middle.op - 1).to_string();
+    let ran = walletd(&["replay", "--data-dir", path_str(dir.path()), "--until-op", &until, "--json"]);
+    place("a replay that stops before the damage", &ran);
+    place("start-up", &generate(dir.path(), 1_000, 6, SNAPSHOT_OPS_NEVER));
+}
+
+/// A drill of a past state still verifies the whole journal and says how far it reaches.
+#[test]
+fn a_drill_to_a_past_op_reports_how_far_the_journal_reaches() {
+    let dir = tempdir();
+    let generated = generate_ok(dir.path(), 30_000, 7, SNAPSHOT_OPS_NEVER);
+    let until = (generated.ops / 2).to_string();
+    let ran =
+        walletd(&["replay", "--data-dir", path_str(dir.path()), "--from-genesis", "--until-op", &until, "--json"])
+            .expect_success();
+    let report: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("one object");
+    assert_eq!(report["ops"].as_u64(), Some(generated.ops / 2));
+    assert_eq!(report["journal_op_last"].as_u64(), Some(generated.ops));
+    assert_eq!(report["torn_tail"], serde_json::Value::Null);
+}

@@ -8,13 +8,13 @@ use common::transfer;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
-use walletd::data_dir::DataDir;
 use walletd::generate::config_for;
 use walletd::node::{Node, NodeOptions};
 use walletd::pipeline::{PipelineOptions, Reply, Request};
 use walletd_core::command::records_as_bytes;
 use walletd_core::{Account, AccountId, Amount, Operation, Transfer};
 use walletd_gateway::protocol::FrameOperation;
+use walletd_replay::data_dir::DataDir;
 
 fn options() -> NodeOptions {
     let pipeline = PipelineOptions { checkpoint_ops: 4, snapshot_ops: 8, ..PipelineOptions::default() };

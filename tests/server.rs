@@ -13,7 +13,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use walletd::data_dir::DataDir;
 use walletd::generate::config_for;
 use walletd::node::NodeOptions;
 use walletd::pipeline::PipelineOptions;
@@ -25,6 +24,7 @@ use walletd_gateway::protocol::{
 };
 use walletd_gateway::server::ServerOptions;
 use walletd_gateway::{Client, ClientOptions};
+use walletd_replay::data_dir::DataDir;
 
 fn server(dir: &Path, frame_timeout: Duration, connections_max: usize) -> RunningServer {
     let options = ServeOptions {

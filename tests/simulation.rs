@@ -13,9 +13,6 @@
 //! A failure prints its seed: rerun one with `WALLETD_SIM_SEED=<seed> cargo test --test simulation`.
 
 use std::path::Path;
-use walletd::data_dir::DataDir;
-use walletd::recovery::{recover, replay_onto, ReplayTarget};
-use walletd::replay::ReplayStats;
 use walletd::workload::Rng;
 use walletd::writer::{Clock, Writer};
 use walletd::NodeError;
@@ -23,6 +20,9 @@ use walletd_core::{
     Account, AccountFlags, AccountId, Amount, Batch, Config, Ledger, Output, Transfer, TransferFlags, TransferId,
 };
 use walletd_journal::{JournalError, SimCrash, SimFault, SimStorage};
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::recovery::{recover, replay_onto, ReplayTarget};
+use walletd_replay::replay::ReplayStats;
 use walletd_snapshot::{snapshot_save, snapshots_list};
 
 const SEEDS_DEFAULT: u64 = 1500;
@@ -273,7 +273,7 @@ fn run_seed(seed: u64, root: &Path, tally: &mut Tally) {
         let steps = 5 + sim.rng.below(40);
         match sim.run(&mut writer, steps) {
             Ok(()) => {}
-            Err(NodeError::Journal(error)) => {
+            Err(NodeError::Replay(walletd_replay::ReplayError::Journal(error))) => {
                 assert!(error.is_fail_stop() || matches!(error, JournalError::Io { .. }), "seed {seed}: {error}");
                 sim.tally.faults_fired += 1;
             }

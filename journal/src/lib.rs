@@ -27,7 +27,7 @@ mod storage;
 
 pub use crate::error::{JournalError, RecordInvalid};
 pub use crate::journal::{Journal, JournalConfig};
-pub use crate::reader::Reader;
+pub use crate::reader::{JournalEnd, Reader};
 pub use crate::record::{
     record_checksum, record_decode, record_header_encode, record_size_bytes, Chain, Record, RecordHeader, RecordKind,
     RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECORD_MAGIC, RECORD_VERSION,

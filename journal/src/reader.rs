@@ -8,12 +8,12 @@
 //! with the live ones by first op; a segment header must continue the chain left by the
 //! previous segment, so a segment missing from the middle is reported, not skipped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{JournalError, RecordInvalid};
 use crate::record::{Chain, Record};
 use crate::recovery::segment_continues;
-use crate::scan::{record_at, record_body};
+use crate::scan::{nonzero_end, record_at, record_body, record_find_valid};
 use crate::segment::{segment_open, segments_list, Layout, SegmentEntry, SEGMENT_HEADER_SIZE_BYTES};
 use crate::storage::{OpenMode, Storage, StorageFile};
 
@@ -35,6 +35,18 @@ pub struct Reader<S: Storage> {
     op_last: Option<u64>,
     /// Segment index and offset of the record last returned.
     position: Option<(usize, u64)>,
+    /// Set when the reader reached the end of the journal.
+    end: Option<JournalEnd>,
+}
+
+/// Where a reader found the journal to end, when it reads to the end (no `op_last`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// The last valid op (`op_first - 1` of the first segment read if none).
+    pub op_last: u64,
+    /// A torn tail after it: a record a crash cut short, with nothing valid after it. Recovery
+    /// zeroes it at the next start; a reader only reports it.
+    pub torn_tail: Option<(PathBuf, u64)>,
 }
 
 impl<S: Storage> Reader<S> {
@@ -81,6 +93,7 @@ impl<S: Storage> Reader<S> {
             op_first,
             op_last,
             position: None,
+            end: None,
         })
     }
 
@@ -135,7 +148,7 @@ impl<S: Storage> Reader<S> {
         if self.index + 1 == self.segments.len() {
             let durable_missing = self.op_last.is_some_and(|op| self.chain.op_next <= op);
             if !durable_missing {
-                return Ok(false);
+                return self.end_check(reason).map(|()| false);
             }
             // A follower may have been told of ops in a segment created since it opened.
             if !self.segments_refresh()? {
@@ -160,6 +173,33 @@ impl<S: Storage> Reader<S> {
         self.offset = SEGMENT_HEADER_SIZE_BYTES;
         assert_eq!(self.chain.op_next, self.segments[self.index].first_op);
         Ok(true)
+    }
+
+    /// The chain stopped in the last segment and no op past here is known durable: the end of
+    /// the journal, by the rule recovery uses. Zeroes are the clean end; other bytes are a torn
+    /// tail only if no self-consistent record lies after them, else a record that was written
+    /// whole was damaged, which is corruption (`Corrupt`, naming segment, offset and op).
+    /// With `op_last` given (a follower of a live journal) the end is `op_last` itself and this
+    /// is not reached, so a record being written is never mistaken for damage.
+    fn end_check(&mut self, reason: RecordInvalid) -> Result<(), JournalError> {
+        assert!(self.index + 1 == self.segments.len());
+        let path = self.segments[self.index].path.clone();
+        let clean = nonzero_end(&mut self.file, &path, self.offset)? == self.offset;
+        let torn_tail = if clean {
+            None
+        } else if record_find_valid(&mut self.file, &path, self.offset)?.is_some() {
+            return Err(JournalError::Corrupt { segment: path, offset: self.offset, op: self.chain.op_next, reason });
+        } else {
+            Some((path, self.offset))
+        };
+        self.end = Some(JournalEnd { op_last: self.chain.op_next - 1, torn_tail });
+        Ok(())
+    }
+
+    /// Where the journal ended, once `next_record` returned `None` at the end of the journal
+    /// (not at `op_last`).
+    pub fn end(&self) -> Option<&JournalEnd> {
+        self.end.as_ref()
     }
 
     /// A live segment the reader listed may since have moved to archive/ (a drill reading a

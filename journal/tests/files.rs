@@ -317,3 +317,53 @@ fn a_reader_follows_segments_archived_while_it_reads() {
     }
     assert_eq!(op_last, 200);
 }
+
+/// The drill's rule is recovery's rule: a damaged record in the middle of the last segment,
+/// followed by valid ones, is corruption for a reader too, not the end of the journal.
+#[test]
+fn a_reader_refuses_a_damaged_record_in_the_last_segment_like_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = Journal::open_files(config(dir.path())).expect("open");
+    append_ops(&mut journal, 1, 120, 10);
+    let last_segment = journal.segments().last().expect("a segment").clone();
+    drop(journal);
+    let (_, offset_last) = position_of(dir.path(), 120);
+    // The op two before the end sits in the last segment, with valid records after it.
+    let (segment, offset) = position_of(dir.path(), 118);
+    assert_eq!(segment, last_segment, "the damaged record is in the last live segment");
+    assert!(offset < offset_last);
+    flip_byte(&segment, offset + 70);
+
+    let mut reader = Reader::open(FileStorage::default(), dir.path(), 1).expect("reader");
+    let error = loop {
+        match reader.next_record() {
+            Ok(Some(record)) => assert!(record.op < 118),
+            Ok(None) => panic!("the reader took a damaged record for the end of the journal"),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, JournalError::Corrupt { op: 118, .. }), "{error}");
+    assert!(error.to_string().contains(&format!("byte offset {offset}")), "{error}");
+}
+
+/// A record a crash cut short, with nothing after it, is the end of the journal; the reader
+/// says where it ended and that a torn tail follows.
+#[test]
+fn a_reader_reports_where_the_journal_ends_and_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = Journal::open_files(config(dir.path())).expect("open");
+    append_ops(&mut journal, 1, 100, 10);
+    drop(journal);
+    let mut reader = Reader::open(FileStorage::default(), dir.path(), 1).expect("reader");
+    while reader.next_record().expect("read").is_some() {}
+    assert_eq!(reader.end().expect("at the end").op_last, 100);
+    assert_eq!(reader.end().expect("at the end").torn_tail, None);
+
+    let (segment, offset) = position_of(dir.path(), 100);
+    flip_byte(&segment, offset + 70);
+    let mut reader = Reader::open(FileStorage::default(), dir.path(), 1).expect("reader");
+    while reader.next_record().expect("a torn tail is not an error").is_some() {}
+    let end = reader.end().expect("at the end");
+    assert_eq!(end.op_last, 99);
+    assert_eq!(end.torn_tail, Some((segment, offset)));
+}

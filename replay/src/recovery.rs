@@ -13,7 +13,7 @@
 //! 5. Replay the tail, verifying every checkpoint.
 
 use crate::data_dir::DataDir;
-use crate::error::NodeError;
+use crate::error::ReplayError;
 use crate::replay::{ReplayStats, Replayer};
 use std::path::PathBuf;
 use walletd_core::{Config, Ledger};
@@ -64,7 +64,7 @@ impl<S: Storage> Recovered<S> {
 }
 
 /// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
-pub fn recover<S>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, NodeError>
+pub fn recover<S>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, ReplayError>
 where
     S: Storage + Send + 'static,
     S::File: Send,
@@ -81,7 +81,7 @@ where
     let (ledger, snapshot) = match loaded {
         Some(Loaded { ledger, header, path }) => {
             if ledger.config() != &config {
-                return Err(NodeError::Discontinuity {
+                return Err(ReplayError::Discontinuity {
                     reason: format!("snapshot {} was taken with another config than ledger.conf", path.display()),
                 });
             }
@@ -91,7 +91,7 @@ where
     };
     let op_snapshot = snapshot.as_ref().map_or(0, |(header, _)| header.op);
     if journal_recovered.op_last < op_snapshot {
-        return Err(NodeError::Discontinuity {
+        return Err(ReplayError::Discontinuity {
             reason: format!(
                 "the journal ends at op {} but the newest snapshot is at op {op_snapshot}: journal records the \
                  snapshot saw are missing",
@@ -114,7 +114,7 @@ where
 }
 
 /// Replays the journal after the snapshot (or from genesis), checking the join.
-fn replay_tail<S>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), NodeError>
+fn replay_tail<S>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), ReplayError>
 where
     S: Storage + Send + 'static,
     S::File: Send,
@@ -146,7 +146,7 @@ pub fn replay_onto<S>(
     start: Option<(u64, u128)>,
     target: ReplayTarget,
     stats: &mut ReplayStats,
-) -> Result<(), NodeError>
+) -> Result<(), ReplayError>
 where
     S: Storage + Send + 'static,
     S::File: Send,
@@ -160,12 +160,12 @@ where
         None => Reader::open(storage, &data_dir.root, op_snapshot.max(1))?,
     };
     if op_snapshot > 0 {
-        let record = reader.next_record()?.ok_or_else(|| NodeError::Discontinuity {
-            reason: format!("the journal ends before the snapshot's op {op_snapshot}"),
-        })?;
+        let Some(record) = reader.next_record()? else {
+            return Err(ReplayError::Discontinuity { reason: journal_short_of(&reader, op_snapshot) });
+        };
         assert_eq!(record.op, op_snapshot);
         if record.checksum != checksum_snapshot {
-            return Err(NodeError::Discontinuity {
+            return Err(ReplayError::Discontinuity {
                 reason: format!(
                     "the journal record at op {op_snapshot} has checksum {:032x}, the snapshot recorded {checksum_snapshot:032x}",
                     record.checksum
@@ -176,4 +176,23 @@ where
     }
     let mut replayer = Replayer::new(ledger.config());
     replayer.replay(ledger, reader, target.until_op, stats)
+}
+
+/// Why a journal does not reach a snapshot's op, in the words an operator needs: where it
+/// ends, and whether a torn record follows.
+fn journal_short_of<S: Storage>(reader: &Reader<S>, op_snapshot: u64) -> String {
+    let Some(end) = reader.end() else {
+        return format!("the journal ends before the snapshot's op {op_snapshot}");
+    };
+    let torn = match &end.torn_tail {
+        Some((segment, offset)) => {
+            format!(", followed by a record cut short at byte offset {offset} of {}", segment.display())
+        }
+        None => String::new(),
+    };
+    format!(
+        "the journal's last valid record is op {}{torn}, but the snapshot is at op {op_snapshot}: journal records \
+         the snapshot saw are missing",
+        end.op_last
+    )
 }

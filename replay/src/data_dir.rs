@@ -22,7 +22,7 @@
 //!     64   16 checksum: first 16 bytes of BLAKE3 over bytes 0..64
 //! ```
 
-use crate::error::NodeError;
+use crate::error::ReplayError;
 use std::fs;
 use std::path::PathBuf;
 use walletd_core::config::CONFIG_SIZE_BYTES;
@@ -52,12 +52,12 @@ impl DataDir {
 
     /// Takes the directory's write lock (creating the directory if missing), or refuses with
     /// the pid of the process that holds it. Read-only tools (replay) do not take it.
-    pub fn lock(&self) -> Result<DirLock, NodeError> {
+    pub fn lock(&self) -> Result<DirLock, ReplayError> {
         use std::io::{Read, Seek, Write};
         use std::os::unix::io::AsRawFd;
-        fs::create_dir_all(&self.root).map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+        fs::create_dir_all(&self.root).map_err(|source| ReplayError::Io { path: self.root.clone(), source })?;
         let path = self.root.join("lock");
-        let io = |source| NodeError::Io { path: path.clone(), source };
+        let io = |source| ReplayError::Io { path: path.clone(), source };
         let mut file =
             fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
@@ -65,7 +65,7 @@ impl DataDir {
         if !locked {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            return Err(NodeError::DataDir {
+            return Err(ReplayError::DataDir {
                 path: self.root.clone(),
                 reason: format!(
                     "locked by another walletd process (pid {}): one process writes a data directory at a time; \
@@ -99,37 +99,37 @@ impl DataDir {
 
     /// Creates the directory with `config` if it has no ledger.conf yet; otherwise reads the
     /// config it was created with (the one that must be used).
-    pub fn open_or_create(&self, config: Config) -> Result<Config, NodeError> {
+    pub fn open_or_create(&self, config: Config) -> Result<Config, ReplayError> {
         if self.exists() {
             return self.config_read();
         }
         let config = config.validated()?;
-        fs::create_dir_all(&self.root).map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+        fs::create_dir_all(&self.root).map_err(|source| ReplayError::Io { path: self.root.clone(), source })?;
         let path = self.config_path();
         let temporary = path.with_extension("tmp");
-        let io = |source| NodeError::Io { path: temporary.clone(), source };
+        let io = |source| ReplayError::Io { path: temporary.clone(), source };
         fs::write(&temporary, config_encode(&config)).map_err(io)?;
         fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io)?;
-        fs::rename(&temporary, &path).map_err(|source| NodeError::Io { path: path.clone(), source })?;
+        fs::rename(&temporary, &path).map_err(|source| ReplayError::Io { path: path.clone(), source })?;
         fs::File::open(&self.root)
             .and_then(|dir| dir.sync_all())
-            .map_err(|source| NodeError::Io { path: self.root.clone(), source })?;
+            .map_err(|source| ReplayError::Io { path: self.root.clone(), source })?;
         Ok(config)
     }
 
     /// The config the directory was created with.
-    pub fn config_read(&self) -> Result<Config, NodeError> {
+    pub fn config_read(&self) -> Result<Config, ReplayError> {
         let path = self.config_path();
         let bytes = fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => NodeError::DataDir {
+            std::io::ErrorKind::NotFound => ReplayError::DataDir {
                 path: self.root.clone(),
                 reason:
                     "not a walletd data directory (no ledger.conf); `walletd serve` or `walletd generate` creates one"
                         .to_string(),
             },
-            _ => NodeError::Io { path: path.clone(), source },
+            _ => ReplayError::Io { path: path.clone(), source },
         })?;
-        config_decode(&bytes).map_err(|reason| NodeError::DataDir { path, reason })
+        config_decode(&bytes).map_err(|reason| ReplayError::DataDir { path, reason })
     }
 }
 

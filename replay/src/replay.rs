@@ -4,13 +4,13 @@
 //! `Replayer::record_apply`, so what a drill proves is what a restart does.
 
 use crate::checkpoint::Checkpoint;
-use crate::error::NodeError;
+use crate::error::ReplayError;
 use std::time::Instant;
 use walletd_core::{Batch, Command, CommandScratch, Config, Ledger, Output};
-use walletd_journal::{Reader, Record, RecordKind, Storage};
+use walletd_journal::{JournalEnd, Reader, Record, RecordKind, Storage};
 
 /// What a replay did.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplayStats {
     /// Records read (commands and checkpoints).
     pub records: u64,
@@ -18,8 +18,11 @@ pub struct ReplayStats {
     pub checkpoints_verified: u64,
     /// Transfer events applied (whatever their result).
     pub transfers: u64,
-    /// The op of the last record read (0 if none).
+    /// The op of the last record applied (0 if none).
     pub op_last: u64,
+    /// Where the journal ends, when the replay read to its end (not to a known durable op):
+    /// past `op_last` when the replay stopped early (`until_op`), every record still verified.
+    pub journal_end: Option<JournalEnd>,
     pub seconds: f64,
 }
 
@@ -52,19 +55,19 @@ impl Replayer {
     }
 
     /// Applies one record: a command batch at its timestamp, or a checkpoint's check.
-    pub fn record_apply(&mut self, ledger: &mut Ledger, record: &Record<'_>) -> Result<Applied, NodeError> {
+    pub fn record_apply(&mut self, ledger: &mut Ledger, record: &Record<'_>) -> Result<Applied, ReplayError> {
         match record.kind {
             RecordKind::CommandBatch => {
                 let command =
-                    self.scratch.decode(record.body).map_err(|error| NodeError::bad_record(record.op, error))?;
+                    self.scratch.decode(record.body).map_err(|error| ReplayError::bad_record(record.op, error))?;
                 let Command::Batch(batch) = command else {
-                    return Err(NodeError::BadRecord {
+                    return Err(ReplayError::BadRecord {
                         op: record.op,
                         reason: "a read-only query was journaled".into(),
                     });
                 };
                 if record.timestamp_ns <= ledger.timestamp_last() {
-                    return Err(NodeError::BadRecord {
+                    return Err(ReplayError::BadRecord {
                         op: record.op,
                         reason: format!(
                             "timestamp {} is not after the ledger's last timestamp {}",
@@ -81,10 +84,10 @@ impl Replayer {
                 Ok(Applied::Command { transfers })
             }
             RecordKind::Checkpoint => {
-                let checkpoint =
-                    Checkpoint::decode(record.body).map_err(|reason| NodeError::BadRecord { op: record.op, reason })?;
+                let checkpoint = Checkpoint::decode(record.body)
+                    .map_err(|reason| ReplayError::BadRecord { op: record.op, reason })?;
                 if !checkpoint.matches(ledger) {
-                    return Err(NodeError::CheckpointMismatch {
+                    return Err(ReplayError::CheckpointMismatch {
                         op: record.op,
                         recorded: checkpoint.state_hash,
                         computed: ledger.state_hash(),
@@ -104,22 +107,26 @@ impl Replayer {
         reader: Reader<S>,
         until_op: Option<u64>,
         stats: &mut ReplayStats,
-    ) -> Result<(), NodeError>
+    ) -> Result<(), ReplayError>
     where
         S: Storage + Send + 'static,
         S::File: Send,
     {
         let start = Instant::now();
-        let (records, records_receive) = crossbeam_channel::bounded::<Result<OwnedRecord, NodeError>>(4);
+        let (records, records_receive) = crossbeam_channel::bounded::<Result<Read, ReplayError>>(4);
         let (buffers, buffers_receive) = crossbeam_channel::bounded::<Vec<u8>>(8);
         let reading = std::thread::Builder::new()
             .name("replay-read".to_string())
             .spawn(move || replay_read(reader, until_op, &records, &buffers_receive))
-            .map_err(|source| NodeError::Io { path: "replay reader thread".into(), source })?;
+            .map_err(|source| ReplayError::Io { path: "replay reader thread".into(), source })?;
         let mut outcome = Ok(());
         for message in records_receive.iter() {
             let owned = match message {
-                Ok(owned) => owned,
+                Ok(Read::Record(owned)) => owned,
+                Ok(Read::End(end)) => {
+                    stats.journal_end = Some(end);
+                    break;
+                }
                 Err(error) => {
                     outcome = Err(error);
                     break;
@@ -149,7 +156,7 @@ impl Replayer {
         ledger: &mut Ledger,
         record: &Record<'_>,
         stats: &mut ReplayStats,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), ReplayError> {
         assert!(record.op > stats.op_last, "records come in op order");
         match self.record_apply(ledger, record)? {
             Applied::Command { transfers } => {
@@ -164,6 +171,12 @@ impl Replayer {
     }
 }
 
+/// What the reading side sends: a record to apply, or where the journal ended.
+enum Read {
+    Record(OwnedRecord),
+    End(JournalEnd),
+}
+
 /// A record copied out of the journal for the apply side.
 struct OwnedRecord {
     op: u64,
@@ -173,25 +186,32 @@ struct OwnedRecord {
     body: Vec<u8>,
 }
 
-/// The reading side of `Replayer::replay`: verified records, in order, until the end,
-/// `until_op`, an error (sent on), or the apply side hanging up.
+/// The reading side of `Replayer::replay`: verified records, in order, until the end (sent
+/// on, if the reader found one), an error (sent on), or the apply side hanging up. Records
+/// past `until_op` are read and verified but not sent: a drill of a past state still proves
+/// the whole journal and reports how far it reaches.
 fn replay_read<S: Storage>(
     mut reader: Reader<S>,
     until_op: Option<u64>,
-    records: &crossbeam_channel::Sender<Result<OwnedRecord, NodeError>>,
+    records: &crossbeam_channel::Sender<Result<Read, ReplayError>>,
     buffers: &crossbeam_channel::Receiver<Vec<u8>>,
 ) {
     loop {
         let record = match reader.next_record() {
             Ok(Some(record)) => record,
-            Ok(None) => return,
+            Ok(None) => {
+                if let Some(end) = reader.end() {
+                    let _ = records.send(Ok(Read::End(end.clone())));
+                }
+                return;
+            }
             Err(error) => {
                 let _ = records.send(Err(error.into()));
                 return;
             }
         };
         if until_op.is_some_and(|until| record.op > until) {
-            return;
+            continue;
         }
         let mut body = buffers.try_recv().unwrap_or_default();
         body.clear();
@@ -203,7 +223,7 @@ fn replay_read<S: Storage>(
             checksum: record.checksum,
             body,
         };
-        if records.send(Ok(owned)).is_err() {
+        if records.send(Ok(Read::Record(owned))).is_err() {
             return;
         }
     }

@@ -1,0 +1,31 @@
+//! walletd-replay: the journal applied to a ledger, exactly as the live node applied it.
+//!
+//! The journal holds commands; what they did is recomputed here by a replica ledger, which is
+//! the proof that it is right. Four users share one `Replayer::record_apply`, so what a drill
+//! proves is what a restart does and what the platform is told:
+//!
+//! - **recovery** (`recover`): the newest valid snapshot plus the journal's tail, for a node
+//!   that is about to write;
+//! - **the drill** (`replay_onto`): the same, read-only, up to any op, every checkpoint's
+//!   state hash verified;
+//! - **the snapshot replica** (in the root package), which follows the durable journal;
+//! - **the follower** (`Follower`), the seam every platform part consumes: each durable op with
+//!   its command and its outcome (per-event results and the after-images of the accounts each
+//!   event touched), read-only on a live data directory, resumable from any op.
+//!
+//! The crate knows the data directory's layout (`DataDir`) and the checkpoint record, and
+//! depends on the core, the journal and the snapshots; nothing of the network or the pipeline.
+
+pub mod checkpoint;
+pub mod data_dir;
+pub mod drill;
+pub mod error;
+pub mod recovery;
+pub mod replay;
+
+pub use checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
+pub use data_dir::{DataDir, DirLock};
+pub use drill::{audit, drill, truncate, AuditReport, DrillOptions, DrillReport, TruncateReport};
+pub use error::ReplayError;
+pub use recovery::{recover, replay_onto, Recovered, ReplayTarget};
+pub use replay::{Applied, ReplayStats, Replayer};
