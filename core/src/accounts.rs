@@ -3,7 +3,7 @@
 //! limit checks that a transfer makes against a limited account.
 
 use crate::ledger::{Ledger, LimitsEntry};
-use crate::output::{BalanceRead, DebitUsage, Output, TransferRecord};
+use crate::output::{BalanceRead, ChangeKind, DebitUsage, Output, TransferRecord};
 use crate::pending::{Side, NONE};
 use crate::results::{AccountStateResult, CreateAccountResult, CreateTransferResult, SetLimitsResult};
 use crate::types::{Account, AccountFlags, AccountId, AccountLimits, Amount, LimitFlags, TransferId};
@@ -15,6 +15,10 @@ impl Ledger {
             output,
             |index| events[index].flags.contains(AccountFlags::LINKED),
             |ledger, index| ledger.create_account(&events[index], timestamp_ns + index as u64) as u32,
+            |ledger, index| {
+                let slot = ledger.accounts_count() - 1;
+                ledger.change_of_account(ChangeKind::AccountCreated, index, timestamp_ns + index as u64, slot)
+            },
         );
     }
 
@@ -76,7 +80,7 @@ impl Ledger {
     }
 
     /// close_accounts (`close` true) and reopen_accounts.
-    pub(crate) fn close_accounts(&mut self, _timestamp_ns: u64, ids: &[AccountId], output: &mut Output, close: bool) {
+    pub(crate) fn close_accounts(&mut self, timestamp_ns: u64, ids: &[AccountId], output: &mut Output, close: bool) {
         use AccountStateResult as R;
         for (index, id) in ids.iter().enumerate() {
             let code = if id.0 == 0 {
@@ -93,10 +97,12 @@ impl Ledger {
                             (false, false) => R::NotClosed,
                             (true, false) => {
                                 self.account_flags_set(slot, flags.0 | AccountFlags::CLOSED);
+                                self.change_record(output, ChangeKind::AccountClosed, index, timestamp_ns, slot);
                                 R::Ok
                             }
                             (false, true) => {
                                 self.account_flags_set(slot, flags.0 & !AccountFlags::CLOSED);
+                                self.change_record(output, ChangeKind::AccountReopened, index, timestamp_ns, slot);
                                 R::Ok
                             }
                         }
@@ -114,7 +120,18 @@ impl Ledger {
             let code = self.set_account_limit(limits, timestamp_ns + index as u64);
             if code != SetLimitsResult::Ok {
                 output.push_result(index, code as u32);
+            } else if output.changes_enabled() {
+                let slot = self.account_find(self.account_index.tag(limits.account_id.0), limits.account_id);
+                let slot = slot.expect("limits were set on an account that exists");
+                self.change_record(output, ChangeKind::AccountLimitsSet, index, timestamp_ns, slot);
             }
+        }
+    }
+
+    /// Records an account event's change, if the output records changes.
+    fn change_record(&self, output: &mut Output, kind: ChangeKind, index: usize, timestamp_ns: u64, slot: u32) {
+        if output.changes_enabled() {
+            output.change_push(self.change_of_account(kind, index, timestamp_ns + index as u64, slot));
         }
     }
 

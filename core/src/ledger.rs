@@ -10,10 +10,12 @@
 use crate::config::{Config, ConfigError};
 use crate::hash::{hash_record, hash_words, id_hash};
 use crate::index::{Index, Tag};
-use crate::output::{DebitUsage, Output};
+use crate::output::{Change, ChangeKind, DebitUsage, Output, CHANGE_INDEX_EXPIRY};
 use crate::pending::{PendingEntry, PendingTable, NONE};
 use crate::results::{CreateAccountResult, CreateTransferResult};
-use crate::types::{Account, AccountId, AccountLimits, Amount, Transfer, TransferId, TransferStatus, Words};
+use crate::types::{
+    Account, AccountId, AccountLimits, Amount, Transfer, TransferFlags, TransferId, TransferStatus, Words,
+};
 
 /// A mutating batch: it is journaled, gets timestamps and changes state.
 #[derive(Clone, Copy, Debug)]
@@ -300,7 +302,7 @@ impl Ledger {
         output.clear();
         let count = batch.len().max(1) as u64;
         let timestamp_end = timestamp_ns.checked_add(count - 1).expect("timestamp overflow");
-        self.expire_until(timestamp_end, output);
+        self.expire_until(timestamp_ns, timestamp_end, output);
         match batch {
             Batch::Pulse => {}
             Batch::CreateAccounts(events) => self.create_accounts(timestamp_ns, events, output),
@@ -337,15 +339,19 @@ impl Ledger {
         output: &mut Output,
         linked: impl Fn(usize) -> bool,
         mut each: impl FnMut(&mut Ledger, usize) -> u32,
+        change_of: impl Fn(&Ledger, usize) -> Change,
     ) {
         let mut chain_start: Option<usize> = None;
         let mut chain_failed = false;
+        // Changes recorded before the open chain began: a rollback drops the chain's.
+        let mut chain_changes_len = 0;
         for index in 0..count {
             let is_linked = linked(index);
             if chain_start.is_none() && is_linked {
                 self.chain_begin();
                 chain_start = Some(index);
                 chain_failed = false;
+                chain_changes_len = output.changes.len();
             }
             let code = if chain_failed {
                 LINKED_EVENT_FAILED
@@ -354,9 +360,13 @@ impl Ledger {
             } else {
                 each(self, index)
             };
+            if code == 0 && output.changes_enabled() {
+                output.change_push(change_of(self, index));
+            }
             if code != 0 {
                 if let (Some(start), false) = (chain_start, chain_failed) {
                     self.chain_rollback();
+                    output.changes.truncate(chain_changes_len);
                     (start..index).for_each(|member| output.push_result(member, LINKED_EVENT_FAILED));
                     chain_failed = true;
                 }
@@ -711,10 +721,12 @@ impl Ledger {
         self.pending.remove(slot);
     }
 
-    /// Expires, in (expires_at, id) order, every hold whose timeout is at or before `timestamp_ns`.
-    fn expire_until(&mut self, timestamp_ns: u64, output: &mut Output) {
+    /// Expires, in (expires_at, id) order, every hold whose timeout is at or before
+    /// `timestamp_end`, at the start of the batch that begins at `timestamp_ns`.
+    fn expire_until(&mut self, timestamp_ns: u64, timestamp_end: u64, output: &mut Output) {
+        assert!(timestamp_ns <= timestamp_end);
         while let Some((expires_at_ns, slot)) = self.pending.expiry_next() {
-            if expires_at_ns > timestamp_ns {
+            if expires_at_ns > timestamp_end {
                 break;
             }
             let entry = self.pending.entries[slot as usize];
@@ -730,6 +742,61 @@ impl Ledger {
             );
             self.pending_resolve(slot, TransferStatus::PendingExpired);
             output.expired_count += 1;
+            if output.changes_enabled() {
+                let (debit_account, credit_account) =
+                    (*self.account(entry.debit_slot), *self.account(entry.credit_slot));
+                output.change_push(Change {
+                    kind: ChangeKind::HoldExpired,
+                    index: CHANGE_INDEX_EXPIRY,
+                    timestamp_ns,
+                    transfer: entry.transfer,
+                    debit_account,
+                    credit_account,
+                });
+            }
+        }
+    }
+
+    // ----- the change-data feed -----
+
+    /// The change a transfer event that just succeeded made: the transfer as stored (the
+    /// ring's newest) and its accounts as they are now.
+    pub(crate) fn change_of_transfer(&self, index: usize) -> Change {
+        assert!(self.ring_tail > self.ring_head, "a transfer that succeeded is in the ring");
+        let transfer = self.ring[self.ring_slot(self.ring_tail - 1)].0;
+        let kind = if transfer.flags.contains(TransferFlags::PENDING) {
+            ChangeKind::HoldPlaced
+        } else if transfer.flags.contains(TransferFlags::POST_PENDING) {
+            ChangeKind::HoldPosted
+        } else if transfer.flags.contains(TransferFlags::VOID_PENDING) {
+            ChangeKind::HoldVoided
+        } else {
+            ChangeKind::TransferPosted
+        };
+        let account_of = |id: AccountId| {
+            let slot = self.account_find(self.account_index.tag(id.0), id).expect("a transfer's accounts exist");
+            *self.account(slot)
+        };
+        Change {
+            kind,
+            index: index as u32,
+            timestamp_ns: transfer.timestamp,
+            transfer,
+            debit_account: account_of(transfer.debit_account_id),
+            credit_account: account_of(transfer.credit_account_id),
+        }
+    }
+
+    /// The change an account event made: the account as it is now.
+    pub(crate) fn change_of_account(&self, kind: ChangeKind, index: usize, timestamp_ns: u64, slot: u32) -> Change {
+        assert!(!kind.is_transfer());
+        Change {
+            kind,
+            index: index as u32,
+            timestamp_ns,
+            transfer: Transfer::default(),
+            debit_account: *self.account(slot),
+            credit_account: Account::default(),
         }
     }
 

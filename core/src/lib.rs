@@ -28,7 +28,9 @@ pub use command::{Command, CommandError, CommandScratch, Operation};
 pub use config::{Config, ConfigError, BATCH_EVENTS_MAX};
 pub use image::{ImageError, ImageHeader};
 pub use ledger::{Batch, Ledger, LedgerTotals, MemoryBytes, Query};
-pub use output::{BalanceRead, DebitUsage, EventResult, Output, TransferRecord};
+pub use output::{
+    BalanceRead, Change, ChangeKind, DebitUsage, EventResult, Output, TransferRecord, CHANGE_INDEX_EXPIRY,
+};
 pub use results::{AccountStateResult, CreateAccountResult, CreateTransferResult, SetLimitsResult};
 pub use types::{
     Account, AccountFlags, AccountId, AccountLimits, Amount, LimitFlags, Transfer, TransferFlags, TransferId,

@@ -48,6 +48,72 @@ pub struct BalanceRead {
     pub holds_count: u32,
 }
 
+/// What a change did, for a follower's change-data feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ChangeKind {
+    AccountCreated = 1,
+    AccountClosed = 2,
+    AccountReopened = 3,
+    AccountLimitsSet = 4,
+    /// A single-phase transfer: posted at once.
+    TransferPosted = 5,
+    /// A hold (pending transfer) placed.
+    HoldPlaced = 6,
+    /// A hold posted, fully or partly (`transfer` is the posting transfer, its amount resolved).
+    HoldPosted = 7,
+    /// A hold voided (`transfer` is the voiding transfer, its amount resolved to the hold's).
+    HoldVoided = 8,
+    /// A hold that timed out (`transfer` is the hold itself).
+    HoldExpired = 9,
+}
+
+impl ChangeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChangeKind::AccountCreated => "account_created",
+            ChangeKind::AccountClosed => "account_closed",
+            ChangeKind::AccountReopened => "account_reopened",
+            ChangeKind::AccountLimitsSet => "account_limits_set",
+            ChangeKind::TransferPosted => "transfer_posted",
+            ChangeKind::HoldPlaced => "hold_placed",
+            ChangeKind::HoldPosted => "hold_posted",
+            ChangeKind::HoldVoided => "hold_voided",
+            ChangeKind::HoldExpired => "hold_expired",
+        }
+    }
+
+    pub fn is_transfer(self) -> bool {
+        self as u8 >= ChangeKind::TransferPosted as u8
+    }
+}
+
+/// One change a batch made, in the order it made them, with the after-images of the accounts
+/// it touched as of that change (not as of the end of the batch): what TigerBeetle's
+/// change-data events carry. Expiries come first (they happen at the start of the batch), then
+/// each event that succeeded, in index order; the events of a linked chain that failed leave
+/// none. Recorded only into an output made with `Output::with_changes` (the follower's); the
+/// live pipeline does not pay for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// The event's index in its batch; `CHANGE_INDEX_EXPIRY` for an expiry.
+    pub index: u32,
+    /// When it happened on the ledger's clock: the event's timestamp, or for an expiry the
+    /// batch's first timestamp (holds expire at the start of the batch).
+    pub timestamp_ns: u64,
+    /// For a transfer change, the transfer as stored (timestamp assigned, a post's or void's
+    /// inherited fields resolved); all zero for an account change.
+    pub transfer: Transfer,
+    /// After the change: the transfer's debit account, or the account of an account change.
+    pub debit_account: Account,
+    /// After the change: the transfer's credit account; all zero for an account change.
+    pub credit_account: Account,
+}
+
+/// `Change::index` of an expiry, which belongs to no event.
+pub const CHANGE_INDEX_EXPIRY: u32 = u32::MAX;
+
 /// The reply buffers of one batch or query.
 pub struct Output {
     pub results: Vec<EventResult>,
@@ -57,6 +123,9 @@ pub struct Output {
     pub holds: Vec<Transfer>,
     /// Pending transfers that expired at the start of the batch.
     pub expired_count: u32,
+    /// The change-data feed (see `Change`); empty unless made with `with_changes`.
+    pub changes: Vec<Change>,
+    changes_enabled: bool,
 }
 
 impl Output {
@@ -69,7 +138,29 @@ impl Output {
             balances: Vec::with_capacity(capacity),
             holds: Vec::with_capacity(capacity),
             expired_count: 0,
+            changes: Vec::new(),
+            changes_enabled: false,
         }
+    }
+
+    /// An output that also records every change a batch makes (`changes`). Its capacity is the
+    /// most one batch can make: every open hold expiring at its start, plus one per event.
+    pub fn with_changes(config: &Config) -> Output {
+        let capacity = config.pending_max as usize + 2 * config.batch_events_max as usize;
+        Output { changes: Vec::with_capacity(capacity), changes_enabled: true, ..Output::new(config) }
+    }
+
+    pub fn changes_enabled(&self) -> bool {
+        self.changes_enabled
+    }
+
+    pub(crate) fn change_push(&mut self, change: Change) {
+        assert!(self.changes_enabled);
+        assert!(self.changes.len() < self.changes.capacity(), "changes over capacity");
+        if let Some(last) = self.changes.last() {
+            assert!(last.timestamp_ns <= change.timestamp_ns, "changes in time order");
+        }
+        self.changes.push(change);
     }
 
     pub fn clear(&mut self) {
@@ -79,6 +170,7 @@ impl Output {
         self.balances.clear();
         self.holds.clear();
         self.expired_count = 0;
+        self.changes.clear();
     }
 
     pub(crate) fn push_result(&mut self, index: usize, code: u32) {

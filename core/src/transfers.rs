@@ -46,6 +46,7 @@ impl Ledger {
                 }
                 ledger.create_transfer(index, &events[index], timestamp_ns + index as u64) as u32
             },
+            |ledger, index| ledger.change_of_transfer(index),
         );
     }
 

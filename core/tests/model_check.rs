@@ -5,18 +5,21 @@
 //! boundaries, and tables filled to their capacity. After each batch the results, every
 //! account, the batch's transfers and a few balance reads must agree; every 64 batches the real
 //! ledger's O(n) `verify()` runs. Determinism: a second ledger fed the same batches has the
-//! same state hash after each one.
+//! same state hash after each one. That second ledger records the change-data feed (`Output::
+//! with_changes`), which is checked too: one change per successful event and per expiry, and
+//! every after-image follows from the one before it by exactly the change's movement.
 //!
 //! A failure prints its seed; rerun one seed with `WALLETD_SEED=<seed> cargo test -p walletd-core
 //! --test model_check`.
 
 mod support;
 
+use std::collections::BTreeMap;
 use support::model::Model;
 use support::*;
 use walletd_core::{
-    Account, AccountFlags, AccountId, AccountLimits, Amount, Batch, Config, Ledger, LimitFlags, Output, Query,
-    Transfer, TransferFlags, TransferId,
+    Account, AccountFlags, AccountId, AccountLimits, Amount, Batch, Change, ChangeKind, Config, Ledger, LimitFlags,
+    Output, Query, Transfer, TransferFlags, TransferId, CHANGE_INDEX_EXPIRY,
 };
 
 /// Events per `cargo test` run, split across the seeds below.
@@ -308,7 +311,8 @@ fn run_seed(seed: u64, events_max: u64) {
     let mut rng = Rng(seed);
     let mut harness = Harness::new(config());
     let mut twin = Ledger::new(config()).unwrap();
-    let mut twin_output = Output::new(twin.config());
+    let mut twin_output = Output::with_changes(twin.config());
+    let mut feed = FeedCheck::default();
     let mut model = Model::new(config());
     let mut workload =
         Workload { rng: Rng(seed ^ 0xabcdef), account_ids: Vec::new(), recent: Vec::new(), holds: Vec::new(), low: 0 };
@@ -336,6 +340,7 @@ fn run_seed(seed: u64, events_max: u64) {
         twin.apply(timestamp_ns, batch, &mut twin_output);
         assert_eq!(twin_output.results, harness.output.results, "batch {batch_number}: replayed results differ");
         assert_eq!(twin.state_hash(), harness.ledger.state_hash(), "batch {batch_number}: replay diverged");
+        feed.check(&twin, batch.len(), &twin_output, batch_number);
 
         let output = &mut harness.output;
         compare_accounts(&harness.ledger, &model, &workload.account_ids, output);
@@ -376,6 +381,96 @@ fn run_seed(seed: u64, events_max: u64) {
         owned = workload.next(harness.now_ms(), u64::from(harness.ledger.config().batch_events_max));
     }
     harness.ledger.verify();
+}
+
+/// The change-data feed checked against itself and the ledger: every account's after-image
+/// follows from its previous one by exactly the change's movement, and the last one equals the
+/// account after the batch.
+#[derive(Default)]
+struct FeedCheck {
+    accounts: BTreeMap<u128, Account>,
+}
+
+impl FeedCheck {
+    fn check(&mut self, ledger: &Ledger, events_count: usize, output: &Output, batch_number: u64) {
+        let succeeded: Vec<u32> = (0..events_count as u32).filter(|&index| output.code_of(index) == 0).collect();
+        let indexes: Vec<u32> =
+            output.changes.iter().map(|change| change.index).filter(|&index| index != CHANGE_INDEX_EXPIRY).collect();
+        assert_eq!(indexes, succeeded, "batch {batch_number}: one change per successful event, in order");
+        let expiries = output.changes.iter().filter(|change| change.kind == ChangeKind::HoldExpired).count();
+        assert_eq!(expiries as u32, output.expired_count, "batch {batch_number}: one change per expiry");
+        let mut touched = Vec::new();
+        for change in &output.changes {
+            self.change_check(change, batch_number);
+            touched.push(change.debit_account.id);
+            if change.kind.is_transfer() {
+                touched.push(change.credit_account.id);
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        let mut lookup = Output::new(ledger.config());
+        ledger.query(Query::LookupAccounts(&touched), &mut lookup);
+        assert_eq!(lookup.accounts.len(), touched.len());
+        for account in &lookup.accounts {
+            assert_eq!(Some(account), self.accounts.get(&account.id.0), "batch {batch_number}: last after-image");
+        }
+    }
+
+    fn change_check(&mut self, change: &Change, batch_number: u64) {
+        let what = format!("batch {batch_number}: {change:?}");
+        if !change.kind.is_transfer() {
+            assert_eq!(change.transfer, Transfer::default(), "{what}");
+            let before = self.accounts.insert(change.debit_account.id.0, change.debit_account);
+            assert_eq!(before.is_none(), change.kind == ChangeKind::AccountCreated, "{what}");
+            if let Some(before) = before {
+                assert!(balances_of(&before) == balances_of(&change.debit_account), "{what}");
+            }
+            return;
+        }
+        let transfer = &change.transfer;
+        assert_eq!(transfer.debit_account_id, change.debit_account.id, "{what}");
+        assert_eq!(transfer.credit_account_id, change.credit_account.id, "{what}");
+        if change.kind != ChangeKind::HoldExpired {
+            assert_eq!(transfer.timestamp, change.timestamp_ns, "{what}");
+        }
+        let debit = self.accounts[&transfer.debit_account_id.0];
+        let credit = self.accounts[&transfer.credit_account_id.0];
+        let (d, c) = (balances_of(&debit), balances_of(&change.debit_account));
+        let (cd, cc) = (balances_of(&credit), balances_of(&change.credit_account));
+        let amount = transfer.amount.0;
+        // (debits_pending, debits_posted) of the debit side; (credits_pending, credits_posted) of the credit side.
+        match change.kind {
+            ChangeKind::TransferPosted => {
+                assert_eq!((c.0, c.1), (d.0, d.1 + amount), "{what}");
+                assert_eq!((cc.2, cc.3), (cd.2, cd.3 + amount), "{what}");
+            }
+            ChangeKind::HoldPlaced => {
+                assert_eq!((c.0, c.1), (d.0 + amount, d.1), "{what}");
+                assert_eq!((cc.2, cc.3), (cd.2 + amount, cd.3), "{what}");
+            }
+            ChangeKind::HoldPosted => {
+                assert_eq!(c.1, d.1 + amount, "{what}");
+                assert!(c.0 < d.0, "{what}: the hold is released");
+                assert_eq!(d.0 - c.0, cd.2 - cc.2, "{what}: both sides release the same hold");
+                assert_eq!(cc.3, cd.3 + amount, "{what}");
+            }
+            ChangeKind::HoldVoided | ChangeKind::HoldExpired => {
+                assert_eq!((c.0, c.1), (d.0 - amount, d.1), "{what}");
+                assert_eq!((cc.2, cc.3), (cd.2 - amount, cd.3), "{what}");
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!((c.2, c.3), (d.2, d.3), "{what}: the debit side's credits do not move");
+        assert_eq!((cc.0, cc.1), (cd.0, cd.1), "{what}: the credit side's debits do not move");
+        self.accounts.insert(debit.id.0, change.debit_account);
+        self.accounts.insert(credit.id.0, change.credit_account);
+    }
+}
+
+/// (debits_pending, debits_posted, credits_pending, credits_posted)
+fn balances_of(account: &Account) -> (u128, u128, u128, u128) {
+    (account.debits_pending.0, account.debits_posted.0, account.credits_pending.0, account.credits_posted.0)
 }
 
 fn seeds() -> Vec<u64> {

@@ -6,23 +6,27 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use support::*;
 use walletd_core::{AccountId, AccountLimits, Amount, Batch, Config, LimitFlags, Query, Transfer, TransferFlags};
 
 struct Counting;
 
 thread_local! {
-    /// Counting is per thread, so tests running side by side do not count each other.
+    /// Counting is per thread, so tests running side by side do not count each other; so is
+    /// the count, or one test's allocations would show in the other's.
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
 }
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|count| count.set(count.get() + 1));
         }
         // SAFETY: the caller upholds GlobalAlloc's contract; we pass it through.
         unsafe { System.alloc(layout) }
@@ -35,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size: usize) -> *mut u8 {
         if COUNTING.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            ALLOCATIONS.with(|count| count.set(count.get() + 1));
         }
         // SAFETY: as above.
         unsafe { System.realloc(pointer, layout, size) }
@@ -104,21 +108,39 @@ fn apply_and_query_allocate_nothing_after_construction() {
     let ids: Vec<AccountId> = (1..=10u128).map(AccountId).collect();
     h.create_accounts(&accounts);
     round(&mut h, 0, &accounts, &ids);
-    ALLOCATIONS.store(0, Ordering::SeqCst);
+    ALLOCATIONS.with(|count| count.set(0));
     // Enough rounds to wrap the 64-transfer window several times.
     for number in 1..40 {
         round(&mut h, number, &accounts, &ids);
     }
     assert!(h.ledger.transfers_created() > 3 * 64, "the window wrapped");
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0, "the apply loop allocated");
+    assert_eq!(allocations(), 0, "the apply loop allocated");
+}
+
+/// A follower's output records the change-data feed; that allocates nothing either.
+#[test]
+fn apply_with_the_change_feed_allocates_nothing() {
+    let config = Config { transfers_max: 64, batch_events_max: 64, ..Config::small() };
+    let mut h = Harness::new(config);
+    h.output = walletd_core::Output::with_changes(h.ledger.config());
+    let accounts: Vec<_> = (1..=10u128).map(|id| account(id, 1)).collect();
+    let ids: Vec<AccountId> = (1..=10u128).map(AccountId).collect();
+    h.create_accounts(&accounts);
+    round(&mut h, 0, &accounts, &ids);
+    ALLOCATIONS.with(|count| count.set(0));
+    for number in 1..40 {
+        round(&mut h, number, &accounts, &ids);
+    }
+    assert!(h.output.changes_enabled());
+    assert_eq!(allocations(), 0, "the apply loop allocated while recording changes");
 }
 
 #[test]
 fn the_counter_sees_an_allocation() {
     COUNTING.with(|counting| counting.set(true));
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = allocations();
     let boxed = std::hint::black_box(Box::new(7u64));
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = allocations();
     COUNTING.with(|counting| counting.set(false));
     drop(boxed);
     assert!(after > before, "the counting allocator must count");
