@@ -111,6 +111,7 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         op_archived: 0,
         segments_archived: 0,
     };
+    run.writer.durable_mark_publish(&data_dir.root)?;
     let start = Instant::now();
     run.accounts_create()?;
     let transfers_submitted = run.transfers()?;

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub op_replica: AtomicU64,
     pub replica_failed: AtomicU64,
     pub archive_failures: AtomicU64,
+    /// Durable-mark writes that failed (followers wait meanwhile).
+    pub durable_mark_errors: AtomicU64,
     /// How far the wall clock is behind the ledger's next timestamp (0 when it is not).
     pub clock_behind_ns: AtomicU64,
     /// The ledger's state hash after `op_applied` (low and high halves; read them when quiet).
@@ -107,6 +109,7 @@ impl Default for Metrics {
             op_replica: AtomicU64::new(0),
             replica_failed: AtomicU64::new(0),
             archive_failures: AtomicU64::new(0),
+            durable_mark_errors: AtomicU64::new(0),
             clock_behind_ns: AtomicU64::new(0),
             state_hash_low: AtomicU64::new(0),
             state_hash_high: AtomicU64::new(0),
@@ -178,6 +181,11 @@ impl Metrics {
             ("walletd_op_replica", "Last op the snapshot replica has applied.", &self.op_replica),
             ("walletd_replica_failed", "1 if the snapshot replica stopped on an error.", &self.replica_failed),
             ("walletd_archive_failures_total", "Journal archive moves that failed.", &self.archive_failures),
+            (
+                "walletd_durable_mark_errors_total",
+                "Writes of the durable mark (DIR/op_durable) for followers that failed.",
+                &self.durable_mark_errors,
+            ),
             ("walletd_clock_behind_ledger_ns", "How far the wall clock is behind ledger time.", &self.clock_behind_ns),
         ];
         for (name, help, value) in gauges {

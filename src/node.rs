@@ -64,8 +64,9 @@ impl Node {
         drop(image);
         let snapshotter =
             Snapshotter::start(replica, op, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+        let pipeline_options = PipelineOptions { durable_mark_dir: Some(data_dir.root.clone()), ..options.pipeline };
         let pipeline =
-            pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, options.pipeline);
+            pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, pipeline_options);
         let op_snapshot = started.snapshot_op.unwrap_or(0);
         pipeline.metrics.op_snapshot.store(op_snapshot, std::sync::atomic::Ordering::Relaxed);
         Ok(Node { pipeline, started, _lock: lock })

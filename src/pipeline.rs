@@ -35,6 +35,7 @@ use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{FileStorage, Journal, RecordKind};
 use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
+use walletd_replay::{DurableMark, Position};
 
 /// A validated request, from the receive stage.
 #[derive(Debug)]
@@ -134,6 +135,9 @@ pub struct PipelineOptions {
     pub snapshot_ops: u64,
     /// Requests waiting for the sequencer before receive blocks.
     pub queue_requests: usize,
+    /// The data directory whose durable mark (`op_durable`) the journal stage publishes after
+    /// every commit, for followers in other processes; none: not published.
+    pub durable_mark_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PipelineOptions {
@@ -145,6 +149,7 @@ impl Default for PipelineOptions {
             checkpoint_ops: 256,
             snapshot_ops: 16_384,
             queue_requests: 256,
+            durable_mark_dir: None,
         }
     }
 }
@@ -231,6 +236,7 @@ impl Pipeline {
 
 struct JournalStage {
     journal: Journal<FileStorage>,
+    durable_mark: Option<DurableMark>,
     appended: bool,
     snapshotter: Arc<Snapshotter>,
     op_archived: u64,
@@ -290,8 +296,13 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         metrics: Arc::clone(&metrics),
     };
     let batch_events_max = ledger.config().batch_events_max;
+    let durable_mark = options.durable_mark_dir.as_ref().map(|dir| {
+        let position = Position { op: op_last, checksum: journal.checksum_last() };
+        DurableMark::open(dir, position).unwrap_or_else(|error| fail_stop(error))
+    });
     let journal_stage = JournalStage {
         journal,
+        durable_mark,
         appended: false,
         snapshotter: Arc::clone(&snapshotter),
         op_archived: 0,
@@ -503,9 +514,23 @@ fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, en
         let op_durable = stage.journal.commit().unwrap_or_else(|error| fail_stop(error));
         stage.metrics.fsync_seconds.observe(start.elapsed().as_secs_f64());
         stage.metrics.op_durable.store(op_durable, Ordering::Release);
+        durable_publish(stage, op_durable);
         stage.appended = false;
         stage.snapshotter.durable(op_durable);
         journal_housekeeping(stage);
+    }
+}
+
+/// Tells followers in other processes what is durable. The mark is a hint (it only ever
+/// understates), so a failed write is logged and counted, never fatal: followers wait, and
+/// nothing wrong is published.
+fn durable_publish(stage: &mut JournalStage, op_durable: u64) {
+    if let Some(mark) = &mut stage.durable_mark {
+        let position = Position { op: op_durable, checksum: stage.journal.checksum_last() };
+        if let Err(error) = mark.publish(position) {
+            stage.metrics.durable_mark_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, "could not publish the durable mark; followers wait until it is written");
+        }
     }
 }
 

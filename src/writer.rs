@@ -11,6 +11,7 @@ use walletd_core::command::batch_encode;
 use walletd_core::{Batch, Ledger, Output};
 use walletd_journal::{Journal, RecordKind, Storage};
 use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SNAPSHOT};
+use walletd_replay::{DurableMark, Position};
 
 /// Where the clock comes from: the wall clock, or a test's.
 pub trait Clock {
@@ -35,6 +36,8 @@ pub struct Writer<S: Storage> {
     /// Longest time a checkpoint record took to append (the apply thread's snapshot stall).
     pub checkpoint_ns_max: u64,
     pub commits: u64,
+    /// Published after every commit, for followers in other processes (none in simulations).
+    durable_mark: Option<DurableMark>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -42,7 +45,14 @@ impl<S: Storage> Writer<S> {
         assert_eq!(journal.op_appended(), journal.op_durable(), "a writer starts from a durable journal");
         let output = Output::new(ledger.config());
         let body = Vec::with_capacity(16 + 128 * ledger.config().batch_events_max as usize);
-        Writer { ledger, journal, output, body, checkpoint_ns_max: 0, commits: 0 }
+        Writer { ledger, journal, output, body, checkpoint_ns_max: 0, commits: 0, durable_mark: None }
+    }
+
+    /// Publishes the durable mark of the data directory `dir` now and after every commit.
+    pub fn durable_mark_publish(&mut self, dir: &std::path::Path) -> Result<(), NodeError> {
+        let position = Position { op: self.journal.op_durable(), checksum: self.journal.checksum_last() };
+        self.durable_mark = Some(DurableMark::open(dir, position)?);
+        Ok(())
     }
 
     /// Journals and applies one batch; its results are in `self.output`. Not durable until
@@ -74,6 +84,9 @@ impl<S: Storage> Writer<S> {
         let op_durable = self.journal.commit()?;
         self.commits += 1;
         assert_eq!(op_durable, self.journal.op_appended());
+        if let Some(mark) = &mut self.durable_mark {
+            mark.publish(Position { op: op_durable, checksum: self.journal.checksum_last() })?;
+        }
         Ok(op_durable)
     }
 }

@@ -115,6 +115,7 @@ pub struct Change {
 pub const CHANGE_INDEX_EXPIRY: u32 = u32::MAX;
 
 /// The reply buffers of one batch or query.
+#[derive(Debug)]
 pub struct Output {
     pub results: Vec<EventResult>,
     pub accounts: Vec<Account>,

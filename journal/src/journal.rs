@@ -97,7 +97,18 @@ impl<S: Storage> Journal<S> {
     pub fn open(storage: S, config: JournalConfig) -> Result<(Journal<S>, Recovered), JournalError> {
         config.validate()?;
         let layout = Layout::new(&config.dir);
-        let opened = recover(&storage, &layout, config.segment_size_bytes)?;
+        let mut opened = recover(&storage, &layout, config.segment_size_bytes)?;
+        // What recovery found may still be only in the page cache (the process that wrote it
+        // was killed between write and sync): sync it, so that "everything found is durable"
+        // holds before anyone is told so. Earlier segments were sealed before rotation.
+        let found_bytes = opened.write_offset - SEGMENT_HEADER_SIZE_BYTES;
+        if found_bytes > 0 {
+            let path = opened.segments.last().expect("an active segment").path.clone();
+            opened
+                .active
+                .sync(SEGMENT_HEADER_SIZE_BYTES, found_bytes)
+                .map_err(|source| JournalError::SyncFailed { path, source })?;
+        }
         let journal = Journal {
             storage,
             dir: config.dir.clone(),

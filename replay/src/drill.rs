@@ -10,6 +10,7 @@
 //! the journal reaches, and a green drill means the whole journal verified.
 
 use crate::data_dir::DataDir;
+use crate::durable::{durable_read, DurableMark, Position};
 use crate::error::ReplayError;
 use crate::recovery::{replay_onto, ReplayTarget};
 use crate::replay::ReplayStats;
@@ -174,7 +175,8 @@ pub struct TruncateReport {
 
 /// Cuts the journal at a corrupt record (`walletd journal truncate SEGMENT OFFSET`), moving
 /// what follows to `journal/quarantine/`, then sets aside the snapshots past the new end,
-/// which describe ops the journal no longer holds. Takes the directory's lock.
+/// which describe ops the journal no longer holds, and moves the durable mark back to the new
+/// end. Takes the directory's lock.
 pub fn truncate(data_dir: &DataDir, segment: &Path, offset: u64) -> Result<TruncateReport, ReplayError> {
     let _lock = data_dir.lock()?;
     let truncated = walletd_journal::truncate_at(&data_dir.root, segment, offset)?;
@@ -183,6 +185,11 @@ pub fn truncate(data_dir: &DataDir, segment: &Path, offset: u64) -> Result<Trunc
         walletd_journal::Journal::open_files(walletd_journal::JournalConfig::new(&data_dir.root))?;
     drop(journal);
     let op_last = recovered.op_last;
+    // Followers must not read past the new end: the mark goes back with it, which a follower
+    // that had read further reports as a rewritten journal.
+    if durable_read(&data_dir.root)?.is_some() {
+        DurableMark::open(&data_dir.root, Position { op: op_last, checksum: recovered.checksum_last })?;
+    }
     let snapshots = data_dir.snapshots();
     let mut snapshots_quarantined = Vec::new();
     for (op, path) in walletd_snapshot::snapshots_list(&snapshots)? {

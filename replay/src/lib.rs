@@ -19,13 +19,17 @@
 pub mod checkpoint;
 pub mod data_dir;
 pub mod drill;
+pub mod durable;
 pub mod error;
+pub mod follow;
 pub mod recovery;
 pub mod replay;
 
 pub use checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
 pub use data_dir::{DataDir, DirLock};
 pub use drill::{audit, drill, truncate, AuditReport, DrillOptions, DrillReport, TruncateReport};
+pub use durable::{durable_read, DurableMark, Position};
 pub use error::ReplayError;
+pub use follow::{FollowOptions, Follower, Op, Outcome};
 pub use recovery::{recover, replay_onto, Recovered, ReplayTarget};
-pub use replay::{Applied, ReplayStats, Replayer};
+pub use replay::{command_apply, Applied, ReplayStats, Replayer};

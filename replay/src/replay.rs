@@ -9,6 +9,34 @@ use std::time::Instant;
 use walletd_core::{Batch, Command, CommandScratch, Config, Ledger, Output};
 use walletd_journal::{JournalEnd, Reader, Record, RecordKind, Storage};
 
+/// Applies a command record to `ledger` at the record's timestamp, into `output`, and returns
+/// the batch as decoded (borrowing `scratch`). Refuses what the live node could not have
+/// consumed: a body that does not decode, a journaled query, a timestamp that does not advance.
+pub fn command_apply<'s>(
+    scratch: &'s mut CommandScratch,
+    ledger: &mut Ledger,
+    record: &Record<'_>,
+    output: &mut Output,
+) -> Result<Batch<'s>, ReplayError> {
+    assert_eq!(record.kind, RecordKind::CommandBatch);
+    let command = scratch.decode(record.body).map_err(|error| ReplayError::bad_record(record.op, error))?;
+    let Command::Batch(batch) = command else {
+        return Err(ReplayError::BadRecord { op: record.op, reason: "a read-only query was journaled".into() });
+    };
+    if record.timestamp_ns <= ledger.timestamp_last() {
+        return Err(ReplayError::BadRecord {
+            op: record.op,
+            reason: format!(
+                "timestamp {} is not after the ledger's last timestamp {}",
+                record.timestamp_ns,
+                ledger.timestamp_last()
+            ),
+        });
+    }
+    ledger.apply(record.timestamp_ns, batch, output);
+    Ok(batch)
+}
+
 /// What a replay did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReplayStats {
@@ -58,29 +86,11 @@ impl Replayer {
     pub fn record_apply(&mut self, ledger: &mut Ledger, record: &Record<'_>) -> Result<Applied, ReplayError> {
         match record.kind {
             RecordKind::CommandBatch => {
-                let command =
-                    self.scratch.decode(record.body).map_err(|error| ReplayError::bad_record(record.op, error))?;
-                let Command::Batch(batch) = command else {
-                    return Err(ReplayError::BadRecord {
-                        op: record.op,
-                        reason: "a read-only query was journaled".into(),
-                    });
-                };
-                if record.timestamp_ns <= ledger.timestamp_last() {
-                    return Err(ReplayError::BadRecord {
-                        op: record.op,
-                        reason: format!(
-                            "timestamp {} is not after the ledger's last timestamp {}",
-                            record.timestamp_ns,
-                            ledger.timestamp_last()
-                        ),
-                    });
-                }
+                let batch = command_apply(&mut self.scratch, ledger, record, &mut self.output)?;
                 let transfers = match batch {
                     Batch::CreateTransfers(events) => events.len() as u64,
                     _ => 0,
                 };
-                ledger.apply(record.timestamp_ns, batch, &mut self.output);
                 Ok(Applied::Command { transfers })
             }
             RecordKind::Checkpoint => {

@@ -24,3 +24,36 @@ pub fn transfer(low: u128, debit: u128, credit: u128, amount: u128) -> Transfer 
         ..Transfer::default()
     }
 }
+
+/// A `walletd serve` child process, killed (SIGKILL) when dropped so a failing test never
+/// leaves one running.
+pub struct ServerChild(pub std::process::Child);
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the real binary on `dir` with `args` added; returns it and the protocol address it
+/// printed (the readiness signal: it prints once it listens).
+pub fn serve_binary(dir: &std::path::Path, args: &[&str]) -> (ServerChild, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("walletd serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let child = ServerChild(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let listening = lines.next().expect("a line").expect("readable");
+    let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().expect("an address");
+    // Keep reading stdout on a thread so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
