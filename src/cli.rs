@@ -280,18 +280,7 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
-/// Why a connection failed, in words a person can act on.
-pub fn connect_reason(error: &ClientError) -> String {
-    match error {
-        ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-            "connection refused: nothing listens there; start `walletd serve`, or pass --addr HOST:PORT".into()
-        }
-        ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-            "timed out connecting: check the address and that the host is reachable".into()
-        }
-        other => other.to_string(),
-    }
-}
+pub use walletd_gateway::client::connect_reason;
 
 /// Connects with the CLI's options.
 pub fn connect(addr: &str) -> Result<Client, CliError> {

@@ -6,9 +6,9 @@
 
 use crate::error::NodeError;
 use crate::snapshotter::{SnapshotTaken, Snapshotter};
-use crate::workload::{accounts, single_phase, Distribution, IdMaker, Picker, Rng};
 use crate::writer::{Clock, SystemClock, Writer};
 use std::time::Instant;
+use walletd_benches::workload::{accounts, single_phase, Distribution, IdMaker, Picker, Rng};
 use walletd_core::{Batch, Config, Ledger, Transfer, TransferFlags, BATCH_EVENTS_MAX};
 use walletd_journal::FileStorage;
 use walletd_replay::data_dir::DataDir;

@@ -3,7 +3,6 @@
 //! the benchmarks and the end-to-end tests. The rules live in `walletd-core`; the bytes on
 //! disk in `walletd-journal` and `walletd-snapshot`.
 
-pub mod bench;
 pub mod cli;
 pub mod error;
 pub mod generate;
@@ -13,7 +12,6 @@ pub mod node;
 pub mod pipeline;
 pub mod serve;
 pub mod snapshotter;
-pub mod workload;
 pub mod writer;
 
 pub use error::NodeError;

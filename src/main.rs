@@ -5,8 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use walletd::generate::{generate, GenerateOptions};
-use walletd::workload::Distribution;
 use walletd::NodeError;
+use walletd_benches::workload::Distribution;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::ReplayError;
 
@@ -35,7 +35,7 @@ enum Commands {
     Journal(JournalCommands),
     /// Load generator: drive a server (or a temporary one) and measure throughput and latency,
     /// then verify through lookups that every balance is what was sent.
-    Bench(walletd::bench::BenchArgs),
+    Bench(walletd_benches::load::BenchArgs),
     /// Create or show an account on a running server.
     Account(walletd::cli::AccountArgs),
     /// Create, post, void or show a transfer on a running server.
@@ -170,7 +170,8 @@ fn main() -> ExitCode {
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
         Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
-        Commands::Bench(args) => walletd::bench::bench_command(args).map_err(|error| error.to_string()),
+        Commands::Bench(args) => walletd_benches::load::bench_command(args, &walletd::serve::bench_server_start)
+            .map_err(|error| error.to_string()),
         Commands::Account(args) => {
             walletd::cli::account_command(&args.addr, args.command).map_err(|error| error.to_string())
         }

@@ -163,3 +163,25 @@ fn metrics_answer(mut stream: std::net::TcpStream, metrics: &Metrics, connection
         body.len()
     );
 }
+
+/// The server `walletd bench` starts when it names no `--addr`: the node in this process on a
+/// fresh data directory, with real fsync, as `walletd serve` would run it.
+pub fn bench_server_start(
+    dir: &std::path::Path,
+    accounts: u64,
+) -> Result<walletd_benches::load::StartedServer, String> {
+    let options = ServeOptions {
+        data_dir: DataDir::new(dir),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: None,
+        node: NodeOptions {
+            config: crate::generate::config_for(accounts),
+            segment_size_bytes: 256 << 20,
+            pipeline: crate::pipeline::PipelineOptions::default(),
+        },
+        server: ServerOptions::default(),
+    };
+    let server = serve_start(options).map_err(|error| error.to_string())?;
+    let addr = server.local_addr;
+    Ok(walletd_benches::load::StartedServer { addr, stop: Box::new(move || server.shutdown()) })
+}

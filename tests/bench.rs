@@ -4,9 +4,6 @@
 
 use clap::{CommandFactory, Parser};
 use std::path::Path;
-use walletd::bench::{
-    accounts_create, accounts_lookup, bench_command, bench_run, verify_balances, BenchArgs, BenchError, Expected,
-};
 use walletd::cli::{
     account_run, transfer_run, AccountArgs, AccountCommand, AccountCreateArgs, AccountShowArgs, CliError, Outcome,
     TransferArgs, TransferCommand, TransferCreateArgs, TransferPostArgs, TransferShowArgs, TransferVoidArgs,
@@ -14,8 +11,11 @@ use walletd::cli::{
 use walletd::generate::config_for;
 use walletd::node::NodeOptions;
 use walletd::pipeline::PipelineOptions;
-use walletd::serve::{serve_start, RunningServer, ServeOptions};
-use walletd::workload::Distribution;
+use walletd::serve::{bench_server_start, serve_start, RunningServer, ServeOptions};
+use walletd_benches::load::{
+    accounts_create, accounts_lookup, bench_command, bench_run, verify_balances, BenchArgs, BenchError, Expected,
+};
+use walletd_benches::workload::Distribution;
 use walletd_core::{
     AccountId, Amount, CreateAccountResult, CreateTransferResult, SetLimitsResult, Transfer, TransferFlags, TransferId,
     TransferStatus,
@@ -123,7 +123,7 @@ fn bench_closed_loop_two_phase_hot_verifies_and_writes_its_files() {
         hgrm: Some(hgrm.clone()),
         ..BenchArgs::default()
     };
-    bench_command(args).expect("the bench runs and verifies");
+    bench_command(args, &bench_server_start).expect("the bench runs and verifies");
 
     let summary = json_load(&json);
     for key in [
@@ -186,7 +186,7 @@ fn bench_open_loop_at_a_modest_rate_verifies() {
         rate: Some(40_000),
         ..BenchArgs::default()
     };
-    let report = bench_run(&args).expect("the bench runs");
+    let report = bench_run(&args, &bench_server_start).expect("the bench runs");
     assert!(report.verification.passed, "{}", report.verification);
     assert_eq!(report.transfers, 20_000);
     assert_eq!(report.results_not_ok, 0);
@@ -444,7 +444,7 @@ fn a_refused_connection_names_the_address() {
         other => panic!("nothing listens there: {other:?}"),
     }
     let args = BenchArgs { addr: Some(addr.clone()), accounts: 10, transfers: 10, ..BenchArgs::default() };
-    let error = bench_run(&args).expect_err("nothing listens there");
+    let error = bench_run(&args, &bench_server_start).expect_err("nothing listens there");
     assert!(error.to_string().contains(&addr) && error.to_string().contains("connection refused"), "{error}");
 }
 
@@ -458,5 +458,5 @@ fn bench_full_size_from_flags() {
     let args: Vec<&str> = std::iter::once("bench").chain(flags.split_whitespace()).collect();
     let TestCommand::Bench(bench) = parse(&args).unwrap_or_else(|error| panic!("{error}")) else { panic!("bench") };
     println!("walletd {}", args.join(" "));
-    bench_command(bench).unwrap_or_else(|error| panic!("{error}"));
+    bench_command(bench, &bench_server_start).unwrap_or_else(|error| panic!("{error}"));
 }

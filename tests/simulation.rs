@@ -13,9 +13,9 @@
 //! A failure prints its seed: rerun one with `WALLETD_SIM_SEED=<seed> cargo test --test simulation`.
 
 use std::path::Path;
-use walletd::workload::Rng;
 use walletd::writer::{Clock, Writer};
 use walletd::NodeError;
+use walletd_benches::workload::Rng;
 use walletd_core::{
     Account, AccountFlags, AccountId, Amount, Batch, Config, Ledger, Output, Transfer, TransferFlags, TransferId,
 };

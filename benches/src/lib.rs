@@ -1,8 +1,13 @@
-//! Benchmark support: the workloads live in `walletd::workload`; this adds a driver that
-//! keeps one ledger busy with fresh batches for the criterion benchmarks and the profiler.
+//! walletd's benchmarks: the seeded workloads (`workload`), the end-to-end load generator
+//! behind `walletd bench` (`load`), and a driver that keeps one ledger busy with fresh batches
+//! for the criterion benchmarks and the profiler. It depends on the core and the client
+//! library only: the binary hands the load generator a way to start a server.
 
-pub use walletd::workload::*;
+pub mod load;
+pub mod workload;
+
 use walletd_core::{Batch, Config, Ledger, Output, Transfer, BATCH_EVENTS_MAX};
+pub use workload::*;
 
 /// A ledger with `accounts_count` accounts and a full 1M-transfer window, driven with fresh
 /// batches of 8189; the clock advances 1 ms per batch. Used by the criterion benchmarks and

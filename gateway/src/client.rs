@@ -892,3 +892,16 @@ fn waiter_fail(waiter: Waiter, error: &ClientError) {
         Waiter::Batch(batch) => batch_fail(&batch, error),
     }
 }
+
+/// Why a connection failed, in words a person can act on (for command-line tools).
+pub fn connect_reason(error: &ClientError) -> String {
+    match error {
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused: nothing listens there; start `walletd serve`, or pass --addr HOST:PORT".into()
+        }
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            "timed out connecting: check the address and that the host is reachable".into()
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,6 +1,6 @@
 //! `walletd bench`: the end-to-end load generator, modelled on `tigerbeetle benchmark`. It
-//! drives a server over the real protocol (a temporary one in this process unless `--addr`
-//! names one), measures what a client sees — throughput of the transfer phase and the latency of
+//! drives a server over the real protocol (a temporary one unless `--addr` names one, started
+//! by the `ServerStart` the binary passes in, so this crate needs nothing of the node), measures what a client sees — throughput of the transfer phase and the latency of
 //! every request — and then proves that the money went where it was sent.
 //!
 //! Why it is shaped so:
@@ -22,11 +22,6 @@
 //!   and an exact check is impossible.
 //! - Floats appear only in rates, ratios and seconds; money is integers.
 
-use crate::error::NodeError;
-use crate::generate::config_for;
-use crate::node::NodeOptions;
-use crate::pipeline::PipelineOptions;
-use crate::serve::{serve_start, RunningServer, ServeOptions};
 use crate::workload::{accounts, single_phase, two_phase, Distribution, IdMaker, Picker, Rng};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -41,7 +36,6 @@ use walletd_core::command::records_as_bytes;
 use walletd_core::{Account, AccountId, CreateAccountResult, CreateTransferResult, EventResult, Operation, Transfer};
 use walletd_gateway::protocol::results_decode;
 use walletd_gateway::{Client, ClientError, ClientOptions, FrameOperation, EVENT_COUNT_MAX};
-use walletd_replay::data_dir::DataDir;
 
 /// The most events one request may carry.
 pub const BATCH_MAX: u32 = EVENT_COUNT_MAX;
@@ -138,7 +132,7 @@ pub enum BenchError {
     /// The flags do not make a runnable benchmark.
     Args(String),
     /// The temporary server did not start.
-    Server(NodeError),
+    Server(String),
     Connect {
         addr: String,
         error: ClientError,
@@ -171,7 +165,11 @@ impl fmt::Display for BenchError {
             BenchError::Args(message) => write!(f, "bench: {message}"),
             BenchError::Server(error) => write!(f, "bench: the temporary server did not start: {error}"),
             BenchError::Connect { addr, error } => {
-                write!(f, "bench: cannot connect to walletd at {addr}: {}", crate::cli::connect_reason(error))
+                write!(
+                    f,
+                    "bench: cannot connect to walletd at {addr}: {}",
+                    walletd_gateway::client::connect_reason(error)
+                )
             }
             BenchError::Client { addr, stage, error } => write!(
                 f,
@@ -197,8 +195,8 @@ impl std::error::Error for BenchError {}
 
 /// `walletd bench`: runs, prints the report, writes --hgrm and --json, and fails if the
 /// verification did (after writing the files, so a failed run can be looked at).
-pub fn bench_command(args: BenchArgs) -> Result<(), BenchError> {
-    let report = bench_run(&args)?;
+pub fn bench_command(args: BenchArgs, server_start: ServerStart<'_>) -> Result<(), BenchError> {
+    let report = bench_run(&args, server_start)?;
     println!("{report}");
     if let Some(path) = &args.hgrm {
         file_write(path, hgrm_format(&report.histogram).as_bytes())?;
@@ -223,12 +221,12 @@ fn file_write(path: &Path, bytes: &[u8]) -> Result<(), BenchError> {
 
 /// Runs the benchmark and returns its report, verification included. A failed verification is
 /// in the report, not an error: `bench_command` turns it into one.
-pub fn bench_run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+pub fn bench_run(args: &BenchArgs, server_start: ServerStart<'_>) -> Result<BenchReport, BenchError> {
     args_check(args)?;
     match &args.addr {
         Some(addr) => bench_against(addr, args, format!("walletd at {addr}")),
         None => {
-            let server = TempServer::start(args)?;
+            let server = TempServer::start(args, server_start)?;
             let addr = server.addr().to_string();
             let label = format!("in-process server on {addr}, data dir {}", server.dir.display());
             bench_against(&addr, args, label)
@@ -261,46 +259,46 @@ fn args_check(args: &BenchArgs) -> Result<(), BenchError> {
     }
 }
 
-/// A server in this process on a fresh directory; shut down and deleted when dropped.
+/// A running server the bench started: its protocol address, and how to stop it.
+pub struct StartedServer {
+    pub addr: std::net::SocketAddr,
+    pub stop: Box<dyn FnOnce() + Send>,
+}
+
+/// How a run that names no `--addr` gets a server: given a fresh, empty data directory and the
+/// accounts the run will create. The `walletd` binary passes one that runs the node in its
+/// own process (real fsync), as `walletd serve` would.
+pub type ServerStart<'a> = &'a dyn Fn(&Path, u64) -> Result<StartedServer, String>;
+
+/// A server on a fresh directory; stopped and deleted when dropped.
 struct TempServer {
-    server: Option<RunningServer>,
+    server: Option<StartedServer>,
     dir: PathBuf,
 }
 
 impl TempServer {
-    fn start(args: &BenchArgs) -> Result<TempServer, BenchError> {
+    fn start(args: &BenchArgs, server_start: ServerStart<'_>) -> Result<TempServer, BenchError> {
         let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
         let dir = parent.join(format!("walletd-bench-{}-{nanos}", std::process::id()));
-        let io = |source| BenchError::Server(NodeError::Io { path: dir.clone(), source });
+        let io = |error: std::io::Error| BenchError::Server(format!("{}: {error}", dir.display()));
         std::fs::create_dir_all(&parent).map_err(io)?;
         std::fs::create_dir(&dir).map_err(io)?;
-        let options = ServeOptions {
-            data_dir: DataDir::new(&dir),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics_addr: None,
-            node: NodeOptions {
-                config: config_for(args.accounts),
-                segment_size_bytes: 256 << 20,
-                pipeline: PipelineOptions::default(),
-            },
-            server: walletd_gateway::server::ServerOptions::default(),
-        };
         // Built now, so that a failed start still deletes the directory.
         let mut temp = TempServer { server: None, dir };
-        temp.server = Some(serve_start(options).map_err(BenchError::Server)?);
+        temp.server = Some(server_start(&temp.dir, args.accounts).map_err(BenchError::Server)?);
         Ok(temp)
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        self.server.as_ref().expect("a started server").local_addr
+        self.server.as_ref().expect("a started server").addr
     }
 }
 
 impl Drop for TempServer {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown();
+            (server.stop)();
         }
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), %error, "could not delete the bench server's data directory");
