@@ -62,12 +62,12 @@ impl Node {
         recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
         let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
         drop(image);
+        let op_snapshot = started.snapshot_op.unwrap_or(0);
+        let storage = FileStorage::default();
         let snapshotter =
-            Snapshotter::start(replica, op, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+            Snapshotter::start(replica, op, op_snapshot, storage, data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
         let pipeline =
             pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, options.pipeline);
-        let op_snapshot = started.snapshot_op.unwrap_or(0);
-        pipeline.metrics.op_snapshot.store(op_snapshot, std::sync::atomic::Ordering::Relaxed);
         Ok(Node { pipeline, started, _lock: lock })
     }
 

@@ -5,8 +5,9 @@
 //!   thread, which stops reading its socket (backpressure, nothing dropped).
 //! - **sequence** (one thread, the ring's single producer) gives each mutating request its op
 //!   and its timestamp — the only clock read — and inserts a checkpoint every `checkpoint_ops`
-//!   ops (with a snapshot request every `snapshot_ops`). It claims a ring slot; a full ring makes
-//!   it wait, so the channel fills, so the clients slow down.
+//!   ops (with a snapshot request every `snapshot_ops`, counted from the newest snapshot's op,
+//!   which may be from an earlier run). It claims a ring slot; a full ring makes it wait, so
+//!   the channel fills, so the clients slow down.
 //! - **journal** and **apply** consume the ring side by side (the disruptor's two first
 //!   consumers). Journal appends every command and checkpoint and commits (one fdatasync) at
 //!   the end of each batch the ring hands it: group commit. Apply runs the ledger ahead of the
@@ -249,6 +250,8 @@ struct Sequencer<C: Clock> {
     op_next: u64,
     timestamp_next_min: u64,
     op_checkpoint: u64,
+    /// Where the snapshot interval counts from: the last snapshot asked for, or (before one
+    /// is) the newest snapshot on disk, so a node that restarts often still snapshots.
     op_snapshot: u64,
     /// The op of the last snapshot asked for (0: none), and the replica that writes them.
     op_snapshot_requested: u64,
@@ -276,13 +279,19 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
     metrics.op_durable.store(op_last, Ordering::Relaxed);
     metrics.op_applied.store(op_last, Ordering::Relaxed);
     metrics.op_published.store(op_last, Ordering::Relaxed);
+    // The newest snapshot may be from an earlier run: the interval counts from it, and the
+    // gauges read what recovery found until the replica moves them.
+    let op_snapshot = snapshotter.op_snapshot();
+    assert!(op_snapshot <= op_last, "the journal reaches the newest snapshot");
+    metrics.op_snapshot.store(op_snapshot, Ordering::Relaxed);
+    metrics.op_replica.store(snapshotter.op_replayed(), Ordering::Relaxed);
     metrics.state_hash_set(ledger.state_hash());
     let sequencer = Sequencer {
         clock,
         op_next: op_last + 1,
         timestamp_next_min: ledger.timestamp_next_min().max(journal.timestamp_ns_last()),
         op_checkpoint: op_last,
-        op_snapshot: op_last,
+        op_snapshot,
         op_snapshot_requested: 0,
         snapshotter: Arc::clone(&snapshotter),
         clock_warned_ns: 0,
@@ -294,7 +303,8 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         journal,
         appended: false,
         snapshotter: Arc::clone(&snapshotter),
-        op_archived: 0,
+        // Archiving up to the recovered snapshot was the business of the run that wrote it.
+        op_archived: op_snapshot,
         metrics: Arc::clone(&metrics),
     };
     let apply_stage = ApplyStage {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::transfer;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,10 @@ struct Got {
 }
 
 fn start(dir: &DataDir) -> (Node, mpsc::Receiver<Got>) {
+    start_with(dir, options())
+}
+
+fn start_with(dir: &DataDir, options: NodeOptions) -> (Node, mpsc::Receiver<Got>) {
     let (sender, receiver) = mpsc::channel();
     let sender = std::sync::Mutex::new(sender);
     let route = Arc::new(move |reply: &Reply<'_>| {
@@ -54,7 +59,7 @@ fn start(dir: &DataDir) -> (Node, mpsc::Receiver<Got>) {
         };
         sender.lock().unwrap().send(got).unwrap()
     });
-    (Node::start(dir, options(), route).unwrap(), receiver)
+    (Node::start(dir, options, route).unwrap(), receiver)
 }
 
 #[test]
@@ -112,5 +117,54 @@ fn replies_carry_outcomes_and_survive_a_restart() {
     let account: Account = walletd_core::types::record_from_bytes::<Account>(&reply.body);
     assert_eq!(account.credits_posted, Amount(90), "the same balance after the restart");
     drop(requests);
+    node.shutdown();
+}
+
+/// A node that restarts before any one run reaches `snapshot_ops` still snapshots: the
+/// interval counts from the newest snapshot's op, not from each start. Right after each
+/// restart, before any write, the progress gauges read the recovered ops.
+#[test]
+fn snapshots_are_taken_on_a_node_that_restarts_often() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(root.path());
+    let (checkpoint_ops, snapshot_ops) = (4, 16);
+    let mut options = options();
+    options.pipeline = PipelineOptions { checkpoint_ops, snapshot_ops, ..PipelineOptions::default() };
+    let mut op_last = 0;
+    for run in 0..4u64 {
+        let (node, replies) = start_with(&dir, options.clone());
+        assert_eq!(node.started.op, op_last, "run {run}: recovered everything");
+        let metrics = &node.pipeline.metrics;
+        assert_eq!(metrics.op_replica.load(Ordering::Relaxed), op_last, "run {run}: the replica's gauge");
+        let op_snapshot = node.started.snapshot_op.unwrap_or(0);
+        assert_eq!(metrics.op_snapshot.load(Ordering::Relaxed), op_snapshot, "run {run}: the snapshot gauge");
+        let requests = node.pipeline.requests();
+        if run == 0 {
+            requests.send(request(1, Operation::CreateAccounts, records_as_bytes(&common::accounts(2)), 2)).unwrap();
+        }
+        // Six commands a run (five after the accounts) and one checkpoint: 7 ops < snapshot_ops.
+        for index in u64::from(run == 0)..6 {
+            let low = u128::from(run * 100 + index);
+            let one = [transfer(low, 1, 2, 1)];
+            requests.send(request(2 + index, Operation::CreateTransfers, records_as_bytes(&one), 1)).unwrap();
+        }
+        for _ in 0..6 {
+            let reply = replies.recv_timeout(Duration::from_secs(10)).expect("a reply");
+            assert_eq!(reply.record_count, 0, "run {run}: request {} succeeded", reply.request_id);
+        }
+        drop(requests);
+        let op_run_end = node.pipeline.metrics.op_durable.load(Ordering::Relaxed);
+        assert_eq!(op_run_end - op_last, 7, "run {run}: six commands and one checkpoint");
+        assert!(op_run_end - op_last < snapshot_ops, "run {run}: no run alone reaches snapshot_ops");
+        op_last = op_run_end;
+        node.shutdown();
+    }
+    let (node, _replies) = start_with(&dir, options);
+    // Ops 1..=28 over four runs, a checkpoint at 5, 12, 19 and 26: the first checkpoint more
+    // than snapshot_ops after genesis (the newest snapshot, none) is op 19.
+    assert_eq!(node.started.snapshot_op, Some(19), "a snapshot once the total passed snapshot_ops");
+    assert_eq!(node.started.ops_replayed, op_last - 19, "start-up replays only the tail after it");
+    assert_eq!(node.pipeline.metrics.op_snapshot.load(Ordering::Relaxed), 19);
+    assert_eq!(node.pipeline.metrics.op_replica.load(Ordering::Relaxed), op_last);
     node.shutdown();
 }
