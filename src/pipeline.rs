@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use walletd_core::command::{Command, CommandScratch};
 use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
-use walletd_journal::{FileStorage, Journal, RecordKind};
+use walletd_journal::{Journal, RecordKind, Storage};
 use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
 
 /// A validated request, from the receive stage.
@@ -230,8 +230,8 @@ impl Pipeline {
     }
 }
 
-struct JournalStage {
-    journal: Journal<FileStorage>,
+struct JournalStage<S: Storage> {
+    journal: Journal<S>,
     appended: bool,
     snapshotter: Arc<Snapshotter>,
     op_archived: u64,
@@ -262,15 +262,21 @@ struct Sequencer<C: Clock> {
     metrics: Arc<Metrics>,
 }
 
-/// Starts the pipeline on a recovered ledger and journal. `route` receives every reply.
-pub fn pipeline_start<C: Clock + Send + 'static>(
+/// Starts the pipeline on a recovered ledger and journal. `route` receives every reply. The
+/// journal's storage is the real file system in a node, or a test's (one that holds a sync).
+pub fn pipeline_start<C, S>(
     ledger: Ledger,
-    journal: Journal<FileStorage>,
+    journal: Journal<S>,
     snapshotter: Snapshotter,
     clock: C,
     route: ReplyRoute,
     options: PipelineOptions,
-) -> Pipeline {
+) -> Pipeline
+where
+    C: Clock + Send + 'static,
+    S: Storage + Send + 'static,
+    S::File: Send,
+{
     assert!(options.ring_slots.is_power_of_two(), "ring_slots must be a power of two");
     assert_eq!(journal.op_appended(), journal.op_durable());
     let metrics = Arc::new(Metrics::default());
@@ -323,19 +329,25 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
     Pipeline { requests: Some(sender), sequencer: Some(handle), snapshotter, metrics }
 }
 
-struct Stages {
-    journal: JournalStage,
+struct Stages<S: Storage> {
+    journal: JournalStage<S>,
     apply: ApplyStage,
     route: ReplyRoute,
     batch_events_max: u32,
 }
 
-fn sequencer_spawn<C: Clock + Send + 'static, W: WaitStrategy + 'static>(
+fn sequencer_spawn<C, S, W>(
     mut sequencer: Sequencer<C>,
     receiver: Receiver<Request>,
-    stages: Stages,
+    stages: Stages<S>,
     wait: W,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    C: Clock + Send + 'static,
+    S: Storage + Send + 'static,
+    S::File: Send,
+    W: WaitStrategy + 'static,
+{
     let Stages { journal, apply, route, batch_events_max } = stages;
     let pins = sequencer.options.pin_cores;
     let ring_slots = sequencer.options.ring_slots;
@@ -487,7 +499,7 @@ fn fail_stop(error: impl std::fmt::Display) -> ! {
     std::process::exit(70);
 }
 
-fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
+fn journal_handle<S: Storage>(stage: &mut JournalStage<S>, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
     match slot.kind {
         SlotKind::Command => {
             let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::CommandBatch, &slot.command);
@@ -522,7 +534,7 @@ fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, en
 /// After a commit: replica progress into the metrics, and archiving what the newest snapshot
 /// made history. Archiving is housekeeping, not durability: a failure is logged and counted,
 /// and the node goes on.
-fn journal_housekeeping(stage: &mut JournalStage) {
+fn journal_housekeeping<S: Storage>(stage: &mut JournalStage<S>) {
     let metrics = &stage.metrics;
     metrics.op_replica.store(stage.snapshotter.op_replayed(), Ordering::Relaxed);
     metrics.replica_failed.store(u64::from(stage.snapshotter.failed()), Ordering::Relaxed);
@@ -614,3 +626,4 @@ fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_o
     };
     route(&reply);
 }
+
