@@ -15,7 +15,10 @@
 //!   place journal waits for apply: the checkpoint carries the state hash only apply knows.
 //! - **reply** runs after both: the disruptor advances a consumer's cursor only after its whole
 //!   batch, so a slot reaches reply only once its command is durable and applied
-//!   (`op <= min(op_durable, op_applied)`); reads too wait for every write before them.
+//!   (`op <= min(op_durable, op_applied)`); reads too wait for every write before them. Reply
+//!   does not take that on trust: it asserts the gate against the `op_durable` and
+//!   `op_applied` that journal and apply publish, and `tests/pipeline.rs` holds a sync to show
+//!   that no reply passes it.
 //!
 //! A journal failure is fatal: the journal thread logs it and exits the process (fail-stop);
 //! no reply for a command that a restart would not reproduce can leave.
@@ -320,7 +323,8 @@ where
         metrics: Arc::clone(&metrics),
     };
     let (sender, receiver) = crossbeam_channel::bounded(options.queue_requests);
-    let stages = Stages { journal: journal_stage, apply: apply_stage, route, batch_events_max };
+    let reply_stage = ReplyStage { route, metrics: Arc::clone(&metrics) };
+    let stages = Stages { journal: journal_stage, apply: apply_stage, reply: reply_stage, batch_events_max };
     let handle = match options.wait {
         WaitKind::BusySpin => sequencer_spawn(sequencer, receiver, stages, disruptor::BusySpin),
         WaitKind::Yield => sequencer_spawn(sequencer, receiver, stages, Yield),
@@ -332,8 +336,15 @@ where
 struct Stages<S: Storage> {
     journal: JournalStage<S>,
     apply: ApplyStage,
-    route: ReplyRoute,
+    reply: ReplyStage,
     batch_events_max: u32,
+}
+
+/// Reply's state: where replies go, and the progress the other stages publish, which the gate
+/// is checked against.
+struct ReplyStage {
+    route: ReplyRoute,
+    metrics: Arc<Metrics>,
 }
 
 fn sequencer_spawn<C, S, W>(
@@ -348,7 +359,7 @@ where
     S::File: Send,
     W: WaitStrategy + 'static,
 {
-    let Stages { journal, apply, route, batch_events_max } = stages;
+    let Stages { journal, apply, reply, batch_events_max } = stages;
     let pins = sequencer.options.pin_cores;
     let ring_slots = sequencer.options.ring_slots;
     std::thread::Builder::new()
@@ -373,7 +384,7 @@ where
                 None => builder,
             };
             let mut producer = disruptor::ProcessorSettings::thread_name(builder, "reply")
-                .handle_events_and_state_with(reply_handle, move || route)
+                .handle_events_and_state_with(reply_handle, move || reply)
                 .build();
             while let Ok(request) = receiver.recv() {
                 sequencer.sequence(&mut producer, request);
@@ -610,7 +621,8 @@ fn results_count(metrics: &Metrics, operation: FrameOperation, events: u64, outp
     metrics.events_add(operation, 0, events - output.results.len() as u64);
 }
 
-fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+    reply_gate_check(&stage.metrics, slot.op);
     if slot.connection == 0 {
         return; // a checkpoint the sequencer inserted: nobody is waiting
     }
@@ -624,6 +636,17 @@ fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_o
         record_count: outcome.record_count,
         body: &outcome.body,
     };
-    route(&reply);
+    (stage.route)(&reply);
 }
 
+/// The reply gate, `op <= min(op_durable, op_applied)`, checked against the numbers journal and
+/// apply publish themselves, not against the ring's cursors that order the stages: if the
+/// wiring or the disruptor ever let a slot through early, the node stops here (a panic is
+/// fail-stop) instead of acknowledging what a restart might not reproduce. Reads and pings
+/// carry op 0 (or, for a snapshot request that joined a pending one, that snapshot's op).
+fn reply_gate_check(metrics: &Metrics, op: u64) {
+    let op_durable = metrics.op_durable.load(Ordering::Acquire);
+    let op_applied = metrics.op_applied.load(Ordering::Acquire);
+    assert!(op <= op_durable, "reply gate: a reply for op {op} before it is durable (op_durable {op_durable})");
+    assert!(op <= op_applied, "reply gate: a reply for op {op} before it is applied (op_applied {op_applied})");
+}
