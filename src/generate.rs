@@ -94,12 +94,19 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     let recovery_seconds = recovery_start.elapsed().as_secs_f64();
     let recovery_notes = recovered.notes();
     let op_start = recovered.journal.op_durable();
+    let op_snapshot = recovered.snapshot.as_ref().map_or(0, |(header, _)| header.op);
     let mut image = Vec::new();
     recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
     let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
     drop(image);
-    let snapshotter =
-        Snapshotter::start(replica, op_start, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+    let snapshotter = Snapshotter::start(
+        replica,
+        op_start,
+        op_snapshot,
+        FileStorage::default(),
+        data_dir.clone(),
+        SNAPSHOTS_KEPT_DEFAULT,
+    )?;
     let mut run = Run {
         writer: Writer::new(recovered.ledger, recovered.journal),
         snapshotter,
@@ -108,7 +115,9 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         batches_since_commit: 0,
         op_checkpoint: op_start,
         op_snapshot_requested: op_start,
-        op_archived: 0,
+        // What is older than the recovered snapshot was archived (or kept live) by the run
+        // that wrote it; only a newer snapshot archives more.
+        op_archived: op_snapshot,
         segments_archived: 0,
     };
     run.writer.durable_mark_publish(&data_dir.root)?;

@@ -7,7 +7,7 @@ use crate::pipeline::{pipeline_start, Pipeline, PipelineOptions, ReplyRoute};
 use crate::snapshotter::Snapshotter;
 use crate::writer::SystemClock;
 use walletd_core::{Config, Ledger};
-use walletd_journal::FileStorage;
+use walletd_journal::{FileStorage, Storage};
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
@@ -43,9 +43,24 @@ pub struct Node {
 impl Node {
     /// Opens (or creates) the data directory, recovers, and starts the pipeline.
     pub fn start(data_dir: &DataDir, options: NodeOptions, route: ReplyRoute) -> Result<Node, NodeError> {
+        Node::start_on(FileStorage::default(), data_dir, options, route)
+    }
+
+    /// `start` with the journal on `storage`: the real file system in `start`; a test passes
+    /// one that wraps it (a sync that waits for the test, to prove replies wait for it).
+    pub fn start_on<S>(
+        storage: S,
+        data_dir: &DataDir,
+        options: NodeOptions,
+        route: ReplyRoute,
+    ) -> Result<Node, NodeError>
+    where
+        S: Storage + Send + 'static,
+        S::File: Send,
+    {
         let lock = data_dir.lock()?;
         data_dir.open_or_create(options.config)?;
-        let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
+        let recovered = recover(storage.clone(), data_dir, options.segment_size_bytes)?;
         let notes = recovered.notes();
         let op = recovered.journal.op_durable();
         let started = Started {
@@ -62,13 +77,12 @@ impl Node {
         recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
         let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
         drop(image);
+        let op_snapshot = started.snapshot_op.unwrap_or(0);
         let snapshotter =
-            Snapshotter::start(replica, op, FileStorage::default(), data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+            Snapshotter::start(replica, op, op_snapshot, storage, data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
         let pipeline_options = PipelineOptions { durable_mark_dir: Some(data_dir.root.clone()), ..options.pipeline };
         let pipeline =
             pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, pipeline_options);
-        let op_snapshot = started.snapshot_op.unwrap_or(0);
-        pipeline.metrics.op_snapshot.store(op_snapshot, std::sync::atomic::Ordering::Relaxed);
         Ok(Node { pipeline, started, _lock: lock })
     }
 

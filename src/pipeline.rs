@@ -5,8 +5,9 @@
 //!   thread, which stops reading its socket (backpressure, nothing dropped).
 //! - **sequence** (one thread, the ring's single producer) gives each mutating request its op
 //!   and its timestamp — the only clock read — and inserts a checkpoint every `checkpoint_ops`
-//!   ops (with a snapshot request every `snapshot_ops`). It claims a ring slot; a full ring makes
-//!   it wait, so the channel fills, so the clients slow down.
+//!   ops (with a snapshot request every `snapshot_ops`, counted from the newest snapshot's op,
+//!   which may be from an earlier run). It claims a ring slot; a full ring makes it wait, so
+//!   the channel fills, so the clients slow down.
 //! - **journal** and **apply** consume the ring side by side (the disruptor's two first
 //!   consumers). Journal appends every command and checkpoint and commits (one fdatasync) at
 //!   the end of each batch the ring hands it: group commit. Apply runs the ledger ahead of the
@@ -14,7 +15,10 @@
 //!   place journal waits for apply: the checkpoint carries the state hash only apply knows.
 //! - **reply** runs after both: the disruptor advances a consumer's cursor only after its whole
 //!   batch, so a slot reaches reply only once its command is durable and applied
-//!   (`op <= min(op_durable, op_applied)`); reads too wait for every write before them.
+//!   (`op <= min(op_durable, op_applied)`); reads too wait for every write before them. Reply
+//!   does not take that on trust: it asserts the gate against the `op_durable` and
+//!   `op_applied` that journal and apply publish, and `tests/pipeline.rs` holds a sync to show
+//!   that no reply passes it.
 //!
 //! A journal failure is fatal: the journal thread logs it and exits the process (fail-stop);
 //! no reply for a command that a restart would not reproduce can leave.
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant};
 use walletd_core::command::{Command, CommandScratch};
 use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
-use walletd_journal::{FileStorage, Journal, RecordKind};
+use walletd_journal::{Journal, RecordKind, Storage};
 use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
 use walletd_replay::{DurableMark, Position};
 
@@ -234,8 +238,8 @@ impl Pipeline {
     }
 }
 
-struct JournalStage {
-    journal: Journal<FileStorage>,
+struct JournalStage<S: Storage> {
+    journal: Journal<S>,
     durable_mark: Option<DurableMark>,
     appended: bool,
     snapshotter: Arc<Snapshotter>,
@@ -255,6 +259,8 @@ struct Sequencer<C: Clock> {
     op_next: u64,
     timestamp_next_min: u64,
     op_checkpoint: u64,
+    /// Where the snapshot interval counts from: the last snapshot asked for, or (before one
+    /// is) the newest snapshot on disk, so a node that restarts often still snapshots.
     op_snapshot: u64,
     /// The op of the last snapshot asked for (0: none), and the replica that writes them.
     op_snapshot_requested: u64,
@@ -265,15 +271,21 @@ struct Sequencer<C: Clock> {
     metrics: Arc<Metrics>,
 }
 
-/// Starts the pipeline on a recovered ledger and journal. `route` receives every reply.
-pub fn pipeline_start<C: Clock + Send + 'static>(
+/// Starts the pipeline on a recovered ledger and journal. `route` receives every reply. The
+/// journal's storage is the real file system in a node, or a test's (one that holds a sync).
+pub fn pipeline_start<C, S>(
     ledger: Ledger,
-    journal: Journal<FileStorage>,
+    journal: Journal<S>,
     snapshotter: Snapshotter,
     clock: C,
     route: ReplyRoute,
     options: PipelineOptions,
-) -> Pipeline {
+) -> Pipeline
+where
+    C: Clock + Send + 'static,
+    S: Storage + Send + 'static,
+    S::File: Send,
+{
     assert!(options.ring_slots.is_power_of_two(), "ring_slots must be a power of two");
     assert_eq!(journal.op_appended(), journal.op_durable());
     let metrics = Arc::new(Metrics::default());
@@ -282,13 +294,19 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
     metrics.op_durable.store(op_last, Ordering::Relaxed);
     metrics.op_applied.store(op_last, Ordering::Relaxed);
     metrics.op_published.store(op_last, Ordering::Relaxed);
+    // The newest snapshot may be from an earlier run: the interval counts from it, and the
+    // gauges read what recovery found until the replica moves them.
+    let op_snapshot = snapshotter.op_snapshot();
+    assert!(op_snapshot <= op_last, "the journal reaches the newest snapshot");
+    metrics.op_snapshot.store(op_snapshot, Ordering::Relaxed);
+    metrics.op_replica.store(snapshotter.op_replayed(), Ordering::Relaxed);
     metrics.state_hash_set(ledger.state_hash());
     let sequencer = Sequencer {
         clock,
         op_next: op_last + 1,
         timestamp_next_min: ledger.timestamp_next_min().max(journal.timestamp_ns_last()),
         op_checkpoint: op_last,
-        op_snapshot: op_last,
+        op_snapshot,
         op_snapshot_requested: 0,
         snapshotter: Arc::clone(&snapshotter),
         clock_warned_ns: 0,
@@ -305,7 +323,8 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         durable_mark,
         appended: false,
         snapshotter: Arc::clone(&snapshotter),
-        op_archived: 0,
+        // Archiving up to the recovered snapshot was the business of the run that wrote it.
+        op_archived: op_snapshot,
         metrics: Arc::clone(&metrics),
     };
     let apply_stage = ApplyStage {
@@ -315,7 +334,8 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
         metrics: Arc::clone(&metrics),
     };
     let (sender, receiver) = crossbeam_channel::bounded(options.queue_requests);
-    let stages = Stages { journal: journal_stage, apply: apply_stage, route, batch_events_max };
+    let reply_stage = ReplyStage { route, metrics: Arc::clone(&metrics) };
+    let stages = Stages { journal: journal_stage, apply: apply_stage, reply: reply_stage, batch_events_max };
     let handle = match options.wait {
         WaitKind::BusySpin => sequencer_spawn(sequencer, receiver, stages, disruptor::BusySpin),
         WaitKind::Yield => sequencer_spawn(sequencer, receiver, stages, Yield),
@@ -324,20 +344,33 @@ pub fn pipeline_start<C: Clock + Send + 'static>(
     Pipeline { requests: Some(sender), sequencer: Some(handle), snapshotter, metrics }
 }
 
-struct Stages {
-    journal: JournalStage,
+struct Stages<S: Storage> {
+    journal: JournalStage<S>,
     apply: ApplyStage,
-    route: ReplyRoute,
+    reply: ReplyStage,
     batch_events_max: u32,
 }
 
-fn sequencer_spawn<C: Clock + Send + 'static, W: WaitStrategy + 'static>(
+/// Reply's state: where replies go, and the progress the other stages publish, which the gate
+/// is checked against.
+struct ReplyStage {
+    route: ReplyRoute,
+    metrics: Arc<Metrics>,
+}
+
+fn sequencer_spawn<C, S, W>(
     mut sequencer: Sequencer<C>,
     receiver: Receiver<Request>,
-    stages: Stages,
+    stages: Stages<S>,
     wait: W,
-) -> JoinHandle<()> {
-    let Stages { journal, apply, route, batch_events_max } = stages;
+) -> JoinHandle<()>
+where
+    C: Clock + Send + 'static,
+    S: Storage + Send + 'static,
+    S::File: Send,
+    W: WaitStrategy + 'static,
+{
+    let Stages { journal, apply, reply, batch_events_max } = stages;
     let pins = sequencer.options.pin_cores;
     let ring_slots = sequencer.options.ring_slots;
     std::thread::Builder::new()
@@ -362,7 +395,7 @@ fn sequencer_spawn<C: Clock + Send + 'static, W: WaitStrategy + 'static>(
                 None => builder,
             };
             let mut producer = disruptor::ProcessorSettings::thread_name(builder, "reply")
-                .handle_events_and_state_with(reply_handle, move || route)
+                .handle_events_and_state_with(reply_handle, move || reply)
                 .build();
             while let Ok(request) = receiver.recv() {
                 sequencer.sequence(&mut producer, request);
@@ -488,7 +521,7 @@ fn fail_stop(error: impl std::fmt::Display) -> ! {
     std::process::exit(70);
 }
 
-fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
+fn journal_handle<S: Storage>(stage: &mut JournalStage<S>, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
     match slot.kind {
         SlotKind::Command => {
             let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::CommandBatch, &slot.command);
@@ -524,7 +557,7 @@ fn journal_handle(stage: &mut JournalStage, slot: &Slot, _sequence: Sequence, en
 /// Tells followers in other processes what is durable. The mark is a hint (it only ever
 /// understates), so a failed write is logged and counted, never fatal: followers wait, and
 /// nothing wrong is published.
-fn durable_publish(stage: &mut JournalStage, op_durable: u64) {
+fn durable_publish<S: Storage>(stage: &mut JournalStage<S>, op_durable: u64) {
     if let Some(mark) = &mut stage.durable_mark {
         let position = Position { op: op_durable, checksum: stage.journal.checksum_last() };
         if let Err(error) = mark.publish(position) {
@@ -537,7 +570,7 @@ fn durable_publish(stage: &mut JournalStage, op_durable: u64) {
 /// After a commit: replica progress into the metrics, and archiving what the newest snapshot
 /// made history. Archiving is housekeeping, not durability: a failure is logged and counted,
 /// and the node goes on.
-fn journal_housekeeping(stage: &mut JournalStage) {
+fn journal_housekeeping<S: Storage>(stage: &mut JournalStage<S>) {
     let metrics = &stage.metrics;
     metrics.op_replica.store(stage.snapshotter.op_replayed(), Ordering::Relaxed);
     metrics.replica_failed.store(u64::from(stage.snapshotter.failed()), Ordering::Relaxed);
@@ -613,7 +646,8 @@ fn results_count(metrics: &Metrics, operation: FrameOperation, events: u64, outp
     metrics.events_add(operation, 0, events - output.results.len() as u64);
 }
 
-fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+    reply_gate_check(&stage.metrics, slot.op);
     if slot.connection == 0 {
         return; // a checkpoint the sequencer inserted: nobody is waiting
     }
@@ -627,5 +661,17 @@ fn reply_handle(route: &mut ReplyRoute, slot: &Slot, _sequence: Sequence, _end_o
         record_count: outcome.record_count,
         body: &outcome.body,
     };
-    route(&reply);
+    (stage.route)(&reply);
+}
+
+/// The reply gate, `op <= min(op_durable, op_applied)`, checked against the numbers journal and
+/// apply publish themselves, not against the ring's cursors that order the stages: if the
+/// wiring or the disruptor ever let a slot through early, the node stops here (a panic is
+/// fail-stop) instead of acknowledging what a restart might not reproduce. Reads and pings
+/// carry op 0 (or, for a snapshot request that joined a pending one, that snapshot's op).
+fn reply_gate_check(metrics: &Metrics, op: u64) {
+    let op_durable = metrics.op_durable.load(Ordering::Acquire);
+    let op_applied = metrics.op_applied.load(Ordering::Acquire);
+    assert!(op <= op_durable, "reply gate: a reply for op {op} before it is durable (op_durable {op_durable})");
+    assert!(op <= op_applied, "reply gate: a reply for op {op} before it is applied (op_applied {op_applied})");
 }

@@ -43,10 +43,13 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Starts the replica `replica`, whose state includes every op up to `op_replica`.
+    /// Starts the replica `replica`, whose state includes every op up to `op_replica`;
+    /// `op_snapshot` is the newest snapshot already on disk (0: none), which a restart carries
+    /// over so that the snapshot interval and the gauges go on from it, not from 0.
     pub fn start<S: Storage + Send + 'static>(
         replica: Ledger,
         op_replica: u64,
+        op_snapshot: u64,
         storage: S,
         data_dir: DataDir,
         kept: usize,
@@ -54,9 +57,10 @@ impl Snapshotter {
     where
         S::File: Send,
     {
+        assert!(op_snapshot <= op_replica, "the replica starts at or after the newest snapshot");
         let shared = Arc::new(Shared {
             op_durable: AtomicU64::new(op_replica),
-            op_snapshot: AtomicU64::new(0),
+            op_snapshot: AtomicU64::new(op_snapshot),
             op_replayed: AtomicU64::new(op_replica),
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -86,7 +90,8 @@ impl Snapshotter {
         }
     }
 
-    /// The op of the newest snapshot written (0 if none yet).
+    /// The op of the newest snapshot: written by this replica, or else the one recovered at
+    /// start (0 if none).
     pub fn op_snapshot(&self) -> u64 {
         self.shared.op_snapshot.load(Ordering::Acquire)
     }
