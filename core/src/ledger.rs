@@ -124,6 +124,9 @@ pub(crate) struct ChainMark {
     balance_sums: [u128; 4],
     ring_tail: u64,
     accounts_count: u32,
+    /// Ledgers (currencies) registered before the chain: a chain that registers one and
+    /// fails gives the slot back.
+    ledgers_count: u32,
     undo_len: usize,
 }
 
@@ -384,6 +387,7 @@ impl Ledger {
             balance_sums: self.balance_sums,
             ring_tail: self.ring_tail,
             accounts_count: self.accounts_count(),
+            ledgers_count: self.ledgers.len() as u32,
             undo_len: self.undo.len(),
         });
     }
@@ -427,10 +431,28 @@ impl Ledger {
             let tag = self.account_index.tag(account.id.0);
             self.account_index.remove(tag, self.accounts.len() as u32);
         }
+        self.chain_rollback_ledgers(mark.ledgers_count);
         self.hash_sum = mark.hash_sum;
         self.balance_sums = mark.balance_sums;
         self.undo.truncate(mark.undo_len);
         self.pending_resolved_in_chain = 0;
+    }
+
+    /// Unregisters the ledgers a failed chain registered (newest first). Their totals are zero:
+    /// a chain registers a ledger only by creating its first account, and account chains move
+    /// no money. The one-entry totals cache may name a removed slot, so it is cleared.
+    fn chain_rollback_ledgers(&mut self, ledgers_count: u32) {
+        assert!(self.ledgers.len() >= ledgers_count as usize, "a chain only adds ledgers");
+        while self.ledgers.len() > ledgers_count as usize {
+            let totals = self.ledgers.pop().expect("ledger to roll back");
+            assert_eq!(totals, LedgerTotals { ledger: totals.ledger, ..LedgerTotals::default() });
+            let tag = self.ledger_index.tag(u128::from(totals.ledger));
+            self.ledger_index.remove(tag, self.ledgers.len() as u32);
+        }
+        if self.totals_cache.1 != NONE && self.totals_cache.1 >= ledgers_count {
+            self.totals_cache = (0, NONE);
+        }
+        assert_eq!(self.ledger_index.count(), ledgers_count);
     }
 
     pub(crate) fn undo_push(&mut self, undo: Undo) {
@@ -565,7 +587,8 @@ impl Ledger {
     }
 
     /// The totals slot of a ledger that an account uses (always registered). Slots never
-    /// move, so the one-entry cache cannot go stale.
+    /// move; the one slot that can go away (a registration a failed chain rolls back) clears
+    /// the one-entry cache when it does.
     #[inline]
     pub(crate) fn totals_slot(&mut self, ledger: u32) -> u32 {
         if self.totals_cache.0 == ledger && self.totals_cache.1 != NONE {

@@ -465,3 +465,28 @@ fn a_balance_read_shows_balances_limits_and_open_holds_together() {
     ids.sort();
     assert_eq!(ids, [holds[0].id, holds[2].id]);
 }
+
+#[test]
+fn a_failed_chain_gives_back_the_ledger_it_registered() {
+    use CreateAccountResult as R;
+    let mut h = Harness::new(Config { ledgers_max: 2, ..Config::small() });
+    assert_eq!(h.create_accounts(&[account(1, 1)]), [R::Ok]);
+    // The same failing batch, with and without a chain that registers ledger 2 first.
+    let mut twin = Harness::new(Config { ledgers_max: 2, ..Config::small() });
+    assert_eq!(twin.create_accounts(&[account(1, 1)]), [R::Ok]);
+    let linked = Account { flags: AccountFlags(AccountFlags::LINKED), ..account(2, 2) };
+    let bad = Account { code: 0, ..account(3, 1) };
+    assert_eq!(h.create_accounts(&[linked, bad]), [R::LinkedEventFailed, R::CodeMustNotBeZero]);
+    assert_eq!(twin.create_accounts(&[Account { code: 0, ..account(2, 2) }, bad]), [R::CodeMustNotBeZero; 2]);
+    assert_eq!(h.ledger.ledger_totals(), twin.ledger.ledger_totals(), "the registration was rolled back");
+    assert_eq!(h.ledger.state_hash(), twin.ledger.state_hash());
+    h.ledger.verify();
+    // The slot the chain took is free again: a third ledger fits beside ledger 1.
+    assert_eq!(h.create_accounts(&[account(4, 3)]), [R::Ok], "ledgers_max is 2 and only ledger 1 is in use");
+    assert_eq!(h.create_accounts(&[account(5, 2)]), [R::LedgersFull]);
+    // A transfer on the ledger registered after the rollback finds its totals.
+    assert_eq!(h.create_accounts(&[account(6, 3)]), [R::Ok]);
+    let ms = h.now_ms();
+    assert_eq!(h.create_transfers(&[Transfer { ledger: 3, ..transfer(ms, 1, 4, 6, 10) }]), [T::Ok]);
+    h.ledger.verify();
+}
