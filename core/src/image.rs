@@ -317,7 +317,8 @@ impl Ledger {
         ledger.image_limits(limits)?;
         ledger.horizon_ms = header.horizon_ms;
         ledger.timestamp_last = header.timestamp_last;
-        (ledger.hash_sum, ledger.balance_sums) = ledger.hash_sums_compute();
+        let sums = ledger.hash_sums_compute();
+        (ledger.hash_sum, ledger.balance_sums, ledger.totals_sums) = (sums.records, sums.balances, sums.totals);
         let computed = ledger.state_hash();
         if computed != header.state_hash {
             return Err(ImageError::StateHashMismatch { recorded: header.state_hash, computed });

@@ -4,7 +4,7 @@
 mod support;
 
 use support::*;
-use walletd_core::{Config, ImageError, Ledger, TransferFlags};
+use walletd_core::{Config, ImageError, ImageHeader, Ledger, TransferFlags};
 
 fn populated() -> Harness {
     let mut h = Harness::new(Config::small());
@@ -69,4 +69,30 @@ fn damaged_images_are_refused() {
     let mut count = image.clone();
     count[88..92].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(matches!(Ledger::image_read(&count).err(), Some(ImageError::OverCapacity { what: "accounts", .. })));
+}
+
+/// Byte offsets of an image's header fields and sections (as in docs/FORMATS.md).
+const LEDGERS_COUNT_OFFSET: usize = 100;
+const LEDGER_SIZE_BYTES: usize = 80;
+
+fn u32_at(image: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(image[offset..offset + 4].try_into().unwrap())
+}
+
+#[test]
+fn an_image_that_differs_only_in_its_ledger_registry_does_not_pass_as_the_recorded_state() {
+    let h = populated();
+    let mut image = image_of(&h.ledger);
+    let header = ImageHeader::decode(&image).unwrap();
+    assert_eq!(header.ledgers_count, 2);
+    // One more registered ledger (code 9, no accounts, zero totals) under the same state hash.
+    let mut extra = [0u8; LEDGER_SIZE_BYTES];
+    extra[0..4].copy_from_slice(&9u32.to_le_bytes());
+    image.extend_from_slice(&extra);
+    let count = u32_at(&image, LEDGERS_COUNT_OFFSET) + 1;
+    image[LEDGERS_COUNT_OFFSET..LEDGERS_COUNT_OFFSET + 4].copy_from_slice(&count.to_le_bytes());
+    assert!(
+        matches!(Ledger::image_read(&image).err(), Some(ImageError::StateHashMismatch { .. })),
+        "the registry is part of the state hash"
+    );
 }
