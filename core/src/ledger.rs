@@ -643,7 +643,7 @@ impl Ledger {
         slot
     }
 
-    fn ledger_slot(&self, ledger: u32) -> Option<u32> {
+    pub(crate) fn ledger_slot(&self, ledger: u32) -> Option<u32> {
         let ledgers = &self.ledgers;
         self.ledger_index
             .find(self.ledger_index.tag(u128::from(ledger)), |slot| ledgers[slot as usize].ledger == ledger)
