@@ -490,3 +490,24 @@ fn a_failed_chain_gives_back_the_ledger_it_registered() {
     assert_eq!(h.create_transfers(&[Transfer { ledger: 3, ..transfer(ms, 1, 4, 6, 10) }]), [T::Ok]);
     h.ledger.verify();
 }
+
+#[test]
+fn id_future_ms_max_is_at_most_a_day_and_holds_exactly_up_to_the_end_of_time() {
+    const DAY_MS: u64 = 86_400_000;
+    for too_far in [DAY_MS + 1, u64::MAX] {
+        let error = walletd_core::Ledger::new(Config { id_future_ms_max: too_far, ..Config::small() }).err();
+        let message = error.map(|error| error.to_string()).unwrap_or_default();
+        assert!(message.contains("id_future_ms_max"), "{too_far}: {message:?}");
+    }
+    let mut h = Harness::new(Config { id_future_ms_max: DAY_MS, ..Config::small() });
+    h.create_accounts(&[account(1, 1), account(2, 1)]);
+    let ms = h.now_ms();
+    let rows = [transfer(ms + DAY_MS, 1, 1, 2, 1), transfer(ms + DAY_MS + 1, 2, 1, 2, 1)];
+    assert_eq!(h.create_transfers(&rows), [T::Ok, T::IdTimestampInFuture]);
+    // The largest clock a batch can carry, with the largest window ahead of it.
+    h.now_ns = u64::MAX - 1_000;
+    let ms = h.now_ms();
+    let rows = [transfer(ms + DAY_MS, 3, 1, 2, 1), transfer(ms + DAY_MS + 1, 4, 1, 2, 1)];
+    assert_eq!(h.create_transfers(&rows), [T::Ok, T::IdTimestampInFuture]);
+    h.ledger.verify();
+}
