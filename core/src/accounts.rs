@@ -183,7 +183,12 @@ impl Ledger {
         let (limits, usage) = (entry.limits, entry.usage);
         let account = *self.account(account_slot);
         if limits.flags.contains(LimitFlags::OVERDRAFT) {
-            let debits = account.debits_pending.0 + account.debits_posted.0 + amount.0;
+            // An overflow is refused with its own code. The transfer rules refuse the same sum
+            // first (balances_check), so this is the check standing on its own, not a new rule.
+            let debits = account.debits_pending.checked_add(account.debits_posted).and_then(|d| d.checked_add(amount));
+            let Some(debits) = debits.map(|debits| debits.0) else {
+                return R::OverflowsDebits;
+            };
             if debits > account.credits_posted.0.saturating_add(limits.overdraft_max.0) {
                 return R::OverdraftLimitExceeded;
             }
@@ -225,7 +230,12 @@ impl Ledger {
         let limits = &self.limits[self.account_limits[account_slot as usize] as usize].limits;
         let account = self.account(account_slot);
         if limits.flags.contains(LimitFlags::BALANCE_MAX) {
-            let credits = account.credits_pending.0 + account.credits_posted.0 + amount.0;
+            // As for the overdraft: refused with its own code, and by balances_check first.
+            let credits =
+                account.credits_pending.checked_add(account.credits_posted).and_then(|c| c.checked_add(amount));
+            let Some(credits) = credits.map(|credits| credits.0) else {
+                return CreateTransferResult::OverflowsCredits;
+            };
             if credits > account.debits_posted.0.saturating_add(limits.balance_max.0) {
                 return CreateTransferResult::BalanceLimitExceeded;
             }
@@ -338,4 +348,57 @@ fn account_exists(account: &Account, existing: &Account) -> CreateAccountResult 
         return R::ExistsWithDifferentCode;
     }
     R::Exists
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ledger::Batch;
+    use crate::types::{Transfer, TransferId};
+
+    const TIMESTAMP_NS: u64 = 1_795_305_600 * 1_000_000_000;
+
+    /// Account 1 debited and account 2 credited by u128::MAX, both with limits in force.
+    fn at_the_top() -> Ledger {
+        let mut ledger = Ledger::new(Config::small()).expect("config");
+        let mut output = Output::new(ledger.config());
+        let account = |id: u128| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() };
+        ledger.apply(TIMESTAMP_NS, Batch::CreateAccounts(&[account(1), account(2)]), &mut output);
+        let transfer = Transfer {
+            id: TransferId::from_parts(TIMESTAMP_NS / 1_000_000, 1),
+            debit_account_id: AccountId(1),
+            credit_account_id: AccountId(2),
+            amount: Amount(u128::MAX),
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        };
+        ledger.apply(TIMESTAMP_NS + 10, Batch::CreateTransfers(&[transfer]), &mut output);
+        let limits = |id: u128, flags: u32| AccountLimits {
+            account_id: AccountId(id),
+            overdraft_max: Amount(u128::MAX),
+            balance_max: Amount(u128::MAX),
+            flags: LimitFlags(flags),
+            ..AccountLimits::default()
+        };
+        let both = [limits(1, LimitFlags::OVERDRAFT), limits(2, LimitFlags::BALANCE_MAX)];
+        ledger.apply(TIMESTAMP_NS + 20, Batch::SetAccountLimits(&both), &mut output);
+        assert!(output.results.is_empty(), "{:?}", output.results);
+        assert_eq!(ledger.account(0).debits_posted, Amount(u128::MAX));
+        assert_eq!(ledger.account(1).credits_posted, Amount(u128::MAX));
+        ledger
+    }
+
+    // The transfer rules refuse these sums first (OverflowsDebits / OverflowsCredits); the limit
+    // checks must still not overflow if they are ever called on their own or in another order.
+    #[test]
+    fn the_limit_checks_refuse_an_overflowing_sum_with_its_code() {
+        let mut ledger = at_the_top();
+        let timestamp_ns = TIMESTAMP_NS + 30;
+        assert_eq!(ledger.limits_check_debit(0, Amount(1), timestamp_ns), CreateTransferResult::OverflowsDebits);
+        assert_eq!(ledger.limits_check_credit(1, Amount(1)), CreateTransferResult::OverflowsCredits);
+        assert_eq!(ledger.limits_check_debit(0, Amount(0), timestamp_ns), CreateTransferResult::Ok);
+        assert_eq!(ledger.limits_check_credit(1, Amount(0)), CreateTransferResult::Ok);
+    }
 }

@@ -5,6 +5,12 @@
 /// The largest batch: 8189 records of 128 bytes plus a 256-byte header fit in 1 MiB.
 pub const BATCH_EVENTS_MAX: u32 = 8189;
 
+/// The largest `id_future_ms_max` a config may carry: one day. A client clock more than a day
+/// ahead is broken rather than skewed (and each such id, once forgotten, raises the horizon
+/// that far), and the bound keeps `clock_ms + id_future_ms_max` far below `u64::MAX`, which the
+/// future check in `transfers.rs` relies on.
+pub const ID_FUTURE_MS_MAX_LIMIT: u64 = 86_400_000;
+
 /// Capacities and the few policy numbers of one ledger. Part of the state: a snapshot records
 /// them, and a replay must use the same ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +28,8 @@ pub struct Config {
     pub ledgers_max: u32,
     /// Events in one batch.
     pub batch_events_max: u32,
-    /// How far a transfer id's embedded time may run ahead of the engine's clock.
+    /// How far a transfer id's embedded time may run ahead of the engine's clock; at most
+    /// `ID_FUTURE_MS_MAX_LIMIT`.
     pub id_future_ms_max: u64,
     /// Seeds the hash of the id indexes, so that ids cannot be crafted to collide. Chosen once
     /// per ledger and kept in its snapshots: the same seed replays the same state.
@@ -53,6 +60,10 @@ impl Config {
             (self.limits_max == 0 || self.limits_max > 1 << 30, "limits_max must be in 1..=2^30"),
             (self.ledgers_max == 0 || self.ledgers_max > 1 << 16, "ledgers_max must be in 1..=65536"),
             (self.batch_events_max == 0 || self.batch_events_max > 1 << 20, "batch_events_max must be in 1..=2^20"),
+            (
+                self.id_future_ms_max > ID_FUTURE_MS_MAX_LIMIT,
+                "id_future_ms_max must be at most 86400000 (one day) of milliseconds",
+            ),
         ];
         if let Some((_, message)) = checks.iter().find(|(bad, _)| *bad) {
             return Err(ConfigError(message));
@@ -134,3 +145,20 @@ impl core::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_future_ms_max_is_bounded_in_validated_and_so_in_decode() {
+        let at_limit = Config { id_future_ms_max: ID_FUTURE_MS_MAX_LIMIT, ..Config::small() }.validated();
+        assert_eq!(at_limit.map(|config| config.id_future_ms_max), Ok(ID_FUTURE_MS_MAX_LIMIT));
+        let beyond = Config { id_future_ms_max: ID_FUTURE_MS_MAX_LIMIT + 1, ..Config::small() };
+        let error = beyond.validated().expect_err("beyond the limit");
+        assert!(error.to_string().contains("id_future_ms_max must be at most"), "{error}");
+        // A ledger.conf or an image header carrying it is refused the same way.
+        let bytes = Config { id_future_ms_max: u64::MAX, ..Config::small().validated().unwrap() }.encode();
+        assert_eq!(Config::decode(&bytes), Err(error));
+    }
+}

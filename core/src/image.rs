@@ -1,7 +1,12 @@
 //! The ledger's state as bytes, for snapshots: `image_write` emits it as a deterministic
-//! stream of sections; `image_read` rebuilds a ledger from it, rebuilding the indexes, and
-//! proves the result by recomputing the state hash and comparing it with the one recorded.
-//! No I/O: the caller owns the sink and the bytes (a snapshot file, mmapped).
+//! stream of sections; `image_read` rebuilds a ledger from it, rebuilding the indexes, checks
+//! that the sections agree with each other and with the rules the ledger enforces, and proves
+//! the result by recomputing the state hash and comparing it with the one recorded. The bytes
+//! may pass their file's checksum and still be wrong (a buggy or hostile writer), so every
+//! check is an `ImageError`, never a panic: a caller falls back to an older snapshot. The state
+//! hash is not a MAC and does not cover what can be derived (a hold's expiry and ring position,
+//! a limits entry's account slot), so the checks come first and stand on their own.
+//! No I/O: the caller owns the sink and the bytes (a snapshot file, read into memory).
 //!
 //! ```text
 //! header (128 bytes)
@@ -36,7 +41,10 @@ use crate::config::{Config, CONFIG_SIZE_BYTES};
 use crate::ledger::{Ledger, LedgerTotals, LimitsEntry, Line};
 use crate::output::DebitUsage;
 use crate::pending::NONE;
-use crate::types::{record_from_bytes, Account, AccountLimits, Amount, Transfer, TransferStatus, Words};
+use crate::types::{
+    record_from_bytes, Account, AccountFlags, AccountLimits, Amount, LimitFlags, Transfer, TransferFlags,
+    TransferStatus, Words,
+};
 
 pub const IMAGE_MAGIC: [u8; 8] = *b"WDLEDGER";
 pub const IMAGE_VERSION: u32 = 1;
@@ -71,6 +79,14 @@ pub enum ImageError {
     MissingAccount {
         id: u128,
     },
+    /// Well-formed bytes whose contents contradict each other or the ledger's rules: entry
+    /// `index` (from 0) of `section` (or the header) is wrong for `reason`. A correct writer
+    /// never produces this; loading such an image would break an invariant later.
+    Inconsistent {
+        section: &'static str,
+        index: u64,
+        reason: &'static str,
+    },
     /// The rebuilt state does not hash to the recorded state hash.
     StateHashMismatch {
         recorded: u128,
@@ -92,6 +108,12 @@ impl core::fmt::Display for ImageError {
             }
             ImageError::BadStatus { value } => write!(f, "ledger image has an unknown transfer status {value}"),
             ImageError::MissingAccount { id } => write!(f, "ledger image names account {id:#x} that it does not hold"),
+            ImageError::Inconsistent { section: "header", reason, .. } => {
+                write!(f, "ledger image is inconsistent: header: {reason}")
+            }
+            ImageError::Inconsistent { section, index, reason } => {
+                write!(f, "ledger image is inconsistent: {section} entry {index} (from 0): {reason}")
+            }
             ImageError::StateHashMismatch { recorded, computed } => {
                 write!(f, "ledger image state hash mismatch: recorded {recorded:032x}, rebuilt state hashes to {computed:032x}")
             }
@@ -176,7 +198,11 @@ impl ImageHeader {
             ledgers_count: u32_at(100),
             state_hash: u128::from_le_bytes(bytes[104..120].try_into().expect("16 bytes")),
         };
+        if bytes[12..16] != [0; 4] || bytes[120..128] != [0; 8] {
+            return Err(inconsistent("header", 0, "reserved bytes are not zero"));
+        }
         header.check_capacity()?;
+        header.check_scalars()?;
         Ok(header)
     }
 
@@ -192,13 +218,34 @@ impl ImageHeader {
             ("ledgers", u64::from(self.ledgers_count), u64::from(c.ledgers_max)),
         ];
         if self.ring_tail < self.ring_head {
-            return Err(ImageError::BadConfig("ring_tail is before ring_head"));
+            return Err(inconsistent("header", 0, "ring_tail is before ring_head"));
         }
         match checks.iter().find(|(_, count, capacity)| count > capacity) {
             Some((what, count, capacity)) => Err(ImageError::OverCapacity { what, count: *count, capacity: *capacity }),
             None => Ok(()),
         }
     }
+
+    /// The clock and the ring's positions leave room to go on: the next batch's timestamps
+    /// and positions must not overflow (`apply` would panic on them).
+    fn check_scalars(&self) -> Result<(), ImageError> {
+        if self.timestamp_last >= u64::MAX - u64::from(self.config.batch_events_max) {
+            return Err(inconsistent("header", 0, "timestamp_last leaves no room for another batch"));
+        }
+        if self.ring_tail > RING_POSITION_MAX {
+            return Err(inconsistent("header", 0, "ring_tail is beyond 2^63 transfers"));
+        }
+        Ok(())
+    }
+}
+
+/// Transfers ever created stay below this, so ring positions cannot overflow (2^63 is
+/// ~29,000 years at 10 M transfers/s).
+const RING_POSITION_MAX: u64 = 1 << 63;
+const NS_PER_S: u64 = 1_000_000_000;
+
+fn inconsistent(section: &'static str, index: usize, reason: &'static str) -> ImageError {
+    ImageError::Inconsistent { section, index: index as u64, reason }
 }
 
 fn words_bytes(words: &[u64; 16]) -> [u8; 128] {
@@ -289,8 +336,12 @@ impl Ledger {
         }
     }
 
-    /// Rebuilds a ledger from an image and checks it: every count within capacity, every hold
-    /// and limit on a known account, and the recomputed state hash equal to the recorded one.
+    /// Rebuilds a ledger from an image and checks it: every count within capacity, every
+    /// record within the rules the ledger enforces when it stores one, the sections consistent
+    /// with each other (ids unique, holds on their remembered transfers and accounts, pending
+    /// balances the sums of the holds, totals the sums of the balances, limits where the flags
+    /// say), and the recomputed state hash equal to the recorded one. Any failure is an error,
+    /// never a panic: the bytes may come from a damaged or hostile file whose checksum holds.
     pub fn image_read(bytes: &[u8]) -> Result<Ledger, ImageError> {
         let header = ImageHeader::decode(bytes)?;
         let expected_bytes = header.image_size_bytes();
@@ -310,14 +361,18 @@ impl Ledger {
         let pending = take(header.pending_count as usize * PENDING_SIZE_BYTES);
         let limits = take(header.limits_count as usize * LIMITS_SIZE_BYTES);
         let ledgers = take(header.ledgers_count as usize * LEDGER_SIZE_BYTES);
-        ledger.image_accounts(accounts);
-        ledger.image_ledgers(ledgers);
+        ledger.horizon_ms = header.horizon_ms;
+        ledger.timestamp_last = header.timestamp_last;
+        ledger.image_accounts(accounts)?;
+        ledger.image_ledgers(ledgers)?;
         ledger.image_ring(&header, ring, statuses)?;
         ledger.image_pending(pending)?;
         ledger.image_limits(limits)?;
-        ledger.horizon_ms = header.horizon_ms;
-        ledger.timestamp_last = header.timestamp_last;
-        (ledger.hash_sum, ledger.balance_sums) = ledger.hash_sums_compute();
+        ledger.image_check_accounts()?;
+        ledger.image_check_totals()?;
+        ledger.image_check_ring_holds()?;
+        let sums = ledger.hash_sums_compute();
+        (ledger.hash_sum, ledger.balance_sums, ledger.totals_sums) = (sums.records, sums.balances, sums.totals);
         let computed = ledger.state_hash();
         if computed != header.state_hash {
             return Err(ImageError::StateHashMismatch { recorded: header.state_hash, computed });
@@ -325,38 +380,82 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn image_accounts(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks_exact(128) {
+    fn image_accounts(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        let mut timestamp_previous = 0;
+        for (index, chunk) in bytes.chunks_exact(128).enumerate() {
             let account: Account = record_from_bytes(chunk);
-            let slot = self.accounts_count();
+            let fail = |reason| Err(inconsistent("accounts", index, reason));
+            if let Some(reason) = account_rules_broken(&account) {
+                return fail(reason);
+            }
+            if account.timestamp <= timestamp_previous || account.timestamp > self.timestamp_last {
+                return fail("its timestamp is not after the previous account's and at or before timestamp_last");
+            }
+            timestamp_previous = account.timestamp;
             let tag = self.account_index.tag(account.id.0);
+            if self.account_find(tag, account.id).is_some() {
+                return fail("its id is an earlier account's");
+            }
+            let slot = self.accounts_count();
             self.accounts.push(Line(account));
             self.account_index.insert(tag, slot);
         }
+        Ok(())
     }
 
-    fn image_ledgers(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks_exact(LEDGER_SIZE_BYTES) {
+    fn image_ledgers(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
+        for (index, chunk) in bytes.chunks_exact(LEDGER_SIZE_BYTES).enumerate() {
+            let fail = |reason| Err(inconsistent("ledgers", index, reason));
             let u128_at = |offset: usize| u128::from_le_bytes(chunk[offset..offset + 16].try_into().expect("16 bytes"));
             let ledger = u32::from_le_bytes(chunk[0..4].try_into().expect("4 bytes"));
-            let slot = self.ledger_slot_or_register(ledger).expect("ledger count checked against capacity");
-            self.ledgers[slot as usize] = LedgerTotals {
+            let totals = LedgerTotals {
                 ledger,
                 debits_pending: u128_at(16),
                 debits_posted: u128_at(32),
                 credits_pending: u128_at(48),
                 credits_posted: u128_at(64),
             };
+            if chunk[4..16] != [0; 12] {
+                return fail("its padding is not zero");
+            }
+            if ledger == 0 {
+                return fail("its code is zero");
+            }
+            if self.ledger_slot(ledger).is_some() {
+                return fail("its code is an earlier entry's");
+            }
+            if totals.debits_pending != totals.credits_pending || totals.debits_posted != totals.credits_posted {
+                return fail("its debits and credits differ");
+            }
+            let slot = self.ledger_slot_or_register(ledger).expect("a new code, and the count is within ledgers_max");
+            self.ledgers[slot as usize] = totals;
         }
+        Ok(())
     }
 
     fn image_ring(&mut self, header: &ImageHeader, ring: &[u8], statuses: &[u8]) -> Result<(), ImageError> {
+        let count = header.ring_count();
+        if let Some(padding) = statuses[count..].iter().position(|byte| *byte != 0) {
+            return Err(inconsistent("statuses", count + padding, "a padding byte is not zero"));
+        }
         self.ring_head = header.ring_head;
         self.ring_tail = header.ring_head;
-        for (chunk, status) in ring.chunks_exact(128).zip(statuses) {
+        let mut timestamp_previous = 0;
+        for (index, (chunk, status)) in ring.chunks_exact(128).zip(statuses).enumerate() {
+            let fail = |reason| Err(inconsistent("ring", index, reason));
             let transfer: Transfer = record_from_bytes(chunk);
             let status = status_from_u8(*status)?;
+            if let Some(reason) = transfer_rules_broken(&transfer, status) {
+                return fail(reason);
+            }
+            if transfer.timestamp <= timestamp_previous || transfer.timestamp > self.timestamp_last {
+                return fail("its timestamp is not after the previous transfer's and at or before timestamp_last");
+            }
+            timestamp_previous = transfer.timestamp;
             let tag = self.transfer_index.tag(transfer.id.0);
+            if self.ring_find(tag, transfer.id).is_some() {
+                return fail("its id is an earlier transfer's");
+            }
             self.ring_push(tag, &transfer, transfer.timestamp, status);
         }
         assert_eq!(self.ring_tail, header.ring_tail);
@@ -364,25 +463,165 @@ impl Ledger {
     }
 
     fn image_pending(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
-        for chunk in bytes.chunks_exact(PENDING_SIZE_BYTES) {
+        let mut timestamp_previous = 0;
+        for (index, chunk) in bytes.chunks_exact(PENDING_SIZE_BYTES).enumerate() {
+            let fail = |reason| Err(inconsistent("pending", index, reason));
             let transfer: Transfer = record_from_bytes(&chunk[..128]);
             let expires_at_ns = u64::from_le_bytes(chunk[128..136].try_into().expect("8 bytes"));
             let ring_position = u64::from_le_bytes(chunk[136..144].try_into().expect("8 bytes"));
+            if !transfer.flags.contains(TransferFlags::PENDING) {
+                return fail("it is not a pending transfer");
+            }
+            if let Some(reason) = transfer_rules_broken(&transfer, TransferStatus::Pending) {
+                return fail(reason);
+            }
+            if transfer.timestamp <= timestamp_previous || transfer.timestamp > self.timestamp_last {
+                return fail("its timestamp is not after the previous hold's and at or before timestamp_last");
+            }
+            timestamp_previous = transfer.timestamp;
+            if self.pending.find(transfer.id.0).is_some() {
+                return fail("its id is an earlier hold's");
+            }
             let debit = self.image_account_slot(transfer.debit_account_id.0)?;
             let credit = self.image_account_slot(transfer.credit_account_id.0)?;
+            if self.account(debit).ledger != transfer.ledger || self.account(credit).ledger != transfer.ledger {
+                return fail("its accounts are not on its ledger");
+            }
+            if let Some(reason) = self.image_hold_broken(&transfer, expires_at_ns, ring_position) {
+                return fail(reason);
+            }
             self.pending.insert(&transfer, debit, credit, expires_at_ns, ring_position);
         }
         Ok(())
     }
 
+    /// What is wrong with a hold's expiry or its place in the ring, if anything.
+    fn image_hold_broken(&self, transfer: &Transfer, expires_at_ns: u64, ring_position: u64) -> Option<&'static str> {
+        let expires_at_expected = match transfer.timeout_s {
+            0 => Some(u64::MAX),
+            timeout_s => transfer.timestamp.checked_add(u64::from(timeout_s) * NS_PER_S),
+        };
+        if expires_at_expected != Some(expires_at_ns) {
+            return Some("its expiry is not its timestamp plus its timeout");
+        }
+        if expires_at_ns <= self.timestamp_last {
+            return Some("it is still open at timestamp_last, after its expiry");
+        }
+        if ring_position >= self.ring_tail {
+            return Some("its ring position is past the ring's tail");
+        }
+        if ring_position < self.ring_head {
+            let remembered = self.ring_find(self.transfer_index.tag(transfer.id.0), transfer.id);
+            return remembered.map(|_| "its transfer is remembered at another ring position");
+        }
+        let slot = self.ring_slot(ring_position);
+        if self.ring[slot].0.id != transfer.id {
+            return Some("its ring position holds another transfer");
+        }
+        if self.ring_status[slot] != TransferStatus::Pending {
+            return Some("its remembered transfer is not pending");
+        }
+        if self.ring[slot].0 != *transfer {
+            return Some("it differs from its remembered transfer");
+        }
+        None
+    }
+
     fn image_limits(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
-        for chunk in bytes.chunks_exact(LIMITS_SIZE_BYTES) {
+        for (index, chunk) in bytes.chunks_exact(LIMITS_SIZE_BYTES).enumerate() {
+            let fail = |reason| Err(inconsistent("limits", index, reason));
             let limits: AccountLimits = record_from_bytes(&chunk[..128]);
             let usage = usage_read(&chunk[128..176]);
+            let account_slot_recorded = u32::from_le_bytes(chunk[176..180].try_into().expect("4 bytes"));
+            if chunk[180..192] != [0; 12] {
+                return fail("its padding is not zero");
+            }
+            if let Some(reason) = limits_rules_broken(&limits) {
+                return fail(reason);
+            }
+            if limits.timestamp == 0 || limits.timestamp > self.timestamp_last {
+                return fail("its timestamp is zero or after timestamp_last");
+            }
             let account_slot = self.image_account_slot(limits.account_id.0)?;
+            if account_slot != account_slot_recorded {
+                return fail("its account slot is not its account's");
+            }
+            if self.account_limits[account_slot as usize] != NONE {
+                return fail("its account has an earlier limits entry");
+            }
             let slot = self.limits.len() as u32;
             self.limits.push(LimitsEntry { limits, usage, account_slot });
             self.account_limits[account_slot as usize] = slot;
+        }
+        Ok(())
+    }
+
+    /// Each account against the other sections: its ledger registered, its LIMITS flag set
+    /// exactly when limits are in force, its pending balances the sums of its open holds.
+    fn image_check_accounts(&self) -> Result<(), ImageError> {
+        let accounts_count = self.accounts.len();
+        let (mut holds_debit, mut holds_credit) =
+            (vec![Some(0u128); accounts_count], vec![Some(0u128); accounts_count]);
+        for slot in self.pending.slots() {
+            let entry = &self.pending.entries[slot as usize];
+            let amount = entry.transfer.amount.0;
+            let debit = &mut holds_debit[entry.debit_slot as usize];
+            *debit = debit.and_then(|sum| sum.checked_add(amount));
+            let credit = &mut holds_credit[entry.credit_slot as usize];
+            *credit = credit.and_then(|sum| sum.checked_add(amount));
+        }
+        for (index, line) in self.accounts.iter().enumerate() {
+            let account = &line.0;
+            let fail = |reason| Err(inconsistent("accounts", index, reason));
+            if self.ledger_slot(account.ledger).is_none() {
+                return fail("its ledger is not registered");
+            }
+            let limits_slot = self.account_limits[index];
+            let limited = limits_slot != NONE && self.limits[limits_slot as usize].limits.flags.0 != 0;
+            if account.flags.contains(AccountFlags::LIMITS) != limited {
+                return fail("its LIMITS flag disagrees with its limits entry");
+            }
+            if holds_debit[index] != Some(account.debits_pending.0)
+                || holds_credit[index] != Some(account.credits_pending.0)
+            {
+                return fail("its pending balances are not the sums of its open holds");
+            }
+        }
+        Ok(())
+    }
+
+    /// Each ledger's running totals against the sums over its accounts (wrapping, as kept).
+    fn image_check_totals(&self) -> Result<(), ImageError> {
+        let mut sums: Vec<LedgerTotals> = self
+            .ledgers
+            .iter()
+            .map(|totals| LedgerTotals { ledger: totals.ledger, ..LedgerTotals::default() })
+            .collect();
+        for line in &self.accounts {
+            let account = &line.0;
+            let slot = self.ledger_slot(account.ledger).expect("checked: every account's ledger is registered");
+            let totals = &mut sums[slot as usize];
+            totals.debits_pending = totals.debits_pending.wrapping_add(account.debits_pending.0);
+            totals.debits_posted = totals.debits_posted.wrapping_add(account.debits_posted.0);
+            totals.credits_pending = totals.credits_pending.wrapping_add(account.credits_pending.0);
+            totals.credits_posted = totals.credits_posted.wrapping_add(account.credits_posted.0);
+        }
+        match self.ledgers.iter().zip(&sums).position(|(totals, sum)| totals != sum) {
+            Some(index) => Err(inconsistent("ledgers", index, "its totals are not the sums over its accounts")),
+            None => Ok(()),
+        }
+    }
+
+    /// Every remembered transfer that is still pending has its hold open (the holds were
+    /// checked to sit on their remembered transfers, so this makes the two agree both ways).
+    fn image_check_ring_holds(&self) -> Result<(), ImageError> {
+        for position in self.ring_head..self.ring_tail {
+            let slot = self.ring_slot(position);
+            if self.ring_status[slot] == TransferStatus::Pending && self.pending.find(self.ring[slot].0.id.0).is_none()
+            {
+                let index = (position - self.ring_head) as usize;
+                return Err(inconsistent("ring", index, "it is pending but no hold is open for it"));
+            }
         }
         Ok(())
     }
@@ -391,6 +630,67 @@ impl Ledger {
         let found = self.account_find(self.account_index.tag(id), crate::types::AccountId(id));
         found.filter(|slot| *slot != NONE).ok_or(ImageError::MissingAccount { id })
     }
+}
+
+/// The rule (of `create_accounts`, or of the engine's own flags) that a stored account breaks.
+fn account_rules_broken(account: &Account) -> Option<&'static str> {
+    let flags_known = AccountFlags::CLIENT_MASK | AccountFlags::CLOSED | AccountFlags::LIMITS;
+    let flags_exclusive = AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS;
+    let debits = account.debits_pending.checked_add(account.debits_posted);
+    let credits = account.credits_pending.checked_add(account.credits_posted);
+    // Both flags are set only at creation (with zero balances) and every debit, credit, post
+    // and void keeps them, so an account that breaks its flag was never stored by a ledger.
+    let debits_exceed = debits.is_none_or(|debits| debits > account.credits_posted);
+    let credits_exceed = credits.is_none_or(|credits| credits > account.debits_posted);
+    let rules = [
+        (account.id.0 == 0 || account.id.0 == u128::MAX, "its id is zero or u128::MAX"),
+        (account.reserved != 0, "its reserved field is not zero"),
+        (account.flags.0 & !flags_known != 0, "it has a flag that is not defined"),
+        (account.flags.contains(flags_exclusive), "it has both balance flags"),
+        (account.ledger == 0, "its ledger is zero"),
+        (account.code == 0, "its code is zero"),
+        (
+            account.flags.contains(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS) && debits_exceed,
+            "its debits exceed its credits, which its flags forbid",
+        ),
+        (
+            account.flags.contains(AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS) && credits_exceed,
+            "its credits exceed its debits, which its flags forbid",
+        ),
+    ];
+    rules.iter().find(|(broken, _)| *broken).map(|(_, reason)| *reason)
+}
+
+/// The rule of `create_transfers` that a stored transfer with `status` breaks.
+fn transfer_rules_broken(transfer: &Transfer, status: TransferStatus) -> Option<&'static str> {
+    use TransferStatus as S;
+    let flags = transfer.flags;
+    let phases = [TransferFlags::PENDING, TransferFlags::POST_PENDING, TransferFlags::VOID_PENDING];
+    let status_allowed = if flags.contains(TransferFlags::PENDING) {
+        matches!(status, S::Pending | S::PendingPosted | S::PendingVoided | S::PendingExpired)
+    } else if flags.contains(TransferFlags::VOID_PENDING) {
+        status == S::Voided
+    } else {
+        status == S::Posted
+    };
+    let rules = [
+        (transfer.id.0 == 0 || transfer.id.0 == u128::MAX, "its id is zero or u128::MAX"),
+        (flags.0 & !TransferFlags::MASK != 0, "it has a flag that is not defined"),
+        (phases.iter().filter(|flag| flags.contains(**flag)).count() > 1, "it is more than one of pending, post, void"),
+        (transfer.debit_account_id == transfer.credit_account_id, "its debit and credit accounts are the same"),
+        (!status_allowed, "its status is not one its flags allow"),
+    ];
+    rules.iter().find(|(broken, _)| *broken).map(|(_, reason)| *reason)
+}
+
+/// The rule of `set_account_limits` that a stored limits record breaks.
+fn limits_rules_broken(limits: &AccountLimits) -> Option<&'static str> {
+    let rules = [
+        (limits.account_id.0 == 0 || limits.account_id.0 == u128::MAX, "its account id is zero or u128::MAX"),
+        (limits.flags.0 & !LimitFlags::MASK != 0, "it has a flag that is not defined"),
+        (limits.reserved != [0; 28], "its reserved field is not zero"),
+    ];
+    rules.iter().find(|(broken, _)| *broken).map(|(_, reason)| *reason)
 }
 
 fn status_from_u8(value: u8) -> Result<TransferStatus, ImageError> {

@@ -124,9 +124,32 @@ pub(crate) enum Undo {
 pub(crate) struct ChainMark {
     hash_sum: u128,
     balance_sums: [u128; 4],
+    totals_sums: [u128; 4],
     ring_tail: u64,
     accounts_count: u32,
+    /// Ledgers (currencies) registered before the chain: a chain that registers one and
+    /// fails gives the slot back.
+    ledgers_count: u32,
     undo_len: usize,
+}
+
+/// The parts of the state hash that are sums over records (see `Ledger::state_hash`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HashSums {
+    /// Every record's hash: accounts (static fields), ring, holds, limits, ledger codes.
+    pub records: u128,
+    /// Per balance: Σ over accounts of weight(account id) × balance.
+    pub balances: [u128; 4],
+    /// Per balance: Σ over ledgers of weight(ledger) × its running total.
+    pub totals: [u128; 4],
+}
+
+/// An odd 128-bit weight of a value for the weighted sums of the state hash: odd, so a change
+/// of any amount changes the weighted sum.
+#[inline]
+fn weight(value: u128, seed: u64) -> u128 {
+    let base = id_hash(value, seed);
+    (u128::from(base) << 64) | u128::from(base.rotate_left(32)) | 1
 }
 
 /// Index tags of one transfer event, computed before the apply loop so it can prefetch ahead.
@@ -147,6 +170,8 @@ const SEED_PENDING: u64 = 0x9e7d_1700;
 const SEED_LIMITS: u64 = 0x1171_7500;
 const SEED_USAGE: u64 = 0x05a6_e000;
 const SEED_DIGEST: u64 = 0xd16e_5700;
+const SEED_LEDGER: u64 = 0x1ed6_e700;
+const SEED_TOTALS_WEIGHT: u64 = 0x7074_a100;
 /// Evictions ahead of the current one whose index entries are prefetched: the eviction loop
 /// does little per entry, so it looks far ahead.
 const EVICT_PREFETCH_DISTANCE: u64 = 64;
@@ -178,6 +203,8 @@ pub struct Ledger {
     /// Per balance (debits_pending, debits_posted, credits_pending, credits_posted): the
     /// wrapping sum over accounts of weight(id) × balance, updated with one multiply.
     pub(crate) balance_sums: [u128; 4],
+    /// Per balance, the same over the ledgers' running totals: Σ weight(ledger) × total.
+    pub(crate) totals_sums: [u128; 4],
     /// `transfer_ring_size() - 1`.
     pub(crate) ring_mask: u64,
     /// (ledger, totals slot) of the last lookup: most batches move one currency.
@@ -223,6 +250,7 @@ impl Ledger {
             timestamp_last: 0,
             hash_sum: 0,
             balance_sums: [0; 4],
+            totals_sums: [0; 4],
             ring_mask: u64::from(config.transfer_ring_size() - 1),
             totals_cache: (0, NONE),
             // A chain touches at most: two accounts, two totals, two limits, a ring status
@@ -392,8 +420,10 @@ impl Ledger {
         self.chain = Some(ChainMark {
             hash_sum: self.hash_sum,
             balance_sums: self.balance_sums,
+            totals_sums: self.totals_sums,
             ring_tail: self.ring_tail,
             accounts_count: self.accounts_count(),
+            ledgers_count: self.ledgers.len() as u32,
             undo_len: self.undo.len(),
         });
     }
@@ -437,10 +467,29 @@ impl Ledger {
             let tag = self.account_index.tag(account.id.0);
             self.account_index.remove(tag, self.accounts.len() as u32);
         }
+        self.chain_rollback_ledgers(mark.ledgers_count);
         self.hash_sum = mark.hash_sum;
         self.balance_sums = mark.balance_sums;
+        self.totals_sums = mark.totals_sums;
         self.undo.truncate(mark.undo_len);
         self.pending_resolved_in_chain = 0;
+    }
+
+    /// Unregisters the ledgers a failed chain registered (newest first). Their totals are zero:
+    /// a chain registers a ledger only by creating its first account, and account chains move
+    /// no money. The one-entry totals cache may name a removed slot, so it is cleared.
+    fn chain_rollback_ledgers(&mut self, ledgers_count: u32) {
+        assert!(self.ledgers.len() >= ledgers_count as usize, "a chain only adds ledgers");
+        while self.ledgers.len() > ledgers_count as usize {
+            let totals = self.ledgers.pop().expect("ledger to roll back");
+            assert_eq!(totals, LedgerTotals { ledger: totals.ledger, ..LedgerTotals::default() });
+            let tag = self.ledger_index.tag(u128::from(totals.ledger));
+            self.ledger_index.remove(tag, self.ledgers.len() as u32);
+        }
+        if self.totals_cache.1 != NONE && self.totals_cache.1 >= ledgers_count {
+            self.totals_cache = (0, NONE);
+        }
+        assert_eq!(self.ledger_index.count(), ledgers_count);
     }
 
     pub(crate) fn undo_push(&mut self, undo: Undo) {
@@ -473,8 +522,18 @@ impl Ledger {
     /// changes the weighted sum.
     #[inline]
     fn balance_weight(&self, id: AccountId) -> u128 {
-        let base = id_hash(id.0, self.config.hash_seed ^ SEED_WEIGHT);
-        (u128::from(base) << 64) | u128::from(base.rotate_left(32)) | 1
+        weight(id.0, self.config.hash_seed ^ SEED_WEIGHT)
+    }
+
+    /// The weight of a ledger's running totals in the state hash, odd as `balance_weight`.
+    #[inline]
+    fn totals_weight(&self, ledger: u32) -> u128 {
+        weight(u128::from(ledger), self.config.hash_seed ^ SEED_TOTALS_WEIGHT)
+    }
+
+    /// The hash of a ledger (currency) code's registration: a record of the state like any other.
+    fn ledger_registration_hash(ledger: u32) -> u128 {
+        hash_words(&[u64::from(ledger)], SEED_LEDGER)
     }
 
     /// One double entry: `amount` onto (or, with `subtract`, off) the debit account's debits
@@ -505,17 +564,23 @@ impl Ledger {
         let ledger = self.ledgers[totals_slot as usize].ledger;
         self.balance_change(debit_slot, debit_balance, amount, ledger, subtract);
         self.balance_change(credit_slot, credit_balance, amount, ledger, subtract);
+        let weighted = self.totals_weight(ledger).wrapping_mul(amount.0);
         let totals = &mut self.ledgers[totals_slot as usize];
         let (debits, credits) = match phase {
             Phase::Pending => (&mut totals.debits_pending, &mut totals.credits_pending),
             Phase::Posted => (&mut totals.debits_posted, &mut totals.credits_posted),
         };
+        let sums = &mut self.totals_sums;
         if subtract {
             *debits = debits.wrapping_sub(amount.0);
             *credits = credits.wrapping_sub(amount.0);
+            sums[debit_balance as usize] = sums[debit_balance as usize].wrapping_sub(weighted);
+            sums[credit_balance as usize] = sums[credit_balance as usize].wrapping_sub(weighted);
         } else {
             *debits = debits.wrapping_add(amount.0);
             *credits = credits.wrapping_add(amount.0);
+            sums[debit_balance as usize] = sums[debit_balance as usize].wrapping_add(weighted);
+            sums[credit_balance as usize] = sums[credit_balance as usize].wrapping_add(weighted);
         }
     }
 
@@ -571,11 +636,13 @@ impl Ledger {
         let slot = self.ledgers.len() as u32;
         self.ledgers.push(LedgerTotals { ledger, ..LedgerTotals::default() });
         self.ledger_index.insert(self.ledger_index.tag(u128::from(ledger)), slot);
+        self.hash_sum = self.hash_sum.wrapping_add(Self::ledger_registration_hash(ledger));
         Some(slot)
     }
 
     /// The totals slot of a ledger that an account uses (always registered). Slots never
-    /// move, so the one-entry cache cannot go stale.
+    /// move; the one slot that can go away (a registration a failed chain rolls back) clears
+    /// the one-entry cache when it does.
     #[inline]
     pub(crate) fn totals_slot(&mut self, ledger: u32) -> u32 {
         if self.totals_cache.0 == ledger && self.totals_cache.1 != NONE {
@@ -586,7 +653,7 @@ impl Ledger {
         slot
     }
 
-    fn ledger_slot(&self, ledger: u32) -> Option<u32> {
+    pub(crate) fn ledger_slot(&self, ledger: u32) -> Option<u32> {
         let ledgers = &self.ledgers;
         self.ledger_index
             .find(self.ledger_index.tag(u128::from(ledger)), |slot| ledgers[slot as usize].ledger == ledger)
@@ -831,27 +898,24 @@ impl Ledger {
     // ----- the state hash and the invariants -----
 
     /// A 128-bit digest of the whole state, in O(1): the wrapping sum of every record's hash
-    /// (accounts, remembered transfers with their status, open holds, limits with usage), kept
-    /// up to date event by event, folded with the scalars (window bounds, horizon, clock,
-    /// counts). Two ledgers with equal digests hold the same state; `state_hash_recompute`
-    /// derives it from scratch for snapshots and tests.
+    /// (accounts, remembered transfers with their status, open holds, limits with usage, the
+    /// registered ledger codes), kept up to date event by event; the weighted sums of the
+    /// accounts' balances and of the ledgers' running totals; folded with the scalars (window
+    /// bounds, horizon, clock, counts). Two ledgers with equal digests hold the same state;
+    /// `state_hash_recompute` derives it from scratch for snapshots and tests.
     pub fn state_hash(&self) -> u128 {
-        self.state_digest(self.hash_sum, self.balance_sums)
+        self.state_digest(&HashSums { records: self.hash_sum, balances: self.balance_sums, totals: self.totals_sums })
     }
 
-    fn state_digest(&self, hash_sum: u128, balance_sums: [u128; 4]) -> u128 {
-        let [dp, dpo, cp, cpo] = balance_sums;
-        let words = [
-            hash_sum as u64,
-            (hash_sum >> 64) as u64,
-            dp as u64,
-            (dp >> 64) as u64,
-            dpo as u64,
-            (dpo >> 64) as u64,
-            cp as u64,
-            (cp >> 64) as u64,
-            cpo as u64,
-            (cpo >> 64) as u64,
+    fn state_digest(&self, sums: &HashSums) -> u128 {
+        // Nine 128-bit sums as two words each, then eight scalars.
+        let mut words = [0u64; 9 * 2 + 8];
+        let sums = [sums.records].into_iter().chain(sums.balances).chain(sums.totals);
+        for (pair, sum) in words.chunks_exact_mut(2).zip(sums) {
+            pair[0] = sum as u64;
+            pair[1] = (sum >> 64) as u64;
+        }
+        let scalars = [
             self.ring_head,
             self.ring_tail,
             self.horizon_ms,
@@ -859,18 +923,19 @@ impl Ledger {
             u64::from(self.accounts_count()),
             u64::from(self.pending.count()),
             self.limits.len() as u64,
+            self.ledgers.len() as u64,
         ];
+        words[9 * 2..].copy_from_slice(&scalars);
         hash_words(&words, SEED_DIGEST)
     }
 
     /// The state hash computed from every record: O(n).
     pub fn state_hash_recompute(&self) -> u128 {
-        let (hash_sum, balance_sums) = self.hash_sums_compute();
-        self.state_digest(hash_sum, balance_sums)
+        self.state_digest(&self.hash_sums_compute())
     }
 
-    /// (hash_sum, balance_sums) from every record, checking each stored ring hash on the way.
-    pub(crate) fn hash_sums_compute(&self) -> (u128, [u128; 4]) {
+    /// The state hash's sums from every record, checking each stored ring hash on the way.
+    pub(crate) fn hash_sums_compute(&self) -> HashSums {
         let mut sum = 0u128;
         let mut balance_sums = [0u128; 4];
         for line in &self.accounts {
@@ -896,7 +961,16 @@ impl Ledger {
             assert_eq!(self.account_limits[entry.account_slot as usize], slot as u32, "limits back-pointer");
             sum = sum.wrapping_add(entry.hash());
         }
-        (sum, balance_sums)
+        let mut totals_sums = [0u128; 4];
+        for totals in &self.ledgers {
+            sum = sum.wrapping_add(Self::ledger_registration_hash(totals.ledger));
+            let weight = self.totals_weight(totals.ledger);
+            let values = [totals.debits_pending, totals.debits_posted, totals.credits_pending, totals.credits_posted];
+            for (total, value) in totals_sums.iter_mut().zip(values) {
+                *total = total.wrapping_add(weight.wrapping_mul(value));
+            }
+        }
+        HashSums { records: sum, balances: balance_sums, totals: totals_sums }
     }
 
     /// O(ledgers), after every batch: Σ debits = Σ credits per ledger, posted and pending.
@@ -970,4 +1044,38 @@ pub struct MemoryBytes {
     pub transfers: u64,
     pub pending: u64,
     pub limits: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::AccountId;
+
+    const TIMESTAMP_NS: u64 = 1_795_305_600 * 1_000_000_000;
+
+    fn account(id: u128, ledger: u32) -> Account {
+        Account { id: AccountId(id), ledger, code: 1, ..Account::default() }
+    }
+
+    #[test]
+    fn the_state_hash_covers_the_ledger_registry_and_the_running_totals() {
+        let mut ledger = Ledger::new(Config::small()).expect("config");
+        let mut output = Output::new(ledger.config());
+        ledger.apply(TIMESTAMP_NS, Batch::CreateAccounts(&[account(1, 1), account(2, 1)]), &mut output);
+        assert!(output.results.is_empty());
+        let before = ledger.state_hash();
+        assert_eq!(ledger.state_hash_recompute(), before);
+
+        // A registration alone (what a rolled-back chain used to leave behind) changes it.
+        assert_eq!(ledger.ledger_slot_or_register(7), Some(1));
+        assert_ne!(ledger.state_hash(), before, "the registry is in the incremental hash");
+        assert_eq!(ledger.state_hash_recompute(), ledger.state_hash(), "incremental and recomputed agree");
+
+        // Totals that no longer match what the incremental hash was kept with are seen by the
+        // recomputation (balanced, so the per-batch debits == credits check would not notice).
+        let registered = ledger.state_hash();
+        ledger.ledgers[0].debits_posted += 1;
+        ledger.ledgers[0].credits_posted += 1;
+        assert_ne!(ledger.state_hash_recompute(), registered, "the totals are in the recomputed hash");
+    }
 }

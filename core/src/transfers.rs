@@ -18,6 +18,10 @@ const LOOKAHEAD: usize = 8;
 const NS_PER_MS: u64 = 1_000_000;
 const NS_PER_S: u64 = 1_000_000_000;
 
+// The future check adds `id_future_ms_max` to the clock in milliseconds: with the bound that
+// `Config::validated` enforces, the largest clock plus the largest window fits in a u64.
+const _: () = assert!(u64::MAX / NS_PER_MS <= u64::MAX - crate::config::ID_FUTURE_MS_MAX_LIMIT);
+
 impl Ledger {
     pub(crate) fn create_transfers(&mut self, timestamp_ns: u64, events: &[Transfer], output: &mut Output) {
         self.ring_evict();
@@ -104,7 +108,11 @@ impl Ledger {
         if transfer.id.time_ms() < self.horizon_ms {
             return R::IdTooOld;
         }
-        if transfer.id.time_ms() > timestamp_ns / NS_PER_MS + self.config.id_future_ms_max {
+        // Cannot overflow: Config::validated bounds id_future_ms_max (asserted above).
+        let future_ms_max = (timestamp_ns / NS_PER_MS)
+            .checked_add(self.config.id_future_ms_max)
+            .expect("id_future_ms_max is bounded by Config::validated");
+        if transfer.id.time_ms() > future_ms_max {
             return R::IdTimestampInFuture;
         }
         let flags = transfer.flags;

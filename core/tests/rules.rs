@@ -465,3 +465,49 @@ fn a_balance_read_shows_balances_limits_and_open_holds_together() {
     ids.sort();
     assert_eq!(ids, [holds[0].id, holds[2].id]);
 }
+
+#[test]
+fn a_failed_chain_gives_back_the_ledger_it_registered() {
+    use CreateAccountResult as R;
+    let mut h = Harness::new(Config { ledgers_max: 2, ..Config::small() });
+    assert_eq!(h.create_accounts(&[account(1, 1)]), [R::Ok]);
+    // The same failing batch, with and without a chain that registers ledger 2 first.
+    let mut twin = Harness::new(Config { ledgers_max: 2, ..Config::small() });
+    assert_eq!(twin.create_accounts(&[account(1, 1)]), [R::Ok]);
+    let linked = Account { flags: AccountFlags(AccountFlags::LINKED), ..account(2, 2) };
+    let bad = Account { code: 0, ..account(3, 1) };
+    assert_eq!(h.create_accounts(&[linked, bad]), [R::LinkedEventFailed, R::CodeMustNotBeZero]);
+    assert_eq!(twin.create_accounts(&[Account { code: 0, ..account(2, 2) }, bad]), [R::CodeMustNotBeZero; 2]);
+    assert_eq!(h.ledger.ledger_totals(), twin.ledger.ledger_totals(), "the registration was rolled back");
+    assert_eq!(h.ledger.state_hash(), twin.ledger.state_hash());
+    h.ledger.verify();
+    // The slot the chain took is free again: a third ledger fits beside ledger 1.
+    assert_eq!(h.create_accounts(&[account(4, 3)]), [R::Ok], "ledgers_max is 2 and only ledger 1 is in use");
+    assert_eq!(h.create_accounts(&[account(5, 2)]), [R::LedgersFull]);
+    // A transfer on the ledger registered after the rollback finds its totals.
+    assert_eq!(h.create_accounts(&[account(6, 3)]), [R::Ok]);
+    let ms = h.now_ms();
+    assert_eq!(h.create_transfers(&[Transfer { ledger: 3, ..transfer(ms, 1, 4, 6, 10) }]), [T::Ok]);
+    h.ledger.verify();
+}
+
+#[test]
+fn id_future_ms_max_is_at_most_a_day_and_holds_exactly_up_to_the_end_of_time() {
+    const DAY_MS: u64 = 86_400_000;
+    for too_far in [DAY_MS + 1, u64::MAX] {
+        let error = walletd_core::Ledger::new(Config { id_future_ms_max: too_far, ..Config::small() }).err();
+        let message = error.map(|error| error.to_string()).unwrap_or_default();
+        assert!(message.contains("id_future_ms_max"), "{too_far}: {message:?}");
+    }
+    let mut h = Harness::new(Config { id_future_ms_max: DAY_MS, ..Config::small() });
+    h.create_accounts(&[account(1, 1), account(2, 1)]);
+    let ms = h.now_ms();
+    let rows = [transfer(ms + DAY_MS, 1, 1, 2, 1), transfer(ms + DAY_MS + 1, 2, 1, 2, 1)];
+    assert_eq!(h.create_transfers(&rows), [T::Ok, T::IdTimestampInFuture]);
+    // The largest clock a batch can carry, with the largest window ahead of it.
+    h.now_ns = u64::MAX - 1_000;
+    let ms = h.now_ms();
+    let rows = [transfer(ms + DAY_MS, 3, 1, 2, 1), transfer(ms + DAY_MS + 1, 4, 1, 2, 1)];
+    assert_eq!(h.create_transfers(&rows), [T::Ok, T::IdTimestampInFuture]);
+    h.ledger.verify();
+}

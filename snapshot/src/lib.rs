@@ -6,8 +6,16 @@
 //! Saving writes `snapshot-{op:020}.tmp`, fsyncs it, renames it to `.snap` and fsyncs the
 //! directory, so a crash leaves either the old set or the new one, never a half file under
 //! the final name. Loading checks the checksum where it reads (the pair of the one computed
-//! where it wrote), then rebuilds the ledger, which checks the state hash again. The newest
-//! snapshot that passes both wins; damaged ones are reported and skipped.
+//! where it wrote), then rebuilds the ledger, which checks the image's consistency and the
+//! state hash again. The newest snapshot that passes every check wins; damaged ones are
+//! reported and skipped.
+//!
+//! Loading reads the file into memory rather than mapping it. A mapped file that shrinks
+//! while it is read (another process truncating it, a failing disk) raises SIGBUS on the first
+//! page past its end, which no checksum can turn into an error; a read that meets the end early
+//! is an ordinary `Corrupt` snapshot, and the loader falls back to the older one. The cost is
+//! one copy of the file at start-up, freed once the ledger is rebuilt (which reads every byte
+//! anyway).
 //!
 //! ```text
 //! offset size field
@@ -25,7 +33,7 @@
 //! ```
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use walletd_core::Ledger;
 
@@ -59,9 +67,10 @@ impl SnapshotHeader {
         bytes
     }
 
+    /// Decodes the header from the first `SNAPSHOT_HEADER_SIZE_BYTES` of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<SnapshotHeader, String> {
-        if bytes.len() < SNAPSHOT_HEADER_SIZE_BYTES + SNAPSHOT_CHECKSUM_SIZE_BYTES {
-            return Err(format!("{} bytes is too short for a snapshot", bytes.len()));
+        if bytes.len() < SNAPSHOT_HEADER_SIZE_BYTES {
+            return Err(format!("{} bytes is too short for a snapshot header", bytes.len()));
         }
         if bytes[0..8] != SNAPSHOT_MAGIC {
             return Err("bad magic: not a walletd snapshot".to_string());
@@ -275,20 +284,36 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
-/// Loads one snapshot file, checking its checksum, its header and the rebuilt state hash.
+/// Loads one snapshot file, checking its checksum, its header and the rebuilt ledger (its
+/// consistency and state hash). A file cut short, even while it is being read, is `Corrupt`.
 pub fn snapshot_load(path: &Path) -> Result<Loaded, SnapshotError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let size_bytes = file.metadata().map_err(io_error(path))?.len();
+    snapshot_read(path, &mut file, size_bytes)
+}
+
+/// Reads and checks a snapshot that was `size_bytes` long when it was opened. The header is
+/// read first and its announced size compared with the file's before the rest is allocated
+/// and read, so a damaged size field costs no large allocation.
+fn snapshot_read(path: &Path, source: &mut impl Read, size_bytes: u64) -> Result<Loaded, SnapshotError> {
     let corrupt = |reason: String| SnapshotError::Corrupt { path: path.to_path_buf(), reason };
-    let file = File::open(path).map_err(io_error(path))?;
-    // SAFETY: the file is only read, and snapshot files are never modified after their rename;
-    // a concurrent truncation by another process would be an operator error we cannot prevent,
-    // and the checksum below would then fail rather than read garbage silently.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
-    let bytes: &[u8] = &map;
-    let header = SnapshotHeader::decode(bytes).map_err(corrupt)?;
-    let expected = SNAPSHOT_HEADER_SIZE_BYTES as u64 + header.image_size_bytes + SNAPSHOT_CHECKSUM_SIZE_BYTES as u64;
-    if bytes.len() as u64 != expected {
-        return Err(corrupt(format!("{} bytes, but its header announces {expected}", bytes.len())));
+    let size_min = (SNAPSHOT_HEADER_SIZE_BYTES + SNAPSHOT_CHECKSUM_SIZE_BYTES) as u64;
+    if size_bytes < size_min {
+        return Err(corrupt(format!("{size_bytes} bytes is too short for a snapshot")));
     }
+    let mut header_bytes = [0u8; SNAPSHOT_HEADER_SIZE_BYTES];
+    snapshot_read_exact(path, source, &mut header_bytes, size_bytes)?;
+    let header = SnapshotHeader::decode(&header_bytes).map_err(corrupt)?;
+    let expected = header.image_size_bytes.checked_add(size_min);
+    if expected != Some(size_bytes) {
+        let announced = expected.map_or("more than 2^64".to_string(), |expected| expected.to_string());
+        return Err(corrupt(format!("{size_bytes} bytes, but its header announces {announced}")));
+    }
+    let size = usize::try_from(size_bytes).map_err(|_| corrupt(format!("{size_bytes} bytes do not fit in memory")))?;
+    let mut bytes = vec![0u8; size];
+    bytes[..SNAPSHOT_HEADER_SIZE_BYTES].copy_from_slice(&header_bytes);
+    snapshot_read_exact(path, source, &mut bytes[SNAPSHOT_HEADER_SIZE_BYTES..], size_bytes)?;
+    assert_eq!(bytes.len() as u64, size_bytes);
     let (covered, stored) = bytes.split_at(bytes.len() - SNAPSHOT_CHECKSUM_SIZE_BYTES);
     let computed = blake3::hash(covered);
     if &computed.as_bytes()[..16] != stored {
@@ -302,11 +327,37 @@ pub fn snapshot_load(path: &Path) -> Result<Loaded, SnapshotError> {
     Ok(Loaded { ledger, header, path: path.to_path_buf() })
 }
 
+/// Fills `buffer` from `source`; an end of file before it is full means the file was cut
+/// after it was opened: `Corrupt`, like any other damage, so that loading falls back.
+fn snapshot_read_exact(
+    path: &Path,
+    source: &mut impl Read,
+    buffer: &mut [u8],
+    size_bytes: u64,
+) -> Result<(), SnapshotError> {
+    match source.read_exact(buffer) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Err(SnapshotError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("the file ended before its {size_bytes} bytes were read: it was cut while being read"),
+        }),
+        Err(error) => Err(SnapshotError::Io { path: path.to_path_buf(), source: error }),
+    }
+}
+
 /// The newest snapshot that loads, and every newer one that did not (with why).
 pub fn snapshot_load_newest(dir: &Path) -> Result<(Option<Loaded>, Vec<SnapshotError>), SnapshotError> {
+    snapshot_load_newest_with(dir, snapshot_load)
+}
+
+/// `snapshot_load_newest` with the loading of one file given (tests cut a file while it loads).
+fn snapshot_load_newest_with(
+    dir: &Path,
+    mut load: impl FnMut(&Path) -> Result<Loaded, SnapshotError>,
+) -> Result<(Option<Loaded>, Vec<SnapshotError>), SnapshotError> {
     let mut skipped = Vec::new();
     for (op, path) in snapshots_list(dir)? {
-        match snapshot_load(&path) {
+        match load(&path) {
             Ok(loaded) if loaded.header.op == op => return Ok((Some(loaded), skipped)),
             Ok(loaded) => skipped.push(SnapshotError::Corrupt {
                 path,
@@ -317,4 +368,94 @@ pub fn snapshot_load_newest(dir: &Path) -> Result<(Option<Loaded>, Vec<SnapshotE
         }
     }
     Ok((None, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walletd_core::{Account, AccountId, Batch, Config, Output};
+
+    fn tempdir() -> tempfile::TempDir {
+        let base = Path::new("/work/tmp");
+        let builder = tempfile::Builder::new().prefix("walletd-snapshot-").to_owned();
+        if base.is_dir() { builder.tempdir_in(base) } else { builder.tempdir() }.expect("create a temporary directory")
+    }
+
+    /// Saves a snapshot at `op` of a ledger with `accounts_count` accounts.
+    fn saved_at(dir: &Path, op: u64, accounts_count: u128) -> PathBuf {
+        let mut ledger = Ledger::new(Config::small()).expect("small config is valid");
+        let mut output = Output::new(ledger.config());
+        let accounts: Vec<Account> = (1..=accounts_count)
+            .map(|id| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() })
+            .collect();
+        ledger.apply(1_795_305_600 * 1_000_000_000, Batch::CreateAccounts(&accounts), &mut output);
+        assert!(output.results.is_empty());
+        snapshot_save(dir, op, 0x5eed, &ledger, 2).expect("save").path
+    }
+
+    fn saved(dir: &Path) -> PathBuf {
+        saved_at(dir, 5, 64)
+    }
+
+    /// Opens the file, takes its size, cuts it to `cut_bytes`, and only then reads it.
+    fn load_cut_after_open(path: &Path, cut_bytes: u64) -> Result<Loaded, SnapshotError> {
+        let mut file = File::open(path).expect("open snapshot");
+        let size_bytes = file.metadata().expect("metadata").len();
+        assert!(cut_bytes < size_bytes);
+        fs::OpenOptions::new().write(true).open(path).expect("open to cut").set_len(cut_bytes).expect("cut");
+        snapshot_read(path, &mut file, size_bytes)
+    }
+
+    /// The moment that raised SIGBUS when the file was mapped: its size was taken, then it was
+    /// cut (here through a second handle) before its bytes were read.
+    #[test]
+    fn a_file_cut_after_it_was_opened_is_corrupt_not_a_signal() {
+        let dir = tempdir();
+        let path = saved(dir.path());
+        let pristine = fs::read(&path).expect("read snapshot");
+        let size_bytes = pristine.len() as u64;
+        for cut_bytes in [0, 64, SNAPSHOT_HEADER_SIZE_BYTES as u64 + 1, size_bytes / 2, size_bytes - 1] {
+            fs::write(&path, &pristine).expect("restore snapshot");
+            match load_cut_after_open(&path, cut_bytes) {
+                Err(SnapshotError::Corrupt { path: reported, reason }) => {
+                    assert_eq!(reported, path, "cut to {cut_bytes}");
+                    assert!(reason.contains("cut while being read"), "cut to {cut_bytes}: {reason}");
+                }
+                Err(error) => panic!("cut to {cut_bytes}: expected Corrupt, got {error}"),
+                Ok(_) => panic!("cut to {cut_bytes}: loaded"),
+            }
+        }
+        fs::write(&path, &pristine).expect("restore snapshot");
+        assert_eq!(snapshot_load(&path).expect("the restored file loads").header.op, 5);
+    }
+
+    #[test]
+    fn a_newest_file_cut_while_it_loads_falls_back_to_the_older() {
+        let dir = tempdir();
+        let older = saved_at(dir.path(), 5, 10);
+        let newest = saved_at(dir.path(), 6, 20);
+        let size_bytes = fs::metadata(&newest).expect("newest").len();
+        let load =
+            |path: &Path| if path == newest { load_cut_after_open(path, size_bytes / 2) } else { snapshot_load(path) };
+        let (loaded, skipped) = snapshot_load_newest_with(dir.path(), load).expect("a cut file is not an I/O failure");
+        let loaded = loaded.expect("the older snapshot");
+        assert_eq!((loaded.header.op, loaded.path.as_path(), loaded.ledger.accounts_count()), (5, older.as_path(), 10));
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(matches!(&skipped[0], SnapshotError::Corrupt { path, .. } if *path == newest), "{}", skipped[0]);
+        assert!(skipped[0].to_string().contains("cut while being read"), "{}", skipped[0]);
+    }
+
+    #[test]
+    fn an_image_size_that_overflows_is_corrupt() {
+        let dir = tempdir();
+        let path = saved(dir.path());
+        let mut bytes = fs::read(&path).expect("read snapshot");
+        bytes[64..72].copy_from_slice(&(u64::MAX - 100).to_le_bytes());
+        fs::write(&path, &bytes).expect("write snapshot");
+        match snapshot_load(&path) {
+            Err(SnapshotError::Corrupt { reason, .. }) => assert!(reason.contains("more than 2^64"), "{reason}"),
+            Err(error) => panic!("expected Corrupt, got {error}"),
+            Ok(_) => panic!("loaded"),
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! The snapshot store on real files: a save loads back to the same state and header; only the
 //! newest `kept` survive; leftovers and foreign names are ignored; and every kind of damage (a
-//! flipped byte anywhere, a cut or grown file, a name that disagrees with the header) is
-//! refused as `Corrupt`, so that `snapshot_load_newest` falls back to the next older snapshot
-//! and names the damaged one.
+//! flipped byte anywhere, a cut or grown file, a name that disagrees with the header, an
+//! inconsistent image under a valid checksum) is refused as `Corrupt`, so that
+//! `snapshot_load_newest` falls back to the next older snapshot and names the damaged one.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -361,4 +361,39 @@ fn a_file_named_for_one_op_whose_header_says_another_is_skipped() {
     let SnapshotError::Corrupt { path, reason } = &skipped[0] else { panic!("expected Corrupt: {}", skipped[0]) };
     assert_eq!(path, &misnamed);
     assert!(reason.contains("op 30") && reason.contains("op 10"), "{reason}");
+}
+
+/// Rewrites a snapshot's stored checksum so that it matches its (altered) contents.
+fn checksum_reseal(path: &Path) {
+    let mut bytes = fs::read(path).expect("read snapshot");
+    let covered = bytes.len() - SNAPSHOT_CHECKSUM_SIZE_BYTES;
+    let checksum = blake3::hash(&bytes[..covered]);
+    bytes[covered..].copy_from_slice(&checksum.as_bytes()[..SNAPSHOT_CHECKSUM_SIZE_BYTES]);
+    fs::write(path, bytes).expect("write snapshot");
+}
+
+#[test]
+fn an_inconsistent_image_under_a_valid_checksum_falls_back_to_the_older() {
+    let dir = tempdir();
+    let (older_hash, _) = two_snapshots(dir.path());
+    let newest = dir.path().join(snapshot_file_name(20));
+    // The second remembered transfer's timestamp (ledger image: 128-byte header, then the
+    // accounts, then the ring) set to zero, a value no ledger stores.
+    let image = SNAPSHOT_HEADER_SIZE_BYTES;
+    let ring = image + 128 + ACCOUNTS_COUNT as usize * 128;
+    let timestamp = ring + 128 + 120;
+    let mut bytes = fs::read(&newest).expect("read snapshot");
+    assert_ne!(bytes[timestamp..timestamp + 8], [0; 8]);
+    bytes[timestamp..timestamp + 8].fill(0);
+    fs::write(&newest, bytes).expect("write snapshot");
+    checksum_reseal(&newest);
+
+    let (reported, reason) = corrupt_reason(snapshot_load(&newest));
+    assert_eq!(reported, newest);
+    assert!(reason.contains("inconsistent") && reason.contains("ring entry 1"), "{reason}");
+    let (loaded, skipped) = snapshot_load_newest(dir.path()).expect("load newest");
+    let loaded = loaded.expect("the older snapshot");
+    assert_eq!(loaded.header.op, 10);
+    assert_eq!(loaded.ledger.state_hash(), older_hash);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
 }

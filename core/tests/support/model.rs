@@ -24,18 +24,19 @@ pub struct State {
     pub horizon_ms: u64,
     pub holds: BTreeMap<u128, Hold>,
     pub limits: BTreeMap<u128, (AccountLimits, DebitUsage)>,
+    /// Ledger codes registered (by their first account): part of the state, so a chain that
+    /// registers one and fails gives it back.
+    pub ledgers: BTreeSet<u32>,
 }
 
 pub struct Model {
     pub config: Config,
     pub state: State,
-    /// Ledger codes ever registered (a rolled-back chain does not unregister one).
-    pub ledgers: BTreeSet<u32>,
 }
 
 impl Model {
     pub fn new(config: Config) -> Model {
-        Model { config: config.validated().expect("config"), state: State::default(), ledgers: BTreeSet::new() }
+        Model { config: config.validated().expect("config"), state: State::default() }
     }
 
     /// Expires holds due by the batch's last timestamp; returns how many.
@@ -165,11 +166,11 @@ impl Model {
         if self.state.accounts.len() == self.config.accounts_max as usize {
             return A::AccountsFull;
         }
-        if !self.ledgers.contains(&a.ledger) {
-            if self.ledgers.len() == self.config.ledgers_max as usize {
+        if !self.state.ledgers.contains(&a.ledger) {
+            if self.state.ledgers.len() == self.config.ledgers_max as usize {
                 return A::LedgersFull;
             }
-            self.ledgers.insert(a.ledger);
+            self.state.ledgers.insert(a.ledger);
         }
         self.state.accounts.insert(a.id.0, Account { timestamp: timestamp_ns, ..*a });
         A::Ok
