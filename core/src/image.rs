@@ -372,7 +372,7 @@ impl Ledger {
         ledger.image_check_totals()?;
         ledger.image_check_ring_holds()?;
         let sums = ledger.hash_sums_compute();
-        (ledger.hash_sum, ledger.balance_sums, ledger.totals_sums) = (sums.records, sums.balances, sums.totals);
+        (ledger.hash_sum, ledger.balance_sums) = (sums.records, sums.balances);
         let computed = ledger.state_hash();
         if computed != header.state_hash {
             return Err(ImageError::StateHashMismatch { recorded: header.state_hash, computed });

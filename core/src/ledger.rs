@@ -124,7 +124,6 @@ pub(crate) enum Undo {
 pub(crate) struct ChainMark {
     hash_sum: u128,
     balance_sums: [u128; 4],
-    totals_sums: [u128; 4],
     ring_tail: u64,
     accounts_count: u32,
     /// Ledgers (currencies) registered before the chain: a chain that registers one and
@@ -140,8 +139,6 @@ pub(crate) struct HashSums {
     pub records: u128,
     /// Per balance: Σ over accounts of weight(account id) × balance.
     pub balances: [u128; 4],
-    /// Per balance: Σ over ledgers of weight(ledger) × its running total.
-    pub totals: [u128; 4],
 }
 
 /// An odd 128-bit weight of a value for the weighted sums of the state hash: odd, so a change
@@ -171,7 +168,6 @@ const SEED_LIMITS: u64 = 0x1171_7500;
 const SEED_USAGE: u64 = 0x05a6_e000;
 const SEED_DIGEST: u64 = 0xd16e_5700;
 const SEED_LEDGER: u64 = 0x1ed6_e700;
-const SEED_TOTALS_WEIGHT: u64 = 0x7074_a100;
 /// Evictions ahead of the current one whose index entries are prefetched: the eviction loop
 /// does little per entry, so it looks far ahead.
 const EVICT_PREFETCH_DISTANCE: u64 = 64;
@@ -203,8 +199,6 @@ pub struct Ledger {
     /// Per balance (debits_pending, debits_posted, credits_pending, credits_posted): the
     /// wrapping sum over accounts of weight(id) × balance, updated with one multiply.
     pub(crate) balance_sums: [u128; 4],
-    /// Per balance, the same over the ledgers' running totals: Σ weight(ledger) × total.
-    pub(crate) totals_sums: [u128; 4],
     /// `transfer_ring_size() - 1`.
     pub(crate) ring_mask: u64,
     /// (ledger, totals slot) of the last lookup: most batches move one currency.
@@ -250,7 +244,6 @@ impl Ledger {
             timestamp_last: 0,
             hash_sum: 0,
             balance_sums: [0; 4],
-            totals_sums: [0; 4],
             ring_mask: u64::from(config.transfer_ring_size() - 1),
             totals_cache: (0, NONE),
             // A chain touches at most: two accounts, two totals, two limits, a ring status
@@ -420,7 +413,6 @@ impl Ledger {
         self.chain = Some(ChainMark {
             hash_sum: self.hash_sum,
             balance_sums: self.balance_sums,
-            totals_sums: self.totals_sums,
             ring_tail: self.ring_tail,
             accounts_count: self.accounts_count(),
             ledgers_count: self.ledgers.len() as u32,
@@ -470,7 +462,6 @@ impl Ledger {
         self.chain_rollback_ledgers(mark.ledgers_count);
         self.hash_sum = mark.hash_sum;
         self.balance_sums = mark.balance_sums;
-        self.totals_sums = mark.totals_sums;
         self.undo.truncate(mark.undo_len);
         self.pending_resolved_in_chain = 0;
     }
@@ -525,12 +516,6 @@ impl Ledger {
         weight(id.0, self.config.hash_seed ^ SEED_WEIGHT)
     }
 
-    /// The weight of a ledger's running totals in the state hash, odd as `balance_weight`.
-    #[inline]
-    fn totals_weight(&self, ledger: u32) -> u128 {
-        weight(u128::from(ledger), self.config.hash_seed ^ SEED_TOTALS_WEIGHT)
-    }
-
     /// The hash of a ledger (currency) code's registration: a record of the state like any other.
     fn ledger_registration_hash(ledger: u32) -> u128 {
         hash_words(&[u64::from(ledger)], SEED_LEDGER)
@@ -564,23 +549,17 @@ impl Ledger {
         let ledger = self.ledgers[totals_slot as usize].ledger;
         self.balance_change(debit_slot, debit_balance, amount, ledger, subtract);
         self.balance_change(credit_slot, credit_balance, amount, ledger, subtract);
-        let weighted = self.totals_weight(ledger).wrapping_mul(amount.0);
         let totals = &mut self.ledgers[totals_slot as usize];
         let (debits, credits) = match phase {
             Phase::Pending => (&mut totals.debits_pending, &mut totals.credits_pending),
             Phase::Posted => (&mut totals.debits_posted, &mut totals.credits_posted),
         };
-        let sums = &mut self.totals_sums;
         if subtract {
             *debits = debits.wrapping_sub(amount.0);
             *credits = credits.wrapping_sub(amount.0);
-            sums[debit_balance as usize] = sums[debit_balance as usize].wrapping_sub(weighted);
-            sums[credit_balance as usize] = sums[credit_balance as usize].wrapping_sub(weighted);
         } else {
             *debits = debits.wrapping_add(amount.0);
             *credits = credits.wrapping_add(amount.0);
-            sums[debit_balance as usize] = sums[debit_balance as usize].wrapping_add(weighted);
-            sums[credit_balance as usize] = sums[credit_balance as usize].wrapping_add(weighted);
         }
     }
 
@@ -904,13 +883,13 @@ impl Ledger {
     /// bounds, horizon, clock, counts). Two ledgers with equal digests hold the same state;
     /// `state_hash_recompute` derives it from scratch for snapshots and tests.
     pub fn state_hash(&self) -> u128 {
-        self.state_digest(&HashSums { records: self.hash_sum, balances: self.balance_sums, totals: self.totals_sums })
+        self.state_digest(&HashSums { records: self.hash_sum, balances: self.balance_sums })
     }
 
     fn state_digest(&self, sums: &HashSums) -> u128 {
-        // Nine 128-bit sums as two words each, then eight scalars.
-        let mut words = [0u64; 9 * 2 + 8];
-        let sums = [sums.records].into_iter().chain(sums.balances).chain(sums.totals);
+        // Five 128-bit sums as two words each, then eight scalars.
+        let mut words = [0u64; 5 * 2 + 8];
+        let sums = [sums.records].into_iter().chain(sums.balances);
         for (pair, sum) in words.chunks_exact_mut(2).zip(sums) {
             pair[0] = sum as u64;
             pair[1] = (sum >> 64) as u64;
@@ -925,7 +904,7 @@ impl Ledger {
             self.limits.len() as u64,
             self.ledgers.len() as u64,
         ];
-        words[9 * 2..].copy_from_slice(&scalars);
+        words[5 * 2..].copy_from_slice(&scalars);
         hash_words(&words, SEED_DIGEST)
     }
 
@@ -961,16 +940,13 @@ impl Ledger {
             assert_eq!(self.account_limits[entry.account_slot as usize], slot as u32, "limits back-pointer");
             sum = sum.wrapping_add(entry.hash());
         }
-        let mut totals_sums = [0u128; 4];
+        // The running totals are not hashed: they are a function of the accounts (Σ of their
+        // balances per ledger), checked as such by `verify` and by `image_read`; hashing them
+        // too would cost every entry a multiply-add and tell nothing new.
         for totals in &self.ledgers {
             sum = sum.wrapping_add(Self::ledger_registration_hash(totals.ledger));
-            let weight = self.totals_weight(totals.ledger);
-            let values = [totals.debits_pending, totals.debits_posted, totals.credits_pending, totals.credits_posted];
-            for (total, value) in totals_sums.iter_mut().zip(values) {
-                *total = total.wrapping_add(weight.wrapping_mul(value));
-            }
         }
-        HashSums { records: sum, balances: balance_sums, totals: totals_sums }
+        HashSums { records: sum, balances: balance_sums }
     }
 
     /// O(ledgers), after every batch: Σ debits = Σ credits per ledger, posted and pending.
@@ -1058,7 +1034,7 @@ mod tests {
     }
 
     #[test]
-    fn the_state_hash_covers_the_ledger_registry_and_the_running_totals() {
+    fn the_state_hash_covers_the_ledger_registry() {
         let mut ledger = Ledger::new(Config::small()).expect("config");
         let mut output = Output::new(ledger.config());
         ledger.apply(TIMESTAMP_NS, Batch::CreateAccounts(&[account(1, 1), account(2, 1)]), &mut output);
@@ -1070,12 +1046,5 @@ mod tests {
         assert_eq!(ledger.ledger_slot_or_register(7), Some(1));
         assert_ne!(ledger.state_hash(), before, "the registry is in the incremental hash");
         assert_eq!(ledger.state_hash_recompute(), ledger.state_hash(), "incremental and recomputed agree");
-
-        // Totals that no longer match what the incremental hash was kept with are seen by the
-        // recomputation (balanced, so the per-batch debits == credits check would not notice).
-        let registered = ledger.state_hash();
-        ledger.ledgers[0].debits_posted += 1;
-        ledger.ledgers[0].credits_posted += 1;
-        assert_ne!(ledger.state_hash_recompute(), registered, "the totals are in the recomputed hash");
     }
 }

@@ -478,7 +478,6 @@ fn balances_of(account: &Account) -> (u128, u128, u128, u128) {
     (account.debits_pending.0, account.debits_posted.0, account.credits_pending.0, account.credits_posted.0)
 }
 
-
 /// The ledger (currency) codes a ledger has registered.
 fn ledger_codes(ledger: &Ledger) -> std::collections::BTreeSet<u32> {
     ledger.ledger_totals().iter().map(|totals| totals.ledger).collect()
