@@ -8,7 +8,7 @@
 mod common;
 
 use common::{accounts, transfer};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -27,6 +27,10 @@ use walletd_gateway::server::ServerOptions;
 use walletd_gateway::{Client, ClientOptions};
 
 fn server(dir: &Path, frame_timeout: Duration, connections_max: usize) -> RunningServer {
+    server_with(dir, ServerOptions { frame_timeout, connections_max, ..ServerOptions::default() })
+}
+
+fn server_with(dir: &Path, server: ServerOptions) -> RunningServer {
     let options = ServeOptions {
         data_dir: DataDir::new(dir),
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -36,7 +40,7 @@ fn server(dir: &Path, frame_timeout: Duration, connections_max: usize) -> Runnin
             segment_size_bytes: 4 << 20,
             pipeline: PipelineOptions { checkpoint_ops: 16, snapshot_ops: 64, ..PipelineOptions::default() },
         },
-        server: ServerOptions { frame_timeout, connections_max, ..ServerOptions::default() },
+        server,
     };
     serve_start(options).expect("server starts")
 }
@@ -83,10 +87,31 @@ fn reply_read(stream: &mut TcpStream) -> Option<FrameHeader> {
     Some(header)
 }
 
+/// How long a test waits for an event (a reply, a close) before it fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits for the server to close the connection: true at end of stream (or a reset), false if
+/// it is still open at the deadline. Bytes that arrive first are read and dropped.
 fn closed(stream: &mut TcpStream) -> bool {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut byte = [0u8; 1];
-    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Polls `condition` until it holds; fails after `DEADLINE`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn good_frame(request_id: u64) -> Vec<u8> {
@@ -240,6 +265,25 @@ fn a_stalled_half_frame_and_excess_connections_are_shed() {
     assert!(ok.is_none() || ok.unwrap().status == Status::Busy as u16, "still at the limit");
     drop(_first);
     drop(_second);
+    running.shutdown();
+}
+
+#[test]
+fn idle_connections_at_the_limit_are_cut_and_a_new_client_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        ServerOptions { connections_max: 2, idle_timeout: Duration::from_secs(1), ..ServerOptions::default() };
+    let running = server_with(dir.path(), options);
+    let metrics = running.metrics_addr.unwrap();
+    // Two sockets that never send a byte take every connection slot.
+    let mut idle = [TcpStream::connect(running.local_addr).unwrap(), TcpStream::connect(running.local_addr).unwrap()];
+    wait_until("both idle sockets hold a slot", || metric(metrics, "walletd_connections_open") == 2);
+    for stream in &mut idle {
+        assert!(closed(stream), "the server closes an idle connection");
+    }
+    let late = client(running.local_addr);
+    late.ping().expect("a new client is served once the idle connections are cut");
+    drop(late);
     running.shutdown();
 }
 
