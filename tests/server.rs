@@ -176,6 +176,18 @@ fn malformed_frames_get_their_replies_and_never_reach_the_ledger() {
             Status::BadHeaderChecksum,
         ),
         (patched(create_frame(4, 903), 36, &(2u32 << 20).to_le_bytes()), Status::BodyTooLarge),
+        // Request id 0 is reserved for replies about the connection: refused, and closed, even
+        // when the frame has another fault too.
+        (create_frame(0, 904), Status::RequestIdZero),
+        (
+            {
+                let mut f = create_frame(0, 905);
+                let last = f.len() - 1;
+                f[last] ^= 1;
+                f
+            },
+            Status::RequestIdZero,
+        ),
     ];
     for (frame, status) in closing {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -200,6 +212,7 @@ fn malformed_frames_get_their_replies_and_never_reach_the_ledger() {
         (patched(create_frame(12, 912), 32, &2u32.to_le_bytes()), Status::BadBodySize),
         (patched(create_frame(13, 913), 40, &1u16.to_le_bytes()), Status::BadBodySize),
         (too_many_events_frame(14), Status::TooManyEvents),
+        (empty_create_frame(15), Status::NoEvents),
     ];
     for (frame, status) in kept {
         let reply = exchange(&mut stream, &frame).expect("a reply, connection kept");
@@ -217,6 +230,13 @@ fn malformed_frames_get_their_replies_and_never_reach_the_ledger() {
     assert_eq!(running_op_durable(&running), op_before, "nothing malformed was journaled");
     drop(check);
     running.shutdown();
+}
+
+/// A create_accounts request without accounts: it would be journaled and change nothing.
+fn empty_create_frame(request_id: u64) -> Vec<u8> {
+    let mut frame = Vec::new();
+    request_append(FrameOperation::Ledger(Operation::CreateAccounts), request_id, 7, &[], 0, &mut frame);
+    frame
 }
 
 fn too_many_events_frame(request_id: u64) -> Vec<u8> {
@@ -284,6 +304,37 @@ fn idle_connections_at_the_limit_are_cut_and_a_new_client_is_served() {
     let late = client(running.local_addr);
     late.ping().expect("a new client is served once the idle connections are cut");
     drop(late);
+    running.shutdown();
+}
+
+#[test]
+fn a_ping_reply_tells_the_server_limits_and_old_clients_still_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions {
+        connections_max: 7,
+        frame_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(42),
+        ..ServerOptions::default()
+    };
+    let running = server_with(dir.path(), options);
+    let config = config_for(1000).validated().unwrap();
+    let client = client(running.local_addr);
+    let info = client.server_info().unwrap().expect("this server sends its limits");
+    assert_eq!(info.transfers_max, config.transfers_max, "the idempotency window");
+    assert_eq!(info.id_future_ms_max, config.id_future_ms_max);
+    assert_eq!(info.batch_events_max, config.batch_events_max);
+    assert_eq!((info.accounts_max, info.pending_max), (config.accounts_max, config.pending_max));
+    assert_eq!((info.limits_max, info.ledgers_max), (config.limits_max, config.ledgers_max));
+    assert_eq!((info.connections_max, info.frame_timeout_ms, info.idle_timeout_ms), (7, 3000, 42_000));
+    // A client that expects an empty ping reply checks only that it has no records.
+    client.ping().expect("ping works as before");
+    let mut stream = TcpStream::connect(running.local_addr).unwrap();
+    let mut ping = Vec::new();
+    request_append(FrameOperation::Ping, 1, 7, &[], 0, &mut ping);
+    let reply = exchange(&mut stream, &ping).expect("a ping reply");
+    assert_eq!((reply.status, reply.event_count, reply.op), (0, 0, 0));
+    assert_eq!(reply.body_size_bytes as usize, walletd_gateway::protocol::SERVER_INFO_SIZE_BYTES);
+    drop((client, stream));
     running.shutdown();
 }
 

@@ -165,6 +165,29 @@ proptest! {
     }
 
     #[test]
+    fn server_info_round_trips(values in any::<([u32; 7], [u64; 3])>(), extra in prop::collection::vec(any::<u8>(), 0..64)) {
+        let (counts, times) = values;
+        let info = ServerInfo {
+            transfers_max: counts[0],
+            batch_events_max: counts[1],
+            id_future_ms_max: times[0],
+            idle_timeout_ms: times[1],
+            frame_timeout_ms: times[2],
+            connections_max: counts[2],
+            accounts_max: counts[3],
+            pending_max: counts[4],
+            limits_max: counts[5],
+            ledgers_max: counts[6],
+        };
+        let mut body = info.encode().to_vec();
+        prop_assert_eq!(body.len(), SERVER_INFO_SIZE_BYTES);
+        prop_assert_eq!(ServerInfo::decode(&body), Ok(Some(info)));
+        // A later server may append fields: a client reads the ones it knows.
+        body.extend_from_slice(&extra);
+        prop_assert_eq!(ServerInfo::decode(&body), Ok(Some(info)));
+    }
+
+    #[test]
     fn results_round_trip(results in results_strategy()) {
         let mut body = vec![0xaa];
         let count = results_encode(&results, &mut body);
@@ -213,12 +236,12 @@ proptest! {
 
     #[test]
     fn batch_requests_round_trip(
-        request_id in any::<u64>(),
+        request_id in 1..=u64::MAX,
         client_id in any::<u128>(),
-        accounts in prop::collection::vec(account_strategy(), 0..8),
-        transfers in prop::collection::vec(transfer_strategy(), 0..8),
-        limits in prop::collection::vec(limits_strategy(), 0..8),
-        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
+        accounts in prop::collection::vec(account_strategy(), 1..8),
+        transfers in prop::collection::vec(transfer_strategy(), 1..8),
+        limits in prop::collection::vec(limits_strategy(), 1..8),
+        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 1..8),
     ) {
         let batches = [
             Batch::Pulse,
@@ -248,7 +271,7 @@ proptest! {
 
     #[test]
     fn query_requests_round_trip(
-        request_id in any::<u64>(),
+        request_id in 1..=u64::MAX,
         client_id in any::<u128>(),
         account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
         transfer_ids in prop::collection::vec(any::<u128>().prop_map(TransferId), 0..8),
@@ -319,7 +342,40 @@ fn operations_have_their_numbers_and_limits() {
     assert_eq!(FrameOperation::Ping.event_count_max(), 0);
     let closing: Vec<u16> =
         Status::ALL.iter().filter(|status| status.closes_connection()).map(|status| *status as u16).collect();
-    assert_eq!(closing, [1, 2, 3, 4]);
+    assert_eq!(closing, [1, 2, 3, 4, 10, 11]);
+    let numbers: Vec<u16> = Status::ALL.iter().map(|status| *status as u16).collect();
+    assert_eq!(numbers, (0..=12).collect::<Vec<u16>>(), "statuses are numbered densely, new ones appended");
+    for status in Status::ALL {
+        assert_eq!(Status::from_u16(status as u16), Some(status));
+    }
+}
+
+#[test]
+fn server_info_is_laid_out_as_documented() {
+    let info = ServerInfo {
+        transfers_max: 0x0101_0101,
+        batch_events_max: 0x0202_0202,
+        id_future_ms_max: 0x0303_0303_0303_0303,
+        idle_timeout_ms: 0x0404_0404_0404_0404,
+        frame_timeout_ms: 0x0505_0505_0505_0505,
+        connections_max: 0x0606_0606,
+        accounts_max: 0x0707_0707,
+        pending_max: 0x0808_0808,
+        limits_max: 0x0909_0909,
+        ledgers_max: 0x0a0a_0a0a,
+    };
+    let bytes = info.encode();
+    // (offset, size, the byte every position holds): the table in docs/PROTOCOL.md.
+    let layout = [(0, 4, 1u8), (4, 4, 2), (8, 8, 3), (16, 8, 4), (24, 8, 5), (32, 4, 6), (36, 4, 7)];
+    let layout = layout.iter().chain(&[(40, 4, 8u8), (44, 4, 9), (48, 4, 10), (52, 12, 0)]);
+    let mut covered = 0;
+    for &(offset, size, byte) in layout {
+        assert!(bytes[offset..offset + size].iter().all(|value| *value == byte), "bytes {offset}..{}", offset + size);
+        covered += size;
+    }
+    assert_eq!(covered, SERVER_INFO_SIZE_BYTES);
+    assert_eq!(ServerInfo::decode(&[]), Ok(None), "an older server's empty ping body");
+    assert!(ServerInfo::decode(&bytes[..63]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,6 +437,39 @@ fn request_patched(patch: impl FnOnce(&mut FrameHeader, &mut Vec<u8>)) -> Result
     patch(&mut header, &mut body);
     let header = FrameHeader::decode(&header.encode()).expect("the header itself stays valid");
     check_request(&header, &body)
+}
+
+#[test]
+fn request_id_zero_is_refused_before_anything_else_and_closes_the_connection() {
+    let error = request_patched(|header, _| header.request_id = 0).unwrap_err();
+    assert_eq!(error, FrameError::RequestIdZero);
+    assert!(error.status().closes_connection());
+    // Even with another fault, the status is request_id_zero: a reply with request id 0 is
+    // always followed by the close.
+    let error = request_patched(|header, body| {
+        header.request_id = 0;
+        body[3] ^= 1;
+    })
+    .unwrap_err();
+    assert_eq!(error, FrameError::RequestIdZero);
+}
+
+#[test]
+fn empty_mutating_requests_are_refused_and_empty_reads_are_not() {
+    for operation in FrameOperation::ALL {
+        let mut frame = Vec::new();
+        request_append(operation, 1, 2, &[], 0, &mut frame);
+        let (header, body) = frame_split(&frame);
+        let checked = check_request(&header, body);
+        let takes_events = operation.event_size_bytes() > 0;
+        match operation {
+            FrameOperation::Ledger(ledger) if ledger.is_mutating() && takes_events => {
+                assert_eq!(checked, Err(FrameError::NoEvents { operation }), "{}", operation.name());
+                assert!(!Status::NoEvents.closes_connection());
+            }
+            _ => assert_eq!(checked, Ok(operation), "{}", operation.name()),
+        }
+    }
 }
 
 #[test]
