@@ -343,6 +343,12 @@ pub enum FrameError {
     },
     /// A request with request id 0, which only replies about the connection carry.
     RequestIdZero,
+    /// The command built from a request does not decode, with the ledger's decoder, into the
+    /// request's operation and event count (the frame checks should have refused it first).
+    CommandNotDecoded {
+        operation: FrameOperation,
+        reason: &'static str,
+    },
     /// A mutating operation that takes events (all but pulse) with none.
     NoEvents {
         operation: FrameOperation,
@@ -367,6 +373,7 @@ impl FrameError {
             FrameError::BadBodySize { .. } | FrameError::ReservedNotZero { .. } => Status::BadBodySize,
             FrameError::TooManyEvents { .. } => Status::TooManyEvents,
             FrameError::RequestIdZero => Status::RequestIdZero,
+            FrameError::CommandNotDecoded { .. } => Status::BadBodySize,
             FrameError::NoEvents { .. } => Status::NoEvents,
             FrameError::MalformedReply { .. } => Status::BadBodySize,
         }
@@ -413,6 +420,11 @@ impl fmt::Display for FrameError {
             ),
             FrameError::RequestIdZero => f.write_str(
                 "request id 0 is reserved for replies about the connection itself: number requests from 1",
+            ),
+            FrameError::CommandNotDecoded { operation, reason } => write!(
+                f,
+                "the {} request does not decode as the ledger's command ({reason}): it was not journaled",
+                operation.name()
             ),
             FrameError::NoEvents { operation } => write!(
                 f,
@@ -756,6 +768,56 @@ impl RequestScratch {
     }
 }
 
+/// Proves that `command`, the bytes the journal will record for a request of `operation` with
+/// `event_count` events, decodes with the ledger's own decoder (`CommandScratch::decode`, the
+/// one apply and replay use) into exactly that: a batch for a mutating operation, a query for a
+/// read, with that many events. Apply `expect`s every journaled command to decode, so a command
+/// refused here must never reach the sequencer: it would panic apply, and every replay after.
+pub fn command_check(
+    operation: Operation,
+    event_count: u32,
+    command: &[u8],
+    scratch: &mut CommandScratch,
+) -> Result<(), FrameError> {
+    let decoded = scratch.decode(command).map_err(|error| command_error(operation, error))?;
+    let (decoded_operation, decoded_count) = command_shape(&decoded);
+    let frame_operation = FrameOperation::Ledger(operation);
+    if decoded_operation != operation {
+        return Err(FrameError::CommandNotDecoded { operation: frame_operation, reason: "another operation" });
+    }
+    if decoded_count != event_count as usize {
+        return Err(FrameError::CommandNotDecoded { operation: frame_operation, reason: "another event count" });
+    }
+    Ok(())
+}
+
+/// A decoded command's operation and event count.
+fn command_shape(command: &Command<'_>) -> (Operation, usize) {
+    match command {
+        Command::Batch(batch) => {
+            let operation = match batch {
+                Batch::Pulse => Operation::Pulse,
+                Batch::CreateAccounts(_) => Operation::CreateAccounts,
+                Batch::CreateTransfers(_) => Operation::CreateTransfers,
+                Batch::CloseAccounts(_) => Operation::CloseAccounts,
+                Batch::ReopenAccounts(_) => Operation::ReopenAccounts,
+                Batch::SetAccountLimits(_) => Operation::SetAccountLimits,
+            };
+            assert!(operation.is_mutating(), "a batch is a mutating operation");
+            (operation, batch.len())
+        }
+        Command::Query(query) => {
+            let (operation, count) = match query {
+                Query::LookupAccounts(ids) => (Operation::LookupAccounts, ids.len()),
+                Query::LookupTransfers(ids) => (Operation::LookupTransfers, ids.len()),
+                Query::LookupBalances(ids) => (Operation::LookupBalances, ids.len()),
+            };
+            assert!(!operation.is_mutating(), "a query is a read");
+            (operation, count)
+        }
+    }
+}
+
 /// `check_request` has ruled out every `CommandError`; if the core still refuses, say so as the
 /// nearest frame error rather than panic on network input.
 fn command_error(operation: Operation, error: CommandError) -> FrameError {
@@ -768,8 +830,9 @@ fn command_error(operation: Operation, error: CommandError) -> FrameError {
         CommandError::SizeMismatch { event_count, size_bytes, .. } => {
             FrameError::BadBodySize { operation, event_count, body_size_bytes: size_bytes as u32 }
         }
-        CommandError::TooShort { .. } | CommandError::ReservedNotZero => {
-            FrameError::ReservedNotZero { field: "command header" }
+        CommandError::TooShort { .. } => FrameError::CommandNotDecoded { operation, reason: "shorter than its header" },
+        CommandError::ReservedNotZero => {
+            FrameError::CommandNotDecoded { operation, reason: "reserved header bytes not zero" }
         }
     }
 }

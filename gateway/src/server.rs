@@ -4,7 +4,9 @@
 //!
 //! Each connection has a reader thread and a writer thread. The reader reads a header, checks
 //! it (`FrameHeader::decode`), reads the body, checks it (`check_request`), turns it into the
-//! command bytes the journal will record, and submits it; `Submit::submit` blocks while the
+//! command bytes the journal will record, proves that those decode with the ledger's own
+//! decoder (`command_check`: apply expects every journaled command to decode, so one that
+//! does not would panic apply and every replay after), and submits it; `Submit::submit` blocks while the
 //! engine is full, so the reader stops reading its socket (backpressure: nothing accepted is
 //! ever dropped). Malformed frames get their documented error reply; the errors that lose the
 //! framing close the connection. A peer that starts a frame and stalls past `frame_timeout`
@@ -15,7 +17,9 @@
 //! disconnected (its socket shut down) rather than allowed to stall the engine or a shutdown.
 //! Nothing on the reply side blocks: routing, error replies and closing all use `try_send`.
 
-use crate::protocol::{check_request, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES};
+use crate::protocol::{
+    check_request, command_check, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES,
+};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -25,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::command::command_encode;
+use walletd_core::CommandScratch;
 
 /// A checked request, for the engine.
 #[derive(Debug)]
@@ -35,7 +40,8 @@ pub struct ServerRequest {
     pub operation: FrameOperation,
     pub event_count: u32,
     /// For ledger operations, the command exactly as the journal records it (the core's
-    /// 16-byte command header, then the events); empty for ping and snapshot.
+    /// 16-byte command header, then the events), proven to decode with the ledger's decoder
+    /// into `operation` with `event_count` events; empty for ping and snapshot.
     pub command: Vec<u8>,
 }
 
@@ -60,7 +66,8 @@ pub trait Submit: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub connections_max: usize,
-    /// Events per request the engine accepts (its batch limit, at most 8189).
+    /// Events per request the engine accepts (its batch limit, at most 8189): the limit of
+    /// the decoder that proves each command, as apply's is.
     pub event_count_max: u32,
     /// How long a started frame may take to arrive whole.
     pub frame_timeout: Duration,
@@ -280,6 +287,7 @@ fn connection_start(
         writer: writer_queue,
         stop: Arc::clone(stop),
         in_flight,
+        scratch: CommandScratch::new(options.event_count_max),
     };
     std::thread::Builder::new().name(format!("read-{id}")).spawn(move || reader.run())
 }
@@ -310,6 +318,8 @@ struct Reader {
     /// This connection's requests submitted and not yet answered (`Connections::send` counts
     /// the answers).
     in_flight: Arc<AtomicU64>,
+    /// The ledger's decoder, sized as apply's, to prove each command before it is submitted.
+    scratch: CommandScratch,
 }
 
 /// How a read of a frame part ended.
@@ -379,7 +389,7 @@ impl Reader {
         }
     }
 
-    fn request_build(&self, header: &FrameHeader, body: &[u8]) -> Result<ServerRequest, FrameError> {
+    fn request_build(&mut self, header: &FrameHeader, body: &[u8]) -> Result<ServerRequest, FrameError> {
         let operation = check_request(header, body)?;
         let mut command = Vec::new();
         if let FrameOperation::Ledger(ledger_operation) = operation {
@@ -392,6 +402,11 @@ impl Reader {
             }
             command.reserve_exact(walletd_core::command::COMMAND_HEADER_SIZE_BYTES + body.len());
             command_encode(ledger_operation, body, header.event_count, &mut command);
+            if let Err(error) = command_check(ledger_operation, header.event_count, &command, &mut self.scratch) {
+                // The frame checks should have refused it: a gap between them and the ledger.
+                tracing::warn!(connection = self.id, %error, "a request passed the frame checks but not the ledger's decoder");
+                return Err(error);
+            }
         }
         Ok(ServerRequest {
             connection: self.id,

@@ -507,6 +507,47 @@ fn malformed_requests_keep_the_connection() {
 }
 
 #[test]
+fn command_check_refuses_what_apply_would_panic_on() {
+    use walletd_core::command::command_encode;
+    use walletd_core::CommandScratch;
+    let transfers = [Transfer { id: TransferId(1), amount: Amount(5), ..Transfer::default() }; 2];
+    let mut command = Vec::new();
+    command_encode(Operation::CreateTransfers, walletd_core::command::records_as_bytes(&transfers), 2, &mut command);
+    let mut scratch = CommandScratch::new(2);
+    assert_eq!(command_check(Operation::CreateTransfers, 2, &command, &mut scratch), Ok(()));
+    let transfers_operation = FrameOperation::Ledger(Operation::CreateTransfers);
+    let refused = |error: FrameError| {
+        assert_ne!(error.status(), Status::Ok);
+        assert!(!error.status().closes_connection(), "one request is spoilt, not the connection: {error}");
+        error
+    };
+    // More events than the decoder (sized as apply's) takes.
+    let error = command_check(Operation::CreateTransfers, 2, &command, &mut CommandScratch::new(1)).unwrap_err();
+    let expected = FrameError::TooManyEvents { operation: transfers_operation, event_count: 2, event_count_max: 1 };
+    assert_eq!(refused(error), expected);
+    // Bytes of another operation, or another count, than the request claims.
+    let mut ids = Vec::new();
+    command_encode(Operation::LookupAccounts, &[0u8; 32], 2, &mut ids);
+    let error = command_check(Operation::CloseAccounts, 2, &ids, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { reason: "another operation", .. }));
+    let error = command_check(Operation::CreateTransfers, 1, &command, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { reason: "another event count", .. }));
+    // Bytes the decoder refuses outright.
+    let mut reserved = command.clone();
+    reserved[9] = 1;
+    let error = command_check(Operation::CreateTransfers, 2, &reserved, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { .. }));
+    let error = command_check(Operation::CreateTransfers, 2, &command[..10], &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { .. }));
+    let error = command_check(Operation::CreateTransfers, 2, &command[..command.len() - 1], &mut scratch).unwrap_err();
+    assert_eq!(refused(error).status(), Status::BadBodySize);
+    let mut unknown = command.clone();
+    unknown[0] = 99;
+    let error = command_check(Operation::CreateTransfers, 2, &unknown, &mut scratch).unwrap_err();
+    assert_eq!(refused(error), FrameError::UnknownOperation { operation: 99 });
+}
+
+#[test]
 fn too_many_lookups_for_one_reply_are_refused() {
     let ids = vec![AccountId(1); 3276];
     let mut frame = Vec::new();

@@ -8,6 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use walletd_core::{Command, CommandScratch};
 use walletd_gateway::protocol::*;
 use walletd_gateway::server::{serve, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
 
@@ -153,4 +154,78 @@ fn idle_connections_are_closed_and_one_waiting_for_its_reply_is_not_idle() {
     assert_eq!((reply.request_id, reply.status), (1, Status::Ok as u16));
     assert!(closed(&mut waiting), "once answered and silent, it is idle too");
     gateway.wait_open(0);
+}
+
+#[test]
+fn every_request_handed_to_the_engine_decodes_as_apply_decodes_it() {
+    const EVENT_COUNT_MAX: u32 = 4; // the engine's batch limit, as the node sets it
+    let gateway = Gateway::start(ServerOptions { event_count_max: EVENT_COUNT_MAX, ..ServerOptions::default() });
+    let mut stream = TcpStream::connect(gateway.addr).unwrap();
+    // Every operation with 0, 1, the limit and one over of its events, with bodies of distinct
+    // bytes; and bodies one byte short.
+    let mut sent: Vec<(u64, FrameOperation, u32, Vec<u8>)> = Vec::new();
+    let mut request_id = 0;
+    for operation in FrameOperation::ALL {
+        for event_count in [0, 1, EVENT_COUNT_MAX, EVENT_COUNT_MAX + 1] {
+            let size_bytes = event_count as usize * operation.event_size_bytes();
+            let body: Vec<u8> =
+                (0..size_bytes).map(|index| (index * 7 + usize::from(operation.code())) as u8).collect();
+            for cut_bytes in [0, 1] {
+                if cut_bytes > body.len() {
+                    continue;
+                }
+                request_id += 1;
+                let body = body[..body.len() - cut_bytes].to_vec();
+                let mut frame = Vec::new();
+                frame_append(&FrameHeader::request(operation, request_id, 7, event_count), &body, &mut frame);
+                stream.write_all(&frame).unwrap();
+                sent.push((request_id, operation, event_count, body));
+            }
+        }
+    }
+    // Each request is either refused (a reply now) or handed to the engine (no reply until
+    // it answers): replies plus requests handed on account for every request sent.
+    let mut refused_count = 0;
+    let deadline = Instant::now() + DEADLINE;
+    stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    loop {
+        let handed_count = gateway.engine.requests.lock().unwrap().len();
+        if refused_count + handed_count == sent.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every request is refused or handed on");
+        let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
+        match stream.read_exact(&mut header_bytes) {
+            Ok(()) => {
+                let header = FrameHeader::decode(&header_bytes).unwrap();
+                assert_ne!(header.status, Status::Ok as u16, "only refusals are answered here");
+                refused_count += 1;
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(error) => panic!("the connection failed: {error}"),
+        }
+    }
+    let requests = gateway.engine.requests.lock().unwrap();
+    assert!(requests.len() >= 20 && refused_count >= 20, "both kinds were exercised");
+    let mut scratch = CommandScratch::new(EVENT_COUNT_MAX);
+    for request in requests.iter() {
+        let (_, operation, event_count, body) =
+            sent.iter().find(|(id, ..)| *id == request.request_id).expect("a request that was sent");
+        assert_eq!((request.operation, request.event_count), (*operation, *event_count));
+        let FrameOperation::Ledger(ledger_operation) = request.operation else {
+            assert!(request.command.is_empty(), "ping and snapshot carry no command");
+            continue;
+        };
+        let decoded = scratch.decode(&request.command).expect("apply can decode every command it is handed");
+        let (is_batch, decoded_count) = match decoded {
+            Command::Batch(batch) => (true, batch.len() as u32),
+            Command::Query(_) => (false, *event_count),
+        };
+        assert_eq!(is_batch, ledger_operation.is_mutating());
+        assert_eq!(decoded_count, *event_count);
+        assert_eq!(&request.command[16..], &body[..], "the journal records the client's events");
+    }
+    for request in requests.iter() {
+        gateway.answer(request);
+    }
 }
