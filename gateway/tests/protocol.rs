@@ -1,6 +1,8 @@
 //! The codec's tier of tests: every frame and body round-trips (proptest), every malformed
 //! header and request is refused with its own status, decoders refuse rather than panic on any
-//! bytes, and the worked example in docs/PROTOCOL.md is what the code really sends.
+//! bytes, random request frames (mostly well-formed, one fault of each kind sometimes) reach
+//! the request decoder — counted, so a generator that stops reaching it fails — and the worked
+//! example in docs/PROTOCOL.md is what the code really sends.
 
 use proptest::prelude::*;
 use walletd_core::{
@@ -291,26 +293,191 @@ proptest! {
         }
     }
 
-    /// Any bytes given to any decoder: refused or accepted, never a panic.
+    /// Any bytes given to a reply decoder: refused or accepted, never a panic.
     #[test]
-    fn decoders_never_panic(body in prop::collection::vec(any::<u8>(), 0..1024), event_count in 0u32..16) {
+    fn reply_decoders_never_panic(body in prop::collection::vec(any::<u8>(), 0..1024), event_count in 0u32..16) {
         let operation = FrameOperation::Ledger(Operation::LookupBalances);
         let _ = results_decode(operation, event_count, &body, &mut Vec::new());
         let _ = accounts_decode(operation, event_count, &body, &mut Vec::new());
         let _ = transfer_records_decode(operation, event_count, &body, &mut Vec::new());
         let _ = balances_decode(operation, event_count, &body, &mut Vec::new(), &mut Vec::new());
-        let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
-        let length = body.len().min(HEADER_SIZE_BYTES);
-        header_bytes[..length].copy_from_slice(&body[..length]);
-        header_bytes[..4].copy_from_slice(b"WLTD");
-        header_seal(&mut header_bytes);
-        if let Ok(mut header) = FrameHeader::decode(&header_bytes) {
-            let request_body = vec![0u8; header.body_size_bytes.min(4096) as usize];
-            header.body_size_bytes = request_body.len() as u32;
-            let _ = RequestScratch::new().decode(&header, &request_body);
-            let _ = check_reply(&header, &request_body);
-        }
+        let _ = ServerInfo::decode(&body);
     }
+}
+
+/// One thing wrong with a generated request frame, or nothing.
+#[derive(Clone, Debug)]
+enum Fault {
+    None,
+    Magic(u8),
+    Version(u16),
+    HeaderBit(usize),
+    BodyTooLarge(u32),
+    RequestIdZero,
+    BodyChecksum(u32),
+    /// A header field only replies may set, or a reserved one: (which, value).
+    ReservedField(u8, u64),
+    /// `event_count` other than the body holds (the body and its size stay as they are).
+    EventCount(u32),
+}
+
+fn fault_strategy() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        12 => Just(Fault::None),
+        1 => any::<u8>().prop_filter("not W", |byte| *byte != b'W').prop_map(Fault::Magic),
+        1 => any::<u16>().prop_filter("not 1", |version| *version != VERSION).prop_map(Fault::Version),
+        1 => (0usize..HEADER_SIZE_BYTES * 8).prop_map(Fault::HeaderBit),
+        1 => (BODY_SIZE_MAX_BYTES + 1..).prop_map(Fault::BodyTooLarge),
+        1 => Just(Fault::RequestIdZero),
+        1 => (1u32..).prop_map(Fault::BodyChecksum),
+        1 => (0u8..5, 1u64..).prop_map(|(which, value)| Fault::ReservedField(which, value)),
+        2 => any::<u32>().prop_map(Fault::EventCount),
+    ]
+}
+
+/// A request frame as a client might send it, well-formed more often than not so that most
+/// cases get past the frame checks to the decoding, with one fault of every kind sometimes.
+fn request_frame_strategy() -> impl Strategy<Value = (Fault, Vec<u8>)> {
+    let operation = prop_oneof![
+        8 => prop::sample::select(FrameOperation::ALL.to_vec()).prop_map(FrameOperation::code),
+        1 => any::<u16>(),
+    ];
+    let events = prop::collection::vec(any::<u8>(), 6 * 128);
+    (operation, 0u32..=6, 1..=u64::MAX, any::<u128>(), events, fault_strategy()).prop_map(
+        |(operation, event_count, request_id, client_id, events, fault)| {
+            let event_size_bytes = FrameOperation::from_u16(operation).map_or(16, FrameOperation::event_size_bytes);
+            // Operations without events take none (a count is Fault::EventCount's business).
+            let event_count = if event_size_bytes == 0 { 0 } else { event_count };
+            let body = &events[..event_count as usize * event_size_bytes];
+            let mut header = FrameHeader { operation, request_id, client_id, event_count, ..FrameHeader::default() };
+            header.body_size_bytes = body.len() as u32;
+            header.body_checksum = body_checksum(body);
+            match fault {
+                Fault::RequestIdZero => header.request_id = 0,
+                Fault::BodyChecksum(flip) => header.body_checksum ^= flip,
+                Fault::ReservedField(0, _) => header.flags = FLAG_REPLY,
+                Fault::ReservedField(1, value) => header.flags = (value as u16 | 2) & !FLAG_REPLY,
+                Fault::ReservedField(2, value) => header.status = (value as u16).max(1),
+                Fault::ReservedField(3, value) => header.reserved = (value as u32).max(1),
+                Fault::ReservedField(_, value) => header.op = value,
+                Fault::EventCount(count) => header.event_count = count,
+                _ => {}
+            }
+            let mut bytes = header.encode();
+            match fault {
+                Fault::Magic(byte) => bytes[MAGIC_OFFSET] = byte,
+                Fault::Version(version) => {
+                    bytes[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&version.to_le_bytes());
+                    header_seal(&mut bytes);
+                }
+                Fault::HeaderBit(bit) => bytes[bit / 8] ^= 1 << (bit % 8),
+                Fault::BodyTooLarge(size) => {
+                    bytes[BODY_SIZE_OFFSET..BODY_SIZE_OFFSET + 4].copy_from_slice(&size.to_le_bytes());
+                    header_seal(&mut bytes);
+                }
+                _ => {}
+            }
+            let mut frame = bytes.to_vec();
+            frame.extend_from_slice(body);
+            (fault, frame)
+        },
+    )
+}
+
+/// The statuses a frame with `fault` may be refused with (the first fault in check order
+/// wins; an unknown operation is found before the reserved fields and the event count).
+fn fault_statuses(fault: &Fault, operation_known: bool) -> &'static [Status] {
+    use Status as S;
+    match fault {
+        Fault::Magic(_) => &[S::BadMagic],
+        Fault::HeaderBit(_) => &[S::BadMagic, S::BadHeaderChecksum],
+        Fault::Version(_) => &[S::BadVersion],
+        Fault::BodyTooLarge(_) => &[S::BodyTooLarge],
+        Fault::RequestIdZero => &[S::RequestIdZero],
+        Fault::BodyChecksum(_) => &[S::BadBodyChecksum],
+        _ if !operation_known => &[S::UnknownOperation],
+        Fault::ReservedField(..) => &[S::BadBodySize],
+        // A count the body does not hold (or, for the operations without events, any count).
+        Fault::EventCount(_) => &[S::TooManyEvents, S::BadBodySize, S::NoEvents],
+        // A well-formed frame: refused only when it is an empty mutating request.
+        Fault::None => &[S::NoEvents],
+    }
+}
+
+/// Where a generated request frame ended.
+#[derive(Default, Debug)]
+struct Reached {
+    cases: u32,
+    header_refused: u32,
+    request_refused: u32,
+    /// Through every frame check and the ledger's own decoder, into a command.
+    decoded: u32,
+    gateway_operations: u32,
+}
+
+/// Random request frames through the server's checks and decoder: never a panic, each
+/// refusal with the status its fault calls for, and most cases reach the decoder (counted, so
+/// that a generator that stops reaching it fails the test rather than passing vacuously).
+#[test]
+fn random_request_frames_reach_the_decoder_and_never_panic() {
+    use std::cell::RefCell;
+    use walletd_core::CommandScratch;
+    let config = ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let reached = RefCell::new(Reached::default());
+    let scratch = RefCell::new(RequestScratch::new());
+    let command_scratch = RefCell::new(CommandScratch::new(EVENT_COUNT_MAX));
+    runner
+        .run(&request_frame_strategy(), |(fault, frame)| {
+            let mut reached = reached.borrow_mut();
+            reached.cases += 1;
+            let operation_known = FrameOperation::from_u16(u16::from_le_bytes([frame[6], frame[7]])).is_some();
+            let allowed = fault_statuses(&fault, operation_known);
+            let header_bytes: &[u8; HEADER_SIZE_BYTES] = frame[..HEADER_SIZE_BYTES].try_into().unwrap();
+            let header = match FrameHeader::decode(header_bytes) {
+                Ok(header) => header,
+                Err(error) => {
+                    prop_assert!(allowed.contains(&error.status()), "{:?}: {}", fault, error);
+                    prop_assert!(error.status().closes_connection(), "{}", error);
+                    reached.header_refused += 1;
+                    return Ok(());
+                }
+            };
+            let body = &frame[HEADER_SIZE_BYTES..];
+            prop_assert_eq!(body.len(), header.body_size_bytes as usize);
+            let _ = check_reply(&header, body);
+            match scratch.borrow_mut().decode(&header, body) {
+                Err(error) => {
+                    prop_assert!(allowed.contains(&error.status()), "{:?}: {}", fault, error);
+                    let closes = error.status().closes_connection();
+                    prop_assert_eq!(closes, error == FrameError::RequestIdZero, "{}", error);
+                    reached.request_refused += 1;
+                }
+                Ok(Request::Ledger { command_bytes, .. }) => {
+                    prop_assert!(matches!(fault, Fault::None | Fault::EventCount(_)), "{:?} was accepted", fault);
+                    let FrameOperation::Ledger(operation) = FrameOperation::from_u16(header.operation).unwrap() else {
+                        unreachable!("a ledger request has a ledger operation");
+                    };
+                    prop_assert_eq!(&command_bytes[16..], body, "the command carries the events as sent");
+                    let checked =
+                        command_check(operation, header.event_count, command_bytes, &mut command_scratch.borrow_mut());
+                    prop_assert_eq!(checked, Ok(()));
+                    reached.decoded += 1;
+                }
+                Ok(Request::Ping | Request::Snapshot) => {
+                    prop_assert!(matches!(fault, Fault::None | Fault::EventCount(_)), "{:?} was accepted", fault);
+                    reached.gateway_operations += 1;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let reached = reached.into_inner();
+    // Expected shares: about 45% decoded, 18% refused at the header, 30% refused as requests.
+    assert!(reached.decoded * 4 >= reached.cases, "too few cases reached the decoder: {reached:?}");
+    assert!(reached.header_refused * 20 >= reached.cases, "too few bad headers: {reached:?}");
+    assert!(reached.request_refused * 10 >= reached.cases, "too few bad requests: {reached:?}");
+    assert!(reached.gateway_operations > 0, "ping and snapshot: {reached:?}");
 }
 
 #[test]
