@@ -7,10 +7,12 @@
 //! checks are split by what a failure does to the connection: `FrameHeader::decode` finds the
 //! errors after which the stream cannot be trusted (the connection closes), `check_request` the
 //! ones that spoil a single request (the connection is kept), except a request id of 0, which
-//! is reserved for replies about the connection itself and so closes it too. Decoders never panic on bytes from
-//! the network; they return a `FrameError` that names the status a server would reply with.
-//! Writers append to a `Vec<u8>` the caller owns and reuses, so a steady stream of frames does
-//! not allocate. docs/PROTOCOL.md describes every layout byte by byte.
+//! is reserved for replies about the connection itself and so closes it too. `command_check`
+//! proves, with the ledger's own decoder, that the command built from a request is what apply
+//! will decode. Decoders never panic on bytes from the network; they return a `FrameError`
+//! that names the status a server would reply with. Writers append to a `Vec<u8>` the caller
+//! owns and reuses, so a steady stream of frames does not allocate. docs/PROTOCOL.md describes
+//! every layout byte by byte.
 
 use core::fmt;
 use core::mem::size_of;
@@ -288,11 +290,9 @@ impl Status {
             Status::ShuttingDown => "the server is draining: retry on another node or later",
             Status::Busy => "the server is at its connection limit and closed this connection: back off and reconnect",
             Status::RequestIdZero => {
-                "request id 0 is reserved for replies about the connection; the server closed it: reconnect and number requests from 1"
+                "request id 0 is reserved for replies about the connection: reconnect, number requests from 1"
             }
-            Status::NoEvents => {
-                "a mutating request without events would be journaled and do nothing: send at least one event (pulse to advance the clock)"
-            }
+            Status::NoEvents => "a mutating request needs at least one event (pulse advances the clock without any)",
         }
     }
 }

@@ -6,9 +6,9 @@
 //! it (`FrameHeader::decode`), reads the body, checks it (`check_request`), turns it into the
 //! command bytes the journal will record, proves that those decode with the ledger's own
 //! decoder (`command_check`: apply expects every journaled command to decode, so one that
-//! does not would panic apply and every replay after), and submits it; `Submit::submit` blocks while the
-//! engine is full, so the reader stops reading its socket (backpressure: nothing accepted is
-//! ever dropped). Malformed frames get their documented error reply; the errors that lose the
+//! does not would panic apply and every replay after), and submits it; `Submit::submit`
+//! blocks while the engine is full, so the reader stops reading its socket (backpressure:
+//! nothing accepted is ever dropped). Malformed frames get their documented error reply; the errors that lose the
 //! framing close the connection. A peer that starts a frame and stalls past `frame_timeout`
 //! is disconnected, and so is one that sends nothing for `idle_timeout` while none of its
 //! requests is in flight: otherwise `connections_max` idle sockets would lock every other
@@ -404,7 +404,8 @@ impl Reader {
             command_encode(ledger_operation, body, header.event_count, &mut command);
             if let Err(error) = command_check(ledger_operation, header.event_count, &command, &mut self.scratch) {
                 // The frame checks should have refused it: a gap between them and the ledger.
-                tracing::warn!(connection = self.id, %error, "a request passed the frame checks but not the ledger's decoder");
+                let connection = self.id;
+                tracing::warn!(connection, %error, "a request passed the frame checks, not the ledger's decoder");
                 return Err(error);
             }
         }
