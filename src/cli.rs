@@ -17,8 +17,13 @@
 //!   `--pending-id`; `--raw-id` sends a full id as given, to retry a command idempotently.
 //! - Amounts are integers in minor units (cents, satoshis): `12.50` is refused with the hint to
 //!   write `1250`, never rounded.
+//! - A create whose reply was lost has an unknown outcome: the error names the full id to
+//!   check it with `show` or to resend it with, since the id printed on success never came.
+//! - Output goes to a pipe as often as to a terminal: when the reader has gone
+//!   (`walletd account show … | head -1`), the rest is dropped quietly, not a panic.
 
 use std::fmt;
+use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use walletd_core::{
     Account, AccountFlags, AccountId, AccountLimits, Amount, BalanceRead, CreateAccountResult, CreateTransferResult,
@@ -61,7 +66,8 @@ pub struct AccountCreateArgs {
     #[arg(long, default_value_t = 1)]
     pub code: u16,
     /// Debits (pending and posted) must not exceed credits posted: a wallet that cannot go
-    /// below zero (unless --overdraft-max allows it).
+    /// below zero, whatever --overdraft-max says (an overdraft limit is for accounts without
+    /// this flag).
     #[arg(long)]
     pub no_overdraft: bool,
     /// Credits (pending and posted) must not exceed debits posted.
@@ -247,6 +253,9 @@ pub enum CliError {
         addr: String,
         what: &'static str,
         error: ClientError,
+        /// For a create: what was being created, to check or resend by its full id (boxed:
+        /// it would double the error's size).
+        created: Option<Box<Created>>,
     },
     /// A lookup found nothing.
     NotFound {
@@ -258,6 +267,40 @@ pub enum CliError {
         outcome: String,
     },
     Args(String),
+    /// Writing the output failed (other than its reader having gone).
+    Output(std::io::Error),
+}
+
+/// What a create whose outcome is unknown was creating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    Account {
+        id: u128,
+    },
+    /// A transfer, hold, post or void (`kind` says which), by its full id.
+    Transfer {
+        kind: &'static str,
+        id: TransferId,
+    },
+}
+
+impl fmt::Display for Created {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Created::Account { id } => write!(
+                f,
+                "the outcome of account {id} is unknown: check it with `walletd account show --id {id}`, or resend \
+                 the same command (a resent account id returns exists, never a second account)"
+            ),
+            Created::Transfer { kind, id } => write!(
+                f,
+                "the outcome of {kind} {} ({:#x}) is unknown: check it with `walletd transfer show --id {}`, or \
+                 resend the same command with `--raw-id --id {}` (the same full id returns the original outcome, \
+                 never a second transfer)",
+                id.0, id.0, id.0, id.0
+            ),
+        }
+    }
 }
 
 impl fmt::Display for CliError {
@@ -266,14 +309,17 @@ impl fmt::Display for CliError {
             CliError::Connect { addr, error } => {
                 write!(f, "cannot connect to walletd at {addr}: {}", connect_reason(error))
             }
-            CliError::Request { addr, what, error } => write!(
-                f,
-                "{what} at {addr} failed: {error}; if it was a create, check with `show` before resending, or \
-                 resend with --raw-id and the same full id"
-            ),
+            CliError::Request { addr, what, error, created } => {
+                write!(f, "{what} at {addr} failed: {error}")?;
+                match created {
+                    Some(created) => write!(f, "\n{created}"),
+                    None => Ok(()),
+                }
+            }
             CliError::NotFound { addr, what } => write!(f, "{what} not found at {addr}"),
             CliError::Refused { outcome } => write!(f, "refused: {outcome}"),
             CliError::Args(message) => f.write_str(message),
+            CliError::Output(error) => write!(f, "cannot write the output: {error}"),
         }
     }
 }
@@ -301,11 +347,19 @@ pub fn transfer_command(addr: &str, command: TransferCommand) -> Result<(), CliE
 }
 
 fn outcome_print(outcome: Outcome) -> Result<(), CliError> {
-    if outcome.is_ok() {
-        println!("{outcome}");
-        Ok(())
-    } else {
-        Err(CliError::Refused { outcome: outcome.to_string() })
+    if !outcome.is_ok() {
+        return Err(CliError::Refused { outcome: outcome.to_string() });
+    }
+    stdout_print(&mut std::io::stdout().lock(), &outcome)
+}
+
+/// Writes `text` and a newline. A reader that has gone (a closed pipe) wanted no more: that
+/// is not an error, and nothing is printed about it.
+pub fn stdout_print(out: &mut impl Write, text: &impl fmt::Display) -> Result<(), CliError> {
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(CliError::Output(error)),
     }
 }
 
@@ -373,6 +427,7 @@ pub fn transfer_run(client: &Client, addr: &str, command: &TransferCommand) -> R
         addr: addr.to_string(),
         what: "create_transfers",
         error,
+        created: Some(Box::new(Created::Transfer { kind, id: transfer.id })),
     })?;
     assert!(results.len() <= 1, "one event, at most one result");
     assert!(results.iter().all(|result| result.index == 0), "the result is for event 0");
@@ -384,7 +439,14 @@ pub fn transfer_run(client: &Client, addr: &str, command: &TransferCommand) -> R
 }
 
 fn account_create(client: &Client, addr: &str, args: &AccountCreateArgs) -> Result<Outcome, CliError> {
-    let request = |what| move |error| CliError::Request { addr: addr.to_string(), what, error };
+    let request = |what| {
+        move |error| CliError::Request {
+            addr: addr.to_string(),
+            what,
+            error,
+            created: Some(Box::new(Created::Account { id: args.id })),
+        }
+    };
     let mut flags = 0;
     if args.no_overdraft {
         flags |= AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS;
@@ -459,6 +521,7 @@ fn account_show(client: &Client, addr: &str, id: u128) -> Result<Outcome, CliErr
         addr: addr.to_string(),
         what: "lookup_balances",
         error,
+        created: None,
     })?;
     let Some(read) = balances.reads.first() else {
         return Err(CliError::NotFound { addr: addr.to_string(), what: format!("account {id}") });
@@ -473,6 +536,7 @@ fn transfer_show(client: &Client, addr: &str, id: u128) -> Result<Outcome, CliEr
         addr: addr.to_string(),
         what: "lookup_transfers",
         error,
+        created: None,
     })?;
     let Some(record) = records.first() else {
         let what = format!(

@@ -68,6 +68,10 @@ struct ServeArgs {
     /// Seconds a started frame may take to arrive whole before the connection is closed.
     #[arg(long, default_value_t = 10)]
     frame_timeout_s: u64,
+    /// Seconds a connection may send nothing, with no request of its own in flight, before it
+    /// is closed (so idle sockets cannot hold every connection slot).
+    #[arg(long, default_value_t = 300)]
+    idle_timeout_s: u64,
     /// Ops between checkpoints (state hash in the journal).
     #[arg(long, default_value_t = 256)]
     checkpoint_ops: u64,
@@ -220,6 +224,7 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
         server: walletd_gateway::server::ServerOptions {
             connections_max: args.connections_max.max(1),
             frame_timeout: std::time::Duration::from_secs(args.frame_timeout_s.max(1)),
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s.max(1)),
             ..walletd_gateway::server::ServerOptions::default()
         },
     };

@@ -1,6 +1,8 @@
 //! `walletd serve`: the node behind the gateway. The gateway's connection threads are the
 //! receive stage; checked requests go into the pipeline's channel (blocking when full, so the
-//! sockets stop being read); the pipeline's replies are routed back to their connections.
+//! sockets stop being read); the pipeline's replies are routed back to their connections. A
+//! ping's reply carries the server's limits (`ServerInfo`: the idempotency window, events per
+//! request, timeouts), known once recovery has read the data directory's pinned config.
 //! Optionally a Prometheus endpoint serves `/metrics`.
 //!
 //! Shutdown (SIGINT/SIGTERM, or `RunningServer::shutdown`): stop accepting and stop reading
@@ -15,8 +17,9 @@ use crossbeam_channel::Sender;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status};
+use std::sync::{Arc, OnceLock};
+use walletd_core::Config;
+use walletd_gateway::protocol::{FrameHeader, FrameOperation, ServerInfo, Status, SERVER_INFO_SIZE_BYTES};
 use walletd_gateway::server::{serve, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
 use walletd_replay::data_dir::DataDir;
 
@@ -66,10 +69,14 @@ pub fn serve_start(options: ServeOptions) -> Result<RunningServer, NodeError> {
         .map_err(|source| NodeError::Io { path: format!("listen on {}", options.addr).into(), source })?;
     let local_addr = listener.local_addr().map_err(|source| NodeError::Io { path: "listener".into(), source })?;
     let connections = Arc::new(Connections::default());
-    let route = reply_route(Arc::clone(&connections));
+    let ping_body = Arc::new(OnceLock::new());
+    let route = reply_route(Arc::clone(&connections), Arc::clone(&ping_body));
     let node = Node::start(&options.data_dir, options.node.clone(), route)?;
     let mut server_options = options.server.clone();
     server_options.event_count_max = server_options.event_count_max.min(node.started.config.batch_events_max);
+    // Set before the acceptor starts, so no ping can be answered without it.
+    let info = server_info(&node.started.config, &server_options);
+    assert!(ping_body.set(info.encode()).is_ok(), "the ping body is set once");
     let engine: Arc<dyn Submit> = Arc::new(Engine { requests: node.pipeline.requests() });
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = serve(listener, server_options, engine, Arc::clone(&connections))
@@ -93,8 +100,26 @@ impl RunningServer {
     }
 }
 
-/// Replies from the pipeline, framed and routed to their connections.
-fn reply_route(connections: Arc<Connections>) -> ReplyRoute {
+/// What a ping reply tells clients: the pinned ledger config and this server's options.
+fn server_info(config: &Config, server: &ServerOptions) -> ServerInfo {
+    let millis = |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    ServerInfo {
+        transfers_max: config.transfers_max,
+        batch_events_max: server.event_count_max,
+        id_future_ms_max: config.id_future_ms_max,
+        idle_timeout_ms: millis(server.idle_timeout),
+        frame_timeout_ms: millis(server.frame_timeout),
+        connections_max: u32::try_from(server.connections_max).unwrap_or(u32::MAX),
+        accounts_max: config.accounts_max,
+        pending_max: config.pending_max,
+        limits_max: config.limits_max,
+        ledgers_max: config.ledgers_max,
+    }
+}
+
+/// Replies from the pipeline, framed and routed to their connections; a ping's carries the
+/// server info.
+fn reply_route(connections: Arc<Connections>, ping_body: Arc<OnceLock<[u8; SERVER_INFO_SIZE_BYTES]>>) -> ReplyRoute {
     Arc::new(move |reply: &Reply<'_>| {
         let request = FrameHeader {
             operation: reply.operation.code(),
@@ -104,7 +129,14 @@ fn reply_route(connections: Arc<Connections>) -> ReplyRoute {
         };
         let op = if is_mutating(reply.operation) { reply.op } else { 0 };
         let header = FrameHeader::reply_to(&request, Status::Ok, op, reply.record_count);
-        connections.reply(reply.connection, &header, reply.body);
+        let body = match reply.operation {
+            FrameOperation::Ping => {
+                assert!(reply.body.is_empty() && reply.record_count == 0, "the pipeline answers a ping empty");
+                &ping_body.get().expect("the ping body is set before the gateway accepts")[..]
+            }
+            _ => reply.body,
+        };
+        connections.reply(reply.connection, &header, body);
     })
 }
 

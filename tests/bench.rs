@@ -1,6 +1,8 @@
 //! The load generator and the command-line client against a real server in this process (real
 //! socket, real files, real fsync): the bench verifies what it sent, its verifier catches a
-//! discrepancy, its files are in the promised formats, and the CLI commands do what they print.
+//! discrepancy, its files are in the promised formats, and the CLI commands do what they print;
+//! the real binary exits quietly into a closed pipe and names the full id of a create whose
+//! reply was lost.
 
 use clap::{CommandFactory, Parser};
 use std::path::Path;
@@ -459,4 +461,83 @@ fn bench_full_size_from_flags() {
     let TestCommand::Bench(bench) = parse(&args).unwrap_or_else(|error| panic!("{error}")) else { panic!("bench") };
     println!("walletd {}", args.join(" "));
     bench_command(bench, &bench_server_start).unwrap_or_else(|error| panic!("{error}"));
+}
+
+/// Runs the real `walletd` binary with `args`, its stdout a pipe whose reader is already gone.
+fn binary_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes before the binary writes (as `| head -1` does)
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_cli_exits_quietly_when_its_output_pipe_closes() {
+    let cli = CliFixture::start();
+    cli.account(AccountCommand::Create(AccountCreateArgs { id: 1, ledger: 1, code: 1, ..Default::default() })).unwrap();
+    let addr = cli.addr.clone();
+    let commands: [&[&str]; 3] = [
+        &["account", "show", "--addr", &addr, "--id", "1"],
+        &["account", "create", "--addr", &addr, "--id", "2"],
+        &["transfer", "--addr", &addr, "--id", "7", "--from", "2", "--to", "1", "--amount", "5"],
+    ];
+    for args in commands {
+        let output = binary_into_closed_pipe(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "`walletd {}` exits 0: {:?}\n{stderr}", args.join(" "), output.status);
+        assert!(stderr.is_empty(), "`walletd {}` is quiet: {stderr}", args.join(" "));
+    }
+    // The commands ran: only their output was dropped.
+    let (_, read, _) = cli.account_shown(1);
+    assert_eq!(read.account.credits_posted, Amount(5));
+}
+
+/// A listener that takes one request on each of `count` connections and closes without
+/// answering, as if the reply were lost; hands back each request's body.
+fn lost_reply_listener(count: usize) -> (String, std::thread::JoinHandle<Vec<Vec<u8>>>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let thread = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for _ in 0..count {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut header = [0u8; walletd_gateway::HEADER_SIZE_BYTES];
+            stream.read_exact(&mut header).unwrap();
+            let header = walletd_gateway::FrameHeader::decode(&header).unwrap();
+            let mut body = vec![0u8; header.body_size_bytes as usize];
+            stream.read_exact(&mut body).unwrap();
+            bodies.push(body);
+        }
+        bodies
+    });
+    (addr, thread)
+}
+
+#[test]
+fn an_unknown_outcome_names_the_full_id_to_check_it_with() {
+    let (addr, listener) = lost_reply_listener(2);
+    let transfer = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["transfer", "--addr", &addr, "--id", "5", "--from", "1", "--to", "2", "--amount", "10"])
+        .output()
+        .unwrap();
+    let account = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["account", "create", "--addr", &addr, "--id", "9"])
+        .output()
+        .unwrap();
+    let bodies = listener.join().unwrap();
+    // The transfer's full id is what the binary sent: bytes 0..16 of its one event.
+    let full_id = u128::from_le_bytes(bodies[0][..16].try_into().unwrap());
+    assert_eq!(TransferId(full_id), TransferId::from_parts(TransferId(full_id).time_ms(), 5), "--id 5 is the low bits");
+    let stderr = String::from_utf8_lossy(&transfer.stderr);
+    assert!(!transfer.status.success(), "an unknown outcome is not a success");
+    assert!(stderr.contains(&format!("walletd transfer show --id {full_id}")), "names the full id to check: {stderr}");
+    assert!(stderr.contains(&format!("--raw-id --id {full_id}")), "and to resend with: {stderr}");
+    let stderr = String::from_utf8_lossy(&account.stderr);
+    assert!(!account.status.success());
+    assert!(stderr.contains("walletd account show --id 9"), "names the account to check: {stderr}");
 }

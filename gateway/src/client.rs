@@ -21,8 +21,8 @@
 
 use crate::protocol::{
     accounts_decode, balances_decode, check_reply, frame_append, frame_begin, frame_end, results_decode,
-    transfer_records_decode, FrameError, FrameHeader, FrameOperation, Status, BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX,
-    HEADER_SIZE_BYTES,
+    transfer_records_decode, FrameError, FrameHeader, FrameOperation, ServerInfo, Status, BODY_SIZE_MAX_BYTES,
+    EVENT_COUNT_MAX, HEADER_SIZE_BYTES,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -415,6 +415,14 @@ impl Client {
         records_count_check(&reply, 0)
     }
 
+    /// The server's limits (its idempotency window, `id_future_ms_max`, events per request,
+    /// timeouts, …), from a ping's reply; `None` from a server too old to send them.
+    pub fn server_info(&self) -> Result<Option<ServerInfo>, ClientError> {
+        let reply = self.typed_request(FrameOperation::Ping, &[], 0)?;
+        records_count_check(&reply, 0)?;
+        Ok(ServerInfo::decode(&reply.body)?)
+    }
+
     /// Admin: asks the node to take a snapshot now; returns its op.
     pub fn snapshot(&self) -> Result<u64, ClientError> {
         let reply = self.typed_request(FrameOperation::Snapshot, &[], 0)?;
@@ -446,6 +454,10 @@ impl Client {
         event_count: usize,
     ) -> Result<Vec<EventResult>, ClientError> {
         let operation = FrameOperation::Ledger(operation);
+        if event_count == 0 {
+            // Nothing to do, and the server refuses an empty mutating request (no_events).
+            return Ok(Vec::new());
+        }
         let reply = self.typed_request(operation, events, event_count)?;
         let mut results = Vec::new();
         results_decode(operation, reply.header.event_count, &reply.body, &mut results)?;

@@ -13,6 +13,6 @@ pub mod server;
 
 pub use client::{Balances, Client, ClientError, ClientOptions, Reply};
 pub use protocol::{
-    check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, Status,
+    check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, ServerInfo, Status,
     BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, HEADER_SIZE_BYTES,
 };

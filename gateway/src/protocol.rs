@@ -6,10 +6,13 @@
 //! 128-byte records (the wire, the journal and the ledger's tables hold the same bytes). The
 //! checks are split by what a failure does to the connection: `FrameHeader::decode` finds the
 //! errors after which the stream cannot be trusted (the connection closes), `check_request` the
-//! ones that spoil a single request (the connection is kept). Decoders never panic on bytes from
-//! the network; they return a `FrameError` that names the status a server would reply with.
-//! Writers append to a `Vec<u8>` the caller owns and reuses, so a steady stream of frames does
-//! not allocate. docs/PROTOCOL.md describes every layout byte by byte.
+//! ones that spoil a single request (the connection is kept), except a request id of 0, which
+//! is reserved for replies about the connection itself and so closes it too. `command_check`
+//! proves, with the ledger's own decoder, that the command built from a request is what apply
+//! will decode. Decoders never panic on bytes from the network; they return a `FrameError`
+//! that names the status a server would reply with. Writers append to a `Vec<u8>` the caller
+//! owns and reuses, so a steady stream of frames does not allocate. docs/PROTOCOL.md describes
+//! every layout byte by byte.
 
 use core::fmt;
 use core::mem::size_of;
@@ -170,6 +173,15 @@ impl FrameOperation {
         }
     }
 
+    /// A journaled operation whose request carries events: all mutating ones but pulse. An
+    /// empty request of one would be journaled and change nothing, so it is refused.
+    pub fn is_mutating_with_events(self) -> bool {
+        match self {
+            FrameOperation::Ledger(operation) => operation.is_mutating() && operation.event_size_bytes() > 0,
+            FrameOperation::Ping | FrameOperation::Snapshot => false,
+        }
+    }
+
     /// The most events one request may carry: no more than `EVENT_COUNT_MAX`, and few enough
     /// that both the request and the fullest reply fit in `BODY_SIZE_MAX_BYTES` (so
     /// lookup_transfers takes at most 7279 ids and lookup_balances 3275). Operations without
@@ -200,10 +212,12 @@ pub enum Status {
     TooManyEvents = 8,
     ShuttingDown = 9,
     Busy = 10,
+    RequestIdZero = 11,
+    NoEvents = 12,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 13] = [
         Status::Ok,
         Status::BadMagic,
         Status::BadVersion,
@@ -215,6 +229,8 @@ impl Status {
         Status::TooManyEvents,
         Status::ShuttingDown,
         Status::Busy,
+        Status::RequestIdZero,
+        Status::NoEvents,
     ];
 
     pub fn from_u16(value: u16) -> Option<Status> {
@@ -222,9 +238,20 @@ impl Status {
     }
 
     /// Whether the server closes the connection after this reply: the stream's framing can no
-    /// longer be trusted (or, for a bad version, never could be).
+    /// longer be trusted (or, for a bad version, never could be); the connection is over the
+    /// limit (`busy`, the only frame such a connection gets); or the request used id 0, which
+    /// replies about the connection itself carry (so every reply with request id 0 is
+    /// followed by the close, and a client can tell it from the refusal of one request).
     pub fn closes_connection(self) -> bool {
-        matches!(self, Status::BadMagic | Status::BadVersion | Status::BadHeaderChecksum | Status::BodyTooLarge)
+        matches!(
+            self,
+            Status::BadMagic
+                | Status::BadVersion
+                | Status::BadHeaderChecksum
+                | Status::BodyTooLarge
+                | Status::Busy
+                | Status::RequestIdZero
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -240,6 +267,8 @@ impl Status {
             Status::TooManyEvents => "too_many_events",
             Status::ShuttingDown => "shutting_down",
             Status::Busy => "busy",
+            Status::RequestIdZero => "request_id_zero",
+            Status::NoEvents => "no_events",
         }
     }
 
@@ -259,7 +288,11 @@ impl Status {
             }
             Status::TooManyEvents => "split the batch into smaller frames",
             Status::ShuttingDown => "the server is draining: retry on another node or later",
-            Status::Busy => "the server is overloaded: back off and retry",
+            Status::Busy => "the server is at its connection limit and closed this connection: back off and reconnect",
+            Status::RequestIdZero => {
+                "request id 0 is reserved for replies about the connection: reconnect, number requests from 1"
+            }
+            Status::NoEvents => "a mutating request needs at least one event (pulse advances the clock without any)",
         }
     }
 }
@@ -308,6 +341,18 @@ pub enum FrameError {
         event_count: u32,
         event_count_max: u32,
     },
+    /// A request with request id 0, which only replies about the connection carry.
+    RequestIdZero,
+    /// The command built from a request does not decode, with the ledger's decoder, into the
+    /// request's operation and event count (the frame checks should have refused it first).
+    CommandNotDecoded {
+        operation: FrameOperation,
+        reason: &'static str,
+    },
+    /// A mutating operation that takes events (all but pulse) with none.
+    NoEvents {
+        operation: FrameOperation,
+    },
     /// A reply that does not hold what its header and operation say (`operation` is the raw
     /// code: a reply about the connection itself has operation 0).
     MalformedReply {
@@ -327,6 +372,9 @@ impl FrameError {
             FrameError::UnknownOperation { .. } => Status::UnknownOperation,
             FrameError::BadBodySize { .. } | FrameError::ReservedNotZero { .. } => Status::BadBodySize,
             FrameError::TooManyEvents { .. } => Status::TooManyEvents,
+            FrameError::RequestIdZero => Status::RequestIdZero,
+            FrameError::CommandNotDecoded { .. } => Status::BadBodySize,
+            FrameError::NoEvents { .. } => Status::NoEvents,
             FrameError::MalformedReply { .. } => Status::BadBodySize,
         }
     }
@@ -368,6 +416,19 @@ impl fmt::Display for FrameError {
             FrameError::TooManyEvents { operation, event_count, event_count_max } => write!(
                 f,
                 "{} frame has {event_count} events, at most {event_count_max} are allowed: split the batch",
+                operation.name()
+            ),
+            FrameError::RequestIdZero => f.write_str(
+                "request id 0 is reserved for replies about the connection itself: number requests from 1",
+            ),
+            FrameError::CommandNotDecoded { operation, reason } => write!(
+                f,
+                "the {} request does not decode as the ledger's command ({reason}): it was not journaled",
+                operation.name()
+            ),
+            FrameError::NoEvents { operation } => write!(
+                f,
+                "{} frame has no events: it would be journaled and change nothing (use pulse to advance the clock)",
                 operation.name()
             ),
             FrameError::MalformedReply { operation, reason } => match FrameOperation::from_u16(operation) {
@@ -514,11 +575,15 @@ pub fn body_checksum(body: &[u8]) -> u32 {
 }
 
 /// Checks a request whose header `decode` accepted and whose body (exactly `body_size_bytes`)
-/// was read: the errors here spoil one request, and the connection is kept. Returns the
-/// operation, known and with a body of exactly `event_count` events.
+/// was read: the errors here spoil one request, and the connection is kept — except request id
+/// 0 (checked first), which closes it. Returns the operation, known, with a body of exactly
+/// `event_count` events, and with at least one event if it is a mutating one that takes them.
 pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation, FrameError> {
     assert_eq!(body.len(), header.body_size_bytes as usize, "the body read is not the header's body");
     assert!(header.body_size_bytes <= BODY_SIZE_MAX_BYTES, "decode checks the body size limit");
+    if header.request_id == 0 {
+        return Err(FrameError::RequestIdZero);
+    }
     let checksum_computed = body_checksum(body);
     if checksum_computed != header.body_checksum {
         return Err(FrameError::BadBodyChecksum { checksum_stored: header.body_checksum, checksum_computed });
@@ -536,6 +601,9 @@ pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation
             event_count: header.event_count,
             body_size_bytes: header.body_size_bytes,
         });
+    }
+    if header.event_count == 0 && operation.is_mutating_with_events() {
+        return Err(FrameError::NoEvents { operation });
     }
     Ok(operation)
 }
@@ -700,6 +768,56 @@ impl RequestScratch {
     }
 }
 
+/// Proves that `command`, the bytes the journal will record for a request of `operation` with
+/// `event_count` events, decodes with the ledger's own decoder (`CommandScratch::decode`, the
+/// one apply and replay use) into exactly that: a batch for a mutating operation, a query for a
+/// read, with that many events. Apply `expect`s every journaled command to decode, so a command
+/// refused here must never reach the sequencer: it would panic apply, and every replay after.
+pub fn command_check(
+    operation: Operation,
+    event_count: u32,
+    command: &[u8],
+    scratch: &mut CommandScratch,
+) -> Result<(), FrameError> {
+    let decoded = scratch.decode(command).map_err(|error| command_error(operation, error))?;
+    let (decoded_operation, decoded_count) = command_shape(&decoded);
+    let frame_operation = FrameOperation::Ledger(operation);
+    if decoded_operation != operation {
+        return Err(FrameError::CommandNotDecoded { operation: frame_operation, reason: "another operation" });
+    }
+    if decoded_count != event_count as usize {
+        return Err(FrameError::CommandNotDecoded { operation: frame_operation, reason: "another event count" });
+    }
+    Ok(())
+}
+
+/// A decoded command's operation and event count.
+fn command_shape(command: &Command<'_>) -> (Operation, usize) {
+    match command {
+        Command::Batch(batch) => {
+            let operation = match batch {
+                Batch::Pulse => Operation::Pulse,
+                Batch::CreateAccounts(_) => Operation::CreateAccounts,
+                Batch::CreateTransfers(_) => Operation::CreateTransfers,
+                Batch::CloseAccounts(_) => Operation::CloseAccounts,
+                Batch::ReopenAccounts(_) => Operation::ReopenAccounts,
+                Batch::SetAccountLimits(_) => Operation::SetAccountLimits,
+            };
+            assert!(operation.is_mutating(), "a batch is a mutating operation");
+            (operation, batch.len())
+        }
+        Command::Query(query) => {
+            let (operation, count) = match query {
+                Query::LookupAccounts(ids) => (Operation::LookupAccounts, ids.len()),
+                Query::LookupTransfers(ids) => (Operation::LookupTransfers, ids.len()),
+                Query::LookupBalances(ids) => (Operation::LookupBalances, ids.len()),
+            };
+            assert!(!operation.is_mutating(), "a query is a read");
+            (operation, count)
+        }
+    }
+}
+
 /// `check_request` has ruled out every `CommandError`; if the core still refuses, say so as the
 /// nearest frame error rather than panic on network input.
 fn command_error(operation: Operation, error: CommandError) -> FrameError {
@@ -712,8 +830,9 @@ fn command_error(operation: Operation, error: CommandError) -> FrameError {
         CommandError::SizeMismatch { event_count, size_bytes, .. } => {
             FrameError::BadBodySize { operation, event_count, body_size_bytes: size_bytes as u32 }
         }
-        CommandError::TooShort { .. } | CommandError::ReservedNotZero => {
-            FrameError::ReservedNotZero { field: "command header" }
+        CommandError::TooShort { .. } => FrameError::CommandNotDecoded { operation, reason: "shorter than its header" },
+        CommandError::ReservedNotZero => {
+            FrameError::CommandNotDecoded { operation, reason: "reserved header bytes not zero" }
         }
     }
 }
@@ -777,6 +896,81 @@ pub fn accounts_decode(
     }
     out.extend(body.chunks_exact(RECORD_SIZE_BYTES).map(record_read::<Account>));
     Ok(())
+}
+
+// The body of a ping reply, byte by byte: the server's limits, which a client would otherwise
+// have to guess. A server older than this sends an empty body; a later one may append fields,
+// so a client reads the fields it knows and ignores the bytes after them.
+//
+// offset size field
+//      0    4 transfers_max      the idempotency window, in transfers
+//      4    4 batch_events_max   events per request this server accepts
+//      8    8 id_future_ms_max   how far an id's time may lead the engine's clock
+//     16    8 idle_timeout_ms    a silent connection with nothing in flight is closed after this
+//     24    8 frame_timeout_ms   a started frame must arrive whole within this
+//     32    4 connections_max
+//     36    4 accounts_max
+//     40    4 pending_max        open holds at once
+//     44    4 limits_max         accounts with limits
+//     48    4 ledgers_max
+//     52   12 reserved           zero
+pub const SERVER_INFO_SIZE_BYTES: usize = 64;
+const SERVER_INFO_RESERVED_OFFSET: usize = 52;
+
+/// What a ping reply tells a client about the server it talks to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub transfers_max: u32,
+    pub batch_events_max: u32,
+    pub id_future_ms_max: u64,
+    pub idle_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
+    pub connections_max: u32,
+    pub accounts_max: u32,
+    pub pending_max: u32,
+    pub limits_max: u32,
+    pub ledgers_max: u32,
+}
+
+impl ServerInfo {
+    pub fn encode(&self) -> [u8; SERVER_INFO_SIZE_BYTES] {
+        let mut bytes = [0u8; SERVER_INFO_SIZE_BYTES];
+        bytes[0..4].copy_from_slice(&self.transfers_max.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.batch_events_max.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.id_future_ms_max.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.idle_timeout_ms.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.frame_timeout_ms.to_le_bytes());
+        let counts = [self.connections_max, self.accounts_max, self.pending_max, self.limits_max, self.ledgers_max];
+        for (index, count) in counts.iter().enumerate() {
+            bytes[32 + index * 4..36 + index * 4].copy_from_slice(&count.to_le_bytes());
+        }
+        assert!(bytes[SERVER_INFO_RESERVED_OFFSET..].iter().all(|byte| *byte == 0));
+        bytes
+    }
+
+    /// The info in a ping reply's body: `None` for an empty body (a server that predates it);
+    /// bytes past the fields known here are a later version's and are ignored.
+    pub fn decode(body: &[u8]) -> Result<Option<ServerInfo>, FrameError> {
+        if body.is_empty() {
+            return Ok(None);
+        }
+        if body.len() < SERVER_INFO_SIZE_BYTES {
+            let reason = "the ping reply body is shorter than the 64-byte server info";
+            return Err(FrameError::MalformedReply { operation: FrameOperation::PING_CODE, reason });
+        }
+        Ok(Some(ServerInfo {
+            transfers_max: u32_at(body, 0),
+            batch_events_max: u32_at(body, 4),
+            id_future_ms_max: u64_at(body, 8),
+            idle_timeout_ms: u64_at(body, 16),
+            frame_timeout_ms: u64_at(body, 24),
+            connections_max: u32_at(body, 32),
+            accounts_max: u32_at(body, 36),
+            pending_max: u32_at(body, 40),
+            limits_max: u32_at(body, 44),
+            ledgers_max: u32_at(body, 48),
+        }))
+    }
 }
 
 /// lookup_transfers records: the transfer, its status byte, 15 zero bytes.

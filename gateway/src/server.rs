@@ -4,16 +4,22 @@
 //!
 //! Each connection has a reader thread and a writer thread. The reader reads a header, checks
 //! it (`FrameHeader::decode`), reads the body, checks it (`check_request`), turns it into the
-//! command bytes the journal will record, and submits it; `Submit::submit` blocks while the
-//! engine is full, so the reader stops reading its socket (backpressure: nothing accepted is
-//! ever dropped). Malformed frames get their documented error reply; the errors that lose the
+//! command bytes the journal will record, proves that those decode with the ledger's own
+//! decoder (`command_check`: apply expects every journaled command to decode, so one that
+//! does not would panic apply and every replay after), and submits it; `Submit::submit`
+//! blocks while the engine is full, so the reader stops reading its socket (backpressure:
+//! nothing accepted is ever dropped). Malformed frames get their documented error reply; the errors that lose the
 //! framing close the connection. A peer that starts a frame and stalls past `frame_timeout`
-//! is disconnected. The writer writes the frames the engine routes to the connection, in the
+//! is disconnected, and so is one that sends nothing for `idle_timeout` while none of its
+//! requests is in flight: otherwise `connections_max` idle sockets would lock every other
+//! client out. The writer writes the frames the engine routes to the connection, in the
 //! order they come; a client that stops reading its replies until its queue is full is
 //! disconnected (its socket shut down) rather than allowed to stall the engine or a shutdown.
 //! Nothing on the reply side blocks: routing, error replies and closing all use `try_send`.
 
-use crate::protocol::{check_request, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES};
+use crate::protocol::{
+    check_request, command_check, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES,
+};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -23,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::command::command_encode;
+use walletd_core::CommandScratch;
 
 /// A checked request, for the engine.
 #[derive(Debug)]
@@ -33,7 +40,8 @@ pub struct ServerRequest {
     pub operation: FrameOperation,
     pub event_count: u32,
     /// For ledger operations, the command exactly as the journal records it (the core's
-    /// 16-byte command header, then the events); empty for ping and snapshot.
+    /// 16-byte command header, then the events), proven to decode with the ledger's decoder
+    /// into `operation` with `event_count` events; empty for ping and snapshot.
     pub command: Vec<u8>,
 }
 
@@ -58,10 +66,14 @@ pub trait Submit: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub connections_max: usize,
-    /// Events per request the engine accepts (its batch limit, at most 8189).
+    /// Events per request the engine accepts (its batch limit, at most 8189): the limit of
+    /// the decoder that proves each command, as apply's is.
     pub event_count_max: u32,
     /// How long a started frame may take to arrive whole.
     pub frame_timeout: Duration,
+    /// How long a connection may stay silent (no byte received) while none of its requests is
+    /// in flight before it is closed.
+    pub idle_timeout: Duration,
     /// Replies queued for one connection before it counts as not reading.
     pub reply_queue_frames: usize,
 }
@@ -72,6 +84,7 @@ impl Default for ServerOptions {
             connections_max: 256,
             event_count_max: crate::protocol::EVENT_COUNT_MAX,
             frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
             reply_queue_frames: 1024,
         }
     }
@@ -97,6 +110,9 @@ struct Open {
     writer: SyncSender<Outgoing>,
     /// A handle on the socket, to cut a connection whose writer cannot keep up.
     stream: TcpStream,
+    /// Requests submitted and not yet answered, shared with the connection's reader (which
+    /// does not time out a connection that waits for a reply).
+    in_flight: Arc<AtomicU64>,
 }
 
 /// The open connections' reply queues: where the engine's replies are routed. Nothing here
@@ -115,6 +131,8 @@ impl Connections {
     pub fn send(&self, connection: u64, frame: Vec<u8>) {
         let mut open = self.open.lock().expect("connections lock");
         let Some(entry) = open.get(&connection) else { return };
+        let in_flight_before = entry.in_flight.fetch_sub(1, Ordering::AcqRel);
+        assert!(in_flight_before > 0, "a reply for a connection with no request in flight");
         if let Err(TrySendError::Full(_)) = entry.writer.try_send(Outgoing::Frame(frame)) {
             tracing::warn!(connection, "client is not reading its replies; disconnecting it");
             self.counters.slow_clients_dropped.fetch_add(1, Ordering::Relaxed);
@@ -130,9 +148,9 @@ impl Connections {
         self.send(connection, frame);
     }
 
-    fn register(&self, writer: SyncSender<Outgoing>, stream: TcpStream) -> u64 {
+    fn register(&self, writer: SyncSender<Outgoing>, stream: TcpStream, in_flight: Arc<AtomicU64>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        self.open.lock().expect("connections lock").insert(id, Open { writer, stream });
+        self.open.lock().expect("connections lock").insert(id, Open { writer, stream, in_flight });
         id
     }
 
@@ -255,7 +273,8 @@ fn connection_start(
     stream.set_read_timeout(Some(POLL))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let (writer_queue, writer_receive) = sync_channel(options.reply_queue_frames);
-    let id = connections.register(writer_queue.clone(), stream.try_clone()?);
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let id = connections.register(writer_queue.clone(), stream.try_clone()?, Arc::clone(&in_flight));
     connections.counters.connections_open.fetch_add(1, Ordering::Relaxed);
     let write_stream = stream.try_clone()?;
     std::thread::Builder::new().name(format!("write-{id}")).spawn(move || writer_run(write_stream, writer_receive))?;
@@ -267,6 +286,8 @@ fn connection_start(
         connections: Arc::clone(connections),
         writer: writer_queue,
         stop: Arc::clone(stop),
+        in_flight,
+        scratch: CommandScratch::new(options.event_count_max),
     };
     std::thread::Builder::new().name(format!("read-{id}")).spawn(move || reader.run())
 }
@@ -294,6 +315,11 @@ struct Reader {
     connections: Arc<Connections>,
     writer: SyncSender<Outgoing>,
     stop: Arc<AtomicBool>,
+    /// This connection's requests submitted and not yet answered (`Connections::send` counts
+    /// the answers).
+    in_flight: Arc<AtomicU64>,
+    /// The ledger's decoder, sized as apply's, to prove each command before it is submitted.
+    scratch: CommandScratch,
 }
 
 /// How a read of a frame part ended.
@@ -301,6 +327,8 @@ enum ReadOutcome {
     Complete,
     /// The peer closed before the frame began.
     Closed,
+    /// Nothing arrived for `idle_timeout` between frames while no request was in flight.
+    Idle,
     /// The peer closed, stalled or failed mid-frame, or the server is stopping.
     Abandoned(&'static str),
 }
@@ -313,6 +341,10 @@ impl Reader {
             match self.read_exact_within(&mut header_bytes, false) {
                 ReadOutcome::Complete => {}
                 ReadOutcome::Closed => break,
+                ReadOutcome::Idle => {
+                    tracing::debug!(connection = self.id, "idle connection closed");
+                    break;
+                }
                 ReadOutcome::Abandoned(why) => {
                     tracing::debug!(connection = self.id, why, "connection ended");
                     break;
@@ -345,7 +377,11 @@ impl Reader {
             return false;
         }
         match self.request_build(&header, body) {
-            Ok(request) => self.engine.submit(request).is_ok(),
+            Ok(request) => {
+                // Counted before the engine can answer, so the answer never finds it at zero.
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                self.engine.submit(request).is_ok()
+            }
             Err(error) => {
                 let queued = self.error_reply(FrameHeader::reply_to(&header, error.status(), 0, 0), error);
                 queued && !error.status().closes_connection()
@@ -353,7 +389,7 @@ impl Reader {
         }
     }
 
-    fn request_build(&self, header: &FrameHeader, body: &[u8]) -> Result<ServerRequest, FrameError> {
+    fn request_build(&mut self, header: &FrameHeader, body: &[u8]) -> Result<ServerRequest, FrameError> {
         let operation = check_request(header, body)?;
         let mut command = Vec::new();
         if let FrameOperation::Ledger(ledger_operation) = operation {
@@ -366,6 +402,12 @@ impl Reader {
             }
             command.reserve_exact(walletd_core::command::COMMAND_HEADER_SIZE_BYTES + body.len());
             command_encode(ledger_operation, body, header.event_count, &mut command);
+            if let Err(error) = command_check(ledger_operation, header.event_count, &command, &mut self.scratch) {
+                // The frame checks should have refused it: a gap between them and the ledger.
+                let connection = self.id;
+                tracing::warn!(connection, %error, "a request passed the frame checks, not the ledger's decoder");
+                return Err(error);
+            }
         }
         Ok(ServerRequest {
             connection: self.id,
@@ -387,11 +429,15 @@ impl Reader {
         self.writer.try_send(Outgoing::Frame(frame)).is_ok()
     }
 
-    /// Fills `buffer` from the socket. Between frames it waits indefinitely (checking `stop`);
-    /// once a frame has begun (`in_frame`, or any header byte read) it allows `frame_timeout`.
+    /// Fills `buffer` from the socket. Between frames it waits (checking `stop`) until the
+    /// connection has been idle for `idle_timeout`: silent, with no request in flight (a
+    /// client waiting for a reply is not idle; its idle time starts when the reply is routed).
+    /// Once a frame has begun (`in_frame`, or any header byte read) it allows `frame_timeout`.
     fn read_exact_within(&mut self, buffer: &mut [u8], in_frame: bool) -> ReadOutcome {
+        assert!(!buffer.is_empty() || in_frame, "a header read reads something");
         let mut filled = 0;
         let mut started: Option<Instant> = in_frame.then(Instant::now);
+        let mut idle_since = Instant::now();
         while filled < buffer.len() {
             if self.stop.load(Ordering::Acquire) {
                 // A frame not read whole is never executed: stopping may cut it.
@@ -399,6 +445,13 @@ impl Reader {
             }
             if started.is_some_and(|at| at.elapsed() > self.options.frame_timeout) {
                 return ReadOutcome::Abandoned("a frame stalled past the frame timeout");
+            }
+            if started.is_none() {
+                if self.in_flight.load(Ordering::Acquire) > 0 {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() >= self.options.idle_timeout {
+                    return ReadOutcome::Idle;
+                }
             }
             match self.stream.read(&mut buffer[filled..]) {
                 Ok(0) if filled == 0 && !in_frame => return ReadOutcome::Closed,

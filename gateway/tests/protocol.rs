@@ -1,6 +1,8 @@
 //! The codec's tier of tests: every frame and body round-trips (proptest), every malformed
 //! header and request is refused with its own status, decoders refuse rather than panic on any
-//! bytes, and the worked example in docs/PROTOCOL.md is what the code really sends.
+//! bytes, random request frames (mostly well-formed, one fault of each kind sometimes) reach
+//! the request decoder — counted, so a generator that stops reaching it fails — and the worked
+//! example in docs/PROTOCOL.md is what the code really sends.
 
 use proptest::prelude::*;
 use walletd_core::{
@@ -165,6 +167,29 @@ proptest! {
     }
 
     #[test]
+    fn server_info_round_trips(values in any::<([u32; 7], [u64; 3])>(), extra in prop::collection::vec(any::<u8>(), 0..64)) {
+        let (counts, times) = values;
+        let info = ServerInfo {
+            transfers_max: counts[0],
+            batch_events_max: counts[1],
+            id_future_ms_max: times[0],
+            idle_timeout_ms: times[1],
+            frame_timeout_ms: times[2],
+            connections_max: counts[2],
+            accounts_max: counts[3],
+            pending_max: counts[4],
+            limits_max: counts[5],
+            ledgers_max: counts[6],
+        };
+        let mut body = info.encode().to_vec();
+        prop_assert_eq!(body.len(), SERVER_INFO_SIZE_BYTES);
+        prop_assert_eq!(ServerInfo::decode(&body), Ok(Some(info)));
+        // A later server may append fields: a client reads the ones it knows.
+        body.extend_from_slice(&extra);
+        prop_assert_eq!(ServerInfo::decode(&body), Ok(Some(info)));
+    }
+
+    #[test]
     fn results_round_trip(results in results_strategy()) {
         let mut body = vec![0xaa];
         let count = results_encode(&results, &mut body);
@@ -213,12 +238,12 @@ proptest! {
 
     #[test]
     fn batch_requests_round_trip(
-        request_id in any::<u64>(),
+        request_id in 1..=u64::MAX,
         client_id in any::<u128>(),
-        accounts in prop::collection::vec(account_strategy(), 0..8),
-        transfers in prop::collection::vec(transfer_strategy(), 0..8),
-        limits in prop::collection::vec(limits_strategy(), 0..8),
-        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
+        accounts in prop::collection::vec(account_strategy(), 1..8),
+        transfers in prop::collection::vec(transfer_strategy(), 1..8),
+        limits in prop::collection::vec(limits_strategy(), 1..8),
+        account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 1..8),
     ) {
         let batches = [
             Batch::Pulse,
@@ -248,7 +273,7 @@ proptest! {
 
     #[test]
     fn query_requests_round_trip(
-        request_id in any::<u64>(),
+        request_id in 1..=u64::MAX,
         client_id in any::<u128>(),
         account_ids in prop::collection::vec(any::<u128>().prop_map(AccountId), 0..8),
         transfer_ids in prop::collection::vec(any::<u128>().prop_map(TransferId), 0..8),
@@ -268,26 +293,191 @@ proptest! {
         }
     }
 
-    /// Any bytes given to any decoder: refused or accepted, never a panic.
+    /// Any bytes given to a reply decoder: refused or accepted, never a panic.
     #[test]
-    fn decoders_never_panic(body in prop::collection::vec(any::<u8>(), 0..1024), event_count in 0u32..16) {
+    fn reply_decoders_never_panic(body in prop::collection::vec(any::<u8>(), 0..1024), event_count in 0u32..16) {
         let operation = FrameOperation::Ledger(Operation::LookupBalances);
         let _ = results_decode(operation, event_count, &body, &mut Vec::new());
         let _ = accounts_decode(operation, event_count, &body, &mut Vec::new());
         let _ = transfer_records_decode(operation, event_count, &body, &mut Vec::new());
         let _ = balances_decode(operation, event_count, &body, &mut Vec::new(), &mut Vec::new());
-        let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
-        let length = body.len().min(HEADER_SIZE_BYTES);
-        header_bytes[..length].copy_from_slice(&body[..length]);
-        header_bytes[..4].copy_from_slice(b"WLTD");
-        header_seal(&mut header_bytes);
-        if let Ok(mut header) = FrameHeader::decode(&header_bytes) {
-            let request_body = vec![0u8; header.body_size_bytes.min(4096) as usize];
-            header.body_size_bytes = request_body.len() as u32;
-            let _ = RequestScratch::new().decode(&header, &request_body);
-            let _ = check_reply(&header, &request_body);
-        }
+        let _ = ServerInfo::decode(&body);
     }
+}
+
+/// One thing wrong with a generated request frame, or nothing.
+#[derive(Clone, Debug)]
+enum Fault {
+    None,
+    Magic(u8),
+    Version(u16),
+    HeaderBit(usize),
+    BodyTooLarge(u32),
+    RequestIdZero,
+    BodyChecksum(u32),
+    /// A header field only replies may set, or a reserved one: (which, value).
+    ReservedField(u8, u64),
+    /// `event_count` other than the body holds (the body and its size stay as they are).
+    EventCount(u32),
+}
+
+fn fault_strategy() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        12 => Just(Fault::None),
+        1 => any::<u8>().prop_filter("not W", |byte| *byte != b'W').prop_map(Fault::Magic),
+        1 => any::<u16>().prop_filter("not 1", |version| *version != VERSION).prop_map(Fault::Version),
+        1 => (0usize..HEADER_SIZE_BYTES * 8).prop_map(Fault::HeaderBit),
+        1 => (BODY_SIZE_MAX_BYTES + 1..).prop_map(Fault::BodyTooLarge),
+        1 => Just(Fault::RequestIdZero),
+        1 => (1u32..).prop_map(Fault::BodyChecksum),
+        1 => (0u8..5, 1u64..).prop_map(|(which, value)| Fault::ReservedField(which, value)),
+        2 => any::<u32>().prop_map(Fault::EventCount),
+    ]
+}
+
+/// A request frame as a client might send it, well-formed more often than not so that most
+/// cases get past the frame checks to the decoding, with one fault of every kind sometimes.
+fn request_frame_strategy() -> impl Strategy<Value = (Fault, Vec<u8>)> {
+    let operation = prop_oneof![
+        8 => prop::sample::select(FrameOperation::ALL.to_vec()).prop_map(FrameOperation::code),
+        1 => any::<u16>(),
+    ];
+    let events = prop::collection::vec(any::<u8>(), 6 * 128);
+    (operation, 0u32..=6, 1..=u64::MAX, any::<u128>(), events, fault_strategy()).prop_map(
+        |(operation, event_count, request_id, client_id, events, fault)| {
+            let event_size_bytes = FrameOperation::from_u16(operation).map_or(16, FrameOperation::event_size_bytes);
+            // Operations without events take none (a count is Fault::EventCount's business).
+            let event_count = if event_size_bytes == 0 { 0 } else { event_count };
+            let body = &events[..event_count as usize * event_size_bytes];
+            let mut header = FrameHeader { operation, request_id, client_id, event_count, ..FrameHeader::default() };
+            header.body_size_bytes = body.len() as u32;
+            header.body_checksum = body_checksum(body);
+            match fault {
+                Fault::RequestIdZero => header.request_id = 0,
+                Fault::BodyChecksum(flip) => header.body_checksum ^= flip,
+                Fault::ReservedField(0, _) => header.flags = FLAG_REPLY,
+                Fault::ReservedField(1, value) => header.flags = (value as u16 | 2) & !FLAG_REPLY,
+                Fault::ReservedField(2, value) => header.status = (value as u16).max(1),
+                Fault::ReservedField(3, value) => header.reserved = (value as u32).max(1),
+                Fault::ReservedField(_, value) => header.op = value,
+                Fault::EventCount(count) => header.event_count = count,
+                _ => {}
+            }
+            let mut bytes = header.encode();
+            match fault {
+                Fault::Magic(byte) => bytes[MAGIC_OFFSET] = byte,
+                Fault::Version(version) => {
+                    bytes[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&version.to_le_bytes());
+                    header_seal(&mut bytes);
+                }
+                Fault::HeaderBit(bit) => bytes[bit / 8] ^= 1 << (bit % 8),
+                Fault::BodyTooLarge(size) => {
+                    bytes[BODY_SIZE_OFFSET..BODY_SIZE_OFFSET + 4].copy_from_slice(&size.to_le_bytes());
+                    header_seal(&mut bytes);
+                }
+                _ => {}
+            }
+            let mut frame = bytes.to_vec();
+            frame.extend_from_slice(body);
+            (fault, frame)
+        },
+    )
+}
+
+/// The statuses a frame with `fault` may be refused with (the first fault in check order
+/// wins; an unknown operation is found before the reserved fields and the event count).
+fn fault_statuses(fault: &Fault, operation_known: bool) -> &'static [Status] {
+    use Status as S;
+    match fault {
+        Fault::Magic(_) => &[S::BadMagic],
+        Fault::HeaderBit(_) => &[S::BadMagic, S::BadHeaderChecksum],
+        Fault::Version(_) => &[S::BadVersion],
+        Fault::BodyTooLarge(_) => &[S::BodyTooLarge],
+        Fault::RequestIdZero => &[S::RequestIdZero],
+        Fault::BodyChecksum(_) => &[S::BadBodyChecksum],
+        _ if !operation_known => &[S::UnknownOperation],
+        Fault::ReservedField(..) => &[S::BadBodySize],
+        // A count the body does not hold (or, for the operations without events, any count).
+        Fault::EventCount(_) => &[S::TooManyEvents, S::BadBodySize, S::NoEvents],
+        // A well-formed frame: refused only when it is an empty mutating request.
+        Fault::None => &[S::NoEvents],
+    }
+}
+
+/// Where a generated request frame ended.
+#[derive(Default, Debug)]
+struct Reached {
+    cases: u32,
+    header_refused: u32,
+    request_refused: u32,
+    /// Through every frame check and the ledger's own decoder, into a command.
+    decoded: u32,
+    gateway_operations: u32,
+}
+
+/// Random request frames through the server's checks and decoder: never a panic, each
+/// refusal with the status its fault calls for, and most cases reach the decoder (counted, so
+/// that a generator that stops reaching it fails the test rather than passing vacuously).
+#[test]
+fn random_request_frames_reach_the_decoder_and_never_panic() {
+    use std::cell::RefCell;
+    use walletd_core::CommandScratch;
+    let config = ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let reached = RefCell::new(Reached::default());
+    let scratch = RefCell::new(RequestScratch::new());
+    let command_scratch = RefCell::new(CommandScratch::new(EVENT_COUNT_MAX));
+    runner
+        .run(&request_frame_strategy(), |(fault, frame)| {
+            let mut reached = reached.borrow_mut();
+            reached.cases += 1;
+            let operation_known = FrameOperation::from_u16(u16::from_le_bytes([frame[6], frame[7]])).is_some();
+            let allowed = fault_statuses(&fault, operation_known);
+            let header_bytes: &[u8; HEADER_SIZE_BYTES] = frame[..HEADER_SIZE_BYTES].try_into().unwrap();
+            let header = match FrameHeader::decode(header_bytes) {
+                Ok(header) => header,
+                Err(error) => {
+                    prop_assert!(allowed.contains(&error.status()), "{:?}: {}", fault, error);
+                    prop_assert!(error.status().closes_connection(), "{}", error);
+                    reached.header_refused += 1;
+                    return Ok(());
+                }
+            };
+            let body = &frame[HEADER_SIZE_BYTES..];
+            prop_assert_eq!(body.len(), header.body_size_bytes as usize);
+            let _ = check_reply(&header, body);
+            match scratch.borrow_mut().decode(&header, body) {
+                Err(error) => {
+                    prop_assert!(allowed.contains(&error.status()), "{:?}: {}", fault, error);
+                    let closes = error.status().closes_connection();
+                    prop_assert_eq!(closes, error == FrameError::RequestIdZero, "{}", error);
+                    reached.request_refused += 1;
+                }
+                Ok(Request::Ledger { command_bytes, .. }) => {
+                    prop_assert!(matches!(fault, Fault::None | Fault::EventCount(_)), "{:?} was accepted", fault);
+                    let FrameOperation::Ledger(operation) = FrameOperation::from_u16(header.operation).unwrap() else {
+                        unreachable!("a ledger request has a ledger operation");
+                    };
+                    prop_assert_eq!(&command_bytes[16..], body, "the command carries the events as sent");
+                    let checked =
+                        command_check(operation, header.event_count, command_bytes, &mut command_scratch.borrow_mut());
+                    prop_assert_eq!(checked, Ok(()));
+                    reached.decoded += 1;
+                }
+                Ok(Request::Ping | Request::Snapshot) => {
+                    prop_assert!(matches!(fault, Fault::None | Fault::EventCount(_)), "{:?} was accepted", fault);
+                    reached.gateway_operations += 1;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let reached = reached.into_inner();
+    // Expected shares: about 45% decoded, 18% refused at the header, 30% refused as requests.
+    assert!(reached.decoded * 4 >= reached.cases, "too few cases reached the decoder: {reached:?}");
+    assert!(reached.header_refused * 20 >= reached.cases, "too few bad headers: {reached:?}");
+    assert!(reached.request_refused * 10 >= reached.cases, "too few bad requests: {reached:?}");
+    assert!(reached.gateway_operations > 0, "ping and snapshot: {reached:?}");
 }
 
 #[test]
@@ -319,7 +509,40 @@ fn operations_have_their_numbers_and_limits() {
     assert_eq!(FrameOperation::Ping.event_count_max(), 0);
     let closing: Vec<u16> =
         Status::ALL.iter().filter(|status| status.closes_connection()).map(|status| *status as u16).collect();
-    assert_eq!(closing, [1, 2, 3, 4]);
+    assert_eq!(closing, [1, 2, 3, 4, 10, 11]);
+    let numbers: Vec<u16> = Status::ALL.iter().map(|status| *status as u16).collect();
+    assert_eq!(numbers, (0..=12).collect::<Vec<u16>>(), "statuses are numbered densely, new ones appended");
+    for status in Status::ALL {
+        assert_eq!(Status::from_u16(status as u16), Some(status));
+    }
+}
+
+#[test]
+fn server_info_is_laid_out_as_documented() {
+    let info = ServerInfo {
+        transfers_max: 0x0101_0101,
+        batch_events_max: 0x0202_0202,
+        id_future_ms_max: 0x0303_0303_0303_0303,
+        idle_timeout_ms: 0x0404_0404_0404_0404,
+        frame_timeout_ms: 0x0505_0505_0505_0505,
+        connections_max: 0x0606_0606,
+        accounts_max: 0x0707_0707,
+        pending_max: 0x0808_0808,
+        limits_max: 0x0909_0909,
+        ledgers_max: 0x0a0a_0a0a,
+    };
+    let bytes = info.encode();
+    // (offset, size, the byte every position holds): the table in docs/PROTOCOL.md.
+    let layout = [(0, 4, 1u8), (4, 4, 2), (8, 8, 3), (16, 8, 4), (24, 8, 5), (32, 4, 6), (36, 4, 7)];
+    let layout = layout.iter().chain(&[(40, 4, 8u8), (44, 4, 9), (48, 4, 10), (52, 12, 0)]);
+    let mut covered = 0;
+    for &(offset, size, byte) in layout {
+        assert!(bytes[offset..offset + size].iter().all(|value| *value == byte), "bytes {offset}..{}", offset + size);
+        covered += size;
+    }
+    assert_eq!(covered, SERVER_INFO_SIZE_BYTES);
+    assert_eq!(ServerInfo::decode(&[]), Ok(None), "an older server's empty ping body");
+    assert!(ServerInfo::decode(&bytes[..63]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,6 +607,39 @@ fn request_patched(patch: impl FnOnce(&mut FrameHeader, &mut Vec<u8>)) -> Result
 }
 
 #[test]
+fn request_id_zero_is_refused_before_anything_else_and_closes_the_connection() {
+    let error = request_patched(|header, _| header.request_id = 0).unwrap_err();
+    assert_eq!(error, FrameError::RequestIdZero);
+    assert!(error.status().closes_connection());
+    // Even with another fault, the status is request_id_zero: a reply with request id 0 is
+    // always followed by the close.
+    let error = request_patched(|header, body| {
+        header.request_id = 0;
+        body[3] ^= 1;
+    })
+    .unwrap_err();
+    assert_eq!(error, FrameError::RequestIdZero);
+}
+
+#[test]
+fn empty_mutating_requests_are_refused_and_empty_reads_are_not() {
+    for operation in FrameOperation::ALL {
+        let mut frame = Vec::new();
+        request_append(operation, 1, 2, &[], 0, &mut frame);
+        let (header, body) = frame_split(&frame);
+        let checked = check_request(&header, body);
+        let takes_events = operation.event_size_bytes() > 0;
+        match operation {
+            FrameOperation::Ledger(ledger) if ledger.is_mutating() && takes_events => {
+                assert_eq!(checked, Err(FrameError::NoEvents { operation }), "{}", operation.name());
+                assert!(!Status::NoEvents.closes_connection());
+            }
+            _ => assert_eq!(checked, Ok(operation), "{}", operation.name()),
+        }
+    }
+}
+
+#[test]
 fn malformed_requests_keep_the_connection() {
     let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
     assert_eq!(request_patched(|_, _| {}), Ok(transfers));
@@ -415,6 +671,47 @@ fn malformed_requests_keep_the_connection() {
         assert_eq!(error.status(), Status::BadBodySize);
         assert!(!error.status().closes_connection());
     }
+}
+
+#[test]
+fn command_check_refuses_what_apply_would_panic_on() {
+    use walletd_core::command::command_encode;
+    use walletd_core::CommandScratch;
+    let transfers = [Transfer { id: TransferId(1), amount: Amount(5), ..Transfer::default() }; 2];
+    let mut command = Vec::new();
+    command_encode(Operation::CreateTransfers, walletd_core::command::records_as_bytes(&transfers), 2, &mut command);
+    let mut scratch = CommandScratch::new(2);
+    assert_eq!(command_check(Operation::CreateTransfers, 2, &command, &mut scratch), Ok(()));
+    let transfers_operation = FrameOperation::Ledger(Operation::CreateTransfers);
+    let refused = |error: FrameError| {
+        assert_ne!(error.status(), Status::Ok);
+        assert!(!error.status().closes_connection(), "one request is spoilt, not the connection: {error}");
+        error
+    };
+    // More events than the decoder (sized as apply's) takes.
+    let error = command_check(Operation::CreateTransfers, 2, &command, &mut CommandScratch::new(1)).unwrap_err();
+    let expected = FrameError::TooManyEvents { operation: transfers_operation, event_count: 2, event_count_max: 1 };
+    assert_eq!(refused(error), expected);
+    // Bytes of another operation, or another count, than the request claims.
+    let mut ids = Vec::new();
+    command_encode(Operation::LookupAccounts, &[0u8; 32], 2, &mut ids);
+    let error = command_check(Operation::CloseAccounts, 2, &ids, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { reason: "another operation", .. }));
+    let error = command_check(Operation::CreateTransfers, 1, &command, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { reason: "another event count", .. }));
+    // Bytes the decoder refuses outright.
+    let mut reserved = command.clone();
+    reserved[9] = 1;
+    let error = command_check(Operation::CreateTransfers, 2, &reserved, &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { .. }));
+    let error = command_check(Operation::CreateTransfers, 2, &command[..10], &mut scratch).unwrap_err();
+    assert!(matches!(refused(error), FrameError::CommandNotDecoded { .. }));
+    let error = command_check(Operation::CreateTransfers, 2, &command[..command.len() - 1], &mut scratch).unwrap_err();
+    assert_eq!(refused(error).status(), Status::BadBodySize);
+    let mut unknown = command.clone();
+    unknown[0] = 99;
+    let error = command_check(Operation::CreateTransfers, 2, &unknown, &mut scratch).unwrap_err();
+    assert_eq!(refused(error), FrameError::UnknownOperation { operation: 99 });
 }
 
 #[test]
