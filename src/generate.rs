@@ -114,7 +114,8 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         options: options.clone(),
         batches_since_commit: 0,
         op_checkpoint: op_start,
-        op_snapshot_requested: op_start,
+        // The snapshot interval counts from the newest snapshot, across runs, as `serve` does.
+        op_snapshot_requested: op_snapshot,
         // What is older than the recovered snapshot was archived (or kept live) by the run
         // that wrote it; only a newer snapshot archives more.
         op_archived: op_snapshot,

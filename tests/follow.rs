@@ -22,7 +22,8 @@ fn client(addr: std::net::SocketAddr) -> Client {
 
 fn serve(dir: &std::path::Path) -> (ServerChild, std::net::SocketAddr) {
     let args = ["--checkpoint-ops", "8", "--snapshot-ops", "32", "--segment-size", "65536", "--accounts-max", "4096"];
-    serve_binary(dir, &args)
+    let (child, addr, _) = serve_binary(dir, &args);
+    (child, addr)
 }
 
 /// `rounds` batches of transfers between the accounts, each acknowledged.

@@ -10,11 +10,11 @@
 
 mod common;
 
-use common::{accounts, transfer};
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use common::{accounts, serve_binary, transfer, ServerChild};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use walletd::generate::config_for;
 use walletd::node::NodeOptions;
@@ -364,33 +364,12 @@ fn a_retried_request_after_a_reconnect_returns_the_original_outcome() {
 }
 
 /// A child server killed when dropped, so a failing test leaves no server running.
-struct ServerChild(std::process::Child);
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the real binary; returns it and the addresses it printed.
 fn binary_start(dir: &Path) -> (ServerChild, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--checkpoint-ops", "16"])
-        .args(["--snapshot-ops", "64", "--segment-size", "8388608", "--accounts-max", "4096", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = ServerChild(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let listening = lines.next().expect("a line").unwrap();
-    let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().unwrap();
-    let metrics_line = lines.next().expect("a metrics line").unwrap();
-    let metrics = metrics_line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().unwrap();
-    (child, addr, metrics)
+    let args = ["--metrics-addr", "127.0.0.1:0", "--checkpoint-ops", "16", "--snapshot-ops", "64"];
+    let (child, addr, metrics) =
+        serve_binary(dir, &[&args[..], &["--segment-size", "8388608", "--accounts-max", "4096"]].concat());
+    (child, addr, metrics.expect("a metrics address"))
 }
 
 #[test]

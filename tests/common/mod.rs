@@ -36,9 +36,13 @@ impl Drop for ServerChild {
     }
 }
 
-/// Starts the real binary on `dir` with `args` added; returns it and the protocol address it
-/// printed (the readiness signal: it prints once it listens).
-pub fn serve_binary(dir: &std::path::Path, args: &[&str]) -> (ServerChild, std::net::SocketAddr) {
+/// Starts the real binary on `dir` with `args` added; returns it, the protocol address it
+/// printed (the readiness signal: it prints once it listens) and, when `args` ask for one, the
+/// metrics address.
+pub fn serve_binary(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (ServerChild, std::net::SocketAddr, Option<std::net::SocketAddr>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
@@ -53,7 +57,11 @@ pub fn serve_binary(dir: &std::path::Path, args: &[&str]) -> (ServerChild, std::
     let mut lines = std::io::BufReader::new(stdout).lines();
     let listening = lines.next().expect("a line").expect("readable");
     let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().expect("an address");
+    let metrics = args.contains(&"--metrics-addr").then(|| {
+        let line = lines.next().expect("a metrics line").expect("readable");
+        line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().expect("an address")
+    });
     // Keep reading stdout on a thread so the child never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    (child, addr, metrics)
 }
