@@ -2,6 +2,7 @@
 //! line only; every command's work is in the library (`walletd::…`).
 
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use walletd::generate::{generate, GenerateOptions};
@@ -169,6 +170,9 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Commands::Generate(_) | Commands::Replay(_) | Commands::Journal(_)) {
+        pipe_closed_ends_quietly();
+    }
     let result: Result<(), String> = match cli.command {
         Commands::Serve(args) => serve_command(args).map_err(|error| error.to_string()),
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
@@ -187,9 +191,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("walletd: {error}");
+            // Not eprintln!: with stderr closed there is no one to tell, and no reason to panic.
+            let _ = writeln!(std::io::stderr(), "walletd: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The report tools print many lines; a reader that stopped reading (`walletd replay | head`)
+/// wants no more, so a closed pipe ends the process quietly, as it does for `cat`, instead of
+/// a panic with a backtrace. Only for those tools: the server gets EPIPE as an error on a
+/// socket, and the people's CLI handles it itself (exit 0).
+fn pipe_closed_ends_quietly() {
+    // SAFETY: restores the default disposition of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -702,3 +702,22 @@ fn a_drill_to_a_past_op_reports_how_far_the_journal_reaches() {
     assert_eq!(report["journal_op_last"].as_u64(), Some(generated.ops));
     assert_eq!(report["torn_tail"], serde_json::Value::Null);
 }
+
+/// `walletd replay | head -1`: a reader that stops reading ends the report quietly, with no
+/// panic and no backtrace on stderr.
+#[test]
+fn a_closed_output_pipe_ends_a_report_quietly() {
+    let dir = tempdir();
+    generate_ok(dir.path(), 2_000, 8, SNAPSHOT_OPS_NEVER);
+    let mut child = walletd_command(&["replay", "--data-dir", path_str(dir.path())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("walletd replay starts");
+    drop(child.stdout.take()); // the reader is gone before the report is written
+    let stderr = read_all_in_thread(child.stderr.take().expect("stderr"));
+    let status = child.wait().expect("walletd replay ends");
+    let stderr = stderr.join().expect("stderr read");
+    assert!(!stderr.contains("panicked"), "no panic on a closed pipe:\n{stderr}");
+    assert!(status.code().is_none_or(|code| code == 0), "ended by SIGPIPE or success: {status:?}");
+}
