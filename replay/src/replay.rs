@@ -137,6 +137,7 @@ impl Replayer {
                 timestamp_ns: owned.timestamp_ns,
                 kind: owned.kind,
                 body: &owned.body,
+                checksum_prev: owned.checksum_prev,
                 checksum: owned.checksum,
             };
             if let Err(error) = self.record_account(ledger, &record, stats) {
@@ -182,6 +183,7 @@ struct OwnedRecord {
     op: u64,
     timestamp_ns: u64,
     kind: RecordKind,
+    checksum_prev: u128,
     checksum: u128,
     body: Vec<u8>,
 }
@@ -220,6 +222,7 @@ fn replay_read<S: Storage>(
             op: record.op,
             timestamp_ns: record.timestamp_ns,
             kind: record.kind,
+            checksum_prev: record.checksum_prev,
             checksum: record.checksum,
             body,
         };
