@@ -257,6 +257,8 @@ impl CheckpointSigner {
 
     /// The signed body of `checkpoint` at `at` (the signed bit is set).
     pub fn sign(&self, checkpoint: &Checkpoint, at: &RecordAt) -> [u8; CHECKPOINT_SIGNED_SIZE_BYTES] {
+        assert!(at.op >= 1, "journal ops start at 1");
+        assert!(at.op > 1 || at.checksum_prev == 0, "op 1 has no record before it");
         let seal = Seal {
             checkpoint_ops: self.checkpoint_ops,
             config_digest: self.config_digest,

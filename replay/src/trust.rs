@@ -125,6 +125,7 @@ impl JournalChecks {
 
     /// Checks one verified record (the journal reader has checked its checksum and chain).
     pub fn record_check(&mut self, record: &Record<'_>) -> Result<(), ReplayError> {
+        assert!(record.op >= 1, "journal ops start at 1");
         assert!(record.op > self.op_read_last, "records come in op order");
         self.op_read_last = record.op;
         self.checksum_read_last = record.checksum;
@@ -227,6 +228,7 @@ impl JournalChecks {
                 ),
             });
         };
+        assert!(op_end >= op_signed_last, "a checkpoint read lies within the journal read");
         let uncovered = op_end - op_signed_last;
         if uncovered > self.checkpoint_ops_signed {
             return Err(ReplayError::SignaturesMissing {
