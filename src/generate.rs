@@ -5,12 +5,14 @@
 //! the next batch posts or voids.
 
 use crate::error::NodeError;
+use crate::node::Trust;
 use crate::snapshotter::{SnapshotTaken, Snapshotter};
 use crate::writer::{Clock, SystemClock, Writer};
 use std::time::Instant;
 use walletd_benches::workload::{accounts, single_phase, Distribution, IdMaker, Picker, Rng};
 use walletd_core::{Batch, Config, Ledger, Transfer, TransferFlags, BATCH_EVENTS_MAX};
 use walletd_journal::FileStorage;
+use walletd_replay::checkpoint::CheckpointSigner;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
@@ -33,6 +35,8 @@ pub struct GenerateOptions {
     pub distribution: Distribution,
     /// Print `durable <op>` on stdout after every commit (for crash tests).
     pub print_durable: bool,
+    /// The signing key and what start-up verifies.
+    pub trust: Trust,
 }
 
 impl Default for GenerateOptions {
@@ -49,6 +53,7 @@ impl Default for GenerateOptions {
             two_phase_percent: 5,
             distribution: Distribution::Uniform,
             print_durable: false,
+            trust: Trust::default(),
         }
     }
 }
@@ -90,11 +95,15 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     let recovery_start = Instant::now();
     let _lock = data_dir.lock()?;
     data_dir.open_or_create(config_for(options.accounts))?;
-    let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes)?;
+    let verification = options.trust.start_verification()?;
+    let recovered = recover(FileStorage::default(), data_dir, options.segment_size_bytes, &verification)?;
     let recovery_seconds = recovery_start.elapsed().as_secs_f64();
     let recovery_notes = recovered.notes();
     let op_start = recovered.journal.op_durable();
     let op_snapshot = recovered.snapshot.as_ref().map_or(0, |(header, _)| header.op);
+    let seal_first = options.trust.seal_first(op_start, &recovered.replay.trust);
+    let signer = (options.trust.signing_key.clone())
+        .map(|key| CheckpointSigner::new(key, options.checkpoint_ops, &recovered.config));
     let mut image = Vec::new();
     recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
     let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
@@ -107,8 +116,10 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
         data_dir.clone(),
         SNAPSHOTS_KEPT_DEFAULT,
     )?;
+    let mut writer = Writer::new(recovered.ledger, recovered.journal);
+    writer.signer = signer;
     let mut run = Run {
-        writer: Writer::new(recovered.ledger, recovered.journal),
+        writer,
         snapshotter,
         clock: SystemClock,
         options: options.clone(),
@@ -123,6 +134,9 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     };
     run.writer.durable_mark_publish(&data_dir.root)?;
     let start = Instant::now();
+    if seal_first {
+        run.checkpoint(false)?; // covers what recovery found with a signature at once
+    }
     run.accounts_create()?;
     let transfers_submitted = run.transfers()?;
     run.checkpoint(true)?;

@@ -34,6 +34,9 @@ enum Commands {
     /// Journal maintenance.
     #[command(subcommand)]
     Journal(JournalCommands),
+    /// Write a new Ed25519 key pair for signing checkpoints: FILE (the private key, mode 0600,
+    /// never inside a data directory) and FILE.pub; prints the public key in hex.
+    Keygen(KeygenArgs),
     /// Load generator: drive a server (or a temporary one) and measure throughput and latency,
     /// then verify through lookups that every balance is what was sent.
     Bench(walletd_benches::load::BenchArgs),
@@ -85,6 +88,26 @@ struct ServeArgs {
     /// For a new data directory: accounts it can hold.
     #[arg(long, default_value_t = 1 << 20)]
     accounts_max: u32,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Refuse to start unless the journal's record at OP has this checksum (an externally held
+    /// chain head, e.g. the last one the exporter published).
+    #[arg(long, value_name = "OP:CHECKSUM")]
+    expect_head: Option<walletd_replay::ChainHead>,
+}
+
+/// Tamper evidence at start-up and while running (see ARCHITECTURE.md, "Threat model").
+#[derive(Args)]
+struct TrustArgs {
+    /// Sign every checkpoint with this Ed25519 private key (from `walletd keygen`): mode 0600,
+    /// kept outside the data directory.
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Refuse to start unless the journal verifies under this public key (64 hex digits, or a
+    /// file holding them): every signed checkpoint's signature, no unsigned checkpoint after the
+    /// last signed one, and no more than its checkpoint_ops ops after it.
+    #[arg(long, value_name = "HEX|FILE")]
+    verify_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -117,6 +140,8 @@ struct GenerateArgs {
     /// Print `durable <op>` after every commit (for crash tests).
     #[arg(long)]
     print_durable: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args)]
@@ -132,9 +157,26 @@ struct ReplayArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Only verify the journal's hash chain, without applying anything (fast).
+    /// Only verify the journal's hash chain (and signatures, and the chain head), without
+    /// applying anything (fast).
     #[arg(long)]
     audit: bool,
+    /// Verify every signed checkpoint with this public key (64 hex digits, or a file holding
+    /// them), and refuse a journal whose end no signature covers: an unsigned checkpoint after
+    /// the last signed one, or more ops after it than the checkpoint_ops it was signed with.
+    #[arg(long, value_name = "HEX|FILE")]
+    verify_key: Option<String>,
+    /// Refuse unless the journal's record at OP has this checksum (an externally held chain
+    /// head: the exporters publish one with every event).
+    #[arg(long, value_name = "OP:CHECKSUM")]
+    expect_head: Option<walletd_replay::ChainHead>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Where to write the private key (FILE.pub gets the public key). Must not exist.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -178,6 +220,7 @@ fn main() -> ExitCode {
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
         Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
+        Commands::Keygen(args) => keygen_command(args).map_err(|error| error.to_string()),
         Commands::Bench(args) => walletd_benches::load::bench_command(args, &walletd::serve::bench_server_start)
             .map_err(|error| error.to_string()),
         Commands::Account(args) => {
@@ -222,12 +265,15 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
         std::process::exit(2);
     }
     let pin_cores = args.pin_cores.map(|cores| [cores[0], cores[1], cores[2]]);
+    let mut trust = trust_from(&args.trust, &args.data_dir)?;
+    trust.verification.expect_head = args.expect_head;
     let pipeline = walletd::pipeline::PipelineOptions {
         ring_slots: args.ring_slots,
         wait: args.wait,
         pin_cores,
         checkpoint_ops: args.checkpoint_ops.max(1),
         snapshot_ops: args.snapshot_ops.max(1),
+        trust,
         ..walletd::pipeline::PipelineOptions::default()
     };
     let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
@@ -266,6 +312,8 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
         accounts = started.accounts,
         snapshot_op = ?started.snapshot_op,
         ops_replayed = started.ops_replayed,
+        checkpoints_signed_verified = started.trust.checkpoints_signed_verified,
+        op_signed_last = ?started.trust.op_signed_last,
         "walletd serving"
     );
     println!("walletd listening on {} (data dir {}, op {})", server.local_addr, args.data_dir.display(), started.op);
@@ -297,6 +345,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
         two_phase_percent: args.two_phase_percent.min(100),
         distribution: args.distribution,
         print_durable: args.print_durable,
+        trust: trust_from(&args.trust, &args.data_dir)?,
         ..GenerateOptions::default()
     };
     let data_dir = DataDir::new(&args.data_dir);
@@ -338,10 +387,41 @@ fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// The signing key and what start-up verifies, from the flags: a verify key makes signatures
+/// required.
+fn trust_from(args: &TrustArgs, data_dir: &std::path::Path) -> Result<walletd::node::Trust, NodeError> {
+    let signing_key = match &args.signing_key {
+        Some(path) => Some(walletd_replay::signing_key_read(path, data_dir)?),
+        None => None,
+    };
+    let verify_key = args.verify_key.as_deref().map(walletd_replay::verify_key_parse).transpose()?;
+    let verification =
+        walletd_replay::Verification { verify_key, signatures_required: verify_key.is_some(), expect_head: None };
+    Ok(walletd::node::Trust { signing_key, verification })
+}
+
+fn keygen_command(args: KeygenArgs) -> Result<(), NodeError> {
+    let generated = walletd_replay::keygen(&args.out)?;
+    eprintln!(
+        "walletd: wrote the private key to {} (mode 0600: keep it off the data directory's disk and backups) and \
+         the public key to {}",
+        generated.private_path.display(),
+        generated.public_path.display()
+    );
+    println!("{}", walletd_replay::checkpoint::hex(&generated.public_key.to_bytes()));
+    Ok(())
+}
+
 fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
     let data_dir = DataDir::new(&args.data_dir);
+    let verify_key = args.verify_key.as_deref().map(walletd_replay::verify_key_parse).transpose()?;
+    let verification = walletd_replay::Verification {
+        verify_key,
+        signatures_required: verify_key.is_some(),
+        expect_head: args.expect_head,
+    };
     if args.audit {
-        let report = walletd_replay::audit(&data_dir)?;
+        let report = walletd_replay::audit(&data_dir, &verification)?;
         if args.json {
             println!("{}", serde_json::to_string(&report).expect("report serialises"));
         } else {
@@ -349,7 +429,8 @@ fn replay_command(args: ReplayArgs) -> Result<(), NodeError> {
         }
         return Ok(());
     }
-    let options = walletd_replay::DrillOptions { from_genesis: args.from_genesis, until_op: args.until_op };
+    let options =
+        walletd_replay::DrillOptions { from_genesis: args.from_genesis, until_op: args.until_op, verification };
     let report = walletd_replay::drill(&data_dir, &options)?;
     for skipped in &report.snapshots_skipped {
         tracing::warn!(error = %skipped, "skipping a snapshot that failed its checks");
@@ -384,6 +465,7 @@ fn replay_print(report: &walletd_replay::DrillReport) {
         );
     }
     println!("state hash    {}", report.state_hash);
+    trust_print(&report.trust);
     if report.snapshot_op.is_some() {
         println!("snapshot load {:.3} s", report.snapshot_load_seconds);
     }
@@ -398,7 +480,29 @@ fn audit_print(report: &walletd_replay::AuditReport) {
     if let Some(torn) = &report.torn_tail {
         println!("torn tail     a record cut short after op {}: {torn} (zeroed at the next start)", report.ops);
     }
+    trust_print(&report.trust);
     println!("time          {:.3} s, {:.0} records/s", report.seconds, report.records_per_second);
+}
+
+fn trust_print(trust: &walletd_replay::TrustReport) {
+    let signed_last = trust.op_signed_last.map_or("none".to_string(), |op| format!("op {op}"));
+    match &trust.verify_key {
+        Some(key) => println!(
+            "signatures    {} checkpoints signed and verified with key {key}; the last at {signed_last}, {} ops after it",
+            trust.checkpoints_signed_verified, trust.ops_unsigned_tail
+        ),
+        None if trust.checkpoints_signed_unverified > 0 => println!(
+            "signatures    {} signed checkpoints, not verified (no --verify-key); the last at {signed_last}",
+            trust.checkpoints_signed_unverified
+        ),
+        None => {}
+    }
+    if let Some(head) = &trust.head_matched {
+        println!("chain head    {head} matches the expected head");
+    }
+    if let Some(head) = &trust.journal_head {
+        println!("journal head  {head}");
+    }
 }
 
 fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {

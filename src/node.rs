@@ -8,9 +8,62 @@ use crate::snapshotter::Snapshotter;
 use crate::writer::SystemClock;
 use walletd_core::{Config, Ledger};
 use walletd_journal::{FileStorage, Storage};
+use walletd_replay::checkpoint::hex;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
+use walletd_replay::{ReplayError, SigningKey, TrustReport, Verification};
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
+
+/// Tamper evidence (`walletd_replay::trust`): checkpoints are signed with `signing_key` (kept
+/// outside the data directory), and start-up verifies the journal as `verification` says
+/// before anything is appended to it.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    pub signing_key: Option<SigningKey>,
+    pub verification: Verification,
+}
+
+impl Trust {
+    /// What start-up verifies: `verification`, and a node that signs also verifies every signed
+    /// checkpoint with its own key. Refused: a signing key with a different verify key, and a
+    /// verify key without a signing key (either way the next start would refuse what this one
+    /// writes).
+    pub fn start_verification(&self) -> Result<Verification, NodeError> {
+        let mut verification = self.verification;
+        let Some(signing_key) = &self.signing_key else {
+            if verification.signatures_required {
+                return Err(NodeError::Replay(ReplayError::Key {
+                    path: None,
+                    reason: "a verify key without a signing key: this node would append unsigned checkpoints, \
+                             which the next start with the verify key refuses; give the signing key too"
+                        .to_string(),
+                }));
+            }
+            return Ok(verification);
+        };
+        let own = signing_key.verifying_key();
+        match verification.verify_key {
+            Some(key) if key != own => Err(NodeError::Replay(ReplayError::Key {
+                path: None,
+                reason: format!(
+                    "the signing key's public key is {}, not the verify key {}",
+                    hex(&own.to_bytes()),
+                    hex(&key.to_bytes())
+                ),
+            })),
+            _ => {
+                verification.verify_key = Some(own);
+                Ok(verification)
+            }
+        }
+    }
+
+    /// Whether a node starting on a journal that ends at `op_last` must write a checkpoint
+    /// first: it signs, and the journal does not end with a signed checkpoint.
+    pub fn seal_first(&self, op_last: u64, trust: &TrustReport) -> bool {
+        self.signing_key.is_some() && trust.op_signed_last != Some(op_last)
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -31,6 +84,8 @@ pub struct Started {
     pub snapshots_skipped: usize,
     pub recovery_notes: Vec<String>,
     pub config: Config,
+    /// What start-up's signature and chain-head checks found.
+    pub trust: TrustReport,
 }
 
 pub struct Node {
@@ -60,9 +115,12 @@ impl Node {
     {
         let lock = data_dir.lock()?;
         data_dir.open_or_create(options.config)?;
-        let recovered = recover(storage.clone(), data_dir, options.segment_size_bytes)?;
+        let verification = options.pipeline.trust.start_verification()?;
+        let recovered = recover(storage.clone(), data_dir, options.segment_size_bytes, &verification)?;
         let notes = recovered.notes();
         let op = recovered.journal.op_durable();
+        let mut pipeline_options = options.pipeline;
+        pipeline_options.checkpoint_first = pipeline_options.trust.seal_first(op, &recovered.replay.trust);
         let started = Started {
             op,
             accounts: recovered.ledger.accounts_count(),
@@ -72,6 +130,7 @@ impl Node {
             snapshots_skipped: recovered.snapshots_skipped.len(),
             recovery_notes: notes,
             config: recovered.config,
+            trust: recovered.replay.trust.clone(),
         };
         let mut image = Vec::new();
         recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
@@ -80,7 +139,7 @@ impl Node {
         let op_snapshot = started.snapshot_op.unwrap_or(0);
         let snapshotter =
             Snapshotter::start(replica, op, op_snapshot, storage, data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
-        let pipeline_options = PipelineOptions { durable_mark_dir: Some(data_dir.root.clone()), ..options.pipeline };
+        pipeline_options.durable_mark_dir = Some(data_dir.root.clone());
         let pipeline =
             pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, pipeline_options);
         Ok(Node { pipeline, started, _lock: lock })

@@ -24,6 +24,7 @@
 //! no reply for a command that a restart would not reproduce can leave.
 
 use crate::metrics::Metrics;
+use crate::node::Trust;
 use crate::snapshotter::Snapshotter;
 use crate::writer::Clock;
 use crossbeam_channel::{Receiver, Sender};
@@ -38,7 +39,7 @@ use walletd_core::command::{Command, CommandScratch};
 use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{Journal, RecordKind, Storage};
-use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
+use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, CheckpointSigner, RecordAt, CHECKPOINT_SNAPSHOT};
 use walletd_replay::{DurableMark, Position};
 
 /// A validated request, from the receive stage.
@@ -142,6 +143,12 @@ pub struct PipelineOptions {
     /// The data directory whose durable mark (`op_durable`) the journal stage publishes after
     /// every commit, for followers in other processes; none: not published.
     pub durable_mark_dir: Option<std::path::PathBuf>,
+    /// Tamper evidence: the key checkpoints are signed with, and what start-up verifies.
+    pub trust: Trust,
+    /// Write a checkpoint before the first request. The node sets it when it signs and the
+    /// recovered journal does not end with a signed checkpoint, so a recovered tail (or an
+    /// old unsigned journal) is covered by a signature at once, not `checkpoint_ops` later.
+    pub checkpoint_first: bool,
 }
 
 impl Default for PipelineOptions {
@@ -154,6 +161,8 @@ impl Default for PipelineOptions {
             snapshot_ops: 16_384,
             queue_requests: 256,
             durable_mark_dir: None,
+            trust: Trust::default(),
+            checkpoint_first: false,
         }
     }
 }
@@ -172,7 +181,7 @@ enum SlotKind {
 struct Outcome {
     record_count: u32,
     body: Vec<u8>,
-    checkpoint: Option<[u8; CHECKPOINT_SIZE_BYTES]>,
+    checkpoint: Option<Checkpoint>,
 }
 
 /// One ring slot.
@@ -245,6 +254,8 @@ struct JournalStage<S: Storage> {
     snapshotter: Arc<Snapshotter>,
     op_archived: u64,
     metrics: Arc<Metrics>,
+    /// Signs each checkpoint the journal appends (none: unsigned checkpoints).
+    signer: Option<CheckpointSigner>,
 }
 
 struct ApplyStage {
@@ -318,6 +329,8 @@ where
         let position = Position { op: op_last, checksum: journal.checksum_last() };
         DurableMark::open(dir, position).unwrap_or_else(|error| fail_stop(error))
     });
+    let signer = (options.trust.signing_key.clone())
+        .map(|key| CheckpointSigner::new(key, options.checkpoint_ops, ledger.config()));
     let journal_stage = JournalStage {
         journal,
         durable_mark,
@@ -326,6 +339,7 @@ where
         // Archiving up to the recovered snapshot was the business of the run that wrote it.
         op_archived: op_snapshot,
         metrics: Arc::clone(&metrics),
+        signer,
     };
     let apply_stage = ApplyStage {
         output: Output::new(ledger.config()),
@@ -397,6 +411,9 @@ where
             let mut producer = disruptor::ProcessorSettings::thread_name(builder, "reply")
                 .handle_events_and_state_with(reply_handle, move || reply)
                 .build();
+            if sequencer.options.checkpoint_first {
+                sequencer.checkpoint_publish(&mut producer, false);
+            }
             while let Ok(request) = receiver.recv() {
                 sequencer.sequence(&mut producer, request);
             }
@@ -485,6 +502,10 @@ impl<C: Clock> Sequencer<C> {
             return;
         }
         let snapshot = self.op_next - self.op_snapshot > self.options.snapshot_ops;
+        self.checkpoint_publish(producer, snapshot);
+    }
+
+    fn checkpoint_publish(&mut self, producer: &mut impl Producer<Slot>, snapshot: bool) {
         let kind = SlotKind::Checkpoint { snapshot };
         let (op, timestamp_ns) = self.stamp(kind, 0);
         self.publish(producer, |slot| {
@@ -534,8 +555,13 @@ fn journal_handle<S: Storage>(stage: &mut JournalStage<S>, slot: &Slot, _sequenc
             while !slot.checkpoint_ready.load(Ordering::Acquire) {
                 std::thread::yield_now();
             }
-            let body = slot.outcome.lock().expect("outcome lock").checkpoint.expect("checkpoint ready");
-            let appended = stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::Checkpoint, &body);
+            let checkpoint = slot.outcome.lock().expect("outcome lock").checkpoint.expect("checkpoint ready");
+            // Signed here, where the chain is known: the signature covers the record before.
+            let at =
+                RecordAt { op: slot.op, timestamp_ns: slot.timestamp_ns, checksum_prev: stage.journal.checksum_last() };
+            let (body, size_bytes) = checkpoint_encode(&checkpoint, stage.signer.as_ref(), &at);
+            let appended =
+                stage.journal.append(slot.op, slot.timestamp_ns, RecordKind::Checkpoint, &body[..size_bytes]);
             appended.unwrap_or_else(|error| fail_stop(error));
             stage.appended = true;
             stage.metrics.checkpoint_seconds.observe(start.elapsed().as_secs_f64());
@@ -627,7 +653,7 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
         }
         SlotKind::Checkpoint { snapshot } => {
             let flags = if snapshot { CHECKPOINT_SNAPSHOT } else { 0 };
-            outcome.checkpoint = Some(Checkpoint::of(&stage.ledger, flags).encode());
+            outcome.checkpoint = Some(Checkpoint::of(&stage.ledger, flags));
             stage.metrics.snapshot_stall_seconds.observe(start.elapsed().as_secs_f64());
             drop(outcome);
             slot.checkpoint_ready.store(true, Ordering::Release);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use walletd_core::command::batch_encode;
 use walletd_core::{Batch, Ledger, Output};
 use walletd_journal::{Journal, RecordKind, Storage};
-use walletd_replay::checkpoint::{Checkpoint, CHECKPOINT_SNAPSHOT};
+use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, CheckpointSigner, RecordAt, CHECKPOINT_SNAPSHOT};
 use walletd_replay::{DurableMark, Position};
 
 /// Where the clock comes from: the wall clock, or a test's.
@@ -38,6 +38,8 @@ pub struct Writer<S: Storage> {
     pub commits: u64,
     /// Published after every commit, for followers in other processes (none in simulations).
     durable_mark: Option<DurableMark>,
+    /// Signs each checkpoint (none: unsigned checkpoints).
+    pub signer: Option<CheckpointSigner>,
 }
 
 impl<S: Storage> Writer<S> {
@@ -45,7 +47,7 @@ impl<S: Storage> Writer<S> {
         assert_eq!(journal.op_appended(), journal.op_durable(), "a writer starts from a durable journal");
         let output = Output::new(ledger.config());
         let body = Vec::with_capacity(16 + 128 * ledger.config().batch_events_max as usize);
-        Writer { ledger, journal, output, body, checkpoint_ns_max: 0, commits: 0, durable_mark: None }
+        Writer { ledger, journal, output, body, checkpoint_ns_max: 0, commits: 0, durable_mark: None, signer: None }
     }
 
     /// Publishes the durable mark of the data directory `dir` now and after every commit.
@@ -71,10 +73,12 @@ impl<S: Storage> Writer<S> {
     pub fn checkpoint(&mut self, snapshot: bool) -> Result<u64, NodeError> {
         let start = Instant::now();
         let flags = if snapshot { CHECKPOINT_SNAPSHOT } else { 0 };
-        let body = Checkpoint::of(&self.ledger, flags).encode();
+        let checkpoint = Checkpoint::of(&self.ledger, flags);
         let op = self.journal.op_appended() + 1;
         let timestamp_ns = self.journal.timestamp_ns_last().max(self.ledger.timestamp_last());
-        self.journal.append(op, timestamp_ns, RecordKind::Checkpoint, &body)?;
+        let at = RecordAt { op, timestamp_ns, checksum_prev: self.journal.checksum_last() };
+        let (body, size_bytes) = checkpoint_encode(&checkpoint, self.signer.as_ref(), &at);
+        self.journal.append(op, timestamp_ns, RecordKind::Checkpoint, &body[..size_bytes])?;
         self.checkpoint_ns_max = self.checkpoint_ns_max.max(start.elapsed().as_nanos() as u64);
         Ok(op)
     }

@@ -4,7 +4,10 @@
 //! segment stops both start-up and replay with the segment, offset and op, until the operator
 //! truncates there (with flags, or with the command the message prints); a damaged newest
 //! snapshot falls back to the older one; and a torn, cut-short journal tail is repaired on
-//! restart, while a cut through a record a snapshot holds is refused.
+//! restart, while a cut through a record a snapshot holds is refused. Tamper evidence: a
+//! journal rewritten with its whole chain recomputed, a flipped signature byte and another
+//! key's signatures are refused by `serve`, `replay` and the audit given the verify key; an
+//! external chain head is matched or refused; unsigned journals still replay without a key.
 //!
 //! The workloads are small (8 MiB segments, batches of 512 transfers) so that segments rotate,
 //! checkpoints and snapshots happen, and each test takes a few seconds. The tests use the
@@ -270,6 +273,7 @@ fn flip_byte(path: &Path, offset: u64) {
 /// Where a verified record lies, and what it holds.
 struct Located {
     op: u64,
+    kind: RecordKind,
     segment: PathBuf,
     offset: u64,
     timestamp_ns: u64,
@@ -282,10 +286,10 @@ fn records_from(dir: &Path, op_first: u64, bodies: bool) -> Vec<Located> {
     let mut reader = Reader::open(FileStorage::default(), dir, op_first).expect("open a journal reader");
     let mut found = Vec::new();
     while let Some(record) = reader.next_record().expect("a verified record") {
-        let (op, timestamp_ns, checksum) = (record.op, record.timestamp_ns, record.checksum);
+        let (op, kind, timestamp_ns, checksum) = (record.op, record.kind, record.timestamp_ns, record.checksum);
         let body = if bodies { record.body.to_vec() } else { vec![0; record.body.len()] };
         let (segment, offset) = reader.position().expect("the position of the record just read");
-        found.push(Located { op, segment: segment.to_path_buf(), offset, timestamp_ns, checksum, body });
+        found.push(Located { op, kind, segment: segment.to_path_buf(), offset, timestamp_ns, checksum, body });
     }
     found
 }
@@ -720,4 +724,359 @@ fn a_closed_output_pipe_ends_a_report_quietly() {
     let stderr = stderr.join().expect("stderr read");
     assert!(!stderr.contains("panicked"), "no panic on a closed pipe:\n{stderr}");
     assert!(status.code().is_none_or(|code| code == 0), "ended by SIGPIPE or success: {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tamper evidence: signed checkpoints and the external chain head.
+
+/// `walletd keygen --out DIR/name.key`: returns the private key's path and the public key (hex).
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let out = dir.join(name);
+    let ran = walletd(&["keygen", "--out", path_str(&out)]).expect_success();
+    let public_key = ran.stdout.trim().to_string();
+    assert_eq!(public_key.len(), 64, "a 32-byte public key in hex: {public_key}");
+    assert_eq!(fs::read_to_string(dir.join(format!("{name}.pub"))).expect("the .pub file").trim(), public_key);
+    (out, public_key)
+}
+
+/// `generate` signing its checkpoints with `key`.
+fn generate_signed(dir: &Path, transfers: u64, seed: u64, key: &Path) -> Generated {
+    let mut args = generate_args(dir, transfers, seed, SNAPSHOT_OPS_NEVER);
+    args.extend(["--signing-key".to_string(), path_str(key).to_string()]);
+    let ran = walletd(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect_success();
+    let ops = ran.report_value("ops durable").parse().expect("ops durable is a number");
+    Generated { ops, state_hash: ran.report_value("state hash").to_string(), segments_archived: 0 }
+}
+
+/// `replay --json` with extra flags; the report as JSON when it succeeded.
+fn replay_with(dir: &Path, extra: &[&str]) -> (Ran, Option<serde_json::Value>) {
+    let mut args = vec!["replay", "--data-dir", path_str(dir), "--json"];
+    args.extend_from_slice(extra);
+    let ran = walletd(&args);
+    let report = ran.success.then(|| serde_json::from_str(ran.stdout.trim()).expect("one JSON object"));
+    (ran, report)
+}
+
+/// Starts `walletd serve` on `dir` (any free port) with `extra` flags. Ok once it listens (it is
+/// then killed); Err with what it printed if it exits first.
+fn serve_starts(dir: &Path, extra: &[&str]) -> Result<(), Ran> {
+    let mut args = vec!["serve", "--data-dir", path_str(dir), "--addr", "127.0.0.1:0", "--accounts-max", "65536"];
+    args.extend_from_slice(extra);
+    let mut child = walletd_command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn serve");
+    let stderr = read_all_in_thread(child.stderr.take().expect("stderr"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_sender, lines) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_sender.send(line);
+        }
+    });
+    let listening = loop {
+        match lines.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(line) if line.starts_with("walletd listening on") => break true,
+            Ok(_) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("serve neither listened nor exited"),
+        }
+    };
+    if listening {
+        child.kill().expect("stop serve");
+    }
+    let status = child.wait().expect("reap serve");
+    reader.join().expect("stdout reader");
+    let ran = Ran {
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        success: status.success(),
+        stdout: lines.try_iter().collect::<Vec<_>>().join("\n"),
+        stderr: stderr.join().expect("stderr reader"),
+    };
+    if listening {
+        Ok(())
+    } else {
+        Err(ran)
+    }
+}
+
+/// Writes `records` back with their (possibly edited) bodies and recomputes every header's
+/// checksum from the first one on, chained from `checksum_prev`: what someone who can write the
+/// files but holds no key can do. The records must be consecutive and in one segment.
+fn rechain(records: &mut [Located], checksum_prev: u128) {
+    assert!(records.iter().all(|record| record.segment == records[0].segment), "the records lie in one segment");
+    assert!(records.windows(2).all(|pair| pair[1].op == pair[0].op + 1), "consecutive records");
+    let mut checksum_prev = checksum_prev;
+    for record in records.iter_mut() {
+        let header = record_header_encode(record.op, record.timestamp_ns, record.kind, &record.body, checksum_prev);
+        let file = fs::OpenOptions::new().write(true).open(&record.segment).expect("open the segment");
+        file.write_all_at(&header, record.offset).expect("write the header");
+        file.write_all_at(&record.body, record.offset + 64).expect("write the body");
+        record.checksum = u128::from_le_bytes(header[48..64].try_into().expect("16 bytes"));
+        checksum_prev = record.checksum;
+    }
+}
+
+/// The record before `op`'s checksum (0 for op 1).
+fn checksum_before(dir: &Path, op: u64) -> u128 {
+    if op == 1 {
+        return 0;
+    }
+    records_from(dir, op - 1, false)[0].checksum
+}
+
+const CREATE_TRANSFERS: u16 = 3;
+const TRANSFER_AMOUNT_OFFSET: usize = 48;
+const TRANSFER_FLAGS_OFFSET: usize = 118;
+
+/// The rewrite attack of issue 7: in the last transfer batch before the journal's last signed
+/// checkpoint, lower one single-phase transfer's amount by one; recompute that record's
+/// checksum and every later one's; give every later checkpoint the state hash and counts a
+/// replay of the edited journal computes there (so state hashes pass too); and delete the
+/// snapshots, which recorded the old chain. Returns the edited op.
+fn rewrite_an_amount_and_everything_after(dir: &Path) -> u64 {
+    let checkpoints: Vec<Located> =
+        records_from(dir, 1, false).into_iter().filter(|r| r.kind == RecordKind::Checkpoint).collect();
+    let signed_last = checkpoints.last().expect("a checkpoint");
+    let before_last = checkpoints[checkpoints.len() - 2].op;
+    let mut tail = records_from(dir, before_last + 1, true);
+    assert_eq!(tail.last().expect("records").op, signed_last.op, "the journal ends with its final checkpoint");
+    let edited_index = tail.iter().rposition(|record| record.kind == RecordKind::CommandBatch).expect("a command");
+    let edited = &mut tail[edited_index];
+    assert_eq!(u16::from_le_bytes([edited.body[0], edited.body[1]]), CREATE_TRANSFERS);
+    let event = (0..(edited.body.len() - 16) / 128)
+        .map(|index| 16 + index * 128)
+        .find(|at| {
+            let flags = u16::from_le_bytes([edited.body[at + TRANSFER_FLAGS_OFFSET], edited.body[at + 119]]);
+            let amount = u128::from_le_bytes(edited.body[at + TRANSFER_AMOUNT_OFFSET..][..16].try_into().unwrap());
+            flags == 0 && amount > 1
+        })
+        .expect("a single-phase transfer");
+    let amount_at = event + TRANSFER_AMOUNT_OFFSET;
+    let amount = u128::from_le_bytes(edited.body[amount_at..][..16].try_into().unwrap());
+    edited.body[amount_at..][..16].copy_from_slice(&(amount - 1).to_le_bytes());
+    let edited_op = edited.op;
+    let tail = &mut tail[edited_index..];
+    rechain(tail, checksum_before(dir, edited_op));
+    for snapshot in fs::read_dir(dir.join("snapshots")).expect("snapshots").map(|entry| entry.unwrap().path()) {
+        if snapshot.is_file() {
+            fs::remove_file(snapshot).expect("remove a snapshot");
+        }
+    }
+    // Each later checkpoint gets the state the edited journal replays to (state hash, counts).
+    for index in 1..tail.len() {
+        if tail[index].kind != RecordKind::Checkpoint {
+            continue;
+        }
+        let until = (tail[index].op - 1).to_string();
+        let (ran, state) = replay_with(dir, &["--from-genesis", "--until-op", &until]);
+        let state = state.unwrap_or_else(|| panic!("the edited journal replays up to op {until}:\n{}", ran.stderr));
+        let hash = u128::from_str_radix(state["state_hash"].as_str().unwrap(), 16).unwrap();
+        let body = &mut tail[index].body;
+        body[0..16].copy_from_slice(&hash.to_le_bytes());
+        body[32..40].copy_from_slice(&state["accounts"].as_u64().unwrap().to_le_bytes());
+        body[40..48].copy_from_slice(&state["transfers"].as_u64().unwrap().to_le_bytes());
+        let checksum_prev = tail[index - 1].checksum;
+        rechain(&mut tail[index..], checksum_prev);
+    }
+    edited_op
+}
+
+fn debits_posted(report: &serde_json::Value) -> String {
+    report["ledgers"][0]["debits_posted"].as_str().expect("ledger totals").to_string()
+}
+
+#[test]
+fn a_rewritten_journal_with_its_chain_recomputed_is_refused_by_its_signatures() {
+    let (dir, keys) = (tempdir(), tempdir());
+    let (key, public_key) = keygen(keys.path(), "node.key");
+    let generated = generate_signed(dir.path(), 40_000, 21, &key);
+    let (_, honest) = replay_with(dir.path(), &["--from-genesis", "--verify-key", &public_key]);
+    let honest = honest.expect("the honest journal verifies");
+    assert_eq!(honest["state_hash"].as_str(), Some(generated.state_hash.as_str()));
+    assert_eq!(honest["trust"]["op_signed_last"].as_u64(), Some(generated.ops), "the final checkpoint is signed");
+    assert!(honest["trust"]["checkpoints_signed_verified"].as_u64().unwrap() >= generated.ops / 64);
+    serve_starts(dir.path(), &["--signing-key", path_str(&key), "--verify-key", &public_key])
+        .unwrap_or_else(|ran| panic!("serve refused the honest journal:\n{}", ran.stderr));
+    let ops = audit_ops(dir.path());
+
+    let edited_op = rewrite_an_amount_and_everything_after(dir.path());
+
+    // Without the key every check passes and the ledger shows another amount: the attack.
+    let (ran, forged) = replay_with(dir.path(), &["--from-genesis"]);
+    let forged = forged.unwrap_or_else(|| panic!("the rewritten journal passes every unkeyed check:\n{}", ran.stderr));
+    assert_ne!(debits_posted(&forged), debits_posted(&honest), "an acknowledged transfer shows another amount");
+    assert_eq!(audit_ops(dir.path()), ops, "the chain is intact");
+    serve_starts(dir.path(), &[]).unwrap_or_else(|ran| panic!("serve without a key starts:\n{}", ran.stderr));
+
+    // With the key, the first signed checkpoint after the edit refuses it, naming its op.
+    let signed_after = records_from(dir.path(), edited_op, false)
+        .into_iter()
+        .find(|record| record.kind == RecordKind::Checkpoint)
+        .expect("a signed checkpoint after the edit")
+        .op;
+    let refused = |what: &str, ran: &Ran| {
+        assert!(!ran.success, "{what} must refuse the rewritten journal:\n{}", ran.stdout);
+        let expected = format!("checkpoint signature refused at op {signed_after}: its signature does not verify");
+        assert!(ran.stderr.contains(&expected), "{what}: {}", ran.stderr);
+    };
+    refused("replay --verify-key", &replay_with(dir.path(), &["--from-genesis", "--verify-key", &public_key]).0);
+    refused("replay --audit --verify-key", &replay_with(dir.path(), &["--audit", "--verify-key", &public_key]).0);
+    let serve = serve_starts(dir.path(), &["--signing-key", path_str(&key), "--verify-key", &public_key]);
+    refused("serve --verify-key", &serve.expect_err("serve must refuse the rewritten journal"));
+    let serve = serve_starts(dir.path(), &["--signing-key", path_str(&key)]);
+    refused("serve --signing-key", &serve.expect_err("a signing node verifies with its own key"));
+}
+
+#[test]
+fn a_flipped_signature_byte_is_refused_even_with_the_chain_recomputed() {
+    let (dir, keys) = (tempdir(), tempdir());
+    let (key, public_key) = keygen(keys.path(), "node.key");
+    let generated = generate_signed(dir.path(), 40_000, 22, &key);
+    let mut tail = records_from(dir.path(), generated.ops / 2, true);
+    let at = tail.iter().position(|record| record.kind == RecordKind::Checkpoint).expect("a checkpoint");
+    assert_eq!(tail[at].body.len(), 176, "a signed checkpoint");
+    tail[at].body[150] ^= 0x01; // inside the signature (bytes 112..176)
+    let op = tail[at].op;
+    let checksum_prev = checksum_before(dir.path(), op);
+    rechain(&mut tail[at..], checksum_prev);
+
+    assert!(audit(dir.path()).success, "the chain is intact: only the signature can tell");
+    assert!(replay_with(dir.path(), &["--from-genesis"]).0.success, "and the state hashes: nothing else changed");
+    let (ran, _) = replay_with(dir.path(), &["--from-genesis", "--verify-key", &public_key]);
+    assert!(!ran.success);
+    assert!(ran.stderr.contains(&format!("checkpoint signature refused at op {op}")), "{}", ran.stderr);
+    // From the snapshot (at the final checkpoint), the recomputed chain reaches its signature.
+    let (ran, _) = replay_with(dir.path(), &["--verify-key", &public_key]);
+    let at_snapshot = format!("checkpoint signature refused at op {}", generated.ops);
+    assert!(ran.stderr.contains(&at_snapshot), "{}", ran.stderr);
+    let (ran, _) = replay_with(dir.path(), &["--audit", "--verify-key", &public_key]);
+    assert!(ran.stderr.contains(&format!("checkpoint signature refused at op {op}")), "{}", ran.stderr);
+}
+
+#[test]
+fn signatures_by_another_key_are_refused() {
+    let (dir, keys) = (tempdir(), tempdir());
+    let (key, public_key) = keygen(keys.path(), "node.key");
+    let (other_key, other_public) = keygen(keys.path(), "other.key");
+    assert_ne!(public_key, other_public);
+    generate_signed(dir.path(), 10_000, 23, &key);
+    let first_signed =
+        records_from(dir.path(), 1, false).into_iter().find(|r| r.kind == RecordKind::Checkpoint).expect("one").op;
+
+    let (ran, _) = replay_with(dir.path(), &["--audit", "--verify-key", &other_public]);
+    assert!(!ran.success);
+    let expected = format!("refused at op {first_signed}: it is signed by key {public_key}, not by the verify key");
+    assert!(ran.stderr.contains(&expected), "{}", ran.stderr);
+    let public_file = keys.path().join("other.key.pub");
+    let (ran, _) = replay_with(dir.path(), &["--from-genesis", "--verify-key", path_str(&public_file)]);
+    assert!(ran.stderr.contains(&expected), "the key from a file: {}", ran.stderr);
+    // A node with the other signing key verifies with it, so it refuses too; a signing key and
+    // a verify key that do not match are refused before anything is read.
+    // (Start-up reads from the snapshot at the final checkpoint, so that is where it refuses.)
+    let serve = serve_starts(dir.path(), &["--signing-key", path_str(&other_key)]).expect_err("refused");
+    let expected_from_snapshot = format!("it is signed by key {public_key}, not by the verify key {other_public}");
+    assert!(serve.stderr.contains(&expected_from_snapshot), "{}", serve.stderr);
+    let serve = serve_starts(dir.path(), &["--signing-key", path_str(&key), "--verify-key", &other_public]);
+    assert!(serve.expect_err("mismatched keys").stderr.contains("not the verify key"));
+    // The right key passes.
+    replay_with(dir.path(), &["--audit", "--verify-key", &public_key]).1.expect("verifies");
+}
+
+#[test]
+fn an_external_chain_head_is_matched_or_refused() {
+    let dir = tempdir();
+    let generated = generate_ok(dir.path(), 40_000, 24, SNAPSHOT_OPS_OFTEN);
+    let (_, audited) = replay_with(dir.path(), &["--audit"]);
+    let head = audited.expect("audit")["trust"]["journal_head"].as_str().expect("the journal's head").to_string();
+    assert!(head.starts_with(&format!("{}:", generated.ops)), "{head}");
+    let older = records_from(dir.path(), generated.ops / 2, false)[0].checksum;
+    let older_head = format!("{}:{older:032x}", generated.ops / 2);
+    let snapshot_op = snapshot_ops(dir.path())[0];
+    assert!(generated.ops / 2 < snapshot_op, "the older head lies behind the newest snapshot");
+
+    for expected in [&head, &older_head] {
+        for mode in [&["--audit"][..], &[][..], &["--from-genesis"][..]] {
+            let mut extra = mode.to_vec();
+            extra.extend(["--expect-head", expected.as_str()]);
+            let (ran, report) = replay_with(dir.path(), &extra);
+            let report = report.unwrap_or_else(|| panic!("{extra:?} matches:\n{}", ran.stderr));
+            assert_eq!(report["trust"]["head_matched"].as_str(), Some(expected.as_str()), "{extra:?}");
+        }
+    }
+    // Another checksum at that op: the journal was rewritten there (or before).
+    let last_digit = if head.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last_digit}", &head[..head.len() - 1]);
+    for mode in [&["--audit"][..], &[][..]] {
+        let mut extra = mode.to_vec();
+        extra.extend(["--expect-head", wrong.as_str()]);
+        let ran = replay_with(dir.path(), &extra).0.expect_failure();
+        assert!(ran.stderr.contains(&format!("chain head mismatch at op {}", generated.ops)), "{}", ran.stderr);
+    }
+    // A head past the journal's end: acknowledged ops were removed.
+    let beyond = format!("{}:{older:032x}", generated.ops + 5);
+    for mode in [&["--audit"][..], &[][..]] {
+        let mut extra = mode.to_vec();
+        extra.extend(["--expect-head", beyond.as_str()]);
+        let ran = replay_with(dir.path(), &extra).0.expect_failure();
+        let expected =
+            format!("the journal no longer reaches op {}: it ends at op {}", generated.ops + 5, generated.ops);
+        assert!(ran.stderr.contains(&expected), "{}", ran.stderr);
+    }
+    replay_with(dir.path(), &["--expect-head", "12"]).0.expect_failure();
+    // Start-up checks it too, before anything is appended.
+    let refused = serve_starts(dir.path(), &["--expect-head", &wrong]).expect_err("a rewritten head");
+    assert!(refused.stderr.contains(&format!("chain head mismatch at op {}", generated.ops)), "{}", refused.stderr);
+    serve_starts(dir.path(), &["--expect-head", &older_head]).unwrap_or_else(|ran| panic!("{}", ran.stderr));
+}
+
+#[test]
+fn unsigned_journals_replay_without_a_key_and_start_being_signed_when_a_node_signs() {
+    let (dir, keys) = (tempdir(), tempdir());
+    let (key, public_key) = keygen(keys.path(), "node.key");
+    let unsigned = generate_ok(dir.path(), 20_000, 25, SNAPSHOT_OPS_OFTEN);
+    let genesis = replays_agree(dir.path());
+    assert_eq!(genesis.state_hash, unsigned.state_hash, "an unsigned journal replays as before");
+    let ran = replay_with(dir.path(), &["--verify-key", &public_key]).0.expect_failure();
+    assert!(ran.stderr.contains("no signed checkpoint"), "a key requires signatures:\n{}", ran.stderr);
+    let refused = serve_starts(dir.path(), &["--signing-key", path_str(&key), "--verify-key", &public_key]);
+    assert!(refused.expect_err("not yet signed").stderr.contains("no signed checkpoint"));
+
+    // A node with the signing key (and no verify key, once) signs from its first op on; the
+    // first signature covers the unsigned history before it.
+    let signed = generate_signed(dir.path(), 20_000, 26, &key);
+    let (ran, report) = replay_with(dir.path(), &["--from-genesis", "--verify-key", &public_key]);
+    let report = report.unwrap_or_else(|| panic!("signed from here on:\n{}", ran.stderr));
+    assert_eq!(report["state_hash"].as_str(), Some(signed.state_hash.as_str()));
+    assert_eq!(report["trust"]["op_signed_last"].as_u64(), Some(signed.ops));
+    let first_signed = records_from(dir.path(), unsigned.ops + 1, true)[0].body.len();
+    assert_eq!(first_signed, 176, "the first record after the unsigned run is a signed checkpoint");
+    // Without a key, the signed checkpoints are counted, not verified.
+    let (_, report) = replay_with(dir.path(), &["--from-genesis"]);
+    assert!(report.expect("replays")["trust"]["checkpoints_signed_unverified"].as_u64().unwrap() > 0);
+
+    // A later run without the signing key appends unsigned checkpoints: the key refuses them.
+    let mut args = generate_args(dir.path(), 40_000, 27, SNAPSHOT_OPS_NEVER);
+    args.extend(["--verify-key".to_string(), public_key.clone()]);
+    let ran = walletd(&args.iter().map(String::as_str).collect::<Vec<_>>()).expect_failure();
+    assert!(ran.stderr.contains("without a signing key"), "{}", ran.stderr);
+    generate_ok(dir.path(), 40_000, 27, SNAPSHOT_OPS_NEVER);
+    let ran = replay_with(dir.path(), &["--audit", "--verify-key", &public_key]).0.expect_failure();
+    let unsigned_after = format!("the checkpoint at op {} is unsigned, after the signed checkpoint", signed.ops + 65);
+    assert!(ran.stderr.contains(&unsigned_after), "{}", ran.stderr);
+}
+
+#[test]
+fn keys_are_refused_inside_a_data_directory_or_readable_by_others() {
+    let (dir, keys) = (tempdir(), tempdir());
+    generate_ok(dir.path(), 1_000, 28, SNAPSHOT_OPS_NEVER);
+    let inside = dir.path().join("node.key");
+    let ran = walletd(&["keygen", "--out", path_str(&inside)]).expect_failure();
+    assert!(ran.stderr.contains("is a walletd data directory"), "{}", ran.stderr);
+    assert!(!inside.exists());
+    let (key, _) = keygen(keys.path(), "node.key");
+    let ran = walletd(&["keygen", "--out", path_str(&key)]).expect_failure();
+    assert!(ran.stderr.contains("must not exist yet"), "a key is never overwritten: {}", ran.stderr);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&key).expect("key").permissions().mode() & 0o777, 0o600);
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let refused = serve_starts(dir.path(), &["--signing-key", path_str(&key)]).expect_err("readable by others");
+    assert!(refused.stderr.contains("chmod 600"), "{}", refused.stderr);
 }

@@ -371,3 +371,70 @@ fn no_reply_leaves_before_the_sync_that_makes_it_durable() {
     drop(requests);
     node.shutdown();
 }
+
+/// Sends `batches` transfer batches and waits for every reply.
+fn submit_transfers(node: &Node, replies: &mpsc::Receiver<Got>, id_first: u64, batches: u64) {
+    let requests = node.pipeline.requests();
+    for batch in 0..batches {
+        let id = id_first + batch;
+        let transfers: Vec<Transfer> =
+            (0..5u64).map(|i| transfer(u128::from(id * 100 + i), 1 + u128::from(i % 2), 3, 1)).collect();
+        requests.send(request(id, Operation::CreateTransfers, records_as_bytes(&transfers), 5)).unwrap();
+    }
+    for _ in 0..batches {
+        replies.recv_timeout(Duration::from_secs(10)).expect("a reply");
+    }
+}
+
+/// The pipeline's journal stage signs every checkpoint; a node that starts signing seals what
+/// it recovered with a checkpoint first; the drill verifies it all with the public key.
+#[test]
+fn the_pipeline_signs_its_checkpoints_and_seals_what_it_recovered() {
+    use walletd_replay::{DrillOptions, ReplayError, SigningKey, Verification};
+    let root = tempfile::tempdir().unwrap();
+    let dir = DataDir::new(root.path());
+    let (node, replies) = start(&dir);
+    let accounts: Vec<Account> =
+        (1..=4u128).map(|id| Account { id: AccountId(id), ledger: 1, code: 1, ..Account::default() }).collect();
+    node.pipeline.requests().send(request(1, Operation::CreateAccounts, records_as_bytes(&accounts), 4)).unwrap();
+    replies.recv_timeout(Duration::from_secs(10)).expect("accounts created");
+    submit_transfers(&node, &replies, 2, 6);
+    let op_unsigned_end = node.pipeline.metrics.op_durable.load(std::sync::atomic::Ordering::Acquire);
+    node.shutdown();
+
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let mut signing = options();
+    signing.pipeline.trust.signing_key = Some(key.clone());
+    let (sender, replies) = mpsc::channel();
+    let sender = std::sync::Mutex::new(sender);
+    let route = Arc::new(move |reply: &Reply<'_>| {
+        let got = Got { request_id: reply.request_id, op: reply.op, record_count: 0, body: Vec::new() };
+        sender.lock().unwrap().send(got).unwrap()
+    });
+    let node = Node::start(&dir, signing, route).unwrap();
+    assert_eq!(node.started.op, op_unsigned_end);
+    submit_transfers(&node, &replies, 10, 9);
+    node.shutdown();
+
+    let mut reader =
+        walletd_journal::Reader::open(walletd_journal::FileStorage::default(), root.path(), op_unsigned_end + 1)
+            .unwrap();
+    let seal = reader.next_record().unwrap().expect("the signing node's first record");
+    assert_eq!(seal.kind, walletd_journal::RecordKind::Checkpoint, "a checkpoint seals the recovered journal");
+    assert_eq!(seal.body.len(), walletd_replay::CHECKPOINT_SIGNED_SIZE_BYTES, "signed");
+
+    let verify = |key: SigningKey| DrillOptions {
+        from_genesis: true,
+        until_op: None,
+        verification: Verification {
+            verify_key: Some(key.verifying_key()),
+            signatures_required: true,
+            expect_head: None,
+        },
+    };
+    let report = walletd_replay::drill(&dir, &verify(key.clone())).expect("every signature verifies");
+    assert!(report.trust.checkpoints_signed_verified >= 3, "{:?}", report.trust);
+    assert!(report.trust.ops_unsigned_tail <= 4, "at most checkpoint_ops uncovered: {:?}", report.trust);
+    let other = walletd_replay::drill(&dir, &verify(SigningKey::from_bytes(&[6; 32])));
+    assert!(matches!(other, Err(ReplayError::CheckpointSignature { op, .. }) if op == op_unsigned_end + 1));
+}

@@ -23,6 +23,7 @@ use walletd_journal::{JournalError, SimCrash, SimFault, SimStorage};
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::{recover, replay_onto, ReplayTarget};
 use walletd_replay::replay::ReplayStats;
+use walletd_replay::Verification;
 use walletd_snapshot::{snapshot_save, snapshots_list};
 
 const SEEDS_DEFAULT: u64 = 1500;
@@ -204,7 +205,7 @@ impl Sim<'_> {
 
     /// Recovers and checks everything the module promises; returns the writer to go on with.
     fn recover_and_check(&mut self, round: u32) -> Writer<SimStorage> {
-        let recovered = recover(self.storage.clone(), &self.data_dir, SEGMENT_SIZE_BYTES)
+        let recovered = recover(self.storage.clone(), &self.data_dir, SEGMENT_SIZE_BYTES, &Verification::default())
             .unwrap_or_else(|error| panic!("seed {} round {round}: recovery failed: {error}", self.seed));
         let op_last = recovered.journal_recovered.op_last;
         self.tally.torn_tails += u64::from(recovered.journal_recovered.torn_tail.is_some());
@@ -226,7 +227,7 @@ impl Sim<'_> {
         );
         recovered.ledger.verify();
         let mut genesis = Ledger::new(config()).unwrap();
-        let target = ReplayTarget { op_durable: Some(op_last), until_op: None };
+        let target = ReplayTarget { op_durable: Some(op_last), ..ReplayTarget::default() };
         replay_onto(self.storage.clone(), &self.data_dir, &mut genesis, None, target, &mut ReplayStats::default())
             .unwrap_or_else(|error| panic!("seed {} round {round}: replay from genesis failed: {error}", self.seed));
         assert_eq!(

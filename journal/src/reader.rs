@@ -122,6 +122,7 @@ impl<S: Storage> Reader<S> {
                         timestamp_ns: header.timestamp_ns,
                         kind: header.kind,
                         body,
+                        checksum_prev: header.checksum_prev,
                         checksum: header.checksum,
                     }));
                 }

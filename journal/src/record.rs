@@ -98,6 +98,9 @@ pub struct Record<'a> {
     pub timestamp_ns: u64,
     pub kind: RecordKind,
     pub body: &'a [u8],
+    /// The checksum of the record before (op − 1; 0 for op 1), which the reader verified this
+    /// record continues: a signature over it covers the whole history before this record.
+    pub checksum_prev: u128,
     pub checksum: u128,
 }
 

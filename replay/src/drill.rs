@@ -1,6 +1,7 @@
 //! The disaster-recovery drill and the journal tools an operator runs by hand: `drill`
 //! rebuilds the state (from the newest snapshot or from genesis) and proves every checkpoint
-//! on the way; `audit` walks the hash chain alone; `truncate` is the explicit answer to
+//! on the way; `audit` walks the hash chain alone (both verify signed checkpoints and an
+//! external chain head when given a key or a head); `truncate` is the explicit answer to
 //! corruption. Each returns a report for the command line to print; none writes, except
 //! `truncate`, which takes the data directory's lock.
 //!
@@ -9,11 +10,13 @@
 //! when it applies only up to `until_op`, so its report says how far it applied against how far
 //! the journal reaches, and a green drill means the whole journal verified.
 
+use crate::checkpoint::config_digest;
 use crate::data_dir::DataDir;
 use crate::durable::{durable_read, DurableMark, Position};
 use crate::error::ReplayError;
 use crate::recovery::{replay_onto, ReplayTarget};
 use crate::replay::ReplayStats;
+use crate::trust::{JournalChecks, TrustReport, Verification};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +30,8 @@ pub struct DrillOptions {
     pub from_genesis: bool,
     /// Apply up to this op (the rest of the journal is still verified).
     pub until_op: Option<u64>,
+    /// Signatures and an external chain head to check (`trust.rs`).
+    pub verification: Verification,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -61,6 +66,8 @@ pub struct DrillReport {
     pub ledgers: Vec<LedgerReport>,
     /// Snapshots that failed their checks and were passed over, with why.
     pub snapshots_skipped: Vec<String>,
+    /// Signed checkpoints and the chain head.
+    pub trust: TrustReport,
 }
 
 /// Rebuilds the state in `data_dir` and verifies it; read-only.
@@ -82,7 +89,7 @@ pub fn drill(data_dir: &DataDir, options: &DrillOptions) -> Result<DrillReport, 
     };
     let snapshot_load_seconds = load_start.elapsed().as_secs_f64();
     let mut stats = ReplayStats::default();
-    let target = ReplayTarget { op_durable: None, until_op: options.until_op };
+    let target = ReplayTarget { op_durable: None, until_op: options.until_op, verification: options.verification };
     replay_onto(FileStorage::default(), data_dir, &mut ledger, start, target, &mut stats)?;
     ledger.verify();
     let end = stats.journal_end.clone().unwrap_or(JournalEnd { op_last: stats.op_last, torn_tail: None });
@@ -119,6 +126,7 @@ pub fn drill(data_dir: &DataDir, options: &DrillOptions) -> Result<DrillReport, 
             })
             .collect(),
         snapshots_skipped,
+        trust: stats.trust,
     })
 }
 
@@ -136,21 +144,32 @@ pub struct AuditReport {
     pub torn_tail: Option<String>,
     pub seconds: f64,
     pub records_per_second: f64,
+    /// Signed checkpoints and the chain head.
+    pub trust: TrustReport,
 }
 
 /// Walks the whole journal (archive/ and live) verifying every checksum and the hash chain,
-/// with recovery's rule for its end.
-pub fn audit(data_dir: &DataDir) -> Result<AuditReport, ReplayError> {
+/// with recovery's rule for its end, and every signature and the chain head as
+/// `verification` asks (no state is rebuilt, so state hashes are the drill's part).
+pub fn audit(data_dir: &DataDir, verification: &Verification) -> Result<AuditReport, ReplayError> {
     let start = Instant::now();
+    // Signatures are bound to ledger.conf; without a key the audit needs nothing but the journal.
+    let digest = match verification.verify_key {
+        Some(_) => config_digest(&data_dir.config_read()?),
+        None => 0,
+    };
+    let mut checks = JournalChecks::new(*verification, digest);
     let mut reader = Reader::open(FileStorage::default(), &data_dir.root, 1)?;
     let (mut records, mut bytes, mut op) = (0u64, 0u64, 0u64);
     while let Some(record) = reader.next_record()? {
+        checks.record_check(&record)?;
         records += 1;
         bytes += record.body.len() as u64 + 64;
         op = record.op;
     }
     let end = reader.end().cloned().unwrap_or(JournalEnd { op_last: op, torn_tail: None });
     assert_eq!(end.op_last, op, "the reader ends after the last record it returned");
+    let trust = checks.end_check(end.op_last)?;
     let seconds = start.elapsed().as_secs_f64();
     Ok(AuditReport {
         mode: "audit",
@@ -160,6 +179,7 @@ pub fn audit(data_dir: &DataDir) -> Result<AuditReport, ReplayError> {
         torn_tail: end.torn_tail.as_ref().map(|(segment, offset)| position_text(segment, *offset)),
         seconds,
         records_per_second: records as f64 / seconds.max(1e-9),
+        trust,
     })
 }
 

@@ -37,6 +37,27 @@ pub enum ReplayError {
     Discontinuity {
         reason: String,
     },
+    /// A signed checkpoint whose signature does not verify under the verify key (or that was
+    /// signed by another key, or for another config).
+    CheckpointSignature {
+        op: u64,
+        reason: String,
+    },
+    /// Signatures are required (`--verify-key`) and the journal's end is not covered by one.
+    SignaturesMissing {
+        op: u64,
+        reason: String,
+    },
+    /// The journal disagrees with an externally held chain head (`--expect-head`).
+    ChainHead {
+        op: u64,
+        reason: String,
+    },
+    /// A key file or key text that cannot be used.
+    Key {
+        path: Option<PathBuf>,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for ReplayError {
@@ -56,6 +77,17 @@ impl std::fmt::Display for ReplayError {
                  {computed:032x}; this replay diverged from the run that wrote the journal"
             ),
             ReplayError::Discontinuity { reason } => write!(f, "snapshot and journal do not join: {reason}"),
+            ReplayError::CheckpointSignature { op, reason } => write!(
+                f,
+                "checkpoint signature refused at op {op}: {reason}; the journal was rewritten (or is not this key's); \
+                 restore it from a replica or backup"
+            ),
+            ReplayError::SignaturesMissing { op, reason } => {
+                write!(f, "journal not covered by signatures (op {op}): {reason}")
+            }
+            ReplayError::ChainHead { op, reason } => write!(f, "chain head mismatch at op {op}: {reason}"),
+            ReplayError::Key { path: Some(path), reason } => write!(f, "key {}: {reason}", path.display()),
+            ReplayError::Key { path: None, reason } => write!(f, "key: {reason}"),
         }
     }
 }

@@ -24,12 +24,18 @@ pub mod error;
 pub mod follow;
 pub mod recovery;
 pub mod replay;
+pub mod trust;
 
-pub use checkpoint::{Checkpoint, CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT};
+pub use checkpoint::{
+    checkpoint_encode, Checkpoint, CheckpointSigner, RecordAt, CHECKPOINT_SIGNED, CHECKPOINT_SIGNED_SIZE_BYTES,
+    CHECKPOINT_SIZE_BYTES, CHECKPOINT_SNAPSHOT,
+};
 pub use data_dir::{DataDir, DirLock};
 pub use drill::{audit, drill, truncate, AuditReport, DrillOptions, DrillReport, TruncateReport};
 pub use durable::{durable_read, DurableMark, Position};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use error::ReplayError;
 pub use follow::{FollowOptions, Follower, Op, Outcome};
 pub use recovery::{recover, replay_onto, Recovered, ReplayTarget};
-pub use replay::{command_apply, Applied, ReplayStats, Replayer};
+pub use replay::{command_apply, Applied, ReadPlan, ReplayStats, Replayer};
+pub use trust::{keygen, signing_key_read, verify_key_parse, ChainHead, JournalChecks, TrustReport, Verification};

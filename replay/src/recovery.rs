@@ -10,11 +10,16 @@
 //!    the segment, offset and op, for the operator (`walletd journal truncate`).
 //! 4. Check that the journal reaches the snapshot's op and that the record at that op has the
 //!    checksum the snapshot recorded: the tail continues exactly the history the snapshot saw.
-//! 5. Replay the tail, verifying every checkpoint.
+//! 5. Replay the tail, verifying every checkpoint's state hash; the checkpoint at the
+//!    snapshot's op must hold the snapshot's state. With a verify key, every signed checkpoint's
+//!    signature is verified, and with `signatures_required` the journal's end must be covered
+//!    (`trust.rs`): a rewritten journal stops start-up, naming the op.
 
+use crate::checkpoint::config_digest;
 use crate::data_dir::DataDir;
 use crate::error::ReplayError;
-use crate::replay::{ReplayStats, Replayer};
+use crate::replay::{ReadPlan, ReplayStats, Replayer};
+use crate::trust::{JournalChecks, Verification};
 use std::path::PathBuf;
 use walletd_core::{Config, Ledger};
 use walletd_journal::{Journal, Reader, Storage};
@@ -64,7 +69,12 @@ impl<S: Storage> Recovered<S> {
 }
 
 /// Recovers the node in `data_dir` (which must exist; see `DataDir::open_or_create`).
-pub fn recover<S>(storage: S, data_dir: &DataDir, segment_size_bytes: u64) -> Result<Recovered<S>, ReplayError>
+pub fn recover<S>(
+    storage: S,
+    data_dir: &DataDir,
+    segment_size_bytes: u64,
+    verification: &Verification,
+) -> Result<Recovered<S>, ReplayError>
 where
     S: Storage + Send + 'static,
     S::File: Send,
@@ -109,36 +119,46 @@ where
         snapshot_temporaries_removed,
         replay: ReplayStats::default(),
     };
-    replay_tail(storage, data_dir, &mut recovered)?;
+    replay_tail(storage, data_dir, verification, &mut recovered)?;
     Ok(recovered)
 }
 
 /// Replays the journal after the snapshot (or from genesis), checking the join.
-fn replay_tail<S>(storage: S, data_dir: &DataDir, recovered: &mut Recovered<S>) -> Result<(), ReplayError>
+fn replay_tail<S>(
+    storage: S,
+    data_dir: &DataDir,
+    verification: &Verification,
+    recovered: &mut Recovered<S>,
+) -> Result<(), ReplayError>
 where
     S: Storage + Send + 'static,
     S::File: Send,
 {
     let op_last = recovered.journal_recovered.op_last;
     let start = recovered.snapshot.as_ref().map(|(header, _)| (header.op, header.journal_checksum));
-    let target = ReplayTarget { op_durable: Some(op_last), until_op: None };
+    let target = ReplayTarget { op_durable: Some(op_last), until_op: None, verification: *verification };
     replay_onto(storage, data_dir, &mut recovered.ledger, start, target, &mut recovered.replay)?;
     assert!(op_last == 0 || recovered.replay.op_last == op_last || start.is_some_and(|(op, _)| op == op_last));
     Ok(())
 }
 
-/// How far a replay goes.
+/// How far a replay goes, and what it checks on the way.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReplayTarget {
     /// Ops known durable: the journal ending before this is corruption (recovery knows it).
     pub op_durable: Option<u64>,
     /// Stop after this op (a drill of a past state).
     pub until_op: Option<u64>,
+    /// Signatures and an external chain head (see `trust.rs`).
+    pub verification: Verification,
 }
 
 /// Replays the journal onto `ledger`, which holds the state at `start`'s op (a snapshot's op
 /// and the journal checksum it recorded), or the empty state when `start` is None. The record
-/// at the snapshot's op must carry the recorded checksum: the tail continues that history.
+/// at the snapshot's op must carry the recorded checksum and be a checkpoint of the
+/// snapshot's state: the tail continues that history. Every record read is checked as
+/// `target.verification` asks; to reach a chain head older than the snapshot, reading starts
+/// there (those records are checked, not applied).
 pub fn replay_onto<S>(
     storage: S,
     data_dir: &DataDir,
@@ -152,47 +172,23 @@ where
     S::File: Send,
 {
     if target.op_durable == Some(0) {
+        let checks = JournalChecks::new(target.verification, config_digest(ledger.config()));
+        stats.trust = checks.end_check(0)?;
         return Ok(());
     }
-    let (op_snapshot, checksum_snapshot) = start.unwrap_or((0, 0));
-    let mut reader = match target.op_durable {
-        Some(op_durable) => Reader::open_until(storage, &data_dir.root, op_snapshot.max(1), op_durable)?,
-        None => Reader::open(storage, &data_dir.root, op_snapshot.max(1))?,
+    let op_apply_first = start.map_or(1, |(op, _)| op);
+    assert!(op_apply_first >= 1);
+    let op_read_first = target.verification.expect_head.map_or(op_apply_first, |head| head.op.min(op_apply_first));
+    let reader = match target.op_durable {
+        Some(op_durable) => Reader::open_until(storage, &data_dir.root, op_read_first, op_durable)?,
+        None => Reader::open(storage, &data_dir.root, op_read_first)?,
     };
-    if op_snapshot > 0 {
-        let Some(record) = reader.next_record()? else {
-            return Err(ReplayError::Discontinuity { reason: journal_short_of(&reader, op_snapshot) });
-        };
-        assert_eq!(record.op, op_snapshot);
-        if record.checksum != checksum_snapshot {
-            return Err(ReplayError::Discontinuity {
-                reason: format!(
-                    "the journal record at op {op_snapshot} has checksum {:032x}, the snapshot recorded {checksum_snapshot:032x}",
-                    record.checksum
-                ),
-            });
-        }
-        stats.op_last = op_snapshot;
-    }
+    let plan = ReadPlan {
+        op_apply_first,
+        until_op: target.until_op,
+        join: start,
+        checks: JournalChecks::new(target.verification, config_digest(ledger.config())),
+    };
     let mut replayer = Replayer::new(ledger.config());
-    replayer.replay(ledger, reader, target.until_op, stats)
-}
-
-/// Why a journal does not reach a snapshot's op, in the words an operator needs: where it
-/// ends, and whether a torn record follows.
-fn journal_short_of<S: Storage>(reader: &Reader<S>, op_snapshot: u64) -> String {
-    let Some(end) = reader.end() else {
-        return format!("the journal ends before the snapshot's op {op_snapshot}");
-    };
-    let torn = match &end.torn_tail {
-        Some((segment, offset)) => {
-            format!(", followed by a record cut short at byte offset {offset} of {}", segment.display())
-        }
-        None => String::new(),
-    };
-    format!(
-        "the journal's last valid record is op {}{torn}, but the snapshot is at op {op_snapshot}: journal records \
-         the snapshot saw are missing",
-        end.op_last
-    )
+    replayer.replay(ledger, reader, plan, stats)
 }

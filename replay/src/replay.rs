@@ -5,6 +5,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::ReplayError;
+use crate::trust::{JournalChecks, TrustReport};
 use std::time::Instant;
 use walletd_core::{Batch, Command, CommandScratch, Config, Ledger, Output};
 use walletd_journal::{JournalEnd, Reader, Record, RecordKind, Storage};
@@ -51,6 +52,8 @@ pub struct ReplayStats {
     /// Where the journal ends, when the replay read to its end (not to a known durable op):
     /// past `op_last` when the replay stopped early (`until_op`), every record still verified.
     pub journal_end: Option<JournalEnd>,
+    /// What the signature and chain-head checks found.
+    pub trust: TrustReport,
     pub seconds: f64,
 }
 
@@ -108,14 +111,15 @@ impl Replayer {
         }
     }
 
-    /// Applies every record the reader yields, up to `until_op` if given. The reading and
-    /// verifying (checksums, hash chain) runs on a second thread, overlapping with apply; the
-    /// records come over in op order, copied into buffers the apply side hands back.
+    /// Applies the records the reader yields as `plan` says, checking every record read
+    /// (`plan.checks`: signatures, chain head). The reading and verifying (checksums, hash
+    /// chain, signatures) runs on a second thread, overlapping with apply; the records come over
+    /// in op order, copied into buffers the apply side hands back.
     pub fn replay<S>(
         &mut self,
         ledger: &mut Ledger,
         reader: Reader<S>,
-        until_op: Option<u64>,
+        plan: ReadPlan,
         stats: &mut ReplayStats,
     ) -> Result<(), ReplayError>
     where
@@ -123,18 +127,20 @@ impl Replayer {
         S::File: Send,
     {
         let start = Instant::now();
+        let join_op = plan.join.map_or(0, |(op, _)| op);
         let (records, records_receive) = crossbeam_channel::bounded::<Result<Read, ReplayError>>(4);
         let (buffers, buffers_receive) = crossbeam_channel::bounded::<Vec<u8>>(8);
         let reading = std::thread::Builder::new()
             .name("replay-read".to_string())
-            .spawn(move || replay_read(reader, until_op, &records, &buffers_receive))
+            .spawn(move || replay_read(reader, plan, &records, &buffers_receive))
             .map_err(|source| ReplayError::Io { path: "replay reader thread".into(), source })?;
         let mut outcome = Ok(());
         for message in records_receive.iter() {
             let owned = match message {
                 Ok(Read::Record(owned)) => owned,
-                Ok(Read::End(end)) => {
-                    stats.journal_end = Some(end);
+                Ok(Read::End { journal_end, trust }) => {
+                    stats.journal_end = journal_end;
+                    stats.trust = trust;
                     break;
                 }
                 Err(error) => {
@@ -147,9 +153,15 @@ impl Replayer {
                 timestamp_ns: owned.timestamp_ns,
                 kind: owned.kind,
                 body: &owned.body,
+                checksum_prev: owned.checksum_prev,
                 checksum: owned.checksum,
             };
-            if let Err(error) = self.record_account(ledger, &record, stats) {
+            let applied = if record.op == join_op {
+                self.record_join(ledger, &record, stats)
+            } else {
+                self.record_account(ledger, &record, stats)
+            };
+            if let Err(error) = applied {
                 outcome = Err(error);
                 break;
             }
@@ -159,6 +171,25 @@ impl Replayer {
         reading.join().expect("replay reader panicked");
         stats.seconds += start.elapsed().as_secs_f64();
         outcome
+    }
+
+    /// The checkpoint record at the snapshot's op: the snapshot's state must be the one it
+    /// recorded (and, when it is signed, the one its key holder signed). Not counted as a
+    /// record read: the snapshot already holds it.
+    fn record_join(
+        &mut self,
+        ledger: &mut Ledger,
+        record: &Record<'_>,
+        stats: &mut ReplayStats,
+    ) -> Result<(), ReplayError> {
+        assert_eq!(stats.op_last, 0, "the join is the first record applied");
+        assert_eq!(record.kind, RecordKind::Checkpoint, "the reading side checked the join is a checkpoint");
+        match self.record_apply(ledger, record)? {
+            Applied::Checkpoint(_) => stats.checkpoints_verified += 1,
+            Applied::Command { .. } => unreachable!("a checkpoint applies as a checkpoint"),
+        }
+        stats.op_last = record.op;
+        Ok(())
     }
 
     fn record_account(
@@ -181,10 +212,26 @@ impl Replayer {
     }
 }
 
-/// What the reading side sends: a record to apply, or where the journal ended.
+/// What a replay reads and what it applies.
+#[derive(Clone, Debug)]
+pub struct ReadPlan {
+    /// Records before this op are read and checked but not applied (history behind a
+    /// snapshot, read to reach an external chain head).
+    pub op_apply_first: u64,
+    /// Records after this op are read and checked but not applied (a drill of a past state).
+    pub until_op: Option<u64>,
+    /// The snapshot the ledger holds: its op and the journal checksum it recorded. The record
+    /// there must carry that checksum and be a checkpoint of the snapshot's state.
+    pub join: Option<(u64, u128)>,
+    /// Signatures and chain head, checked on every record read.
+    pub checks: JournalChecks,
+}
+
+/// What the reading side sends: a record to apply, or where the journal ended and what the
+/// checks found.
 enum Read {
     Record(OwnedRecord),
-    End(JournalEnd),
+    End { journal_end: Option<JournalEnd>, trust: TrustReport },
 }
 
 /// A record copied out of the journal for the apply side.
@@ -192,27 +239,27 @@ struct OwnedRecord {
     op: u64,
     timestamp_ns: u64,
     kind: RecordKind,
+    checksum_prev: u128,
     checksum: u128,
     body: Vec<u8>,
 }
 
-/// The reading side of `Replayer::replay`: verified records, in order, until the end (sent
-/// on, if the reader found one), an error (sent on), or the apply side hanging up. Records
-/// past `until_op` are read and verified but not sent: a drill of a past state still proves
-/// the whole journal and reports how far it reaches.
+/// The reading side of `Replayer::replay`: verified and checked records, in order, until the
+/// end (sent on with the checks' report), an error (sent on), or the apply side hanging up.
+/// Records outside `op_apply_first..=until_op` are read and checked but not sent: a drill of a
+/// past state still proves the whole journal and reports how far it reaches.
 fn replay_read<S: Storage>(
     mut reader: Reader<S>,
-    until_op: Option<u64>,
+    mut plan: ReadPlan,
     records: &crossbeam_channel::Sender<Result<Read, ReplayError>>,
     buffers: &crossbeam_channel::Receiver<Vec<u8>>,
 ) {
+    let mut joined = plan.join.is_none();
     loop {
         let record = match reader.next_record() {
             Ok(Some(record)) => record,
             Ok(None) => {
-                if let Some(end) = reader.end() {
-                    let _ = records.send(Ok(Read::End(end.clone())));
-                }
+                let _ = records.send(replay_read_end(&reader, plan, joined));
                 return;
             }
             Err(error) => {
@@ -220,7 +267,13 @@ fn replay_read<S: Storage>(
                 return;
             }
         };
-        if until_op.is_some_and(|until| record.op > until) {
+        let checked = plan.checks.record_check(&record).and_then(|()| join_check(&plan, &record));
+        if let Err(error) = checked {
+            let _ = records.send(Err(error));
+            return;
+        }
+        joined |= plan.join.is_some_and(|(op, _)| op == record.op);
+        if record.op < plan.op_apply_first || plan.until_op.is_some_and(|until| record.op > until) {
             continue;
         }
         let mut body = buffers.try_recv().unwrap_or_default();
@@ -230,6 +283,7 @@ fn replay_read<S: Storage>(
             op: record.op,
             timestamp_ns: record.timestamp_ns,
             kind: record.kind,
+            checksum_prev: record.checksum_prev,
             checksum: record.checksum,
             body,
         };
@@ -237,4 +291,57 @@ fn replay_read<S: Storage>(
             return;
         }
     }
+}
+
+/// At the snapshot's op: the record carries the checksum the snapshot recorded (the tail
+/// continues that history) and is a checkpoint (snapshots are taken at checkpoints).
+fn join_check(plan: &ReadPlan, record: &Record<'_>) -> Result<(), ReplayError> {
+    let Some((op_snapshot, checksum_snapshot)) = plan.join.filter(|(op, _)| *op == record.op) else {
+        return Ok(());
+    };
+    if record.checksum != checksum_snapshot {
+        return Err(ReplayError::Discontinuity {
+            reason: format!(
+                "the journal record at op {op_snapshot} has checksum {:032x}, the snapshot recorded {checksum_snapshot:032x}",
+                record.checksum
+            ),
+        });
+    }
+    if record.kind != RecordKind::Checkpoint {
+        return Err(ReplayError::Discontinuity {
+            reason: format!("the snapshot is at op {op_snapshot}, which is not a checkpoint record"),
+        });
+    }
+    Ok(())
+}
+
+/// The end of the records: the snapshot's op must have been reached, then the checks' own end.
+fn replay_read_end<S: Storage>(reader: &Reader<S>, plan: ReadPlan, joined: bool) -> Result<Read, ReplayError> {
+    if !joined {
+        let op_snapshot = plan.join.expect("a join to reach").0;
+        return Err(ReplayError::Discontinuity { reason: journal_short_of(reader, op_snapshot) });
+    }
+    let journal_end = reader.end().cloned();
+    let op_end = journal_end.as_ref().map_or(reader.op_next() - 1, |end| end.op_last);
+    let trust = plan.checks.end_check(op_end)?;
+    Ok(Read::End { journal_end, trust })
+}
+
+/// Why a journal does not reach a snapshot's op, in the words an operator needs: where it
+/// ends, and whether a torn record follows.
+pub(crate) fn journal_short_of<S: Storage>(reader: &Reader<S>, op_snapshot: u64) -> String {
+    let Some(end) = reader.end() else {
+        return format!("the journal ends before the snapshot's op {op_snapshot}");
+    };
+    let torn = match &end.torn_tail {
+        Some((segment, offset)) => {
+            format!(", followed by a record cut short at byte offset {offset} of {}", segment.display())
+        }
+        None => String::new(),
+    };
+    format!(
+        "the journal's last valid record is op {}{torn}, but the snapshot is at op {op_snapshot}: journal records \
+         the snapshot saw are missing",
+        end.op_last
+    )
 }
