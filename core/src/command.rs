@@ -177,7 +177,9 @@ pub fn command_header_decode(bytes: &[u8], event_count_max: u32) -> Result<(Oper
         return Err(CommandError::TooManyEvents { event_count, event_count_max });
     }
     let size_bytes = bytes.len() - COMMAND_HEADER_SIZE_BYTES;
-    if size_bytes != event_count as usize * operation.event_size_bytes() {
+    // A pulse has no events: a count would pass the size check (0 × anything) and lie.
+    let count_impossible = operation.event_size_bytes() == 0 && event_count != 0;
+    if count_impossible || size_bytes != event_count as usize * operation.event_size_bytes() {
         return Err(CommandError::SizeMismatch { operation, event_count, size_bytes });
     }
     Ok((operation, event_count))
@@ -289,6 +291,17 @@ mod tests {
             Command::Query(Query::LookupBalances(decoded)) => assert_eq!(decoded, ids),
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    /// A pulse has no events: a header claiming some is refused, not taken for a pulse.
+    #[test]
+    fn a_pulse_claiming_events_is_refused() {
+        let mut bytes = Vec::new();
+        batch_encode(&Batch::Pulse, &mut bytes);
+        assert!(command_header_decode(&bytes, 8).is_ok());
+        bytes[4..8].copy_from_slice(&17u32.to_le_bytes());
+        let refused = command_header_decode(&bytes, 8189).unwrap_err();
+        assert_eq!(refused, CommandError::SizeMismatch { operation: Operation::Pulse, event_count: 17, size_bytes: 0 });
     }
 
     #[test]

@@ -32,14 +32,12 @@ fuzz_target!(|input: &[u8]| {
                 let (operation, event_count) = header.expect("the header decoder agrees");
                 assert!(event_count <= event_count_max);
                 let mut encoded = Vec::new();
-                let mut expected = bytes.to_vec();
+                let expected = bytes.to_vec();
                 match command {
-                    // A pulse has no events, and its header's event_count is not checked: any
-                    // count up to the limit decodes (finding in docs/TESTING.md; the gateway
-                    // refuses such frames). It re-encodes with a count of 0.
+                    // A pulse has no events: only a count of 0 decodes.
                     Command::Batch(Batch::Pulse) => {
                         assert_eq!(operation, Operation::Pulse);
-                        expected[4..8].copy_from_slice(&0u32.to_le_bytes());
+                        assert_eq!(event_count, 0, "a pulse carries no events");
                         batch_encode(&Batch::Pulse, &mut encoded);
                     }
                     Command::Batch(batch) => {

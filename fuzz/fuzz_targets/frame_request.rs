@@ -52,7 +52,10 @@ fn request_check(header: &FrameHeader, body: &[u8]) {
         }
         Err(error) => {
             assert_eq!(checked.err(), Some(error), "check_request agrees with RequestScratch::decode");
-            assert!(!error.status().closes_connection(), "a bad request keeps the connection: {error}");
+            // A bad request keeps the connection, except request id 0: a reply to it could not be
+            // told from one about the connection itself, so the connection closes (PROTOCOL.md).
+            let closes = error.status() == Status::RequestIdZero;
+            assert_eq!(error.status().closes_connection(), closes, "which bad requests close: {error}");
             reply_check(&FrameHeader::reply_to(header, error.status(), 0, 0), error);
         }
     });

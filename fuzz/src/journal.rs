@@ -54,11 +54,6 @@ pub const SEGMENTS_MAX: usize = 4;
 /// size has no upper bound at open, see docs/TESTING.md) and the simulated disk holds it all
 /// in memory.
 pub const SEGMENT_SIZE_REPAIR_MAX_BYTES: u64 = 1 << 14;
-/// What a repaired segment header may carry as its first op. A record whose op is u64::MAX
-/// overflows `Chain::advance` (a finding, docs/TESTING.md; in a release build the op wraps), so
-/// repaired headers stay far below it (unless `WALLETD_FUZZ_KNOWN=1`). Unrepaired headers are
-/// not limited.
-pub const FIRST_OP_REPAIR_MAX: u64 = (1 << 62) - 1;
 /// The data directory the journal is built in (`DIR/journal/`).
 pub const DIR: &str = "/fuzz";
 
@@ -195,10 +190,6 @@ fn header_repair(flags: u8, bytes: &mut [u8], chain: Option<Chain>) {
         }
         bytes[24..32].copy_from_slice(&chain.timestamp_ns.to_le_bytes());
         bytes[32..48].copy_from_slice(&chain.checksum_prev.to_le_bytes());
-    }
-    if u64_at(bytes, 8) > FIRST_OP_REPAIR_MAX && !crate::known_findings_included() {
-        let first_op = u64_at(bytes, 8) & FIRST_OP_REPAIR_MAX;
-        bytes[8..16].copy_from_slice(&first_op.to_le_bytes());
     }
     if u64_at(bytes, 16) > SEGMENT_SIZE_REPAIR_MAX_BYTES {
         let size_bytes = (bytes.len() as u64).max(4096);

@@ -18,11 +18,3 @@
 pub mod frames;
 pub mod journal;
 pub mod snapshot;
-
-/// Whether the targets also feed the inputs of findings already reported (docs/TESTING.md,
-/// fuzz/artifacts-found/) to the code under test, instead of skipping them
-/// (`WALLETD_FUZZ_KNOWN=1`): for checking a fix, which should then remove the skip.
-pub fn known_findings_included() -> bool {
-    static INCLUDED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INCLUDED.get_or_init(|| std::env::var_os("WALLETD_FUZZ_KNOWN").is_some_and(|value| value == "1"))
-}

@@ -117,39 +117,3 @@ impl<'a> ImageSections<'a> {
         })
     }
 }
-
-/// Images that make `Ledger::image_read` panic for a reason already reported (docs/TESTING.md,
-/// inputs in fuzz/artifacts-found/), so that the targets look for new ones; `None` for every
-/// image under `WALLETD_FUZZ_KNOWN=1`. Each entry goes when the loader refuses such images.
-pub fn image_known_panic(image: &[u8]) -> Option<&'static str> {
-    if crate::known_findings_included() {
-        return None;
-    }
-    let sections = ImageSections::split(image)?;
-    let timestamp = |record: &[u8]| u64::from_le_bytes(record[120..128].try_into().expect("8 bytes"));
-    if sections.ring.chunks_exact(128).any(|transfer| timestamp(transfer) == 0) {
-        return Some("a remembered transfer with timestamp 0 trips ring_push's assertion");
-    }
-    let flags = |record: &[u8]| u16::from_le_bytes(record[118..120].try_into().expect("2 bytes"));
-    let pending_flag = walletd_core::TransferFlags::PENDING;
-    if sections.pending.chunks_exact(144).any(|hold| flags(hold) & pending_flag == 0) {
-        return Some("an open hold without the pending flag trips PendingTable::insert's assertion");
-    }
-    if sections.pending.chunks_exact(144).any(|hold| hold[16..32] == hold[32..48]) {
-        return Some("an open hold debiting and crediting one account trips PendingTable::insert's assertion");
-    }
-    let mut limited: Vec<&[u8]> = sections.limits.chunks_exact(192).map(|entry| &entry[..16]).collect();
-    limited.sort_unstable();
-    if limited.windows(2).any(|pair| pair[0] == pair[1]) {
-        return Some("two limits entries for one account trip hash_sums_compute's back-pointer assertion");
-    }
-    None
-}
-
-/// Whether the image targets run `Ledger::verify` on every ledger they load
-/// (`WALLETD_FUZZ_VERIFY=1`). Off by default: today an image whose ledger totals disagree with
-/// its accounts loads (a finding in docs/TESTING.md), and `verify` then panics at once.
-pub fn verify_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("WALLETD_FUZZ_VERIFY").is_some_and(|value| value == "1"))
-}

@@ -34,7 +34,7 @@ pub use crate::record::{
 };
 pub use crate::recovery::{truncate_at, truncate_at_with, Recovered, TornTail, Truncated};
 pub use crate::segment::{
-    segment_file_name, segment_header_decode, segment_header_encode, SegmentHeader, SEGMENT_HEADER_SIZE_BYTES,
+    segment_file_name, segment_header_decode, segment_header_encode, SegmentHeader, OP_MAX, SEGMENT_HEADER_SIZE_BYTES,
     SEGMENT_MAGIC, SEGMENT_SIZE_BYTES_MIN, SEGMENT_VERSION,
 };
 pub use crate::sim::{SimCrash, SimFault, SimFile, SimRng, SimStorage};

@@ -258,6 +258,7 @@ impl Chain {
     pub fn advance(&self, header: &RecordHeader) -> Chain {
         assert_eq!(header.op, self.op_next);
         assert!(header.timestamp_ns >= self.timestamp_ns_min);
+        assert!(header.op < crate::segment::OP_MAX, "segment headers bound the op sequence");
         Chain { op_next: header.op + 1, checksum_prev: header.checksum, timestamp_ns_min: header.timestamp_ns }
     }
 }

@@ -121,6 +121,10 @@ pub fn segment_header_decode(bytes: &[u8]) -> Result<SegmentHeader, RecordInvali
     if first_op == 0 {
         return Err(RecordInvalid::Op { expected: 1, found: 0 });
     }
+    if first_op > OP_MAX {
+        // No journal gets there honestly; one that claims to would overflow the op sequence.
+        return Err(RecordInvalid::Op { expected: OP_MAX, found: first_op });
+    }
     assert!(first_op >= 1);
     Ok(SegmentHeader {
         first_op,
@@ -129,6 +133,10 @@ pub fn segment_header_decode(bytes: &[u8]) -> Result<SegmentHeader, RecordInvali
         checksum_prev: u128::from_le_bytes(field(CHECKSUM_PREV_OFFSET, 16).try_into().expect("16")),
     })
 }
+
+/// The largest op a journal may hold: 2^62 (at ten million ops a second, 14,000 years), so that
+/// the op sequence never overflows, however a segment header was forged.
+pub const OP_MAX: u64 = 1 << 62;
 
 /// `segment-{first_op:020}.wal`: zero-padded so that names sort in op order.
 pub fn segment_file_name(first_op: u64) -> String {

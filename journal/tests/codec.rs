@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use walletd_journal::{
     record_decode, record_header_encode, record_size_bytes, segment_header_decode, segment_header_encode, Chain,
-    RecordHeader, RecordInvalid, RecordKind, SegmentHeader, RECORD_HEADER_SIZE_BYTES,
+    RecordHeader, RecordInvalid, RecordKind, SegmentHeader, OP_MAX, RECORD_HEADER_SIZE_BYTES,
 };
 
 /// Header + body + padding, followed by `trailing` bytes of whatever comes next in the segment.
@@ -35,7 +35,7 @@ fn sample() -> Vec<u8> {
 proptest! {
     #[test]
     fn record_round_trips(
-        op in 1u64..,
+        op in 1u64..OP_MAX,
         timestamp_ns in any::<u64>(),
         kind in kind_strategy(),
         body in proptest::collection::vec(any::<u8>(), 0..2048),
@@ -73,7 +73,7 @@ proptest! {
 
     #[test]
     fn segment_header_round_trips(
-        first_op in 1u64..,
+        first_op in 1u64..=OP_MAX,
         size_pages in 1u64..1_000_000,
         timestamp_ns_prev in any::<u64>(),
         checksum_prev in any::<u128>(),
@@ -85,6 +85,16 @@ proptest! {
             checksum_prev,
         };
         prop_assert_eq!(segment_header_decode(&segment_header_encode(&header)), Ok(header));
+    }
+}
+
+/// A segment header claiming ops past `OP_MAX` is refused: its op sequence would overflow.
+#[test]
+fn a_segment_header_past_op_max_is_refused() {
+    for first_op in [OP_MAX + 1, u64::MAX] {
+        let header = SegmentHeader { first_op, segment_size_bytes: 4096, timestamp_ns_prev: 0, checksum_prev: 0 };
+        let refused = segment_header_decode(&segment_header_encode(&header));
+        assert_eq!(refused, Err(RecordInvalid::Op { expected: OP_MAX, found: first_op }));
     }
 }
 
