@@ -10,6 +10,7 @@
 //! happen here; a broken invariant panics, because continuing would move money wrongly.
 
 mod accounts;
+pub mod bytes;
 mod calendar;
 pub mod command;
 pub mod config;

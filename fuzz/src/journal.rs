@@ -26,6 +26,8 @@
 
 use std::path::{Path, PathBuf};
 
+use walletd_core::bytes::{u128_at, u32_at, u64_at};
+
 use walletd_journal::{
     record_checksum, record_size_bytes, segment_file_name, SimStorage, Storage, StorageFile, RECORD_HEADER_SIZE_BYTES,
     RECORD_MAGIC, SEGMENT_HEADER_SIZE_BYTES, SEGMENT_MAGIC, SEGMENT_VERSION,
@@ -249,16 +251,4 @@ fn records_repair(
         offset += size as usize;
     }
     chain
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
-}
-
-fn u128_at(bytes: &[u8], offset: usize) -> u128 {
-    u128::from_le_bytes(bytes[offset..offset + 16].try_into().expect("16 bytes"))
 }

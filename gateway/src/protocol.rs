@@ -16,6 +16,7 @@
 
 use core::fmt;
 use core::mem::size_of;
+use walletd_core::bytes::{u128_at, u16_at, u32_at, u64_at};
 use walletd_core::command::{command_encode, records_as_bytes};
 use walletd_core::{
     Account, AccountLimits, Amount, BalanceRead, Batch, Command, CommandError, CommandScratch, DebitUsage, EventResult,
@@ -1141,20 +1142,4 @@ fn record_read<T: WireRecord>(bytes: &[u8]) -> T {
     // SAFETY: `bytes` holds exactly size_of::<T>() bytes (asserted); T is a WireRecord, so any
     // bytes are a valid T; read_unaligned makes no alignment demand on the network buffer.
     unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
-}
-
-fn u16_at(bytes: &[u8], offset: usize) -> u16 {
-    u16::from_le_bytes(bytes[offset..offset + 2].try_into().expect("2 bytes"))
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
-}
-
-fn u128_at(bytes: &[u8], offset: usize) -> u128 {
-    u128::from_le_bytes(bytes[offset..offset + 16].try_into().expect("16 bytes"))
 }

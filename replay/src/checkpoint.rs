@@ -40,6 +40,7 @@
 //! ```
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use walletd_core::bytes::{u128_at, u32_at, u64_at};
 use walletd_core::{Config, Ledger};
 
 pub const CHECKPOINT_SIZE_BYTES: usize = 48;
@@ -315,18 +316,6 @@ fn signed_message(at: &RecordAt, body: &[u8; SIGNATURE_OFFSET]) -> [u8; SIGNED_M
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
-}
-
-fn u128_at(bytes: &[u8], offset: usize) -> u128 {
-    u128::from_le_bytes(bytes[offset..offset + 16].try_into().expect("16 bytes"))
 }
 
 #[cfg(test)]
