@@ -268,5 +268,8 @@ mod tests {
             let line = format!("| `{operation}` | `{name}` | {} | `{}` |", mapped.status, mapped.code);
             assert!(doc.contains(&line), "docs/HTTP.md lacks the row: {line}");
         }
+        for code in crate::error::GATEWAY_CODES.iter().chain(crate::amount::AmountError::CODES) {
+            assert!(doc.contains(&format!("`{code}`")), "docs/HTTP.md does not list the code {code}");
+        }
     }
 }
