@@ -201,6 +201,12 @@ pub fn token_mint(secret: &[u8], issuer: &str, audience: &str, sub: &str, scopes
         .expect("HS256 signing cannot fail")
 }
 
+/// Signs any claims with HS256 (tests make expired or incomplete tokens with it).
+pub fn token_sign(secret: &[u8], claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret))
+        .expect("HS256 signing cannot fail")
+}
+
 /// Reads an HS256 secret file (surrounding whitespace ignored).
 pub fn secret_read(path: &Path) -> Result<Vec<u8>, HttpError> {
     let text = std::fs::read(path).map_err(|source| HttpError::Io { path: path.display().to_string(), source })?;

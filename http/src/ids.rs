@@ -183,6 +183,15 @@ pub fn key_valid(key: &str) -> bool {
     !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_LENGTH_MAX && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
+/// A new UUIDv7 (RFC 9562) for `time_ms`: what a client would send as a transaction id or key.
+pub fn uuid_v7(time_ms: u64) -> u128 {
+    let random = random_u128();
+    let value = (u128::from(time_ms) << 80) | (0x7u128 << 76) | (random & ((1u128 << 76) - 1));
+    let value = (value & !(0b11u128 << 62)) | (0b10u128 << 62);
+    assert!(is_uuid_v7(value));
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,13 +240,4 @@ mod tests {
             let _ = key_time(&text);
         }
     }
-}
-
-/// A new UUIDv7 (RFC 9562) for `time_ms`: what a client would send as a transaction id or key.
-pub fn uuid_v7(time_ms: u64) -> u128 {
-    let random = random_u128();
-    let value = (u128::from(time_ms) << 80) | (0x7u128 << 76) | (random & ((1u128 << 76) - 1));
-    let value = (value & !(0b11u128 << 62)) | (0b10u128 << 62);
-    assert!(is_uuid_v7(value));
-    value
 }

@@ -235,7 +235,8 @@ async fn wallet_read_owned(state: &AppState, caller: &Caller, id: AccountId) -> 
     let owner =
         read.account.code == ids::ACCOUNT_CODE_WALLET && read.account.user_data_128 == ids::owner_hash(&caller.user);
     let operator = caller.has_scope(SCOPE_ACCOUNTS) || caller.has_scope(SCOPE_LIMITS);
-    if !owner && !(operator && read.account.code == ids::ACCOUNT_CODE_WALLET) {
+    let operator_sees = operator && read.account.code == ids::ACCOUNT_CODE_WALLET;
+    if !(owner || operator_sees) {
         return Err(not_found());
     }
     Ok(wallet_view(&state.currencies, read, balances.holds_of(read)))
