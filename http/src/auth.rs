@@ -227,7 +227,7 @@ pub fn dev_secret_ensure(path: &Path) -> Result<(Vec<u8>, bool), HttpError> {
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
-    let secret = format!("{:032x}{:032x}", crate::ids::random_u128(), crate::ids::random_u128());
+    let secret = format!("{:032x}{:032x}", crate::ids::os_random_u128(), crate::ids::os_random_u128());
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;

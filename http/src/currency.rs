@@ -14,6 +14,8 @@ pub struct Currency {
     pub ledger: u32,
     /// Decimals of the minor unit: USD 2, JPY 0, BHD 3.
     pub scale: u8,
+    /// Its settlement account (derived from the code; kept to compare without hashing).
+    pub settlement: walletd_core::AccountId,
 }
 
 #[derive(Clone, Debug)]
@@ -43,7 +45,7 @@ impl Currencies {
             if list.iter().any(|c: &Currency| c.code == code || c.ledger == ledger) {
                 return Err(HttpError::Config(format!("currency {code}: its code or ledger is listed twice")));
             }
-            list.push(Currency { code: code.into(), ledger, scale });
+            list.push(Currency { code: code.into(), ledger, scale, settlement: crate::ids::settlement_id(code) });
         }
         if list.is_empty() {
             return Err(HttpError::Config("no currency configured".into()));

@@ -11,7 +11,7 @@ use crate::currency::{Currencies, Currency};
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::ids::{self, KeyTime};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use walletd_core::{
     Account, AccountFlags, AccountId, CreateAccountResult, CreateTransferResult, EventResult, Transfer, TransferFlags,
     TransferId, TransferRecord,
@@ -96,7 +96,7 @@ pub fn owned_currency<'a>(currencies: &'a Currencies, user: &str, wallet: Accoun
 }
 
 pub fn is_settlement(currencies: &Currencies, account: AccountId) -> bool {
-    currencies.all().iter().any(|currency| ids::settlement_id(&currency.code) == account)
+    currencies.all().iter().any(|currency| currency.settlement == account)
 }
 
 /// The currency of a peer-to-peer transfer from `sender`, checking that the caller may debit
@@ -160,7 +160,7 @@ pub fn wallet_account(user: &str, currency: &Currency) -> Account {
 
 pub fn settlement_account(currency: &Currency) -> Account {
     Account {
-        id: ids::settlement_id(&currency.code),
+        id: currency.settlement,
         ledger: currency.ledger,
         code: ids::ACCOUNT_CODE_SETTLEMENT,
         ..Account::default()
@@ -345,10 +345,12 @@ async fn outcomes_from_codes(engine: &Engine, transfers: &[Transfer], codes: &[u
     let applied: Vec<TransferId> =
         transfers.iter().zip(codes).filter(|(_, &code)| code == 0 || code == exists).map(|(t, _)| t.id).collect();
     let records = if applied.is_empty() { Vec::new() } else { records_lookup(engine, applied).await? };
+    let records: HashMap<TransferId, TransferRecord> =
+        records.into_iter().map(|record| (record.transfer.id, record)).collect();
     let mut outcomes = Vec::with_capacity(transfers.len());
     for (transfer, &code) in transfers.iter().zip(codes) {
         if code == 0 || code == exists {
-            let outcome = match records.iter().find(|record| record.transfer.id == transfer.id) {
+            let outcome = match records.get(&transfer.id) {
                 Some(record) => Outcome::Done { record: *record, replayed: code == exists },
                 // Applied, then forgotten before the read: the window moved in between.
                 None => Outcome::Failed {
@@ -381,8 +383,9 @@ pub async fn records_lookup(engine: &Engine, ids: Vec<TransferId>) -> Result<Vec
 /// batch mixes used and new keys, which an all-or-nothing request cannot honour.
 async fn atomic_replay_resolve(engine: &Engine, transfers: &[Transfer]) -> Result<Vec<Outcome>, ApiError> {
     let records = records_lookup(engine, transfers.iter().map(|transfer| transfer.id).collect()).await?;
-    let found: Vec<Option<&TransferRecord>> =
-        transfers.iter().map(|transfer| records.iter().find(|record| record.transfer.id == transfer.id)).collect();
+    let records: HashMap<TransferId, TransferRecord> =
+        records.into_iter().map(|record| (record.transfer.id, record)).collect();
+    let found: Vec<Option<&TransferRecord>> = transfers.iter().map(|transfer| records.get(&transfer.id)).collect();
     let exact = transfers
         .iter()
         .zip(&found)

@@ -30,8 +30,12 @@ pub const TRANSFER_CODE_VOID: u16 = 4;
 pub const TRANSFER_CODE_DEPOSIT: u16 = 5;
 pub const TRANSFER_CODE_WITHDRAWAL: u16 = 6;
 
-fn hash128(context: &str, parts: &[&[u8]]) -> u128 {
-    let mut hasher = blake3::Hasher::new_derive_key(context);
+/// A 128-bit keyed BLAKE3 hash of length-prefixed parts. Each purpose has its own key (the
+/// BLAKE3 hash of its context string, computed once), so ids of different kinds never collide
+/// by construction and a hash costs one short keyed compression, not a key derivation.
+fn hash128(context: &Context, parts: &[&[u8]]) -> u128 {
+    let key = context.key.get_or_init(|| *blake3::hash(context.name.as_bytes()).as_bytes());
+    let mut hasher = blake3::Hasher::new_keyed(key);
     for part in parts {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
@@ -40,6 +44,23 @@ fn hash128(context: &str, parts: &[&[u8]]) -> u128 {
     hasher.finalize_xof().fill(&mut bytes);
     u128::from_le_bytes(bytes)
 }
+
+struct Context {
+    name: &'static str,
+    key: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl Context {
+    const fn new(name: &'static str) -> Context {
+        Context { name, key: std::sync::OnceLock::new() }
+    }
+}
+
+static WALLET: Context = Context::new("walletd-http 2024 wallet id");
+static SETTLEMENT: Context = Context::new("walletd-http 2024 settlement id");
+static OWNER: Context = Context::new("walletd-http 2024 owner");
+static ANCHOR: Context = Context::new("walletd-http 2024 anchor id");
+static KEY_TRANSFER: Context = Context::new("walletd-http 2024 key transfer id");
 
 /// Zero and u128::MAX are reserved ids; a hash landing on one (2⁻¹²⁷) is moved off it.
 fn id_usable(value: u128) -> u128 {
@@ -52,29 +73,29 @@ fn id_usable(value: u128) -> u128 {
 
 /// The id of `user`'s wallet in `currency`.
 pub fn wallet_id(user: &str, currency: &str) -> AccountId {
-    AccountId(id_usable(hash128("walletd-http 2024 wallet id", &[user.as_bytes(), currency.as_bytes()])))
+    AccountId(id_usable(hash128(&WALLET, &[user.as_bytes(), currency.as_bytes()])))
 }
 
 /// The settlement account of a currency: the other side of deposits and withdrawals.
 pub fn settlement_id(currency: &str) -> AccountId {
-    AccountId(id_usable(hash128("walletd-http 2024 settlement id", &[currency.as_bytes()])))
+    AccountId(id_usable(hash128(&SETTLEMENT, &[currency.as_bytes()])))
 }
 
 /// The owner recorded in a wallet's `user_data_128` and a transfer's (its initiator).
 pub fn owner_hash(user: &str) -> u128 {
-    id_usable(hash128("walletd-http 2024 owner", &[user.as_bytes()]))
+    id_usable(hash128(&OWNER, &[user.as_bytes()]))
 }
 
 /// The anchor account of an arbitrary idempotency key: it records, in the engine, the time
 /// the key was first used.
 pub fn anchor_id(user: &str, key: &str) -> AccountId {
-    AccountId(id_usable(hash128("walletd-http 2024 anchor id", &[user.as_bytes(), key.as_bytes()])))
+    AccountId(id_usable(hash128(&ANCHOR, &[user.as_bytes(), key.as_bytes()])))
 }
 
 /// The engine transfer id of `user`'s idempotency key, given the key's time: the time in the
 /// top 48 bits, 80 bits of a hash of (user, key) below, so two users' equal keys differ.
 pub fn key_transfer_id(user: &str, key: &str, time_ms: u64) -> TransferId {
-    let low = hash128("walletd-http 2024 key transfer id", &[user.as_bytes(), key.as_bytes()]);
+    let low = hash128(&KEY_TRANSFER, &[user.as_bytes(), key.as_bytes()]);
     let id = TransferId::from_parts(time_ms, low);
     assert_eq!(id.time_ms(), time_ms);
     TransferId(id_usable(id.0))
@@ -86,14 +107,34 @@ pub fn fresh_transfer_id(time_ms: u64) -> TransferId {
     TransferId::from_parts(time_ms, random_u128())
 }
 
-/// 128 bits from the operating system's generator.
-pub fn random_u128() -> u128 {
+/// 128 bits from the operating system's generator (secrets).
+pub fn os_random_u128() -> u128 {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut file| file.read_exact(&mut bytes))
         .expect("/dev/urandom is readable");
     u128::from_le_bytes(bytes)
+}
+
+/// 128 unpredictable-enough bits for ids, request ids and span ids (not for secrets): a
+/// per-thread SplitMix64 stream seeded once from the operating system, so the hot path makes
+/// no system call.
+pub fn random_u128() -> u128 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(os_random_u128() as u64);
+    }
+    STATE.with(|state| {
+        let next = || {
+            let z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            state.set(z);
+            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        (u128::from(next()) << 64) | u128::from(next())
+    })
 }
 
 pub fn now_ms() -> u64 {
