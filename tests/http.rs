@@ -268,6 +268,38 @@ fn wallets_transfers_holds_and_batches_over_http() {
         list.json["wallets"].as_array().unwrap().iter().map(|w| w["currency"].as_str().unwrap()).collect();
     assert_eq!(currencies, ["USD", "JPY"]);
 
+    // Operators: limits and closing.
+    let ops_limits = token("ops", &["operator:limits"]);
+    let limited = http(
+        addr,
+        "PUT",
+        &format!("/v1/wallets/{bob}/limits"),
+        Some(&ops_limits),
+        Some(&json!({"daily_debit_count_max": 1})),
+    );
+    assert_eq!(
+        (limited.status, limited.json["limits"]["daily_debit_count_max"].as_u64()),
+        (200, Some(1)),
+        "{limited:?}"
+    );
+    assert_eq!(transfer(addr, "bob", &bob, &carol, "0.10", "bob-1").status, 201);
+    let over = transfer(addr, "bob", &bob, &carol, "0.10", "bob-2");
+    assert_eq!((over.status, over.code()), (422, "daily_count_limit_exceeded"));
+    let user_limits =
+        http(addr, "PUT", &format!("/v1/wallets/{bob}/limits"), Some(&token("bob", &[])), Some(&json!({})));
+    assert_eq!(user_limits.code(), "scope_required");
+    let ops_accounts = token("ops", &["operator:accounts"]);
+    let closed = http(addr, "POST", &format!("/v1/wallets/{carol}/close"), Some(&ops_accounts), Some(&json!({})));
+    assert_eq!((closed.status, closed.json["closed"].as_bool()), (200, Some(true)), "{closed:?}");
+    let to_closed = transfer(addr, "alice", &alice, &carol, "0.10", "to-closed");
+    assert_eq!((to_closed.status, to_closed.code()), (422, "receiver_closed"));
+    let again = http(addr, "POST", &format!("/v1/wallets/{carol}/close"), Some(&ops_accounts), Some(&json!({})));
+    assert_eq!((again.status, again.code()), (409, "wallet_already_closed"));
+    assert_eq!(
+        http(addr, "POST", &format!("/v1/wallets/{carol}/reopen"), Some(&ops_accounts), Some(&json!({}))).status,
+        200
+    );
+
     // The request id and trace context come back.
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let response = http_raw(

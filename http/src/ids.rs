@@ -146,32 +146,49 @@ pub struct IdText(pub u128);
 
 impl fmt::Display for IdText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = format!("{:032x}", self.0);
-        write!(f, "{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+        f.write_str(&id_format(self.0))
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, without intermediate strings (it is on the hot path
+/// of every response).
 pub fn id_format(value: u128) -> String {
-    IdText(value).to_string()
+    let mut bytes = [0u8; 36];
+    let mut nibble = 0;
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        if matches!(index, 8 | 13 | 18 | 23) {
+            *byte = b'-';
+            continue;
+        }
+        *byte = HEX[((value >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    assert_eq!(nibble, 32);
+    String::from_utf8(bytes.to_vec()).expect("ASCII")
 }
 
 /// Parses a UUID-shaped id (36 characters with dashes, or 32 hex digits), any case.
 pub fn id_parse(text: &str) -> Option<u128> {
     let bytes = text.as_bytes();
-    let hex: String = match bytes.len() {
-        36 => {
-            if [8, 13, 18, 23].iter().any(|&index| bytes[index] != b'-') {
-                return None;
-            }
-            text.chars().filter(|&c| c != '-').collect()
-        }
-        32 => text.to_string(),
+    let dashed = match bytes.len() {
+        36 => true,
+        32 => false,
         _ => return None,
     };
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
+    let mut value: u128 = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if dashed && matches!(index, 8 | 13 | 18 | 23) {
+            if byte != b'-' {
+                return None;
+            }
+            continue;
+        }
+        let digit = (byte as char).to_digit(16)?;
+        value = (value << 4) | u128::from(digit);
     }
-    u128::from_str_radix(&hex, 16).ok()
+    Some(value)
 }
 
 /// A UUID of version 7 (RFC 9562): its first 48 bits are a Unix time in milliseconds.
