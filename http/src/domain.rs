@@ -167,7 +167,7 @@ pub fn settlement_account(currency: &Currency) -> Account {
     }
 }
 
-/// Creates accounts that may exist already; true for each that exists now (created or not).
+/// Creates accounts that may exist already; an error unless each exists now (made or not).
 pub async fn accounts_ensure(engine: &Engine, accounts: Vec<Account>) -> Result<(), ApiError> {
     let results = engine.create_accounts(accounts).await?;
     for result in results {

@@ -118,7 +118,6 @@ pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Runnin
         metrics,
         options,
     });
-    settlements_ensure_spawn(Arc::clone(&gateway));
     let app = openapi::app(Arc::clone(&gateway));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -136,24 +135,6 @@ pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Runnin
         engine_threads: Some(engine_threads),
         engine: Some(engine),
     })
-}
-
-/// Makes sure each currency's settlement account exists, retrying until the engine answers
-/// (a gateway may start before its engine).
-fn settlements_ensure_spawn(gateway: Arc<Gateway>) {
-    tokio::spawn(async move {
-        let accounts: Vec<_> = gateway.currencies.all().iter().map(domain::settlement_account).collect();
-        loop {
-            match domain::accounts_ensure(&gateway.engine, accounts.clone()).await {
-                Ok(()) => return,
-                Err(error) if error.status.as_u16() == 503 => tokio::time::sleep(Duration::from_millis(500)).await,
-                Err(error) => {
-                    tracing::error!(code = error.code, message = %error.message, "cannot create the settlement accounts");
-                    return;
-                }
-            }
-        }
-    });
 }
 
 /// A gateway on its own runtime threads, for embedding in a process that is not async

@@ -711,9 +711,8 @@ async fn money_move(
     let fingerprint = intent.fingerprint();
     let endpoint = if deposit { "deposits" } else { "withdrawals" };
     idempotent(state, caller, Some(&request.idempotency_key), endpoint, fingerprint, || async {
-        if deposit {
-            domain::accounts_ensure(&state.engine, vec![domain::settlement_account(currency)]).await?;
-        }
+        // Made on first use, so a gateway that moves no money writes nothing to the engine.
+        domain::accounts_ensure(&state.engine, vec![domain::settlement_account(currency)]).await?;
         transfer_answer(state, caller, intent).await
     })
     .await
