@@ -117,9 +117,12 @@ fn key_check(key: &str) -> Result<(), ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The response cache: Redis keeps each keyed success for the retention, so a retry is
-// answered without the engine even after the engine's window moved on. It is only a cache:
-// a miss (or no Redis) goes to the engine, which is exact on its own.
+// The response cache. The engine itself answers every retry within its window (it finds the
+// id derived from the key: `exists`, or `exists_with_different_*`), so the cache is read only
+// when the engine can no longer tell (`idempotency_window_passed`): then Redis, which keeps
+// each keyed success for the retention, still has the original. Writes are not waited for. It
+// is only a cache: without it, or after a flush, the answer past the window is a refusal,
+// never a second application.
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Cached {
@@ -137,7 +140,7 @@ fn cache_key(user: &str, key: &str, endpoint: &str) -> String {
     format!("walletd:idem:{}", hasher.finalize().to_hex())
 }
 
-/// Answers from the cache, or runs `work` and caches its success.
+/// Runs `work`; caches its success; past the engine's window, answers from the cache.
 async fn idempotent<F, Fut>(
     state: &AppState,
     caller: &Caller,
@@ -150,30 +153,35 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(StatusCode, bool, serde_json::Value), ApiError>>,
 {
-    let cache = state.cache.as_ref().zip(key).map(|(redis, key)| (redis, cache_key(&caller.user, key, endpoint)));
-    if let Some((redis, cache_key)) = &cache {
-        if let Some(Some(text)) = redis.get(cache_key.clone()).await {
-            if let Ok(cached) = serde_json::from_str::<Cached>(&text) {
-                if cached.fingerprint != fingerprint {
-                    return Err(ApiError::new(
-                        409,
-                        "idempotency_key_reused",
-                        "the idempotency key was first used with a different request",
-                    ));
-                }
-                state.metrics.idempotency_cache_hit_count();
-                let status = StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK);
-                return Ok(replayed_response(status, true, cached.body));
+    let cache =
+        state.cache.as_ref().zip(key).map(|(redis, key)| (Arc::clone(redis), cache_key(&caller.user, key, endpoint)));
+    match work().await {
+        Ok((status, replayed, body)) => {
+            if let Some((redis, cache_key)) = cache {
+                let cached = Cached { fingerprint, status: status.as_u16(), body: body.clone() };
+                let value = serde_json::to_string(&cached).expect("serialises");
+                let retention_s = state.options.idempotency_retention_s;
+                tokio::spawn(async move { redis.set_ex(cache_key, value, retention_s).await });
             }
+            Ok(replayed_response(status, replayed, body))
         }
+        Err(error) if error.code == "idempotency_window_passed" => {
+            let Some((redis, cache_key)) = cache else { return Err(error) };
+            let Some(Some(text)) = redis.get(cache_key).await else { return Err(error) };
+            let Ok(cached) = serde_json::from_str::<Cached>(&text) else { return Err(error) };
+            if cached.fingerprint != fingerprint {
+                return Err(ApiError::new(
+                    409,
+                    "idempotency_key_reused",
+                    "the idempotency key was first used with a different request",
+                ));
+            }
+            state.metrics.idempotency_cache_hit_count();
+            let status = StatusCode::from_u16(cached.status).unwrap_or(StatusCode::OK);
+            Ok(replayed_response(status, true, cached.body))
+        }
+        Err(error) => Err(error),
     }
-    let (status, replayed, body) = work().await?;
-    if let Some((redis, cache_key)) = cache {
-        let value = serde_json::to_string(&Cached { fingerprint, status: status.as_u16(), body: body.clone() })
-            .expect("serialises");
-        let _ = redis.set_ex(cache_key, value, state.options.idempotency_retention_s).await;
-    }
-    Ok(replayed_response(status, replayed, body))
 }
 
 fn replayed_response(status: StatusCode, replayed: bool, body: serde_json::Value) -> Response {
