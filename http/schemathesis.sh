@@ -29,6 +29,8 @@ user="$("$walletd" http token --sub fuzzer --scope operator --secret-file "$secr
 curl -sf -H "Authorization: Bearer $user" -H 'Content-Type: application/json' -d '{"currency":"USD"}' \
   "$url/v1/wallets" >/dev/null
 
+# Run from the temporary directory: schemathesis keeps its example database in the working one.
+cd "$work"
 st run "$url/openapi.json" \
   --header "Authorization: Bearer $user" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
