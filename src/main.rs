@@ -44,6 +44,9 @@ enum Commands {
     Account(walletd::cli::AccountArgs),
     /// Create, post, void or show a transfer on a running server.
     Transfer(walletd::cli::TransferArgs),
+    /// The HTTP/JSON wallet API alone, against an engine at --engine (see docs/HTTP.md); also
+    /// `walletd http token`, `walletd http openapi`, `walletd http bench`.
+    Http(walletd_http::cli::HttpArgs),
 }
 
 #[derive(Args)]
@@ -88,6 +91,12 @@ struct ServeArgs {
     /// For a new data directory: accounts it can hold.
     #[arg(long, default_value_t = 1 << 20)]
     accounts_max: u32,
+    /// Address of the HTTP/JSON wallet API served in this process (default 127.0.0.1:8080;
+    /// if that default is taken, the node serves without it), or `off`.
+    #[arg(long)]
+    http: Option<String>,
+    #[command(flatten)]
+    http_gateway: walletd_http::cli::GatewayFlags,
     #[command(flatten)]
     trust: TrustArgs,
     /// Refuse to start unless the journal's record at OP has this checksum (an externally held
@@ -230,6 +239,7 @@ fn main() -> ExitCode {
             let addr = args.addr.clone();
             walletd::cli::transfer_command(&addr, args.command()).map_err(|error| error.to_string())
         }
+        Commands::Http(args) => walletd_http::cli::http_command(args).map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -320,13 +330,47 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
     if let Some(metrics) = server.metrics_addr {
         println!("metrics on http://{metrics}/metrics");
     }
+    let http = match http_embed(&args.http, server.local_addr, &args.data_dir, &args.http_gateway) {
+        Ok(http) => http,
+        Err(error) => {
+            server.shutdown();
+            eprintln!("walletd: {error}");
+            std::process::exit(2);
+        }
+    };
     while !STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     tracing::info!("stopping: finishing and answering the requests already taken");
+    if let Some(http) = http {
+        http.stop();
+    }
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP gateway embedded in `serve` (the same client path as `walletd http`). Its line is
+/// written after the two that scripts read ("listening", "metrics"), ignoring a closed stdout.
+fn http_embed(
+    http: &Option<String>,
+    engine: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    flags: &walletd_http::cli::GatewayFlags,
+) -> Result<Option<walletd_http::Embedded>, String> {
+    let config = |reason: String| reason;
+    let listen = match http.as_deref() {
+        Some("off") => return Ok(None),
+        Some(addr) => addr.parse().map_err(|_| config(format!("--http {addr}: not an address (HOST:PORT or off)")))?,
+        None => std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let embedded = walletd_http::cli::serve_embedded(listen, http.is_some(), engine, data_dir, flags)
+        .map_err(|error| config(format!("HTTP gateway: {error}")))?;
+    if let Some(embedded) = &embedded {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "http on http://{}", embedded.local_addr);
+    }
+    Ok(embedded)
 }
 
 fn generate_command(args: GenerateArgs) -> Result<(), NodeError> {

@@ -1,0 +1,170 @@
+//! walletd-http: the HTTP/JSON wallet API, a client of the engine's binary protocol like any
+//! other upstream gateway.
+//!
+//! Async at the edge, threads in the engine: axum handlers on tokio parse, authorise and call
+//! one domain function; `engine` bridges them to the blocking `walletd_gateway::Client`
+//! through a queue and a few dispatcher threads that coalesce concurrent requests into large
+//! frames. The engine is the only state that matters: wallet ownership lives in the accounts,
+//! idempotency is the engine's own (ids derived from the caller's keys), and Redis only shares
+//! rate limits and caches responses, so losing it never loses or duplicates money.
+//!
+//! `walletd http` runs the gateway alone; `walletd serve` embeds the same `start` on its own
+//! runtime (`embedded_start`). docs/HTTP.md documents every endpoint and error code.
+
+pub mod amount;
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod codes;
+pub mod currency;
+pub mod domain;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
+pub mod redis_conn;
+pub mod routes;
+pub mod trace;
+
+use crate::auth::Verifier;
+use crate::currency::Currencies;
+use crate::engine::{Engine, EngineOptions, EngineThreads};
+use crate::error::HttpError;
+use crate::metrics::Metrics;
+use crate::ratelimit::{Limiter, RateLimit, RedisDown};
+use crate::redis_conn::Redis;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ApiError;
+
+/// Everything a gateway is configured with.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    pub listen: SocketAddr,
+    pub engine: EngineOptions,
+    pub currencies: Currencies,
+    pub redis_url: Option<String>,
+    pub redis_timeout: Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub redis_down: RedisDown,
+    /// How long Redis keeps a keyed response (the retention of the response cache).
+    pub idempotency_retention_s: u64,
+    /// Largest request body.
+    pub body_size_max_bytes: usize,
+}
+
+/// The gateway's shared state: what every handler reads.
+pub struct Gateway {
+    pub engine: Engine,
+    pub currencies: Currencies,
+    pub verifier: Verifier,
+    pub limiter: Limiter,
+    pub cache: Option<Arc<Redis>>,
+    pub metrics: Arc<Metrics>,
+    pub options: GatewayOptions,
+}
+
+/// A running gateway.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    engine_threads: Option<EngineThreads>,
+    engine: Option<Engine>,
+}
+
+impl Running {
+    /// Stops accepting, lets requests in flight finish, and stops the dispatchers.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        if let Some(engine) = self.engine.take() {
+            engine.close();
+        }
+        let threads = self.engine_threads.take();
+        let _ = tokio::task::spawn_blocking(move || drop(threads)).await;
+    }
+}
+
+/// Binds, connects the bridge (lazily) and serves. Call from a tokio runtime.
+pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Running, HttpError> {
+    let metrics = Arc::new(Metrics::default());
+    let redis = match &options.redis_url {
+        Some(url) => Some(Arc::new(Redis::new(url, options.redis_timeout, Arc::clone(&metrics))?)),
+        None => None,
+    };
+    let limiter = Limiter::new(options.rate_limit, redis.clone(), options.redis_down, Arc::clone(&metrics));
+    let (engine, engine_threads) = Engine::start(options.engine.clone(), Arc::clone(&metrics));
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| HttpError::Bind { addr: options.listen.to_string(), source })?;
+    let local_addr =
+        listener.local_addr().map_err(|source| HttpError::Bind { addr: options.listen.to_string(), source })?;
+    let gateway = Arc::new(Gateway {
+        engine: engine.clone(),
+        currencies: options.currencies.clone(),
+        verifier,
+        limiter,
+        cache: redis,
+        metrics,
+        options,
+    });
+    let app = openapi::app(Arc::clone(&gateway));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(error) = served.await {
+            tracing::error!(%error, "the HTTP server stopped");
+        }
+    });
+    Ok(Running {
+        local_addr,
+        stop: Some(stop),
+        server: Some(server),
+        engine_threads: Some(engine_threads),
+        engine: Some(engine),
+    })
+}
+
+/// A gateway on its own runtime threads, for embedding in a process that is not async
+/// (`walletd serve`).
+pub struct Embedded {
+    pub local_addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    running: Option<Running>,
+}
+
+impl Embedded {
+    pub fn stop(mut self) {
+        if let (Some(runtime), Some(running)) = (self.runtime.take(), self.running.take()) {
+            runtime.block_on(running.stop());
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+pub fn embedded_start(
+    options: GatewayOptions,
+    verifier: Verifier,
+    worker_threads: usize,
+) -> Result<Embedded, HttpError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads.max(1))
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|source| HttpError::Io { path: "tokio runtime".into(), source })?;
+    let running = runtime.block_on(start(options, verifier))?;
+    Ok(Embedded { local_addr: running.local_addr, runtime: Some(runtime), running: Some(running) })
+}
