@@ -64,8 +64,10 @@ impl<S: Storage> Reader<S> {
     fn open_inner(storage: S, dir: &Path, op_first: u64, op_last: Option<u64>) -> Result<Reader<S>, JournalError> {
         assert!(op_first >= 1, "journal ops start at 1");
         let layout = Layout::new(dir);
-        let (mut segments, _) = segments_list(&storage, &layout.archive)?;
+        // Live first, then archive/: a segment the node moves between the two listings is seen
+        // in the first (and followed to archive/ when it is opened), never missed by both.
         let (live, _) = segments_list(&storage, &layout.live)?;
+        let (mut segments, _) = segments_list(&storage, &layout.archive)?;
         // A segment present in both places (an archive restored by hand): read the live copy.
         segments.retain(|a| live.iter().all(|l| l.first_op != a.first_op));
         segments.extend(live);
@@ -225,12 +227,24 @@ impl<S: Storage> Reader<S> {
         self.op_last = Some(op_last);
     }
 
-    /// Adds live segments created after the reader opened; true if any was added.
+    /// Adds segments created after the reader opened; true if any was added. Both directories
+    /// are listed: with small segments and frequent snapshots the node may create a segment
+    /// *and archive it* between two refreshes, and listing only the live ones would skip it
+    /// (the next live segment would then not continue the chain: a false corruption).
     fn segments_refresh(&mut self) -> Result<bool, JournalError> {
         let last_first_op = self.segments.last().map_or(0, |segment| segment.first_op);
+        // Live first, then archive/, as in `open_inner`.
         let (live, _) = segments_list(&self.storage, &self.layout.live)?;
+        let (archived, _) = segments_list(&self.storage, &self.layout.archive)?;
+        let mut new: Vec<SegmentEntry> = live.into_iter().filter(|segment| segment.first_op > last_first_op).collect();
+        // A segment present in both places (being moved, or restored by hand): the live copy.
+        let archived_new = archived.into_iter().filter(|a| a.first_op > last_first_op);
+        let archived_new: Vec<SegmentEntry> =
+            archived_new.filter(|a| new.iter().all(|l| l.first_op != a.first_op)).collect();
+        new.extend(archived_new);
+        new.sort_by_key(|segment| segment.first_op);
         let before = self.segments.len();
-        self.segments.extend(live.into_iter().filter(|segment| segment.first_op > last_first_op));
+        self.segments.extend(new);
         assert!(self.segments.windows(2).all(|pair| pair[0].first_op < pair[1].first_op));
         Ok(self.segments.len() > before)
     }

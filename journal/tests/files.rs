@@ -318,6 +318,36 @@ fn a_reader_follows_segments_archived_while_it_reads() {
     assert_eq!(op_last, 200);
 }
 
+/// A follower that has not yet listed a segment which the node creates *and archives* before
+/// the follower gets there (small segments, fast snapshots) finds it in archive/, instead of
+/// jumping to the next live segment and a gap in the ops.
+#[test]
+fn a_follower_finds_a_segment_created_and_archived_before_it_listed_it() {
+    let storage = FileStorage::default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = Journal::open(storage, config(dir.path())).expect("open");
+    append_ops(&mut journal, 1, 20, 5);
+    let mut follower = Reader::open_until(storage, dir.path(), 1, journal.op_durable()).expect("follower");
+    let mut op_read = 0;
+    while let Some(record) = follower.next_record().expect("follow") {
+        op_read = record.op;
+    }
+    assert_eq!(op_read, 20);
+    let segments_before = journal.segments().len();
+    append_ops(&mut journal, 21, 260, 7);
+    assert!(journal.segments().len() >= segments_before + 3, "the journal rotated several times");
+    // Everything but the active segment moves to archive/, the ones the follower never saw too.
+    let archived = journal.archive_before(journal.op_durable()).expect("archive");
+    assert!(archived.len() >= 3, "segments the follower has not listed were archived: {archived:?}");
+    follower.follow(journal.op_durable());
+    while let Some(record) = follower.next_record().expect("the follower reads on through archive/") {
+        assert_eq!(record.op, op_read + 1, "no op skipped");
+        assert_eq!(record.body, &body_of(record.op)[..]);
+        op_read = record.op;
+    }
+    assert_eq!(op_read, 260);
+}
+
 /// The drill's rule is recovery's rule: a damaged record in the middle of the last segment,
 /// followed by valid ones, is corruption for a reader too, not the end of the journal.
 #[test]
