@@ -13,11 +13,14 @@
 //! Async at the edges: PostgreSQL is spoken on tokio; the follower stays on its own thread.
 //! Tables and the exactly-once argument: docs/HISTORY.md.
 
+pub mod cli;
 pub mod error;
 pub mod harness;
 pub mod metrics;
 pub mod pgtypes;
 pub mod project;
+pub mod query;
+pub mod reconcile;
 pub mod rows;
 pub mod schema;
 

@@ -333,7 +333,7 @@ fn hold_row(rows: &mut CopyBuffer, op: u64, hold: &Transfer) {
 
 // ----- months, for the partitions of ledger_entries -----
 
-const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
+pub const NS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
 /// Months since 1970-01 of a UTC timestamp.
 pub fn month_index(timestamp_ns: u64) -> i64 {
@@ -351,7 +351,7 @@ pub fn month_partition(month_index: i64) -> (String, i64, i64) {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let year_of_era = year - era * 400;
