@@ -85,6 +85,31 @@ impl TestPostgres {
         self.url().parse().expect("a valid connection string")
     }
 
+    /// Runs `sql` (one or more statements, simple protocol) and returns the rows of its results
+    /// as text, for tests that look at or tamper with the tables directly.
+    pub fn sql(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let (client, connection) = self.config().connect(tokio_postgres::NoTls).await.expect("connects");
+            tokio::spawn(connection);
+            let messages = client.simple_query(sql).await.unwrap_or_else(|error| panic!("{sql}: {error:?}"));
+            messages
+                .into_iter()
+                .filter_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some((0..row.len()).map(|index| row.get(index).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    pub fn sql_value(&self, sql: &str) -> String {
+        self.sql(sql).first().and_then(|row| row.first().cloned().flatten()).unwrap_or_default()
+    }
+
     fn run(&self, program: &str, args: &[&str]) {
         let status = self.command(program, args);
         assert!(status.success(), "{program} {args:?} failed");
