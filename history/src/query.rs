@@ -133,7 +133,7 @@ pub struct Statement {
 #[derive(Clone, Debug, serde::Serialize)]
 pub enum Applied {
     /// It was: the original transfer and what became of it.
-    Yes(TransferView),
+    Yes(Box<TransferView>),
     /// It was not, as of `position`, which covers the op asked about.
     No { position: u64 },
     /// The projection has not reached `as_of_op` yet: ask again later.
@@ -251,7 +251,7 @@ impl History {
         let found = transfer_read(&transaction, id).await?;
         transaction.commit().await?;
         Ok(match found {
-            Some(transfer) => Applied::Yes(transfer),
+            Some(transfer) => Applied::Yes(Box::new(transfer)),
             None if position.op >= as_of_op => Applied::No { position: position.op },
             None => Applied::Behind { position: position.op, as_of_op },
         })
