@@ -53,17 +53,27 @@ fn project_until_caught_up(dir: &Path, pg: &TestPostgres) {
 struct Projection {
     child: Child,
     progress: mpsc::Receiver<u64>,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl Projection {
     fn start(dir: &Path, pg: &TestPostgres, group_rows: u64) -> Projection {
+        Projection::start_with(dir, pg, group_rows, &[])
+    }
+
+    fn start_with(dir: &Path, pg: &TestPostgres, group_rows: u64, args: &[&str]) -> Projection {
         let rows = group_rows.to_string();
-        let mut child =
-            project_command(dir, pg, &["--print-progress", "--group-rows", &rows]).spawn().expect("walletd project");
-        let stdout = child.stdout.take().expect("stdout");
+        let mut command = project_command(dir, pg, &["--print-progress", "--group-rows", &rows]);
+        let mut child = command.args(args).spawn().expect("walletd project");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // With --metrics-addr, its address is the first line (printed once it listens).
+        let metrics = args.contains(&"--metrics-addr").then(|| {
+            let line = lines.next().expect("a metrics line").expect("readable");
+            line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().expect("an address")
+        });
         let (sender, progress) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in lines.map_while(Result::ok) {
                 if let Some(op) = line.strip_prefix("projected ").and_then(|op| op.parse().ok()) {
                     if sender.send(op).is_err() {
                         return;
@@ -71,7 +81,31 @@ impl Projection {
                 }
             }
         });
-        Projection { child, progress }
+        Projection { child, progress, metrics }
+    }
+
+    /// One metric's value from the projection's /metrics.
+    fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(self.metrics.expect("started with --metrics-addr")).expect("connect");
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("response");
+        let line = text.lines().find(|line| line.starts_with(&format!("{name} "))).expect("the metric is served");
+        line[name.len() + 1..].parse().expect("a number")
+    }
+
+    /// Polls (bounded) until `name` satisfies `wanted`.
+    fn metric_wait(&self, name: &str, wanted: impl Fn(f64) -> bool) -> f64 {
+        for _ in 0..12_000 {
+            let value = self.metric(name);
+            if wanted(value) {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{name} never reached the wanted value");
     }
 
     /// Waits (bounded) for the next commit; None if the process ended.
@@ -249,14 +283,20 @@ fn postgres_stopped_mid_run_is_waited_out_while_the_engine_goes_on() {
     let mut pg = TestPostgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(dir.path(), 20_000, 1);
-    let projection = Projection::start(dir.path(), &pg, 5_000);
+    let projection = Projection::start_with(dir.path(), &pg, 5_000, &["--metrics-addr", "127.0.0.1:0"]);
     projection.wait_for(op_durable(dir.path()));
+    assert_eq!(projection.metric_wait("walletd_projection_lag_ops", |lag| lag == 0.0), 0.0, "caught up");
     pg.stop();
     // The engine writes on without PostgreSQL: the journal is the buffer.
     generate(dir.path(), 20_000, 2);
     let target = op_durable(dir.path());
+    // The projection sees the new durable ops and cannot write them: it lags, and says so.
+    projection.metric_wait("walletd_projection_lag_ops", |lag| lag > 0.0);
+    assert!(projection.metric("walletd_projection_lag_seconds") > 0.0, "lag in seconds while behind");
     pg.start_again();
     projection.wait_for(target);
+    projection.metric_wait("walletd_projection_lag_ops", |lag| lag == 0.0);
+    assert!(projection.metric("walletd_projection_reconnects_total") >= 1.0, "it reconnected");
     drop(projection);
     assert_projection_exact(dir.path(), &pg);
 }

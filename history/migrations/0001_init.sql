@@ -123,5 +123,9 @@ CREATE TABLE ledger_entries (
     debits_posted            numeric(39, 0) NOT NULL,
     credits_pending          numeric(39, 0) NOT NULL,
     credits_posted           numeric(39, 0) NOT NULL,
-    PRIMARY KEY (account_id, timestamp_ns, op, change_index)
+    -- Unique: every event has its own engine timestamp and debits and credits two different
+    -- accounts, so an account has at most one entry per timestamp. The narrowest key that is
+    -- also the statement's range-scan index (and includes the partition key, as PostgreSQL
+    -- requires of a unique key on a partitioned table).
+    PRIMARY KEY (account_id, timestamp_ns)
 ) PARTITION BY RANGE (timestamp_ns);
