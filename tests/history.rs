@@ -227,6 +227,13 @@ fn the_projection_equals_a_replay_and_reconciles() {
     // A second run has nothing to do and changes nothing.
     project_until_caught_up(dir.path(), &pg);
     assert_projection_exact(dir.path(), &pg);
+    // At any earlier op too: PostgreSQL's rows up to it against the engine's state at it.
+    let position = op_durable(dir.path());
+    for at in [1, position / 3, position / 2 + 1, position - 1] {
+        let report = walletd_history::reconcile::reconcile_at(dir.path(), &pg.config(), Some(at)).expect("runs");
+        assert!(report.ok && report.op == at, "reconciliation at op {at} passes: {report:#?}");
+    }
+    assert!(walletd_history::reconcile::reconcile_at(dir.path(), &pg.config(), Some(position + 1)).is_err());
     let holds = pg.sql_value("SELECT count(*) FROM holds WHERE status <> 'pending'");
     assert!(holds.parse::<u64>().expect("count") > 0, "the workload's holds were resolved and recorded");
 }

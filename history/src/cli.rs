@@ -93,6 +93,9 @@ pub struct ReconcileArgs {
     pub database_url: String,
     #[arg(long)]
     pub json: bool,
+    /// Compare at this op (at most PostgreSQL's position) instead of at PostgreSQL's position.
+    #[arg(long, conflicts_with = "every_s")]
+    pub at_op: Option<u64>,
     /// Run every this many seconds (forever) instead of once, exporting the result as metrics.
     #[arg(long)]
     pub every_s: Option<u64>,
@@ -247,7 +250,7 @@ fn entry_print(entry: &Entry) {
 pub fn reconcile_command(args: ReconcileArgs) -> Result<bool, HistoryError> {
     let database = database(&args.database_url)?;
     let Some(every_s) = args.every_s else {
-        let report = reconcile(&args.data_dir, &database)?;
+        let report = crate::reconcile::reconcile_at(&args.data_dir, &database, args.at_op)?;
         report_print(&report, args.json);
         return Ok(report.ok);
     };

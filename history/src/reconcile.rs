@@ -3,7 +3,8 @@
 //!
 //! 1. In one read-only REPEATABLE READ transaction (one snapshot, so the projection committing
 //!    meanwhile changes nothing we read), read PostgreSQL's position `P = (op, checksum)` and
-//!    everything compared below.
+//!    everything compared below. `--at-op` picks an earlier op: then `P` is that op with the
+//!    checksum `journal_ops` recorded for it, and PostgreSQL's side is its rows with `op <= P.op`.
 //! 2. The engine's state at exactly `P.op`: a follower opened at `P` on the data directory
 //!    (newest snapshot at or before it, then the journal up to it, every checkpoint's state hash
 //!    verified on the way). Opening refuses if the journal's record at `P.op` has another chain
@@ -69,13 +70,25 @@ struct PgState {
     ledgers: BTreeMap<u32, (u128, u128)>,
 }
 
+/// Reconciles at PostgreSQL's position.
 pub fn reconcile(data_dir: &std::path::Path, database: &tokio_postgres::Config) -> Result<Report, HistoryError> {
+    reconcile_at(data_dir, database, None)
+}
+
+/// Reconciles at `at_op` (at most PostgreSQL's position; None: at the position). PostgreSQL's
+/// side of an earlier op is its rows with `op <= at_op` (holds still open then: placed at or
+/// before it and resolved after it, or not yet).
+pub fn reconcile_at(
+    data_dir: &std::path::Path,
+    database: &tokio_postgres::Config,
+    at_op: Option<u64>,
+) -> Result<Report, HistoryError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let state = runtime.block_on(pg_read(database))?;
+    let state = runtime.block_on(pg_read(database, at_op))?;
     Ok(compare(data_dir, &state))
 }
 
-async fn pg_read(database: &tokio_postgres::Config) -> Result<PgState, HistoryError> {
+async fn pg_read(database: &tokio_postgres::Config, at_op: Option<u64>) -> Result<PgState, HistoryError> {
     let (mut client, connection) = database.connect(NoTls).await?;
     tokio::spawn(connection);
     crate::schema::schema_check(&client).await?;
@@ -85,30 +98,49 @@ async fn pg_read(database: &tokio_postgres::Config) -> Result<PgState, HistoryEr
         .read_only(true)
         .start()
         .await?;
-    let (position, _) = position_read(&transaction).await?;
-    let ops = transaction.query_one("SELECT count(*), coalesce(max(op), 0) FROM journal_ops", &[]).await?;
-    let at = transaction
-        .query_opt("SELECT checksum FROM journal_ops WHERE op = $1", &[&(position.op as i64)])
+    let (stored, _) = position_read(&transaction).await?;
+    let at = match at_op {
+        None => stored.op,
+        Some(op) if op <= stored.op => op,
+        Some(op) => {
+            return Err(HistoryError::Config(format!(
+                "PostgreSQL's history has reached op {} only; reconcile at an op at or before it (not {op})",
+                stored.op
+            )))
+        }
+    };
+    let at_sql = at as i64;
+    let ops = transaction
+        .query_one("SELECT count(*), coalesce(max(op), 0) FROM journal_ops WHERE op <= $1", &[&at_sql])
+        .await?;
+    let checksum_at = transaction
+        .query_opt("SELECT checksum FROM journal_ops WHERE op = $1", &[&at_sql])
         .await?
         .map(|row| row.get::<_, Uuid128>(0).0);
+    // At the stored position the position row is the reference; at an earlier op, the op's row.
+    let position = match at_op {
+        Some(_) if at < stored.op => Position { op: at, checksum: checksum_at.unwrap_or_default() },
+        _ => stored,
+    };
     let mut accounts: BTreeMap<u128, PgAccount> = BTreeMap::new();
-    for row in transaction.query("SELECT id FROM accounts", &[]).await? {
+    for row in transaction.query("SELECT id FROM accounts WHERE created_op <= $1", &[&at_sql]).await? {
         accounts.entry(row.get::<_, Uuid128>(0).0).or_default().in_accounts = true;
     }
     let last = "SELECT DISTINCT ON (account_id) account_id, debits_posted::text, credits_posted::text
-                FROM ledger_entries ORDER BY account_id, timestamp_ns DESC, op DESC, change_index DESC";
-    for row in transaction.query(last, &[]).await? {
+                FROM ledger_entries WHERE op <= $1 ORDER BY account_id, timestamp_ns DESC";
+    for row in transaction.query(last, &[&at_sql]).await? {
         accounts.entry(row.get::<_, Uuid128>(0).0).or_default().last = Some((amount(&row, 1), amount(&row, 2)));
     }
     let sums = "SELECT account_id, coalesce(sum(amount) FILTER (WHERE side = 'D'), 0)::text,
                        coalesce(sum(amount) FILTER (WHERE side = 'C'), 0)::text
-                FROM ledger_entries GROUP BY account_id";
-    for row in transaction.query(sums, &[]).await? {
+                FROM ledger_entries WHERE op <= $1 GROUP BY account_id";
+    for row in transaction.query(sums, &[&at_sql]).await? {
         let account = accounts.entry(row.get::<_, Uuid128>(0).0).or_default();
         (account.debit_sum, account.credit_sum) = (amount(&row, 1), amount(&row, 2));
     }
-    let holds = "SELECT debit_account_id, credit_account_id, amount::text FROM holds WHERE status = 'pending'";
-    for row in transaction.query(holds, &[]).await? {
+    let holds = "SELECT debit_account_id, credit_account_id, amount::text FROM holds
+                 WHERE op <= $1 AND (resolved_op IS NULL OR resolved_op > $1)";
+    for row in transaction.query(holds, &[&at_sql]).await? {
         let hold_amount = amount(&row, 2);
         accounts.entry(row.get::<_, Uuid128>(0).0).or_default().pending_debit += hold_amount;
         accounts.entry(row.get::<_, Uuid128>(1).0).or_default().pending_credit += hold_amount;
@@ -116,18 +148,20 @@ async fn pg_read(database: &tokio_postgres::Config) -> Result<PgState, HistoryEr
     let mut ledgers = BTreeMap::new();
     let per_ledger = "SELECT ledger, coalesce(sum(amount) FILTER (WHERE side = 'D'), 0)::text,
                              coalesce(sum(amount) FILTER (WHERE side = 'C'), 0)::text
-                      FROM ledger_entries GROUP BY ledger";
-    for row in transaction.query(per_ledger, &[]).await? {
+                      FROM ledger_entries WHERE op <= $1 GROUP BY ledger";
+    for row in transaction.query(per_ledger, &[&at_sql]).await? {
         ledgers.insert(row.get::<_, i64>(0) as u32, (amount(&row, 1), amount(&row, 2)));
     }
-    let accounts_rows: i64 = transaction.query_one("SELECT count(*) FROM accounts", &[]).await?.get(0);
-    let transfers_count: i64 = transaction.query_one("SELECT count(*) FROM transfers", &[]).await?.get(0);
+    let count = "SELECT count(*) FROM accounts WHERE created_op <= $1";
+    let accounts_rows: i64 = transaction.query_one(count, &[&at_sql]).await?.get(0);
+    let count = "SELECT count(*) FROM transfers WHERE op <= $1";
+    let transfers_count: i64 = transaction.query_one(count, &[&at_sql]).await?.get(0);
     transaction.commit().await?;
     Ok(PgState {
         position,
         ops_count: ops.get::<_, i64>(0) as u64,
         ops_max: ops.get::<_, i64>(1) as u64,
-        ops_checksum_at_position: at,
+        ops_checksum_at_position: checksum_at,
         accounts,
         accounts_rows: accounts_rows as u64,
         transfers_count: transfers_count as u64,
