@@ -4,6 +4,8 @@
 //! stopped mid-run is waited out while the engine goes on; paging is stable while transfers
 //! arrive; and tampering with the tables is caught and named.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -39,7 +41,7 @@ fn project_command(dir: &Path, pg: &TestPostgres, args: &[&str]) -> Command {
         .args(["--database-url", &pg.url()])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(if std::env::var_os("WALLETD_TEST_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() });
     command
 }
 
@@ -420,4 +422,65 @@ fn tampering_is_caught_and_named() {
     let (code, report) = reconcile_cli(dir.path(), &other);
     assert_eq!(code, 3, "a position from another history fails: {report}");
     assert!(report.contains("journal       FAIL"), "{report}");
+}
+
+#[test]
+fn reconciliation_passes_while_a_live_server_and_the_projection_keep_writing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Default segment size: no segment is archived during this test (a follower reopened at a
+    // position while the server archives 64 KiB segments under it is a separate, open case).
+    let args = ["--checkpoint-ops", "8", "--snapshot-ops", "32", "--accounts-max", "4096"];
+    let (server, addr, _) = common::serve_binary(dir.path(), &args);
+    let options = walletd_gateway::ClientOptions { request_timeout: Duration::from_secs(30), ..Default::default() };
+    let client = walletd_gateway::Client::connect(addr, options).expect("a client");
+    client.create_accounts(&common::accounts(64)).expect("accounts");
+    let projection = Projection::start(dir.path(), &pg, 2_000);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            let mut low = 0u128;
+            // Bounded: at most 400 batches, or until told to stop.
+            for _ in 0..400 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let batch: Vec<_> = (0..50)
+                    .map(|_| {
+                        low += 1;
+                        common::transfer(low, 1 + low % 32, 33 + low % 32, 1 + low % 7)
+                    })
+                    .collect();
+                assert!(client.create_transfers(&batch).expect("acknowledged").is_empty());
+            }
+            client
+        }
+    });
+    // Compare at one op while both keep writing: each run takes PostgreSQL's position then.
+    let mut ops_reconciled = Vec::new();
+    for _ in 0..5 {
+        projection.next().expect("the projection commits under load");
+        let report = walletd_history::reconcile::reconcile(dir.path(), &pg.config()).expect("reconcile runs");
+        assert!(report.ok, "reconciliation passes under load: {report:#?}");
+        ops_reconciled.push(report.op);
+    }
+    stop.store(true, Ordering::Release);
+    let client = load.join().expect("the load thread");
+    assert!(ops_reconciled.windows(2).all(|pair| pair[0] <= pair[1]), "{ops_reconciled:?}");
+    projection.wait_for(op_durable(dir.path()));
+    drop(projection);
+    let ids: Vec<_> = (1..=64).map(walletd_core::AccountId).collect();
+    let served = client.lookup_accounts(&ids).expect("lookup");
+    for account in &served {
+        let last = pg.sql_value(&format!(
+            "SELECT coalesce((SELECT debits_posted || ',' || credits_posted FROM ledger_entries WHERE account_id = '{}'
+             ORDER BY timestamp_ns DESC LIMIT 1), '0,0')",
+            Uuid128(account.id.0)
+        ));
+        assert_eq!(last, format!("{},{}", account.debits_posted.0, account.credits_posted.0), "the server's balances");
+    }
+    assert_projection_exact(dir.path(), &pg);
+    drop(server);
 }
