@@ -47,6 +47,20 @@ enum Commands {
     /// The HTTP/JSON wallet API alone, against an engine at --engine (see docs/HTTP.md); also
     /// `walletd http token`, `walletd http openapi`, `walletd http bench`.
     Http(walletd_http::cli::HttpArgs),
+    /// Project the durable journal into a store (its own process; resumable, exactly once).
+    #[command(subcommand)]
+    Project(ProjectCommands),
+    /// Read the history projected into PostgreSQL.
+    History(walletd_history::cli::HistoryArgs),
+    /// Prove at one op that PostgreSQL, the engine's state and the journal agree; exits
+    /// non-zero and names the first difference when they do not.
+    Reconcile(walletd_history::cli::ReconcileArgs),
+}
+
+#[derive(Subcommand)]
+enum ProjectCommands {
+    /// History and audit in PostgreSQL: accounts, transfers, holds, double entries.
+    Postgres(walletd_history::cli::ProjectArgs),
 }
 
 #[derive(Args)]
@@ -240,6 +254,15 @@ fn main() -> ExitCode {
             walletd::cli::transfer_command(&addr, args.command()).map_err(|error| error.to_string())
         }
         Commands::Http(args) => walletd_http::cli::http_command(args).map_err(|error| error.to_string()),
+        Commands::Project(ProjectCommands::Postgres(args)) => {
+            walletd_history::cli::project_command(args).map_err(|error| error.to_string())
+        }
+        Commands::History(args) => walletd_history::cli::history_command(args).map_err(|error| error.to_string()),
+        Commands::Reconcile(args) => match walletd_history::cli::reconcile_command(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(3),
+            Err(error) => Err(error.to_string()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,153 @@
+//! Prometheus metrics of the projection and of reconciliation, as plain atomics rendered in the
+//! text exposition format, served by a minimal HTTP responder on tokio (`GET` anything → the
+//! metrics). The alerting rules that fire on them are in docs/alerts/history.rules.yml.
+//!
+//! Lag is measured against the durable mark the follower reads: `walletd_projection_lag_ops` is
+//! `op_durable − projected op`, and `walletd_projection_lag_seconds` is how old the newest
+//! projected op is (now − its engine timestamp) while any durable op is still unprojected, 0 once
+//! caught up.
+
+use crate::rows::Group;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use walletd_replay::Position;
+
+#[derive(Debug, Default)]
+pub struct ProjectionMetrics {
+    op: AtomicU64,
+    op_timestamp_ns: AtomicU64,
+    op_durable: AtomicU64,
+    ops_total: AtomicU64,
+    transfers_total: AtomicU64,
+    entries_total: AtomicU64,
+    groups_total: AtomicU64,
+    reconnects_total: AtomicU64,
+    reconnect_failures_total: AtomicU64,
+    /// Reconciliation: runs, and whether the last one found a difference (0/1).
+    reconcile_runs_total: AtomicU64,
+    reconcile_mismatch: AtomicU64,
+    reconcile_op: AtomicU64,
+}
+
+impl ProjectionMetrics {
+    pub fn position_set(&self, position: Position, timestamp_ns: u64) {
+        self.op.store(position.op, Ordering::Relaxed);
+        self.op_timestamp_ns.store(timestamp_ns, Ordering::Relaxed);
+    }
+
+    pub fn durable_set(&self, op_durable: u64) {
+        self.op_durable.fetch_max(op_durable, Ordering::Relaxed);
+    }
+
+    pub fn group_written(&self, group: &Group) {
+        self.position_set(group.position, group.timestamp_ns);
+        self.ops_total.fetch_add(group.ops_count, Ordering::Relaxed);
+        self.transfers_total.fetch_add(group.transfers_count, Ordering::Relaxed);
+        self.entries_total.fetch_add(group.entries_count, Ordering::Relaxed);
+        self.groups_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reconnect_failed(&self) {
+        self.reconnect_failures_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects_total.load(Ordering::Relaxed)
+    }
+
+    pub fn reconciled(&self, op: u64, mismatch: bool) {
+        self.reconcile_runs_total.fetch_add(1, Ordering::Relaxed);
+        self.reconcile_mismatch.store(u64::from(mismatch), Ordering::Relaxed);
+        self.reconcile_op.store(op, Ordering::Relaxed);
+    }
+
+    pub fn lag_ops(&self) -> u64 {
+        self.op_durable.load(Ordering::Relaxed).saturating_sub(self.op.load(Ordering::Relaxed))
+    }
+
+    fn lag_seconds(&self, now_ns: u64) -> f64 {
+        if self.lag_ops() == 0 {
+            return 0.0;
+        }
+        now_ns.saturating_sub(self.op_timestamp_ns.load(Ordering::Relaxed)) as f64 / 1e9
+    }
+
+    pub fn render(&self) -> String {
+        let now_ns =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let mut out = String::new();
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let gauges: [(&str, &str, f64); 6] = [
+            ("walletd_projection_op", "The last op projected into PostgreSQL.", load(&self.op) as f64),
+            ("walletd_projection_op_durable", "The journal's durable op as last read.", load(&self.op_durable) as f64),
+            ("walletd_projection_lag_ops", "Durable ops not yet projected.", self.lag_ops() as f64),
+            (
+                "walletd_projection_lag_seconds",
+                "Age of the newest projected op while durable ops are unprojected (0 when caught up).",
+                self.lag_seconds(now_ns),
+            ),
+            (
+                "walletd_reconcile_mismatch",
+                "1 if the last reconciliation found PostgreSQL, the engine and the journal disagreeing.",
+                load(&self.reconcile_mismatch) as f64,
+            ),
+            ("walletd_reconcile_op", "The op the last reconciliation compared at.", load(&self.reconcile_op) as f64),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let counters: [(&str, &str, u64); 7] = [
+            ("walletd_projection_ops_total", "Ops projected.", load(&self.ops_total)),
+            ("walletd_projection_transfers_total", "Transfers projected.", load(&self.transfers_total)),
+            ("walletd_projection_entries_total", "Ledger entries written.", load(&self.entries_total)),
+            ("walletd_projection_groups_total", "Transactions committed.", load(&self.groups_total)),
+            (
+                "walletd_projection_reconnects_total",
+                "Reconnections after PostgreSQL went away.",
+                load(&self.reconnects_total),
+            ),
+            (
+                "walletd_projection_reconnect_failures_total",
+                "Connection attempts that failed while PostgreSQL was away.",
+                load(&self.reconnect_failures_total),
+            ),
+            ("walletd_reconcile_runs_total", "Reconciliations run.", load(&self.reconcile_runs_total)),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        out
+    }
+}
+
+/// Serves `metrics` at `addr` until the runtime ends; returns the bound address.
+pub async fn metrics_serve(
+    addr: std::net::SocketAddr,
+    metrics: Arc<ProjectionMetrics>,
+) -> Result<std::net::SocketAddr, std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let body = metrics.render();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
