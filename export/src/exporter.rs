@@ -1,0 +1,457 @@
+//! The exporter: the follower on its own thread (it blocks on the data directory) turns each
+//! durable op into events and hands them, one op at a time through a bounded channel, to the
+//! idempotent producer on the tokio side, which publishes them keyed by transfer id and
+//! tracks which op the broker has acknowledged everything through.
+//!
+//! # Exactly once, without Kafka transactions
+//!
+//! Every event has a position `(op, index)`, a pure function of the journal that increases in
+//! the order events happen, and a fixed partition (`partition_of` its key). Write `E_p` for the
+//! events of partition `p` in position order. The invariant is: **each partition holds a
+//! prefix of its `E_p`, each event once, in order.** Every message also carries the header
+//! `walletd-acked-through: OP:CHECKSUM`, the exporter's acknowledged position when it sent the
+//! message: every event of every op up to `OP` was already acknowledged by the broker.
+//!
+//! - *Within a session* the invariant holds because the producer is idempotent with
+//!   `enable.gapless.guarantee` and no local message timeout: the broker dedupes retries by
+//!   producer id and sequence, refuses out-of-order sequences, and any failure that could leave
+//!   a gap is fatal, after which the session sends nothing more (the process exits and is
+//!   restarted).
+//! - *On start* the exporter reads each partition's last message (`tail.rs`): the position
+//!   `last_p` of its event, and its header. It resumes the follower after `S`, the greatest
+//!   acknowledged-through position over all partitions (every event of ops up to `S` is in
+//!   the topic), and then sends an event of partition `p` only if its position is greater than
+//!   `last_p`. By the invariant, partition `p` holds exactly the events of `E_p` up to `last_p`,
+//!   so what it sends is exactly the rest of `E_p`, in order: the invariant holds again.
+//! - Positions name one history: the follower refuses an `S` whose checksum is not the
+//!   journal's at `S.op`, and an op with a partition's last event must have that event's
+//!   checksum, so a topic written from another journal is refused rather than continued.
+//!
+//! What this rests on, and the operator's side of it: one exporter per topic at a time (run it
+//! under a supervisor, not twice); a broker that keeps what it acknowledged (acks=all on a
+//! replicated topic) and keeps each partition's last message (retention longer than any
+//! outage of the exporter); and the previous session's produce requests must be finished at
+//! the broker before the new session reads the ends. A killed process's requests that the
+//! broker has already received are handled within moments; the start-up fence
+//! (`--fence-ms`) waits that long before reading.
+
+use crate::error::ExportError;
+use crate::event::{events_of, partition_of, EventPosition};
+use crate::metrics::{metrics_serve, ExportMetrics};
+use crate::tail::{tail_consumer, tails_read, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use walletd_replay::{FollowOptions, Follower, Position};
+
+/// Ops handed from the follower to the producer and not yet sent (the channel's bound).
+const CHANNEL_OPS_MAX: usize = 16;
+/// Deliveries awaited at once; the producer's own queue bounds it too.
+const INFLIGHT_MAX: usize = 400_000;
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub data_dir: PathBuf,
+    pub brokers: String,
+    pub topic: String,
+    /// The topic is created with this many partitions, or must already have them.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Wait before reading the partitions' ends, for a killed session's requests to finish.
+    pub fence: Duration,
+    /// Exit once every durable op is exported (an offline export, or a test).
+    pub exit_when_caught_up: bool,
+    /// Extra librdkafka properties for the producer (`-X key=value`), over the defaults.
+    pub producer_config: Vec<(String, String)>,
+    /// How long start-up requests (metadata, topic creation, the ends) may take.
+    pub request_timeout: Duration,
+}
+
+impl ExportOptions {
+    pub fn new(data_dir: PathBuf, brokers: &str, topic: &str) -> ExportOptions {
+        ExportOptions {
+            data_dir,
+            brokers: brokers.to_string(),
+            topic: topic.to_string(),
+            partitions: 32,
+            replication_factor: 1,
+            metrics_addr: None,
+            fence: Duration::from_secs(2),
+            exit_when_caught_up: false,
+            producer_config: Vec::new(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a session did.
+#[derive(Clone, Debug, Default)]
+pub struct ExportReport {
+    /// Where the follower resumed (None: from the start of the journal).
+    pub resumed_after: Option<Position>,
+    pub events_exported: u64,
+    pub events_skipped: u64,
+    /// Every event through this op is acknowledged.
+    pub acked_through: Position,
+}
+
+/// Runs the exporter on its own runtime until caught up (`exit_when_caught_up`), a signal, or
+/// an error.
+pub fn export_kafka(options: &ExportOptions) -> Result<ExportReport, ExportError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("export")
+        .enable_all()
+        .build()
+        .map_err(ExportError::io("starting the runtime"))?;
+    runtime.block_on(export_run(options, Arc::new(ExportMetrics::default())))
+}
+
+pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) -> Result<ExportReport, ExportError> {
+    if options.partitions < 1 {
+        return Err(ExportError::Option(format!("--partitions {} must be at least 1", options.partitions)));
+    }
+    if let Some(addr) = options.metrics_addr {
+        let render_metrics = Arc::clone(&metrics);
+        let bound = metrics_serve(addr, Arc::new(move || render_metrics.render())).await?;
+        tracing::info!(%bound, "metrics at /metrics");
+    }
+    metrics.sessions.add(1);
+    topic_ensure(options).await?;
+    tokio::time::sleep(options.fence).await;
+    let tails = {
+        let (brokers, topic, partitions, timeout) =
+            (options.brokers.clone(), options.topic.clone(), options.partitions, options.request_timeout);
+        tokio::task::spawn_blocking(move || {
+            let consumer = tail_consumer(&brokers, &[])?;
+            tails_read(&consumer, &topic, partitions, timeout)
+        })
+        .await
+        .expect("the tail reader does not panic")?
+    };
+    let resumed_after = tails.iter().flatten().map(|tail| tail.acked_through).max_by_key(|position| position.op);
+    tracing::info!(
+        resumed_after = %resumed_after.map_or("the start".to_string(), |p| p.to_string()),
+        partitions_written = tails.iter().flatten().count(),
+        "resuming"
+    );
+    let producer = producer_create(options)?;
+    let (sender, receiver) = mpsc::channel(CHANNEL_OPS_MAX);
+    let stop = Arc::new(AtomicBool::new(false));
+    let follower_thread = std::thread::Builder::new()
+        .name("export-follow".into())
+        .spawn({
+            let follow = FollowTask {
+                dir: options.data_dir.clone(),
+                after: resumed_after,
+                tails,
+                partitions: options.partitions,
+                exit_when_caught_up: options.exit_when_caught_up,
+                stop: Arc::clone(&stop),
+                metrics: Arc::clone(&metrics),
+            };
+            move || follow.run(sender)
+        })
+        .map_err(ExportError::io("starting the follower thread"))?;
+    let mut session = Session {
+        producer,
+        topic: options.topic.clone(),
+        inflight: FuturesOrdered::new(),
+        acked: resumed_after.unwrap_or_default(),
+        acked_header: resumed_after.unwrap_or_default().to_string(),
+        metrics: Arc::clone(&metrics),
+        exported: 0,
+    };
+    let result = session.run(receiver).await;
+    stop.store(true, Ordering::Release);
+    let follow_result = follower_thread.join().expect("the follower thread does not panic");
+    result?;
+    follow_result?;
+    let report = ExportReport {
+        resumed_after,
+        events_exported: session.exported,
+        events_skipped: metrics.events_skipped.get(),
+        acked_through: session.acked,
+    };
+    tracing::info!(?report, "exporter stopped");
+    Ok(report)
+}
+
+/// The producer: idempotent, acks from all replicas, no local timeout (a broker that is down
+/// makes the exporter wait, with the journal as the buffer), and gaps fatal.
+fn producer_create(options: &ExportOptions) -> Result<FutureProducer, ExportError> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &options.brokers)
+        .set("client.id", "walletd-export")
+        .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "4000000")
+        .set("queue.buffering.max.messages", "200000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    for (key, value) in &options.producer_config {
+        config.set(key, value);
+    }
+    config.create().map_err(ExportError::kafka("creating the producer"))
+}
+
+/// Creates the topic with `partitions`, or checks that it has them: the partition of an event
+/// is part of the resume rule, so the count cannot change under an exporter.
+async fn topic_ensure(options: &ExportOptions) -> Result<(), ExportError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .create()
+        .map_err(ExportError::kafka("creating the admin client"))?;
+    let topic = NewTopic::new(&options.topic, options.partitions, TopicReplication::Fixed(options.replication_factor));
+    let admin_options = AdminOptions::new().request_timeout(Some(options.request_timeout));
+    let results =
+        admin.create_topics([&topic], &admin_options).await.map_err(ExportError::kafka("creating the topic"))?;
+    for result in results {
+        match result {
+            Ok(_) => tracing::info!(topic = %options.topic, partitions = options.partitions, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(ExportError::Topic {
+                    topic: name,
+                    partition: -1,
+                    reason: format!("cannot be created: {code}"),
+                })
+            }
+        }
+    }
+    let metadata = admin
+        .inner()
+        .fetch_metadata(Some(&options.topic), options.request_timeout)
+        .map_err(ExportError::kafka("reading the topic's metadata"))?;
+    let count = metadata.topics().first().map_or(0, |topic| topic.partitions().len());
+    if count != options.partitions as usize {
+        return Err(ExportError::Topic {
+            topic: options.topic.clone(),
+            partition: -1,
+            reason: format!("it has {count} partitions, the exporter was given --partitions {}", options.partitions),
+        });
+    }
+    Ok(())
+}
+
+/// One op's messages, in position order.
+struct OpChunk {
+    position: Position,
+    timestamp_ns: u64,
+    messages: Vec<Outgoing>,
+}
+
+struct Outgoing {
+    partition: i32,
+    key: String,
+    payload: Vec<u8>,
+    position: EventPosition,
+}
+
+enum FollowItem {
+    Op(OpChunk),
+    /// Caught up with the durable journal, and told to exit then.
+    CaughtUp,
+}
+
+/// The follower's side: ops to events, skipping what a previous session already wrote.
+struct FollowTask {
+    dir: PathBuf,
+    after: Option<Position>,
+    tails: Vec<Option<Tail>>,
+    partitions: i32,
+    exit_when_caught_up: bool,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<ExportMetrics>,
+}
+
+impl FollowTask {
+    fn run(self, sender: mpsc::Sender<FollowItem>) -> Result<(), ExportError> {
+        let mut follower = Follower::open(&self.dir, self.after, FollowOptions::default())?;
+        while !self.stop.load(Ordering::Acquire) {
+            let Some(op) = follower.next_op()? else {
+                self.metrics.op_durable.set(follower.position().op.max(self.metrics.op_durable.get()));
+                if self.exit_when_caught_up {
+                    let _ = sender.blocking_send(FollowItem::CaughtUp);
+                    return Ok(());
+                }
+                follower.wait(Duration::from_millis(100))?;
+                continue;
+            };
+            let op_number = op.op;
+            let chunk = self.chunk_of(&op)?;
+            self.metrics.op_followed.set(op_number);
+            let durable = follower.op_durable();
+            self.metrics.op_durable.set(if durable == u64::MAX { op_number } else { durable });
+            if sender.blocking_send(FollowItem::Op(chunk)).is_err() {
+                return Ok(()); // the producer side stopped; it reports why
+            }
+        }
+        Ok(())
+    }
+
+    fn chunk_of(&self, op: &walletd_replay::Op<'_>) -> Result<OpChunk, ExportError> {
+        let mut messages = Vec::new();
+        for event in events_of(op) {
+            let partition = partition_of(event.key().as_bytes(), self.partitions);
+            if let Some(tail) = &self.tails[partition as usize] {
+                if tail.last.op == op.op && tail.last_checksum != op.checksum {
+                    return Err(ExportError::Topic {
+                        topic: String::new(),
+                        partition,
+                        reason: format!(
+                            "its last event is of op {} with checksum {:032x}, the journal's op has {:032x}",
+                            op.op, tail.last_checksum, op.checksum
+                        ),
+                    });
+                }
+                if event.position() <= tail.last {
+                    self.metrics.events_skipped.add(1);
+                    continue;
+                }
+            }
+            let payload = serde_json::to_vec(&event).expect("an event serialises");
+            messages.push(Outgoing { partition, key: event.id.clone(), payload, position: event.position() });
+        }
+        Ok(OpChunk { position: op.position(), timestamp_ns: op.timestamp_ns, messages })
+    }
+}
+
+type DeliveryFuture = Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
+
+enum Delivered {
+    Event(Result<(), KafkaError>),
+    /// Every message of the op before this was handed over; the op is done when this arrives.
+    OpEnd(Position, u64),
+}
+
+/// The producer's side: sends in order, awaits deliveries in the order they were sent.
+struct Session {
+    producer: FutureProducer,
+    topic: String,
+    inflight: FuturesOrdered<DeliveryFuture>,
+    acked: Position,
+    acked_header: String,
+    metrics: Arc<ExportMetrics>,
+    exported: u64,
+}
+
+impl Session {
+    async fn run(&mut self, mut receiver: mpsc::Receiver<FollowItem>) -> Result<(), ExportError> {
+        let mut progress = tokio::time::interval(Duration::from_secs(5));
+        let mut following = true;
+        let terminate = signal_terminate();
+        tokio::pin!(terminate);
+        while following || !self.inflight.is_empty() {
+            tokio::select! {
+                biased;
+                Some(delivered) = self.inflight.next(), if !self.inflight.is_empty() => self.delivered(delivered)?,
+                item = receiver.recv(), if following && self.inflight.len() < INFLIGHT_MAX => match item {
+                    Some(FollowItem::Op(chunk)) => self.chunk_send(chunk).await?,
+                    Some(FollowItem::CaughtUp) | None => following = false,
+                },
+                _ = &mut terminate, if following => {
+                    tracing::info!("stopping: delivering what was sent");
+                    following = false;
+                }
+                _ = progress.tick() => tracing::info!(
+                    op_exported = self.acked.op,
+                    lag_ops = self.metrics.lag_ops(),
+                    events = self.exported,
+                    "export progress"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn delivered(&mut self, delivered: Delivered) -> Result<(), ExportError> {
+        match delivered {
+            Delivered::Event(Ok(())) => {
+                self.exported += 1;
+                self.metrics.events_exported.add(1);
+            }
+            Delivered::Event(Err(error)) => return Err(ExportError::kafka("a delivery failed; stopping")(error)),
+            Delivered::OpEnd(position, timestamp_ns) => {
+                assert!(position.op > self.acked.op, "ops are acknowledged in order");
+                self.acked = position;
+                self.acked_header = position.to_string();
+                self.metrics.op_exported.set(position.op);
+                self.metrics.op_exported_timestamp_ns.set(timestamp_ns);
+            }
+        }
+        Ok(())
+    }
+
+    async fn chunk_send(&mut self, chunk: OpChunk) -> Result<(), ExportError> {
+        for message in &chunk.messages {
+            self.message_send(message).await?;
+        }
+        let end = Delivered::OpEnd(chunk.position, chunk.timestamp_ns);
+        self.inflight.push_back(Box::pin(std::future::ready(end)));
+        Ok(())
+    }
+
+    /// Hands one message to the producer, waiting for deliveries while its queue is full.
+    async fn message_send(&mut self, message: &Outgoing) -> Result<(), ExportError> {
+        let position = format!("{}:{}", message.position.op, message.position.index);
+        loop {
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header { key: HEADER_ACKED_THROUGH, value: Some(self.acked_header.as_str()) })
+                .insert(Header { key: HEADER_POSITION, value: Some(position.as_str()) });
+            let record = FutureRecord::to(&self.topic)
+                .partition(message.partition)
+                .key(message.key.as_str())
+                .payload(message.payload.as_slice())
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(delivery) => {
+                    let future = delivery.map(|result| match result {
+                        Ok(Ok(_)) => Delivered::Event(Ok(())),
+                        Ok(Err((error, _))) => Delivered::Event(Err(error)),
+                        Err(_canceled) => Delivered::Event(Err(KafkaError::Canceled)),
+                    });
+                    self.inflight.push_back(Box::pin(future));
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    match self.inflight.next().await {
+                        Some(delivered) => self.delivered(delivered)?,
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err((error, _)) => return Err(ExportError::kafka("handing a message to the producer")(error)),
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn signal_terminate() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
