@@ -20,7 +20,7 @@ pub(crate) fn month_of_day(day: u32) -> u32 {
 }
 
 /// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01.
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);

@@ -11,7 +11,7 @@
 
 mod accounts;
 pub mod bytes;
-mod calendar;
+pub mod calendar;
 pub mod command;
 pub mod config;
 mod hash;
