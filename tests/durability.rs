@@ -105,18 +105,23 @@ fn walletd(args: &[&str]) -> Ran {
     let mut child = walletd_command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn walletd");
     let stdout = read_all_in_thread(child.stdout.take().expect("stdout"));
     let stderr = read_all_in_thread(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll walletd") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().expect("kill a hung walletd");
-            child.wait().expect("reap walletd");
+    // The child's exit is the event: a thread waits for it and reports; the test waits on that
+    // report, killing the child (by pid) only if it never comes.
+    let pid = child.id();
+    let (exited, exit) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = exited.send(child.wait().expect("reap walletd"));
+    });
+    let status = match exit.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(status) => status,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = waiter.join();
             panic!("walletd {} did not finish within {COMMAND_TIMEOUT:?}", args.join(" "));
         }
-        std::thread::sleep(Duration::from_millis(5));
     };
+    waiter.join().expect("the waiter thread");
     Ran {
         args: args.iter().map(|arg| arg.to_string()).collect(),
         success: status.success(),

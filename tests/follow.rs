@@ -41,12 +41,8 @@ fn load(client: &Client, low: &mut u128, rounds: u32) {
 
 /// Follows until told to stop and caught up with the durable mark; returns the positions seen.
 fn follow(dir: std::path::PathBuf, stop: Arc<AtomicBool>) -> (Vec<Position>, Follower) {
-    // The server creates the directory; the follower starts once a durable mark is published.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while walletd_replay::durable_read(&dir).ok().flatten().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the server never published a durable mark");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // Called once the server listens: by then it has recovered and published its durable mark.
+    assert!(walletd_replay::durable_read(&dir).expect("read the mark").is_some(), "a listening node published");
     let mut follower = Follower::open(&dir, None, FollowOptions::default()).expect("open a follower");
     let mut positions = Vec::new();
     loop {
