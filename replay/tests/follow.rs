@@ -370,7 +370,7 @@ fn traced_commands_give_their_trace_ids_and_the_same_state() {
                 Outcome::Command { batch, trace_ids, .. } => {
                     commands += 1;
                     assert_eq!(trace_ids.event_count() as usize, batch.len());
-                    assert_eq!(trace_ids.is_traced(), traced && batch.len() > 0, "op {}", op.op);
+                    assert_eq!(trace_ids.is_traced(), traced && !batch.is_empty(), "op {}", op.op);
                     for index in 0..batch.len() {
                         let expected = if traced { trace_id_of(op.op, index) } else { 0 };
                         assert_eq!(trace_ids.get(index), expected, "op {} event {index}", op.op);
