@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod error;
 pub mod generate;
+pub mod journal_print;
 pub mod memory;
 pub mod metrics;
 pub mod node;

@@ -208,6 +208,25 @@ enum JournalCommands {
     /// explicit operator action that start-up's corruption message names, as
     /// `walletd journal truncate <SEGMENT> <OFFSET>`. Run it with walletd stopped.
     Truncate(TruncateArgs),
+    /// Print the journal's records: op, time, kind, checksum, and each event with the trace id
+    /// its request carried. Read-only, safe on a live data directory.
+    Print(PrintArgs),
+}
+
+#[derive(Args)]
+struct PrintArgs {
+    /// The data directory whose journal is printed.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// The first op printed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    from: u64,
+    /// Records printed at most.
+    #[arg(long, default_value_t = u64::MAX)]
+    count: u64,
+    /// Only the record lines, not their events.
+    #[arg(long)]
+    no_events: bool,
 }
 
 #[derive(Args)]
@@ -243,6 +262,7 @@ fn main() -> ExitCode {
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
         Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
+        Commands::Journal(JournalCommands::Print(args)) => print_command(args).map_err(|error| error.to_string()),
         Commands::Keygen(args) => keygen_command(args).map_err(|error| error.to_string()),
         Commands::Bench(args) => walletd_benches::load::bench_command(args, &walletd::serve::bench_server_start)
             .map_err(|error| error.to_string()),
@@ -570,6 +590,14 @@ fn trust_print(trust: &walletd_replay::TrustReport) {
     if let Some(head) = &trust.journal_head {
         println!("journal head  {head}");
     }
+}
+
+fn print_command(args: PrintArgs) -> Result<(), NodeError> {
+    let options =
+        walletd::journal_print::PrintOptions { op_first: args.from, count_max: args.count, events: !args.no_events };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    walletd::journal_print::journal_print(&args.data_dir, options, &mut out)?;
+    out.flush().map_err(|source| NodeError::Io { path: args.data_dir.clone(), source })
 }
 
 fn truncate_command(args: TruncateArgs) -> Result<(), NodeError> {

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use walletd_core::command::{Command, CommandScratch};
+use walletd_core::command::{Command, CommandScratch, TRACE_ID_SIZE_BYTES};
 use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{Journal, RecordKind, Storage};
@@ -50,8 +50,8 @@ pub struct Request {
     pub client_id: u128,
     pub operation: FrameOperation,
     pub event_count: u32,
-    /// For ledger operations, the command as the journal records it (already checked);
-    /// empty for ping and snapshot.
+    /// For ledger operations, the command as the journal records it (already checked; traced
+    /// when the request was, its trace ids after the events); empty for ping and snapshot.
     pub command: Vec<u8>,
 }
 
@@ -194,7 +194,8 @@ struct Slot {
     operation: FrameOperation,
     op: u64,
     timestamp_ns: u64,
-    /// The command as journaled: a 16-byte command header and the events.
+    /// The command as journaled: a 16-byte command header, the events, and for a traced request
+    /// its trace ids (apply decodes the events only: the ledger never sees a trace id).
     command: Vec<u8>,
     outcome: Mutex<Outcome>,
     checkpoint_ready: AtomicBool,
@@ -210,7 +211,8 @@ impl Slot {
             operation: FrameOperation::Snapshot,
             op: 0,
             timestamp_ns: 0,
-            command: Vec::with_capacity(16 + 128 * batch_events_max as usize),
+            // Room for a traced command (a trace id after each event), so no slot ever grows.
+            command: Vec::with_capacity(16 + (128 + TRACE_ID_SIZE_BYTES) * batch_events_max as usize),
             outcome: Mutex::new(Outcome::default()),
             checkpoint_ready: AtomicBool::new(false),
         }

@@ -500,3 +500,36 @@ fn two_projections_on_one_database_never_write_an_op_twice() {
     project_until_caught_up(dir.path(), &pg);
     assert_projection_exact(dir.path(), &pg);
 }
+
+/// The trace id a transfer was journaled with is its row's `trace_id` (schema version 2); an
+/// untraced transfer's is null.
+#[test]
+fn a_traced_transfer_row_carries_its_trace_id() {
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, addr, _) = common::serve_binary(dir.path(), &["--http", "off"]);
+    let options = walletd_gateway::ClientOptions { request_timeout: Duration::from_secs(30), ..Default::default() };
+    let client = walletd_gateway::Client::connect(addr, options).expect("a client");
+    client.create_accounts(&common::accounts(4)).expect("accounts");
+    let traced: Vec<_> = (1..=3).map(|low| common::transfer(low, 1, 2, low)).collect();
+    let trace_ids = [0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736u128, 0, 7];
+    assert!(client.create_transfers_traced(&traced, &trace_ids).expect("acknowledged").is_empty());
+    let untraced = [common::transfer(4, 2, 3, 1)];
+    assert!(client.create_transfers(&untraced).expect("acknowledged").is_empty());
+    drop(client);
+    drop(server);
+    project_until_caught_up(dir.path(), &pg);
+    let rows = column(&pg, "SELECT id || '|' || coalesce(trace_id::text, 'null') FROM transfers");
+    let mut expected: Vec<String> = traced
+        .iter()
+        .zip(trace_ids)
+        .map(|(transfer, trace_id)| {
+            let trace = if trace_id == 0 { "null".to_string() } else { Uuid128(trace_id).to_string() };
+            format!("{}|{trace}", Uuid128(transfer.id.0))
+        })
+        .collect();
+    expected.push(format!("{}|null", Uuid128(untraced[0].id.0)));
+    expected.sort();
+    assert_eq!(rows, expected);
+    assert_eq!(pg.sql_value("SELECT max(version) FROM walletd_schema"), "2");
+}

@@ -5,11 +5,17 @@
 //! ```text
 //! offset size field
 //!      0    2 operation (Operation as u16)
-//!      2    2 reserved (zero)
+//!      2    2 flags: bit 0 traced; bits 1-15 reserved (zero)
 //!      4    4 event_count
 //!      8    8 reserved (zero)
 //!     16    … event_count events of Operation::event_size_bytes() each
+//!      …    … traced only: event_count trace ids, u128 each (0 = none), event i's at index i
 //! ```
+//!
+//! A traced command carries the W3C trace id of each event's request as a trailer after the
+//! events, so that one command coalesced from many requests keeps every request's trace. The
+//! ledger never reads the trailer: state, results and the state hash are the same with it and
+//! without it. A command without the flag is byte for byte the format journals had before.
 
 use crate::ledger::{Batch, Query};
 pub use crate::types::records_as_bytes;
@@ -17,6 +23,10 @@ use crate::types::{Account, AccountId, AccountLimits, Plain, Transfer, TransferI
 use core::mem::size_of;
 
 pub const COMMAND_HEADER_SIZE_BYTES: usize = 16;
+/// Header `flags` bit 0: a trace id per event follows the events.
+pub const COMMAND_FLAG_TRACED: u16 = 1 << 0;
+/// One trace id in a traced command's trailer (and a traced frame's).
+pub const TRACE_ID_SIZE_BYTES: usize = 16;
 
 /// Every operation the engine knows. The numbers are part of the wire and disk formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +78,12 @@ impl Operation {
         (self as u16) < 10
     }
 
+    /// Whether a command of this operation may carry trace ids: the journaled ones with events
+    /// (all mutating operations but pulse). A read is not journaled, a pulse has no events.
+    pub fn takes_traces(self) -> bool {
+        self.is_mutating() && self.event_size_bytes() > 0
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Operation::Pulse => "pulse",
@@ -93,11 +109,17 @@ pub enum CommandError {
         operation: u16,
     },
     ReservedNotZero,
-    /// The body is not `event_count` events of the operation's size.
+    /// The traced flag on an operation that takes no trace ids (pulse, reads).
+    TracesNotTaken {
+        operation: Operation,
+    },
+    /// The body is not `event_count` events of the operation's size (and, when `traced`,
+    /// `event_count` trace ids after them).
     SizeMismatch {
         operation: Operation,
         event_count: u32,
         size_bytes: usize,
+        traced: bool,
     },
     TooManyEvents {
         event_count: u32,
@@ -112,10 +134,19 @@ impl core::fmt::Display for CommandError {
                 write!(f, "command of {size_bytes} bytes is shorter than its {COMMAND_HEADER_SIZE_BYTES}-byte header")
             }
             CommandError::UnknownOperation { operation } => write!(f, "unknown operation {operation}"),
-            CommandError::ReservedNotZero => write!(f, "reserved command header bytes are not zero"),
-            CommandError::SizeMismatch { operation, event_count, size_bytes } => write!(
+            CommandError::ReservedNotZero => write!(f, "reserved command header bytes or flag bits are not zero"),
+            CommandError::TracesNotTaken { operation } => {
+                write!(f, "{} command has the traced flag, but only mutating operations with events carry trace ids", operation.name())
+            }
+            CommandError::SizeMismatch { operation, event_count, size_bytes, traced: false } => write!(
                 f,
                 "{} command claims {event_count} events but carries {size_bytes} bytes of events ({} each)",
+                operation.name(),
+                operation.event_size_bytes()
+            ),
+            CommandError::SizeMismatch { operation, event_count, size_bytes, traced: true } => write!(
+                f,
+                "traced {} command claims {event_count} events but carries {size_bytes} bytes of events and trace ids ({} + {TRACE_ID_SIZE_BYTES} each)",
                 operation.name(),
                 operation.event_size_bytes()
             ),
@@ -128,27 +159,60 @@ impl core::fmt::Display for CommandError {
 
 impl std::error::Error for CommandError {}
 
-/// Appends the encoded command to `out`.
+/// Appends the encoded command to `out` (untraced: today's format, and every old journal's).
 pub fn command_encode(operation: Operation, events: &[u8], event_count: u32, out: &mut Vec<u8>) {
     assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
-    out.extend_from_slice(&(operation as u16).to_le_bytes());
-    out.extend_from_slice(&[0; 2]);
-    out.extend_from_slice(&event_count.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
+    command_header_append(operation, 0, event_count, out);
     out.extend_from_slice(events);
 }
 
-/// Appends a mutating batch, encoded, to `out`.
-pub fn batch_encode(batch: &Batch<'_>, out: &mut Vec<u8>) {
-    let (operation, events) = match batch {
+/// Appends a traced command: the events, then `trace_ids` (one little-endian u128 per event,
+/// 0 for an event without a trace).
+pub fn command_traced_encode(
+    operation: Operation,
+    events: &[u8],
+    trace_ids: &[u8],
+    event_count: u32,
+    out: &mut Vec<u8>,
+) {
+    assert!(operation.takes_traces(), "only mutating operations with events carry trace ids");
+    assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
+    assert_eq!(trace_ids.len(), event_count as usize * TRACE_ID_SIZE_BYTES, "one trace id per event");
+    command_header_append(operation, COMMAND_FLAG_TRACED, event_count, out);
+    out.extend_from_slice(events);
+    out.extend_from_slice(trace_ids);
+}
+
+fn command_header_append(operation: Operation, flags: u16, event_count: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(operation as u16).to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&event_count.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+}
+
+/// A batch's operation and its events as bytes.
+fn batch_bytes<'b>(batch: &Batch<'b>) -> (Operation, &'b [u8]) {
+    match *batch {
         Batch::Pulse => (Operation::Pulse, &[][..]),
         Batch::CreateAccounts(events) => (Operation::CreateAccounts, records_as_bytes(events)),
         Batch::CreateTransfers(events) => (Operation::CreateTransfers, records_as_bytes(events)),
         Batch::CloseAccounts(events) => (Operation::CloseAccounts, records_as_bytes(events)),
         Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, records_as_bytes(events)),
         Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, records_as_bytes(events)),
-    };
+    }
+}
+
+/// Appends a mutating batch, encoded, to `out`.
+pub fn batch_encode(batch: &Batch<'_>, out: &mut Vec<u8>) {
+    let (operation, events) = batch_bytes(batch);
     command_encode(operation, events, batch.len() as u32, out);
+}
+
+/// Appends a mutating batch with one trace id per event (0: none), encoded, to `out`.
+pub fn batch_traced_encode(batch: &Batch<'_>, trace_ids: &[u128], out: &mut Vec<u8>) {
+    assert_eq!(trace_ids.len(), batch.len(), "one trace id per event");
+    let (operation, events) = batch_bytes(batch);
+    command_traced_encode(operation, events, records_as_bytes(trace_ids), batch.len() as u32, out);
 }
 
 /// Appends a query, encoded, to `out`.
@@ -161,28 +225,83 @@ pub fn query_encode(query: &Query<'_>, out: &mut Vec<u8>) {
     command_encode(operation, events, count as u32, out);
 }
 
+/// A command's header, as `command_header_decode` found it consistent with the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandHeader {
+    pub operation: Operation,
+    pub event_count: u32,
+    /// A trace id per event follows the events.
+    pub traced: bool,
+}
+
 /// The header of an encoded command, checked against the body's length.
-pub fn command_header_decode(bytes: &[u8], event_count_max: u32) -> Result<(Operation, u32), CommandError> {
+pub fn command_header_decode(bytes: &[u8], event_count_max: u32) -> Result<CommandHeader, CommandError> {
     if bytes.len() < COMMAND_HEADER_SIZE_BYTES {
         return Err(CommandError::TooShort { size_bytes: bytes.len() });
     }
     let operation_code = u16::from_le_bytes([bytes[0], bytes[1]]);
     let operation =
         Operation::from_u16(operation_code).ok_or(CommandError::UnknownOperation { operation: operation_code })?;
-    if bytes[2..4] != [0; 2] || bytes[8..16] != [0; 8] {
+    let flags = u16::from_le_bytes([bytes[2], bytes[3]]);
+    if flags & !COMMAND_FLAG_TRACED != 0 || bytes[8..16] != [0; 8] {
         return Err(CommandError::ReservedNotZero);
+    }
+    let traced = flags & COMMAND_FLAG_TRACED != 0;
+    if traced && !operation.takes_traces() {
+        return Err(CommandError::TracesNotTaken { operation });
     }
     let event_count = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if event_count > event_count_max {
         return Err(CommandError::TooManyEvents { event_count, event_count_max });
     }
     let size_bytes = bytes.len() - COMMAND_HEADER_SIZE_BYTES;
+    let record_size_bytes = operation.event_size_bytes() + if traced { TRACE_ID_SIZE_BYTES } else { 0 };
     // A pulse has no events: a count would pass the size check (0 × anything) and lie.
     let count_impossible = operation.event_size_bytes() == 0 && event_count != 0;
-    if count_impossible || size_bytes != event_count as usize * operation.event_size_bytes() {
-        return Err(CommandError::SizeMismatch { operation, event_count, size_bytes });
+    if count_impossible || size_bytes != event_count as usize * record_size_bytes {
+        return Err(CommandError::SizeMismatch { operation, event_count, size_bytes, traced });
     }
-    Ok((operation, event_count))
+    Ok(CommandHeader { operation, event_count, traced })
+}
+
+/// The trace ids of a command's events: a view of its trailer, or of nothing when the command
+/// is untraced (every event then has trace id 0). Reading one is a 16-byte load; nothing is
+/// copied or allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceIds<'a> {
+    /// The trailer: `event_count` little-endian u128s, or empty when untraced.
+    bytes: &'a [u8],
+    event_count: u32,
+}
+
+impl<'a> TraceIds<'a> {
+    /// The trace ids of a whole encoded command (checked as `command_header_decode` does).
+    pub fn of_command(bytes: &'a [u8]) -> Result<TraceIds<'a>, CommandError> {
+        let header = command_header_decode(bytes, u32::MAX)?;
+        let events_end = COMMAND_HEADER_SIZE_BYTES + header.event_count as usize * header.operation.event_size_bytes();
+        let trailer = if header.traced { &bytes[events_end..] } else { &[][..] };
+        assert!(!header.traced || trailer.len() == header.event_count as usize * TRACE_ID_SIZE_BYTES);
+        Ok(TraceIds { bytes: trailer, event_count: header.event_count })
+    }
+
+    /// Whether the command carries a trailer (it may still hold only zeros).
+    pub fn is_traced(&self) -> bool {
+        !self.bytes.is_empty()
+    }
+
+    /// The trace id of event `index` (0: none).
+    pub fn get(&self, index: usize) -> u128 {
+        assert!(index < self.event_count as usize, "trace id of event {index} of {}", self.event_count);
+        if self.bytes.is_empty() {
+            return 0;
+        }
+        let start = index * TRACE_ID_SIZE_BYTES;
+        u128::from_le_bytes(self.bytes[start..start + TRACE_ID_SIZE_BYTES].try_into().expect("16 bytes"))
+    }
+
+    pub fn event_count(&self) -> u32 {
+        self.event_count
+    }
 }
 
 /// A decoded command, borrowing from the scratch buffers.
@@ -217,9 +336,11 @@ impl CommandScratch {
 
     /// Decodes `bytes` (a whole command) into these buffers.
     pub fn decode<'a>(&'a mut self, bytes: &[u8]) -> Result<Command<'a>, CommandError> {
-        let (operation, event_count) = command_header_decode(bytes, self.event_count_max)?;
-        let events = &bytes[COMMAND_HEADER_SIZE_BYTES..];
+        let CommandHeader { operation, event_count, .. } = command_header_decode(bytes, self.event_count_max)?;
         let count = event_count as usize;
+        // The trace trailer, if any, follows the events: the ledger never sees it.
+        let events =
+            &bytes[COMMAND_HEADER_SIZE_BYTES..COMMAND_HEADER_SIZE_BYTES + count * operation.event_size_bytes()];
         Ok(match operation {
             Operation::Pulse => Command::Batch(Batch::Pulse),
             Operation::CreateAccounts => {
@@ -301,7 +422,10 @@ mod tests {
         assert!(command_header_decode(&bytes, 8).is_ok());
         bytes[4..8].copy_from_slice(&17u32.to_le_bytes());
         let refused = command_header_decode(&bytes, 8189).unwrap_err();
-        assert_eq!(refused, CommandError::SizeMismatch { operation: Operation::Pulse, event_count: 17, size_bytes: 0 });
+        assert_eq!(
+            refused,
+            CommandError::SizeMismatch { operation: Operation::Pulse, event_count: 17, size_bytes: 0, traced: false }
+        );
     }
 
     #[test]
@@ -324,5 +448,77 @@ mod tests {
             scratch.decode(&many).unwrap_err(),
             CommandError::TooManyEvents { event_count: 3, event_count_max: 2 }
         );
+    }
+
+    /// A traced command decodes to the same batch as the untraced one; its trailer is there
+    /// for whoever reads trace ids, and the untraced form is byte for byte the old format.
+    #[test]
+    fn traced_commands_round_trip_and_carry_their_trace_ids() {
+        let transfers = [
+            Transfer { id: TransferId(7), amount: Amount(9), ledger: 1, ..Transfer::default() },
+            Transfer { id: TransferId(8), amount: Amount(10), ledger: 1, ..Transfer::default() },
+        ];
+        let batch = Batch::CreateTransfers(&transfers);
+        let mut plain = Vec::new();
+        batch_encode(&batch, &mut plain);
+        assert_eq!(&plain[2..4], &[0, 0], "an untraced command's flags are zero, as before");
+        let mut traced = Vec::new();
+        batch_traced_encode(&batch, &[0xabc, 0], &mut traced);
+        assert_eq!(traced.len(), plain.len() + 2 * TRACE_ID_SIZE_BYTES);
+        assert_eq!(&traced[2..4], &[1, 0]);
+        assert_eq!(&traced[4..16 + 256], &plain[4..], "the events are the same bytes");
+        let header = command_header_decode(&traced, 8).unwrap();
+        assert_eq!(header, CommandHeader { operation: Operation::CreateTransfers, event_count: 2, traced: true });
+        let mut scratch = CommandScratch::new(8);
+        match scratch.decode(&traced).unwrap() {
+            Command::Batch(Batch::CreateTransfers(decoded)) => assert_eq!(decoded, transfers),
+            other => panic!("decoded {other:?}"),
+        }
+        let trace_ids = TraceIds::of_command(&traced).unwrap();
+        assert!(trace_ids.is_traced());
+        assert_eq!((trace_ids.get(0), trace_ids.get(1)), (0xabc, 0));
+        let none = TraceIds::of_command(&plain).unwrap();
+        assert!(!none.is_traced());
+        assert_eq!((none.get(0), none.get(1), none.event_count()), (0, 0, 2));
+    }
+
+    #[test]
+    fn malformed_traced_commands_are_refused() {
+        let mut traced = Vec::new();
+        command_traced_encode(Operation::CreateTransfers, &[0; 128], &[0; 16], 1, &mut traced);
+        let short = &traced[..traced.len() - 1];
+        let refused = command_header_decode(short, 8).unwrap_err();
+        let expected = CommandError::SizeMismatch {
+            operation: Operation::CreateTransfers,
+            event_count: 1,
+            size_bytes: 143,
+            traced: true,
+        };
+        assert_eq!(refused, expected);
+        // The untraced length with the traced flag: the trailer is missing.
+        let mut plain = Vec::new();
+        command_encode(Operation::CreateTransfers, &[0; 128], 1, &mut plain);
+        let mut flagged = plain.clone();
+        flagged[2] = 1;
+        assert!(matches!(command_header_decode(&flagged, 8), Err(CommandError::SizeMismatch { traced: true, .. })));
+        // A reserved flag bit.
+        let mut reserved = traced.clone();
+        reserved[2] = 2;
+        assert_eq!(command_header_decode(&reserved, 8).unwrap_err(), CommandError::ReservedNotZero);
+        reserved[2] = 0;
+        reserved[3] = 0x80;
+        assert_eq!(command_header_decode(&reserved, 8).unwrap_err(), CommandError::ReservedNotZero);
+        // Traces on an operation that takes none.
+        let mut pulse = Vec::new();
+        batch_encode(&Batch::Pulse, &mut pulse);
+        pulse[2] = 1;
+        let refused = command_header_decode(&pulse, 8).unwrap_err();
+        assert_eq!(refused, CommandError::TracesNotTaken { operation: Operation::Pulse });
+        let mut lookup = Vec::new();
+        command_encode(Operation::LookupAccounts, &[0; 16], 1, &mut lookup);
+        lookup[2] = 1;
+        lookup.extend_from_slice(&[0; 16]);
+        let refused = command_header_decode(&lookup, 8).unwrap_err();
+        assert_eq!(refused, CommandError::TracesNotTaken { operation: Operation::LookupAccounts });
     }
 }

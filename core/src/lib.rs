@@ -25,7 +25,7 @@ pub mod results;
 mod transfers;
 pub mod types;
 
-pub use command::{Command, CommandError, CommandScratch, Operation};
+pub use command::{Command, CommandError, CommandHeader, CommandScratch, Operation, TraceIds};
 pub use config::{Config, ConfigError, BATCH_EVENTS_MAX, ID_FUTURE_MS_MAX_LIMIT};
 pub use image::{ImageError, ImageHeader};
 pub use ledger::{Batch, Ledger, LedgerTotals, MemoryBytes, Query};

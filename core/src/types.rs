@@ -273,6 +273,8 @@ unsafe impl Plain for AccountLimits {}
 unsafe impl Plain for AccountId {}
 // SAFETY: a transparent u128.
 unsafe impl Plain for TransferId {}
+// SAFETY: an integer: 16 bytes, no padding, every bit pattern valid (trace ids).
+unsafe impl Plain for u128 {}
 
 /// A slice of records as their bytes (little-endian, as on the wire and on disk).
 pub fn records_as_bytes<T: Plain>(records: &[T]) -> &[u8] {

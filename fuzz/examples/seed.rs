@@ -10,15 +10,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use walletd_core::command::{batch_encode, query_encode};
+use walletd_core::command::{batch_encode, batch_traced_encode, query_encode};
 use walletd_core::{
     Account, AccountFlags, AccountId, AccountLimits, Amount, Batch, Config, Ledger, LimitFlags, Operation, Output,
     Query, Transfer, TransferFlags, TransferId, TransferStatus,
 };
 use walletd_fuzz::{frames, journal, snapshot};
 use walletd_gateway::protocol::{
-    accounts_encode, balances_encode, batch_request_append, frame_append, query_request_append, request_append,
-    results_encode, transfer_records_encode,
+    accounts_encode, balances_encode, batch_request_append, batch_request_traced_append, frame_append,
+    query_request_append, request_append, results_encode, transfer_records_encode,
 };
 use walletd_gateway::{FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES};
 use walletd_journal::{record_decode, Journal, JournalConfig, RecordKind, SimStorage, SEGMENT_HEADER_SIZE_BYTES};
@@ -252,6 +252,11 @@ fn frame_request_seeds(book: &Book) -> Seeds {
     let lookup_accounts = request(&|out| query_request_append(&Query::LookupAccounts(&ids), 7, 9, out));
     let lookup_transfers = request(&|out| query_request_append(&Query::LookupTransfers(&transfer_ids), 8, 9, out));
     let lookup_balances = request(&|out| query_request_append(&Query::LookupBalances(&ids[..2]), 9, 9, out));
+    let traced_transfers = request(&|out| {
+        let batch = Batch::CreateTransfers(&book.transfers[..3]);
+        batch_request_traced_append(&batch, &[0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0, 7], 12, 9, out)
+    });
+    let traced_close = request(&|out| batch_request_traced_append(&Batch::CloseAccounts(&ids[..1]), &[5], 13, 9, out));
     let ping = request(&|out| request_append(FrameOperation::Ping, 10, 9, &[], 0, out));
     let snapshot = request(&|out| request_append(FrameOperation::Snapshot, 11, 9, &[], 0, out));
     let sealed = frames::SEAL_ALL;
@@ -265,6 +270,7 @@ fn frame_request_seeds(book: &Book) -> Seeds {
         ("ping_snapshot", frames::frames_input(sealed, &[&ping, &snapshot])),
         ("pipelined", frames::frames_input(sealed, &[&ping, &transfers, &lookup_balances, &pulse])),
         ("raw_create_transfers", frames::frames_input(0, &[&transfers])),
+        ("traced", frames::frames_input(sealed, &[&traced_transfers, &transfers, &traced_close])),
     ];
     // Damage, each behind a valid frame: what the server must refuse.
     let patched = |frame: &[u8], offset: usize, bytes: &[u8]| {
@@ -280,6 +286,9 @@ fn frame_request_seeds(book: &Book) -> Seeds {
     let short_body = patched(&accounts, 32, &3u32.to_le_bytes());
     let flipped_body = patched(&transfers, HEADER_SIZE_BYTES + 20, &[0xff]);
     let too_large = patched(&ping, 36, &(1_048_193u32).to_le_bytes());
+    // The traced flag on a frame without the trailer, and on a read.
+    let traced_short = patched(&transfers, 40, &2u16.to_le_bytes());
+    let traced_read = patched(&lookup_accounts, 40, &2u16.to_le_bytes());
     seeds.extend([
         ("bad_magic", frames::frames_input(frames::SEAL_HEADER, &[&ping, &bad_magic])),
         ("bad_version", frames::frames_input(frames::SEAL_HEADER, &[&bad_version])),
@@ -289,6 +298,7 @@ fn frame_request_seeds(book: &Book) -> Seeds {
         ("bad_body_size", frames::frames_input(sealed, &[&short_body])),
         ("bad_body_checksum", frames::frames_input(frames::SEAL_HEADER, &[&flipped_body, &ping])),
         ("body_too_large", frames::frames_input(frames::SEAL_HEADER, &[&too_large])),
+        ("traced_bad_body_size", frames::frames_input(sealed, &[&traced_short, &traced_read])),
     ]);
     seeds
 }
@@ -360,6 +370,14 @@ fn command_seeds(book: &Book) -> Seeds {
     seeds.push(("lookup_balances", query(Query::LookupBalances(&ids[..1]))));
     // The same create_transfers under a limit of 2 events: too many.
     seeds.push(("over_limit", [&[2u8][..], &book.commands[1].1].concat()));
+    let mut traced = vec![full];
+    let transfers = &book.transfers[..2];
+    batch_traced_encode(
+        &Batch::CreateTransfers(transfers),
+        &[0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 0],
+        &mut traced,
+    );
+    seeds.push(("traced_create_transfers", traced));
     seeds
 }
 

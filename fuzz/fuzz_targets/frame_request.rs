@@ -2,18 +2,19 @@
 //! `check_request` and `RequestScratch::decode` on the body, as a connection thread runs them.
 //! No input may panic; a header that decodes must encode back to the same bytes; an error
 //! must map to a status the server can reply with, and the reply must be one the client
-//! accepts; a decoded request's command bytes must decode again to the same command.
+//! accepts; a decoded request's command bytes must decode again to the same command, traced
+//! exactly when the frame is, with the frame's trace ids.
 #![no_main]
 
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use walletd_core::command::{command_header_decode, COMMAND_HEADER_SIZE_BYTES};
-use walletd_core::Command;
+use walletd_core::command::{command_header_decode, CommandHeader, COMMAND_HEADER_SIZE_BYTES};
+use walletd_core::{Command, TraceIds};
 use walletd_fuzz::frames::frame_next;
 use walletd_gateway::{
     check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, Status,
-    EVENT_COUNT_MAX,
+    EVENT_COUNT_MAX, FLAG_TRACED,
 };
 
 /// The frames one input may carry: enough for pipelining, few enough to stay fast.
@@ -74,7 +75,19 @@ fn request_agrees(header: &FrameHeader, body: &[u8], operation: FrameOperation, 
     assert_eq!(command_bytes.len(), COMMAND_HEADER_SIZE_BYTES + body.len());
     assert_eq!(&command_bytes[COMMAND_HEADER_SIZE_BYTES..], body, "the command carries the body as it came");
     let decoded = command_header_decode(command_bytes, EVENT_COUNT_MAX).expect("the command bytes decode");
-    assert_eq!(decoded, (ledger_operation, header.event_count));
+    let traced = header.flags & FLAG_TRACED != 0;
+    assert_eq!(decoded, CommandHeader { operation: ledger_operation, event_count: header.event_count, traced });
+    let trace_ids = TraceIds::of_command(command_bytes).expect("the command bytes decode");
+    let events_size_bytes = header.event_count as usize * ledger_operation.event_size_bytes();
+    for index in 0..header.event_count as usize {
+        let expected = if traced {
+            let start = events_size_bytes + index * 16;
+            u128::from_le_bytes(body[start..start + 16].try_into().expect("16 bytes"))
+        } else {
+            0
+        };
+        assert_eq!(trace_ids.get(index), expected, "event {index} keeps the frame's trace id");
+    }
     let event_count = match command {
         Command::Batch(batch) => batch.len(),
         Command::Query(query) => query_len(query),

@@ -13,6 +13,11 @@
 //! checksums, the server's journal write) over thousands of events, which is what makes
 //! millions of transfers per second possible over a handful of connections.
 //!
+//! A call may carry a trace id per event (`create_transfers_traced`): the open frame then
+//! becomes traced (`FLAG_TRACED`), its untraced members' events get trace id 0, and the trace
+//! ids go after the events as the frame's trailer. A frame none of whose calls is traced is
+//! sent exactly as before, and costs nothing more to build.
+//!
 //! Reconnecting is the caller's choice: after `ClientError::Closed`, `Io` or `Timeout` the
 //! outcome of the requests in flight is unknown; connect again and resend them with the same
 //! transfer and account ids, and the engine's idempotency returns the original outcome
@@ -22,7 +27,7 @@
 use crate::protocol::{
     accounts_decode, balances_decode, check_reply, frame_append, frame_begin, frame_end, results_decode,
     transfer_records_decode, FrameError, FrameHeader, FrameOperation, ServerInfo, Status, BODY_SIZE_MAX_BYTES,
-    EVENT_COUNT_MAX, HEADER_SIZE_BYTES,
+    EVENT_COUNT_MAX, FLAG_TRACED, HEADER_SIZE_BYTES,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -277,6 +282,10 @@ struct Batcher {
 struct BatchState {
     /// The open frame: a header placeholder and the events of `members`, in order.
     frame: Vec<u8>,
+    /// Once a traced call joined the open batch: one trace id per event of the batch (0 for
+    /// the events of untraced calls), the frame's trailer. Empty while no call is traced.
+    trace_ids: Vec<u128>,
+    traced: bool,
     members: Vec<Member>,
     event_count: u32,
     /// When the first member joined the open batch.
@@ -296,6 +305,8 @@ impl Batcher {
             operation,
             state: Mutex::new(BatchState {
                 frame,
+                trace_ids: Vec::new(),
+                traced: false,
                 members: Vec::new(),
                 event_count: 0,
                 opened_at: None,
@@ -350,14 +361,38 @@ impl Client {
     /// Creates accounts; returns the failures only, indexed into `accounts`. Batched with other
     /// threads' calls.
     pub fn create_accounts(&self, accounts: &[Account]) -> Result<Vec<EventResult>, ClientError> {
-        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len())
+        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len(), None)
+    }
+
+    /// `create_accounts` with a trace id per account (`trace_ids[i]` is `accounts[i]`'s; 0:
+    /// none), journaled with the accounts for followers to read.
+    pub fn create_accounts_traced(
+        &self,
+        accounts: &[Account],
+        trace_ids: &[u128],
+    ) -> Result<Vec<EventResult>, ClientError> {
+        assert_eq!(accounts.len(), trace_ids.len(), "one trace id per account");
+        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len(), Some(trace_ids))
     }
 
     /// Creates transfers; returns the failures only, indexed into `transfers`. Batched with
     /// other threads' calls; a call's transfers stay contiguous and in order in one frame, so
     /// linked chains are kept whole.
     pub fn create_transfers(&self, transfers: &[Transfer]) -> Result<Vec<EventResult>, ClientError> {
-        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len())
+        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len(), None)
+    }
+
+    /// `create_transfers` with a trace id per transfer (`trace_ids[i]` is `transfers[i]`'s,
+    /// typically the W3C trace id of the request it came from; 0: none). The trace ids are
+    /// journaled with the transfers, never read by the ledger, and given back per event by the
+    /// follower (docs/PROTOCOL.md, "Traced requests").
+    pub fn create_transfers_traced(
+        &self,
+        transfers: &[Transfer],
+        trace_ids: &[u128],
+    ) -> Result<Vec<EventResult>, ClientError> {
+        assert_eq!(transfers.len(), trace_ids.len(), "one trace id per transfer");
+        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len(), Some(trace_ids))
     }
 
     pub fn close_accounts(&self, ids: &[AccountId]) -> Result<Vec<EventResult>, ClientError> {
@@ -622,6 +657,7 @@ fn batch_submit(
     batcher_index: usize,
     events: &[u8],
     event_count: usize,
+    trace_ids: Option<&[u128]>,
 ) -> Result<Vec<EventResult>, ClientError> {
     let batcher = &shared.batchers[batcher_index];
     let operation = FrameOperation::Ledger(batcher.operation);
@@ -638,6 +674,7 @@ fn batch_submit(
             state.opened_at = Some(Instant::now());
         }
         state.frame.extend_from_slice(events);
+        batch_trace_ids_add(&mut state, trace_ids, event_count);
         let event_start = state.event_count;
         state.members.push(Member { event_start, event_count: event_count as u32, call: Arc::clone(&call) });
         state.event_count += event_count as u32;
@@ -648,6 +685,25 @@ fn batch_submit(
         Some(result) => result,
         None => batch_call_abandon(shared, batcher, &call),
     }
+}
+
+/// Keeps the open batch's trailer aligned with its events: the first traced call makes the
+/// batch traced (the events before it get trace id 0); once traced, an untraced call's events
+/// get 0 too. Called before `event_count` is added to the batch's.
+fn batch_trace_ids_add(state: &mut BatchState, trace_ids: Option<&[u128]>, event_count: usize) {
+    if trace_ids.is_none() && !state.traced {
+        return; // untraced into untraced: nothing to keep
+    }
+    if !state.traced {
+        assert!(state.trace_ids.is_empty(), "an untraced batch has no trailer");
+        state.traced = true;
+        state.trace_ids.resize(state.event_count as usize, 0);
+    }
+    match trace_ids {
+        Some(trace_ids) => state.trace_ids.extend_from_slice(trace_ids),
+        None => state.trace_ids.resize(state.trace_ids.len() + event_count, 0),
+    }
+    assert_eq!(state.trace_ids.len(), state.event_count as usize + event_count, "a trace id per event");
 }
 
 /// Waits until the open batch has room for `event_count` more events.
@@ -710,8 +766,8 @@ fn batch_flusher_run(shared: &Shared, batcher_index: usize) {
         }
         let (mut frame, taken) = batch_take(shared, batcher, &mut state);
         drop(state);
-        if let Some((request_id, event_count)) = taken {
-            batch_send(shared, FrameOperation::Ledger(batcher.operation), &mut frame, request_id, event_count);
+        if let Some(taken) = taken {
+            batch_send(shared, FrameOperation::Ledger(batcher.operation), &mut frame, taken);
         }
         state = lock(&batcher.state);
         frame.truncate(HEADER_SIZE_BYTES);
@@ -737,9 +793,9 @@ fn batch_linger_wait<'a>(
 }
 
 /// Takes the open batch (its frame, members and a request id) and registers it as in flight;
-/// returns the frame and, unless the connection closed (its members then failed), the request
-/// id and event count to send it with.
-fn batch_take(shared: &Shared, batcher: &Batcher, state: &mut BatchState) -> (Vec<u8>, Option<(u64, u32)>) {
+/// returns the frame (its trailer appended, if traced) and, unless the connection closed (its
+/// members then failed), the request id and shape to send it with.
+fn batch_take(shared: &Shared, batcher: &Batcher, state: &mut BatchState) -> (Vec<u8>, Option<BatchTaken>) {
     let event_size_bytes = batcher.operation.event_size_bytes();
     assert!(!state.members.is_empty(), "taking an empty batch");
     assert_eq!(state.frame.len(), HEADER_SIZE_BYTES + state.event_count as usize * event_size_bytes);
@@ -747,7 +803,13 @@ fn batch_take(shared: &Shared, batcher: &Batcher, state: &mut BatchState) -> (Ve
     if next.is_empty() {
         frame_begin(&mut next);
     }
-    let frame = std::mem::replace(&mut state.frame, next);
+    let mut frame = std::mem::replace(&mut state.frame, next);
+    let traced = std::mem::take(&mut state.traced);
+    if traced {
+        assert_eq!(state.trace_ids.len(), state.event_count as usize);
+        frame.extend_from_slice(records_as_bytes(&state.trace_ids));
+        state.trace_ids.clear();
+    }
     let request_id = shared.request_id_next.fetch_add(1, Ordering::Relaxed);
     let members = std::mem::take(&mut state.members);
     for member in &members {
@@ -764,13 +826,25 @@ fn batch_take(shared: &Shared, batcher: &Batcher, state: &mut BatchState) -> (Ve
         return (frame, None);
     }
     pending.waiters.insert(request_id, Waiter::Batch(batch));
-    (frame, Some((request_id, event_count)))
+    (frame, Some(BatchTaken { request_id, event_count, traced }))
 }
 
-fn batch_send(shared: &Shared, operation: FrameOperation, frame: &mut [u8], request_id: u64, event_count: u32) {
-    assert_eq!(frame.len(), HEADER_SIZE_BYTES + event_count as usize * operation.event_size_bytes());
+/// A batch taken to be sent: its frame's request id and shape.
+struct BatchTaken {
+    request_id: u64,
+    event_count: u32,
+    traced: bool,
+}
+
+fn batch_send(shared: &Shared, operation: FrameOperation, frame: &mut [u8], taken: BatchTaken) {
+    let BatchTaken { request_id, event_count, traced } = taken;
+    let trace_size_bytes = if traced { walletd_core::command::TRACE_ID_SIZE_BYTES } else { 0 };
+    let event_size_bytes = operation.event_size_bytes() + trace_size_bytes;
+    assert_eq!(frame.len(), HEADER_SIZE_BYTES + event_count as usize * event_size_bytes);
     assert!(event_count >= 1 && event_count <= shared.options.batch_events_max);
-    frame_end(frame, 0, &FrameHeader::request(operation, request_id, shared.client_id, event_count));
+    let header = FrameHeader::request(operation, request_id, shared.client_id, event_count);
+    let flags = if traced { FLAG_TRACED } else { 0 };
+    frame_end(frame, 0, &FrameHeader { flags, ..header });
     if let Err(error) = frame_write(shared, frame) {
         if let Some(Waiter::Batch(batch)) = pending_remove(shared, request_id) {
             batch_fail(&batch, &error);

@@ -14,5 +14,5 @@ pub mod server;
 pub use client::{Balances, Client, ClientError, ClientOptions, Reply};
 pub use protocol::{
     check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, ServerInfo, Status,
-    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, HEADER_SIZE_BYTES,
+    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, FLAG_TRACED, HEADER_SIZE_BYTES, TRACED_BODY_SIZE_MAX_BYTES,
 };

@@ -13,11 +13,18 @@
 //! that names the status a server would reply with. Writers append to a `Vec<u8>` the caller
 //! owns and reuses, so a steady stream of frames does not allocate. docs/PROTOCOL.md describes
 //! every layout byte by byte.
+//!
+//! A mutating request may be **traced** (`FLAG_TRACED`): its body is the events, then one
+//! 16-byte trace id per event (the W3C trace id of the request each event came from, 0 for
+//! none), because an upstream gateway coalesces many requests, of many traces, into one frame.
+//! The server journals the trailer with the command (the core's traced command), the ledger
+//! ignores it, and followers read it back per event. A frame without the flag is the format
+//! every older client sends, byte for byte.
 
 use core::fmt;
 use core::mem::size_of;
 use walletd_core::bytes::{u128_at, u16_at, u32_at, u64_at};
-use walletd_core::command::{command_encode, records_as_bytes};
+use walletd_core::command::{command_encode, command_traced_encode, records_as_bytes, TRACE_ID_SIZE_BYTES};
 use walletd_core::{
     Account, AccountLimits, Amount, BalanceRead, Batch, Command, CommandError, CommandScratch, DebitUsage, EventResult,
     Operation, Query, Transfer, TransferRecord, TransferStatus, BATCH_EVENTS_MAX,
@@ -34,6 +41,12 @@ pub const EVENT_COUNT_MAX: u32 = BATCH_EVENTS_MAX;
 pub const BODY_SIZE_MAX_BYTES: u32 = BATCH_EVENTS_MAX * 128;
 /// `flags` bit 0: the frame is a reply (set by the server only).
 pub const FLAG_REPLY: u16 = 1 << 0;
+/// `flags` bit 1, requests of mutating operations with events only: the body is the events,
+/// then `event_count` trace ids (u128, 0 = none), event `i`'s at index `i`.
+pub const FLAG_TRACED: u16 = 1 << 1;
+/// The largest body of a traced frame: a full batch of 128-byte records and their trace ids.
+/// A traced frame carries as many events as an untraced one.
+pub const TRACED_BODY_SIZE_MAX_BYTES: u32 = BATCH_EVENTS_MAX * (128 + TRACE_ID_SIZE_BYTES as u32);
 
 // The header, byte by byte (all integers little-endian):
 //
@@ -44,8 +57,8 @@ pub const FLAG_REPLY: u16 = 1 << 0;
 //      8    8 request_id       chosen by the client, echoed in the reply
 //     16   16 client_id        chosen by the client, echoed in the reply
 //     32    4 event_count      request: events in the body; reply: records in the body
-//     36    4 body_size_bytes  ≤ BODY_SIZE_MAX_BYTES
-//     40    2 flags            bit 0 = reply; other bits zero
+//     36    4 body_size_bytes  ≤ BODY_SIZE_MAX_BYTES (traced: ≤ TRACED_BODY_SIZE_MAX_BYTES)
+//     40    2 flags            bit 0 = reply; bit 1 = traced (requests); other bits zero
 //     42    2 status           Status (replies); zero in requests
 //     44    4 reserved         zero
 //     48    8 op               reply: the journal op of the request; zero otherwise
@@ -68,6 +81,16 @@ pub const HEADER_CHECKSUM_OFFSET: usize = 60;
 const _: () = assert!(HEADER_CHECKSUM_OFFSET + 4 == HEADER_SIZE_BYTES);
 const _: () = assert!(BODY_SIZE_MAX_BYTES == 1_048_192);
 const _: () = assert!(EVENT_COUNT_MAX == 8189);
+const _: () = assert!(TRACED_BODY_SIZE_MAX_BYTES == 1_179_216);
+
+/// The body size limit of a frame with these `flags`: a traced frame's is larger by its trailer.
+pub fn body_size_max_bytes(flags: u16) -> u32 {
+    if flags & FLAG_TRACED != 0 {
+        TRACED_BODY_SIZE_MAX_BYTES
+    } else {
+        BODY_SIZE_MAX_BYTES
+    }
+}
 
 /// A sparse result: index u32, code u32.
 pub const RESULT_SIZE_BYTES: usize = 8;
@@ -175,10 +198,11 @@ impl FrameOperation {
     }
 
     /// A journaled operation whose request carries events: all mutating ones but pulse. An
-    /// empty request of one would be journaled and change nothing, so it is refused.
+    /// empty request of one would be journaled and change nothing, so it is refused. These
+    /// are also the operations a request may trace (`FLAG_TRACED`).
     pub fn is_mutating_with_events(self) -> bool {
         match self {
-            FrameOperation::Ledger(operation) => operation.is_mutating() && operation.event_size_bytes() > 0,
+            FrameOperation::Ledger(operation) => operation.takes_traces(),
             FrameOperation::Ping | FrameOperation::Snapshot => false,
         }
     }
@@ -281,11 +305,11 @@ impl Status {
                 "the server lost the stream's framing and closed the connection: reconnect, resend"
             }
             Status::BadVersion => "the server speaks another protocol version: upgrade the client or the server",
-            Status::BodyTooLarge => "the body exceeds 1048192 bytes: split the batch",
+            Status::BodyTooLarge => "the body exceeds 1048192 bytes (1179216 traced): split the batch",
             Status::BadBodyChecksum => "the body was corrupted in transit: resend",
             Status::UnknownOperation => "the server does not know this operation: check the client's version",
             Status::BadBodySize => {
-                "the body is not event_count events of the operation's size, or a reserved field is not zero"
+                "the body is not event_count events of the operation's size (and, traced, as many trace ids), or a reserved field or flag is not zero"
             }
             Status::TooManyEvents => "split the batch into smaller frames",
             Status::ShuttingDown => "the server is draining: retry on another node or later",
@@ -319,6 +343,7 @@ pub enum FrameError {
     },
     BodyTooLarge {
         body_size_bytes: u32,
+        body_size_max_bytes: u32,
     },
     BadBodyChecksum {
         checksum_stored: u32,
@@ -329,6 +354,13 @@ pub enum FrameError {
     },
     /// The body is not `event_count` events of the operation's size.
     BadBodySize {
+        operation: FrameOperation,
+        event_count: u32,
+        body_size_bytes: u32,
+    },
+    /// A traced body is not `event_count` events of the operation's size followed by
+    /// `event_count` 16-byte trace ids.
+    BadTracedBodySize {
         operation: FrameOperation,
         event_count: u32,
         body_size_bytes: u32,
@@ -372,6 +404,7 @@ impl FrameError {
             FrameError::BadBodyChecksum { .. } => Status::BadBodyChecksum,
             FrameError::UnknownOperation { .. } => Status::UnknownOperation,
             FrameError::BadBodySize { .. } | FrameError::ReservedNotZero { .. } => Status::BadBodySize,
+            FrameError::BadTracedBodySize { .. } => Status::BadBodySize,
             FrameError::TooManyEvents { .. } => Status::TooManyEvents,
             FrameError::RequestIdZero => Status::RequestIdZero,
             FrameError::CommandNotDecoded { .. } => Status::BadBodySize,
@@ -395,9 +428,9 @@ impl fmt::Display for FrameError {
                 f,
                 "frame header checksum is {checksum_stored:#010x} but its bytes sum to {checksum_computed:#010x}: corrupted in transit or a broken encoder"
             ),
-            FrameError::BodyTooLarge { body_size_bytes } => write!(
+            FrameError::BodyTooLarge { body_size_bytes, body_size_max_bytes } => write!(
                 f,
-                "frame body of {body_size_bytes} bytes exceeds the {BODY_SIZE_MAX_BYTES}-byte limit: split the batch"
+                "frame body of {body_size_bytes} bytes exceeds the {body_size_max_bytes}-byte limit: split the batch"
             ),
             FrameError::BadBodyChecksum { checksum_stored, checksum_computed } => write!(
                 f,
@@ -412,6 +445,13 @@ impl fmt::Display for FrameError {
                 "{} frame claims {event_count} events of {} bytes but its body is {body_size_bytes} bytes",
                 operation.name(),
                 operation.event_size_bytes()
+            ),
+            FrameError::BadTracedBodySize { operation, event_count, body_size_bytes } => write!(
+                f,
+                "traced {} frame claims {event_count} events of {} bytes, each followed in the trailer by a {TRACE_ID_SIZE_BYTES}-byte trace id ({} bytes in all), but its body is {body_size_bytes} bytes",
+                operation.name(),
+                operation.event_size_bytes(),
+                u64::from(event_count) * (operation.event_size_bytes() + TRACE_ID_SIZE_BYTES) as u64
             ),
             FrameError::ReservedNotZero { field } => write!(f, "the {field} field of a request must be zero"),
             FrameError::TooManyEvents { operation, event_count, event_count_max } => write!(
@@ -552,8 +592,9 @@ impl FrameHeader {
             op: u64_at(bytes, OP_OFFSET),
             body_checksum: u32_at(bytes, BODY_CHECKSUM_OFFSET),
         };
-        if header.body_size_bytes > BODY_SIZE_MAX_BYTES {
-            return Err(FrameError::BodyTooLarge { body_size_bytes: header.body_size_bytes });
+        let body_size_max_bytes = body_size_max_bytes(header.flags);
+        if header.body_size_bytes > body_size_max_bytes {
+            return Err(FrameError::BodyTooLarge { body_size_bytes: header.body_size_bytes, body_size_max_bytes });
         }
         Ok(header)
     }
@@ -578,10 +619,11 @@ pub fn body_checksum(body: &[u8]) -> u32 {
 /// Checks a request whose header `decode` accepted and whose body (exactly `body_size_bytes`)
 /// was read: the errors here spoil one request, and the connection is kept — except request id
 /// 0 (checked first), which closes it. Returns the operation, known, with a body of exactly
-/// `event_count` events, and with at least one event if it is a mutating one that takes them.
+/// `event_count` events (traced: and as many trace ids after them), and with at least one
+/// event if it is a mutating one that takes them.
 pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation, FrameError> {
     assert_eq!(body.len(), header.body_size_bytes as usize, "the body read is not the header's body");
-    assert!(header.body_size_bytes <= BODY_SIZE_MAX_BYTES, "decode checks the body size limit");
+    assert!(header.body_size_bytes <= body_size_max_bytes(header.flags), "decode checks the body size limit");
     if header.request_id == 0 {
         return Err(FrameError::RequestIdZero);
     }
@@ -591,17 +633,18 @@ pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation
     }
     let operation = FrameOperation::from_u16(header.operation)
         .ok_or(FrameError::UnknownOperation { operation: header.operation })?;
-    request_reserved_check(header)?;
+    request_reserved_check(header, operation)?;
     let event_count_max = operation.event_count_max();
     if header.event_count > event_count_max {
         return Err(FrameError::TooManyEvents { operation, event_count: header.event_count, event_count_max });
     }
-    if body.len() != header.event_count as usize * operation.event_size_bytes() {
-        return Err(FrameError::BadBodySize {
-            operation,
-            event_count: header.event_count,
-            body_size_bytes: header.body_size_bytes,
-        });
+    let (event_count, body_size_bytes) = (header.event_count, header.body_size_bytes);
+    let traced = header.flags & FLAG_TRACED != 0;
+    if traced && body.len() != event_count as usize * (operation.event_size_bytes() + TRACE_ID_SIZE_BYTES) {
+        return Err(FrameError::BadTracedBodySize { operation, event_count, body_size_bytes });
+    }
+    if !traced && body.len() != event_count as usize * operation.event_size_bytes() {
+        return Err(FrameError::BadBodySize { operation, event_count, body_size_bytes });
     }
     if header.event_count == 0 && operation.is_mutating_with_events() {
         return Err(FrameError::NoEvents { operation });
@@ -609,13 +652,19 @@ pub fn check_request(header: &FrameHeader, body: &[u8]) -> Result<FrameOperation
     Ok(operation)
 }
 
-/// The fields only a reply may set, and the reserved ones, must be zero in a request.
-fn request_reserved_check(header: &FrameHeader) -> Result<(), FrameError> {
+/// The fields only a reply may set, and the reserved ones, must be zero in a request; the
+/// traced bit only on an operation whose events are journaled.
+fn request_reserved_check(header: &FrameHeader, operation: FrameOperation) -> Result<(), FrameError> {
     if header.flags & FLAG_REPLY != 0 {
         return Err(FrameError::ReservedNotZero { field: "flags (the reply bit)" });
     }
-    if header.flags != 0 {
+    if header.flags & !FLAG_TRACED != 0 {
         return Err(FrameError::ReservedNotZero { field: "flags (reserved bits)" });
+    }
+    if header.flags & FLAG_TRACED != 0 && !operation.is_mutating_with_events() {
+        return Err(FrameError::ReservedNotZero {
+            field: "flags (the traced bit, on an operation without journaled events)",
+        });
     }
     if header.status != 0 {
         return Err(FrameError::ReservedNotZero { field: "status" });
@@ -676,7 +725,7 @@ pub fn frame_begin(out: &mut Vec<u8>) -> usize {
 pub fn frame_end(out: &mut [u8], start: usize, header: &FrameHeader) {
     assert!(out.len() >= start + HEADER_SIZE_BYTES, "frame_end without frame_begin");
     let body = &out[start + HEADER_SIZE_BYTES..];
-    assert!(body.len() <= BODY_SIZE_MAX_BYTES as usize, "frame body over the limit");
+    assert!(body.len() <= body_size_max_bytes(header.flags) as usize, "frame body over the limit");
     let sealed = FrameHeader { body_size_bytes: body.len() as u32, body_checksum: body_checksum(body), ..*header };
     out[start..start + HEADER_SIZE_BYTES].copy_from_slice(&sealed.encode());
 }
@@ -698,17 +747,60 @@ pub fn request_append(
     frame_append(&FrameHeader::request(operation, request_id, client_id, event_count), events, out);
 }
 
-/// Appends the request frame of a mutating batch.
-pub fn batch_request_append(batch: &Batch<'_>, request_id: u64, client_id: u128, out: &mut Vec<u8>) {
-    let (operation, events) = match batch {
+/// Appends a traced request frame: `events`, then `trace_ids` (16 bytes, a little-endian u128,
+/// per event; 0 for an event without a trace).
+pub fn request_traced_append(
+    operation: FrameOperation,
+    request_id: u64,
+    client_id: u128,
+    events: &[u8],
+    trace_ids: &[u8],
+    event_count: u32,
+    out: &mut Vec<u8>,
+) {
+    assert!(operation.is_mutating_with_events(), "only mutating operations with events are traced");
+    assert_eq!(events.len(), event_count as usize * operation.event_size_bytes(), "events do not match the operation");
+    assert_eq!(trace_ids.len(), event_count as usize * TRACE_ID_SIZE_BYTES, "one trace id per event");
+    assert!(event_count <= operation.event_count_max(), "too many events for one frame");
+    let header =
+        FrameHeader { flags: FLAG_TRACED, ..FrameHeader::request(operation, request_id, client_id, event_count) };
+    let start = frame_begin(out);
+    out.extend_from_slice(events);
+    out.extend_from_slice(trace_ids);
+    frame_end(out, start, &header);
+}
+
+fn batch_operation_events<'b>(batch: &Batch<'b>) -> (Operation, &'b [u8]) {
+    match *batch {
         Batch::Pulse => (Operation::Pulse, &[][..]),
         Batch::CreateAccounts(events) => (Operation::CreateAccounts, records_as_bytes(events)),
         Batch::CreateTransfers(events) => (Operation::CreateTransfers, records_as_bytes(events)),
         Batch::CloseAccounts(events) => (Operation::CloseAccounts, records_as_bytes(events)),
         Batch::ReopenAccounts(events) => (Operation::ReopenAccounts, records_as_bytes(events)),
         Batch::SetAccountLimits(events) => (Operation::SetAccountLimits, records_as_bytes(events)),
-    };
+    }
+}
+
+/// Appends the request frame of a mutating batch.
+pub fn batch_request_append(batch: &Batch<'_>, request_id: u64, client_id: u128, out: &mut Vec<u8>) {
+    let (operation, events) = batch_operation_events(batch);
     request_append(FrameOperation::Ledger(operation), request_id, client_id, events, batch.len() as u32, out);
+}
+
+/// Appends the traced request frame of a mutating batch with events: `trace_ids[i]` is event
+/// `i`'s (0: none).
+pub fn batch_request_traced_append(
+    batch: &Batch<'_>,
+    trace_ids: &[u128],
+    request_id: u64,
+    client_id: u128,
+    out: &mut Vec<u8>,
+) {
+    assert_eq!(trace_ids.len(), batch.len(), "one trace id per event");
+    let (operation, events) = batch_operation_events(batch);
+    let operation = FrameOperation::Ledger(operation);
+    let trace_bytes = records_as_bytes(trace_ids);
+    request_traced_append(operation, request_id, client_id, events, trace_bytes, batch.len() as u32, out);
 }
 
 /// Appends the request frame of a query.
@@ -725,7 +817,8 @@ pub fn query_request_append(query: &Query<'_>, request_id: u64, client_id: u128,
 #[derive(Clone, Copy, Debug)]
 pub enum Request<'a> {
     /// A ledger command: its events as the core's types, and the same command as the bytes the
-    /// journal records (the core's 16-byte command header, then the events).
+    /// journal records (the core's 16-byte command header, then the events, then for a traced
+    /// request its trace ids: `walletd_core::TraceIds::of_command` reads them).
     Ledger {
         command: Command<'a>,
         command_bytes: &'a [u8],
@@ -749,7 +842,7 @@ impl Default for RequestScratch {
 
 impl RequestScratch {
     pub fn new() -> RequestScratch {
-        let capacity = walletd_core::command::COMMAND_HEADER_SIZE_BYTES + BODY_SIZE_MAX_BYTES as usize;
+        let capacity = walletd_core::command::COMMAND_HEADER_SIZE_BYTES + TRACED_BODY_SIZE_MAX_BYTES as usize;
         RequestScratch { command_bytes: Vec::with_capacity(capacity), scratch: CommandScratch::new(EVENT_COUNT_MAX) }
     }
 
@@ -762,10 +855,24 @@ impl RequestScratch {
         };
         let capacity = self.command_bytes.capacity();
         self.command_bytes.clear();
-        command_encode(operation, body, header.event_count, &mut self.command_bytes);
+        request_command_encode(header, operation, body, &mut self.command_bytes);
         assert_eq!(self.command_bytes.capacity(), capacity, "the command buffer grew");
         let command = self.scratch.decode(&self.command_bytes).map_err(|error| command_error(operation, error))?;
         Ok(Request::Ledger { command, command_bytes: &self.command_bytes })
+    }
+}
+
+/// Appends the command the journal records for a request that `check_request` accepted: the
+/// core's command header (traced when the frame is), then the body as it came — the events and,
+/// traced, the trace ids after them.
+pub fn request_command_encode(header: &FrameHeader, operation: Operation, body: &[u8], out: &mut Vec<u8>) {
+    let events_size_bytes = header.event_count as usize * operation.event_size_bytes();
+    if header.flags & FLAG_TRACED == 0 {
+        command_encode(operation, body, header.event_count, out);
+    } else {
+        assert!(body.len() >= events_size_bytes, "check_request checks the traced body's size");
+        let (events, trace_ids) = body.split_at(events_size_bytes);
+        command_traced_encode(operation, events, trace_ids, header.event_count, out);
     }
 }
 
@@ -828,8 +935,14 @@ fn command_error(operation: Operation, error: CommandError) -> FrameError {
         CommandError::TooManyEvents { event_count, event_count_max } => {
             FrameError::TooManyEvents { operation, event_count, event_count_max }
         }
-        CommandError::SizeMismatch { event_count, size_bytes, .. } => {
+        CommandError::SizeMismatch { event_count, size_bytes, traced: false, .. } => {
             FrameError::BadBodySize { operation, event_count, body_size_bytes: size_bytes as u32 }
+        }
+        CommandError::SizeMismatch { event_count, size_bytes, traced: true, .. } => {
+            FrameError::BadTracedBodySize { operation, event_count, body_size_bytes: size_bytes as u32 }
+        }
+        CommandError::TracesNotTaken { .. } => {
+            FrameError::ReservedNotZero { field: "flags (the traced bit, on an operation without journaled events)" }
         }
         CommandError::TooShort { .. } => FrameError::CommandNotDecoded { operation, reason: "shorter than its header" },
         CommandError::ReservedNotZero => {

@@ -18,7 +18,8 @@
 //! Nothing on the reply side blocks: routing, error replies and closing all use `try_send`.
 
 use crate::protocol::{
-    check_request, command_check, FrameError, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES,
+    check_request, command_check, request_command_encode, FrameError, FrameHeader, FrameOperation, Status,
+    HEADER_SIZE_BYTES,
 };
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -28,7 +29,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use walletd_core::command::command_encode;
 use walletd_core::CommandScratch;
 
 /// A checked request, for the engine.
@@ -40,8 +40,9 @@ pub struct ServerRequest {
     pub operation: FrameOperation,
     pub event_count: u32,
     /// For ledger operations, the command exactly as the journal records it (the core's
-    /// 16-byte command header, then the events), proven to decode with the ledger's decoder
-    /// into `operation` with `event_count` events; empty for ping and snapshot.
+    /// 16-byte command header, then the events, then, for a traced frame, its trace ids),
+    /// proven to decode with the ledger's decoder into `operation` with `event_count` events;
+    /// empty for ping and snapshot.
     pub command: Vec<u8>,
 }
 
@@ -336,7 +337,7 @@ enum ReadOutcome {
 impl Reader {
     fn run(mut self) {
         let mut header_bytes = [0u8; HEADER_SIZE_BYTES];
-        let mut body = Vec::with_capacity(crate::protocol::BODY_SIZE_MAX_BYTES as usize);
+        let mut body = Vec::with_capacity(crate::protocol::TRACED_BODY_SIZE_MAX_BYTES as usize);
         loop {
             match self.read_exact_within(&mut header_bytes, false) {
                 ReadOutcome::Complete => {}
@@ -401,7 +402,7 @@ impl Reader {
                 });
             }
             command.reserve_exact(walletd_core::command::COMMAND_HEADER_SIZE_BYTES + body.len());
-            command_encode(ledger_operation, body, header.event_count, &mut command);
+            request_command_encode(header, ledger_operation, body, &mut command);
             if let Err(error) = command_check(ledger_operation, header.event_count, &command, &mut self.scratch) {
                 // The frame checks should have refused it: a gap between them and the ledger.
                 let connection = self.id;

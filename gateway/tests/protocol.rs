@@ -271,6 +271,47 @@ proptest! {
         }
     }
 
+    /// A traced batch decodes to the same events as the untraced one, and its command is the
+    /// traced command: the events, then the trace ids as sent.
+    #[test]
+    fn traced_batch_requests_round_trip(
+        request_id in 1..=u64::MAX,
+        client_id in any::<u128>(),
+        transfers in prop::collection::vec(transfer_strategy(), 1..8),
+        accounts in prop::collection::vec(account_strategy(), 1..8),
+        trace_seed in any::<u128>(),
+    ) {
+        let transfer_traces: Vec<u128> =
+            (0..transfers.len() as u128).map(|index| if index % 3 == 1 { 0 } else { trace_seed ^ index }).collect();
+        let account_traces: Vec<u128> = (0..accounts.len() as u128).map(|index| trace_seed.rotate_left(index as u32)).collect();
+        let mut scratch = RequestScratch::new();
+        for (batch, trace_ids) in
+            [(Batch::CreateTransfers(&transfers), &transfer_traces), (Batch::CreateAccounts(&accounts), &account_traces)]
+        {
+            let mut plain = Vec::new();
+            batch_request_append(&batch, request_id, client_id, &mut plain);
+            let mut frame = Vec::new();
+            batch_request_traced_append(&batch, trace_ids, request_id, client_id, &mut frame);
+            let (header, body) = frame_split(&frame);
+            prop_assert_eq!(header.flags, FLAG_TRACED);
+            prop_assert_eq!(header.event_count as usize, batch.len());
+            prop_assert_eq!(body.len(), batch.len() * (128 + 16));
+            prop_assert_eq!(&body[..batch.len() * 128], &plain[HEADER_SIZE_BYTES..], "the events are the untraced body");
+            let (decoded, command) = match scratch.decode(&header, body).unwrap() {
+                Request::Ledger { command: Command::Batch(decoded), command_bytes } => {
+                    (format!("{decoded:?}"), command_bytes.to_vec())
+                }
+                other => return Err(TestCaseError::fail(format!("decoded {other:?}"))),
+            };
+            prop_assert_eq!(decoded, format!("{batch:?}"));
+            prop_assert_eq!(&command[2..4], &[1u8, 0][..], "the command is traced");
+            prop_assert_eq!(&command[16..], body, "the command carries events and trace ids as sent");
+            let journaled = walletd_core::TraceIds::of_command(&command).unwrap();
+            let read: Vec<u128> = (0..batch.len()).map(|index| journaled.get(index)).collect();
+            prop_assert_eq!(&read, trace_ids);
+        }
+    }
+
     #[test]
     fn query_requests_round_trip(
         request_id in 1..=u64::MAX,
@@ -580,7 +621,8 @@ fn malformed_headers_close_the_connection() {
     large[BODY_SIZE_OFFSET..BODY_SIZE_OFFSET + 4].copy_from_slice(&(BODY_SIZE_MAX_BYTES + 1).to_le_bytes());
     header_seal(&mut large);
     let error = FrameHeader::decode(&large).unwrap_err();
-    assert_eq!(error, FrameError::BodyTooLarge { body_size_bytes: BODY_SIZE_MAX_BYTES + 1 });
+    let body_size_max_bytes = BODY_SIZE_MAX_BYTES;
+    assert_eq!(error, FrameError::BodyTooLarge { body_size_bytes: BODY_SIZE_MAX_BYTES + 1, body_size_max_bytes });
     assert!(error.status().closes_connection());
 
     // The reply to each: ids echoed only where the header checksum vouched for them.
@@ -863,4 +905,152 @@ fn checksums_are_crc32c() {
     // The CRC-32C check value, as docs/PROTOCOL.md states it for other implementations.
     assert_eq!(body_checksum(b"123456789"), 0xe306_9283);
     assert_eq!(body_checksum(&[]), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traced requests: strict sizes, the flag only where it belongs.
+
+fn traced_transfer_request(trace_ids: &[u128]) -> Vec<u8> {
+    let transfers = vec![Transfer { id: TransferId(1), amount: Amount(5), ..Transfer::default() }; trace_ids.len()];
+    let mut frame = Vec::new();
+    batch_request_traced_append(&Batch::CreateTransfers(&transfers), trace_ids, 77, 88, &mut frame);
+    frame
+}
+
+/// A frame of `operation` with `flags`, `event_count` and any body, sealed.
+fn frame_with(operation: FrameOperation, flags: u16, event_count: u32, body: &[u8]) -> Vec<u8> {
+    let header = FrameHeader { flags, ..FrameHeader::request(operation, 5, 6, event_count) };
+    let mut frame = Vec::new();
+    frame_append(&header, body, &mut frame);
+    frame
+}
+
+fn request_check(frame: &[u8]) -> Result<FrameOperation, FrameError> {
+    let header = FrameHeader::decode(&header_bytes_of(frame))?;
+    let body = &frame[HEADER_SIZE_BYTES..];
+    let checked = check_request(&header, body);
+    let decoded = RequestScratch::new().decode(&header, body).map(|_| ());
+    assert_eq!(checked.map(|_| ()), decoded, "check_request and the decoder agree");
+    checked
+}
+
+#[test]
+fn traced_bodies_of_the_wrong_size_are_refused() {
+    let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
+    assert_eq!(request_check(&traced_transfer_request(&[9, 0])), Ok(transfers));
+    // The traced flag on an untraced body (the trailer missing), a trailer one byte short,
+    // one trace id too many, and a trailer on an untraced frame.
+    for (flags, event_count, body_size_bytes) in
+        [(FLAG_TRACED, 2, 256), (FLAG_TRACED, 2, 2 * 144 - 1), (FLAG_TRACED, 2, 2 * 144 + 16), (0, 2, 2 * 144)]
+    {
+        let body = vec![0u8; body_size_bytes];
+        let error = request_check(&frame_with(transfers, flags, event_count, &body)).unwrap_err();
+        assert_eq!(error.status(), Status::BadBodySize, "{flags} {event_count} {body_size_bytes}: {error}");
+        assert!(!error.status().closes_connection());
+        if flags == FLAG_TRACED {
+            let expected = FrameError::BadTracedBodySize {
+                operation: transfers,
+                event_count,
+                body_size_bytes: body_size_bytes as u32,
+            };
+            assert_eq!(error, expected);
+            assert!(error.to_string().contains("trace id"), "the message says why: {error}");
+        }
+    }
+    // No events, traced: refused as no_events, as untraced.
+    let error = request_check(&frame_with(transfers, FLAG_TRACED, 0, &[])).unwrap_err();
+    assert_eq!(error.status(), Status::NoEvents);
+}
+
+#[test]
+fn the_traced_flag_is_refused_where_nothing_is_journaled_and_reserved_bits_still_are() {
+    let reads = [
+        (FrameOperation::Ledger(Operation::LookupAccounts), 1, 32),
+        (FrameOperation::Ledger(Operation::Pulse), 0, 0),
+        (FrameOperation::Ping, 0, 0),
+        (FrameOperation::Snapshot, 0, 0),
+    ];
+    for (operation, event_count, body_size_bytes) in reads {
+        let error = request_check(&frame_with(operation, FLAG_TRACED, event_count, &vec![0; body_size_bytes]));
+        let error = error.unwrap_err();
+        assert_eq!(error.status(), Status::BadBodySize, "{operation:?}");
+        assert!(matches!(error, FrameError::ReservedNotZero { .. }), "{operation:?}: {error}");
+    }
+    let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
+    for bit in 2..16 {
+        let flags = FLAG_TRACED | (1 << bit);
+        let error = request_check(&frame_with(transfers, flags, 1, &[0; 144])).unwrap_err();
+        assert_eq!(error, FrameError::ReservedNotZero { field: "flags (reserved bits)" }, "bit {bit}");
+    }
+    // Every mutating operation with events takes traces.
+    for operation in
+        [Operation::CreateAccounts, Operation::CloseAccounts, Operation::ReopenAccounts, Operation::SetAccountLimits]
+    {
+        let body = vec![0u8; operation.event_size_bytes() + 16];
+        let checked = request_check(&frame_with(FrameOperation::Ledger(operation), FLAG_TRACED, 1, &body));
+        assert_eq!(checked, Ok(FrameOperation::Ledger(operation)));
+    }
+}
+
+#[test]
+fn a_traced_frame_has_the_larger_body_limit_and_no_other_does() {
+    assert_eq!(body_size_max_bytes(0), BODY_SIZE_MAX_BYTES);
+    assert_eq!(body_size_max_bytes(FLAG_TRACED), TRACED_BODY_SIZE_MAX_BYTES);
+    assert_eq!(TRACED_BODY_SIZE_MAX_BYTES as usize, EVENT_COUNT_MAX as usize * (128 + 16));
+    // A full traced batch fits; one byte more does not.
+    let mut header = FrameHeader {
+        flags: FLAG_TRACED,
+        ..FrameHeader::request(FrameOperation::Ledger(Operation::CreateTransfers), 1, 2, EVENT_COUNT_MAX)
+    };
+    header.body_size_bytes = TRACED_BODY_SIZE_MAX_BYTES;
+    assert!(FrameHeader::decode(&header.encode()).is_ok());
+    header.body_size_bytes = TRACED_BODY_SIZE_MAX_BYTES + 1;
+    let error = FrameHeader::decode(&header.encode()).unwrap_err();
+    let body_size_max_bytes = TRACED_BODY_SIZE_MAX_BYTES;
+    assert_eq!(
+        error,
+        FrameError::BodyTooLarge { body_size_bytes: TRACED_BODY_SIZE_MAX_BYTES + 1, body_size_max_bytes }
+    );
+    // Untraced, the old limit holds.
+    header.flags = 0;
+    header.body_size_bytes = BODY_SIZE_MAX_BYTES + 1;
+    assert_eq!(FrameHeader::decode(&header.encode()).unwrap_err().status(), Status::BodyTooLarge);
+    // A full traced batch decodes.
+    let trace_ids: Vec<u128> = (1..=u128::from(EVENT_COUNT_MAX)).collect();
+    let frame = traced_transfer_request(&trace_ids);
+    assert_eq!(frame.len(), HEADER_SIZE_BYTES + TRACED_BODY_SIZE_MAX_BYTES as usize);
+    assert!(request_check(&frame).is_ok());
+}
+
+/// The traced example of docs/PROTOCOL.md: the worked example's transfer, traced with the W3C
+/// example trace id 4bf92f3577b34da6a3ce929d0e0e4736.
+fn doc_traced_example() -> Vec<u8> {
+    let transfer = Transfer {
+        id: TransferId::from_parts(1_700_000_000_000, 1),
+        debit_account_id: AccountId(1),
+        credit_account_id: AccountId(2),
+        amount: Amount(100),
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    };
+    let trace_ids = [0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736];
+    let mut request = Vec::new();
+    batch_request_traced_append(&Batch::CreateTransfers(&[transfer]), &trace_ids, 1, 0xc0ffee, &mut request);
+    request
+}
+
+#[test]
+fn protocol_doc_traced_example_is_what_the_code_sends() {
+    let request = doc_traced_example();
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(doc_path).expect("docs/PROTOCOL.md exists");
+    let dump = hex_dump(&request);
+    assert!(doc.contains(&dump), "docs/PROTOCOL.md lacks the traced request dump:\n{dump}");
+    let (untraced, _) = doc_example();
+    assert_eq!(
+        &request[HEADER_SIZE_BYTES..HEADER_SIZE_BYTES + 128],
+        &untraced[HEADER_SIZE_BYTES..],
+        "the same transfer"
+    );
 }

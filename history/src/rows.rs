@@ -10,6 +10,8 @@
 //! | account created   | `accounts`                                                          |
 //! | closed, reopened, limits set | `account_events`; the account's flags updated            |
 //! | transfer posted   | `transfers` ('posted'); a debit and a credit `ledger_entries` row   |
+//!
+//! (a `transfers` row carries the trace id the event was journaled with, NULL for none)
 //! | hold placed       | `transfers` ('pending'); `holds`                                    |
 //! | hold posted       | `transfers` ('posted'); the hold resolved; a debit and a credit entry |
 //! | hold voided       | `transfers` ('voided'); the hold resolved                           |
@@ -19,7 +21,7 @@
 
 use crate::pgtypes::{i64_of, CopyBuffer};
 use std::collections::{BTreeMap, BTreeSet};
-use walletd_core::{Account, AccountLimits, Batch, Change, ChangeKind, Transfer, CHANGE_INDEX_EXPIRY};
+use walletd_core::{Account, AccountLimits, Batch, Change, ChangeKind, TraceIds, Transfer, CHANGE_INDEX_EXPIRY};
 use walletd_replay::{Op, Outcome, Position};
 
 /// The staging tables, their columns in `COPY` order, and how many.
@@ -27,7 +29,7 @@ pub const STAGE_OPS: (&str, i16) = ("stage_ops", 7);
 pub const STAGE_ACCOUNTS: (&str, i16) = ("stage_accounts", 10);
 pub const STAGE_ACCOUNT_UPDATES: (&str, i16) = ("stage_account_updates", 3);
 pub const STAGE_ACCOUNT_EVENTS: (&str, i16) = ("stage_account_events", 13);
-pub const STAGE_TRANSFERS: (&str, i16) = ("stage_transfers", 15);
+pub const STAGE_TRANSFERS: (&str, i16) = ("stage_transfers", 16);
 pub const STAGE_HOLDS: (&str, i16) = ("stage_holds", 9);
 pub const STAGE_RESOLUTIONS: (&str, i16) = ("stage_resolutions", 6);
 pub const STAGE_ENTRIES: (&str, i16) = ("stage_entries", 13);
@@ -116,9 +118,9 @@ impl GroupBuilder {
         assert_eq!(op.op, self.group.position.op + 1, "a group holds consecutive ops");
         assert!(op.timestamp_ns >= self.group.timestamp_ns, "ops in time order");
         let (kind, events_count, failed_count, changes_count) = match op.outcome {
-            Outcome::Command { batch, output } => {
+            Outcome::Command { batch, output, trace_ids } => {
                 for change in &output.changes {
-                    self.change_add(op.op, batch, change);
+                    self.change_add(op.op, batch, trace_ids, change);
                 }
                 (batch_kind(&batch), batch.len(), output.results.len(), output.changes.len())
             }
@@ -138,7 +140,9 @@ impl GroupBuilder {
         self.group.ops_count += 1;
     }
 
-    fn change_add(&mut self, op: u64, batch: Batch<'_>, change: &Change) {
+    fn change_add(&mut self, op: u64, batch: Batch<'_>, trace_ids: TraceIds<'_>, change: &Change) {
+        // An expiry is no event of the batch: it has no trace.
+        let trace_id = if change.index == CHANGE_INDEX_EXPIRY { 0 } else { trace_ids.get(change.index as usize) };
         match change.kind {
             ChangeKind::AccountCreated => account_row(&mut self.buffers.accounts, &change.debit_account, op),
             ChangeKind::AccountClosed | ChangeKind::AccountReopened | ChangeKind::AccountLimitsSet => {
@@ -150,27 +154,27 @@ impl GroupBuilder {
                 self.account_flags.insert(change.debit_account.id.0, (change.debit_account.flags.0, op));
             }
             ChangeKind::TransferPosted => {
-                self.transfer_row(op, &change.transfer, "posted");
+                self.transfer_row(op, &change.transfer, "posted", trace_id);
                 self.entries_add(op, change);
             }
             ChangeKind::HoldPlaced => {
-                self.transfer_row(op, &change.transfer, "pending");
+                self.transfer_row(op, &change.transfer, "pending", trace_id);
                 hold_row(&mut self.buffers.holds, op, &change.transfer);
             }
             ChangeKind::HoldPosted => {
-                self.transfer_row(op, &change.transfer, "posted");
+                self.transfer_row(op, &change.transfer, "posted", trace_id);
                 self.resolution_row(op, change, "pending_posted");
                 self.entries_add(op, change);
             }
             ChangeKind::HoldVoided => {
-                self.transfer_row(op, &change.transfer, "voided");
+                self.transfer_row(op, &change.transfer, "voided", trace_id);
                 self.resolution_row(op, change, "pending_voided");
             }
             ChangeKind::HoldExpired => self.resolution_row(op, change, "pending_expired"),
         }
     }
 
-    fn transfer_row(&mut self, op: u64, transfer: &Transfer, status: &str) {
+    fn transfer_row(&mut self, op: u64, transfer: &Transfer, status: &str, trace_id: u128) {
         let rows = &mut self.buffers.transfers;
         rows.row_begin();
         rows.uuid(transfer.id.0);
@@ -188,6 +192,7 @@ impl GroupBuilder {
         rows.i64(i64_of(transfer.timestamp));
         rows.i64(i64_of(op));
         rows.text(status);
+        rows.uuid_or_null(trace_id);
         self.group.transfers_count += 1;
     }
 

@@ -29,6 +29,9 @@ pub const SUB_LENGTH_MAX: usize = 255;
 pub struct Caller {
     pub user: String,
     pub scopes: Vec<String>,
+    /// The W3C trace id of the request the caller made (0 until the request's trace context
+    /// is attached): what the engine journals with the transfers the request makes.
+    pub trace_id: u128,
 }
 
 impl Caller {
@@ -135,7 +138,7 @@ impl Verifier {
         let mut scopes: Vec<String> =
             claims.scope.as_deref().unwrap_or("").split_whitespace().map(String::from).collect();
         scopes.extend(claims.scp.unwrap_or_default());
-        Ok(Caller { user: claims.sub, scopes })
+        Ok(Caller { user: claims.sub, scopes, trace_id: 0 })
     }
 
     fn key_for(&self, header: &Header) -> Result<&DecodingKey, ApiError> {
@@ -260,7 +263,7 @@ mod tests {
         assert_eq!(caller.user, "alice");
         assert!(caller.has_scope(SCOPE_DEPOSITS));
         assert!(!caller.has_scope(SCOPE_WITHDRAWALS));
-        let operator = Caller { user: "ops".into(), scopes: vec!["operator".into()] };
+        let operator = Caller { user: "ops".into(), scopes: vec!["operator".into()], trace_id: 0 };
         assert!(operator.has_scope(SCOPE_WITHDRAWALS));
     }
 

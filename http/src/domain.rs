@@ -169,7 +169,7 @@ pub fn settlement_account(currency: &Currency) -> Account {
 
 /// Creates accounts that may exist already; an error unless each exists now (made or not).
 pub async fn accounts_ensure(engine: &Engine, accounts: Vec<Account>) -> Result<(), ApiError> {
-    let results = engine.create_accounts(accounts).await?;
+    let results = engine.create_accounts(accounts, 0).await?;
     for result in results {
         let code = CreateAccountResult::from_u32(result.code).expect("the engine sends known codes");
         if code != CreateAccountResult::Exists {
@@ -235,7 +235,7 @@ async fn anchors_resolve(
     now_ms: u64,
 ) -> Result<Vec<Result<u64, ApiError>>, ApiError> {
     let accounts: Vec<Account> = anchors.iter().map(|(_, account)| *account).collect();
-    let results = engine.create_accounts(accounts.clone()).await?;
+    let results = engine.create_accounts(accounts.clone(), 0).await?;
     let mut times: Vec<Result<u64, ApiError>> = vec![Ok(now_ms); anchors.len()];
     let mut earlier: Vec<usize> = Vec::new();
     for EventResult { index, code } in results {
@@ -299,7 +299,7 @@ pub async fn transfers_submit(
     }
     if !sent.is_empty() {
         let transfers: Vec<Transfer> = sent.iter().map(|(_, transfer)| *transfer).collect();
-        let results = engine.create_transfers(transfers.clone()).await?;
+        let results = engine.create_transfers(transfers.clone(), caller.trace_id).await?;
         let codes = codes_dense(&results, transfers.len());
         let atomic_replay = atomic && codes.contains(&(CreateTransferResult::Exists as u32));
         let done = if atomic_replay {

@@ -4,7 +4,10 @@
 //! sits one bounded queue and a few dispatcher threads (not a `spawn_blocking` per request):
 //! a dispatcher takes every job waiting, up to a frame's worth per operation, sends each
 //! operation's jobs as one client call (so a thousand concurrent HTTP requests become a few
-//! frames of thousands of events), and splits the answer among the jobs by index or id. Several
+//! frames of thousands of events), and splits the answer among the jobs by index or id. A
+//! create job carries its request's trace id; the round keeps one trace id per event, aligned
+//! with the events, so the frame is traced (docs/PROTOCOL.md) and every event is journaled
+//! with the trace of the request it came from. Several
 //! dispatchers keep several frames in flight while the next ones fill. The codec is the
 //! gateway's own (through the client): there is no second one.
 //!
@@ -52,8 +55,9 @@ type Answer<T> = oneshot::Sender<Result<T, EngineError>>;
 
 /// One caller's request, waiting in the queue.
 enum Job {
-    CreateTransfers(Vec<Transfer>, Answer<Vec<EventResult>>),
-    CreateAccounts(Vec<Account>, Answer<Vec<EventResult>>),
+    /// The events and the trace id of the request they came from (0: none).
+    CreateTransfers(Vec<Transfer>, u128, Answer<Vec<EventResult>>),
+    CreateAccounts(Vec<Account>, u128, Answer<Vec<EventResult>>),
     LookupAccounts(Vec<AccountId>, Answer<Vec<Account>>),
     LookupTransfers(Vec<TransferId>, Answer<Vec<TransferRecord>>),
     LookupBalances(Vec<AccountId>, Answer<Balances>),
@@ -141,14 +145,23 @@ impl Engine {
     }
 
     /// Failures only, indexed into `transfers`; the transfers stay contiguous in one frame.
-    pub async fn create_transfers(&self, transfers: Vec<Transfer>) -> Result<Vec<EventResult>, EngineError> {
+    /// `trace_id` (0: none) is journaled with each of them.
+    pub async fn create_transfers(
+        &self,
+        transfers: Vec<Transfer>,
+        trace_id: u128,
+    ) -> Result<Vec<EventResult>, EngineError> {
         assert!(!transfers.is_empty() && transfers.len() <= walletd_core::BATCH_EVENTS_MAX as usize);
-        self.call(|answer| Job::CreateTransfers(transfers, answer)).await
+        self.call(|answer| Job::CreateTransfers(transfers, trace_id, answer)).await
     }
 
-    pub async fn create_accounts(&self, accounts: Vec<Account>) -> Result<Vec<EventResult>, EngineError> {
+    pub async fn create_accounts(
+        &self,
+        accounts: Vec<Account>,
+        trace_id: u128,
+    ) -> Result<Vec<EventResult>, EngineError> {
         assert!(!accounts.is_empty() && accounts.len() <= walletd_core::BATCH_EVENTS_MAX as usize);
-        self.call(|answer| Job::CreateAccounts(accounts, answer)).await
+        self.call(|answer| Job::CreateAccounts(accounts, trace_id, answer)).await
     }
 
     /// The accounts found, in request order.
@@ -191,8 +204,11 @@ impl Engine {
 #[derive(Default)]
 struct Round {
     transfers: Vec<Transfer>,
+    /// One per transfer: the trace id of the job it came from.
+    transfer_trace_ids: Vec<u128>,
     transfer_jobs: Vec<(usize, usize, Answer<Vec<EventResult>>)>,
     accounts: Vec<Account>,
+    account_trace_ids: Vec<u128>,
     account_jobs: Vec<(usize, usize, Answer<Vec<EventResult>>)>,
     lookup_account_ids: Vec<AccountId>,
     lookup_account_jobs: Vec<(Vec<AccountId>, Answer<Vec<Account>>)>,
@@ -211,19 +227,21 @@ impl Round {
     /// Adds a job if its operation's frame has room; gives it back otherwise.
     fn add(&mut self, job: Job) -> Option<Job> {
         match job {
-            Job::CreateTransfers(events, answer) => {
+            Job::CreateTransfers(events, trace_id, answer) => {
                 if self.transfers.len() + events.len() > TRANSFERS_MAX {
-                    return Some(Job::CreateTransfers(events, answer));
+                    return Some(Job::CreateTransfers(events, trace_id, answer));
                 }
                 self.transfer_jobs.push((self.transfers.len(), events.len(), answer));
                 self.transfers.extend_from_slice(&events);
+                self.transfer_trace_ids.resize(self.transfers.len(), trace_id);
             }
-            Job::CreateAccounts(events, answer) => {
+            Job::CreateAccounts(events, trace_id, answer) => {
                 if self.accounts.len() + events.len() > TRANSFERS_MAX {
-                    return Some(Job::CreateAccounts(events, answer));
+                    return Some(Job::CreateAccounts(events, trace_id, answer));
                 }
                 self.account_jobs.push((self.accounts.len(), events.len(), answer));
                 self.accounts.extend_from_slice(&events);
+                self.account_trace_ids.resize(self.accounts.len(), trace_id);
             }
             Job::LookupAccounts(ids, answer) => {
                 if self.lookup_account_ids.len() + ids.len() > TRANSFERS_MAX {
@@ -336,8 +354,10 @@ fn round_send(shared: &Shared, round: Round) {
     };
     let Round {
         transfers,
+        transfer_trace_ids,
         transfer_jobs,
         accounts,
+        account_trace_ids,
         account_jobs,
         lookup_account_ids,
         lookup_account_jobs,
@@ -348,12 +368,22 @@ fn round_send(shared: &Shared, round: Round) {
         single,
     } = round;
     if !account_jobs.is_empty() {
-        let result = client_call(shared, &client, |client| client.create_accounts(&accounts));
+        assert_eq!(account_trace_ids.len(), accounts.len(), "a trace id per account");
+        let result = if account_trace_ids.iter().all(|&trace_id| trace_id == 0) {
+            client_call(shared, &client, |client| client.create_accounts(&accounts))
+        } else {
+            client_call(shared, &client, |client| client.create_accounts_traced(&accounts, &account_trace_ids))
+        };
         results_split(result, account_jobs);
     }
     if !transfer_jobs.is_empty() {
         shared.metrics.engine_batch_record(transfers.len());
-        let result = client_call(shared, &client, |client| client.create_transfers(&transfers));
+        assert_eq!(transfer_trace_ids.len(), transfers.len(), "a trace id per transfer");
+        let result = if transfer_trace_ids.iter().all(|&trace_id| trace_id == 0) {
+            client_call(shared, &client, |client| client.create_transfers(&transfers))
+        } else {
+            client_call(shared, &client, |client| client.create_transfers_traced(&transfers, &transfer_trace_ids))
+        };
         results_split(result, transfer_jobs);
     }
     if !lookup_account_jobs.is_empty() {

@@ -56,7 +56,8 @@ impl FromRequestParts<AppState> for Caller {
     /// The verified caller, once the rate limiter has let the request through.
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let caller = state.verifier.verify_header(header)?;
+        let mut caller = state.verifier.verify_header(header)?;
+        caller.trace_id = parts.extensions.get::<TraceContext>().map_or(0, |trace| trace.trace_id);
         match state.limiter.check(&caller.user).await {
             Decision::Allow => {}
             Decision::Deny { retry_after } => {
@@ -210,7 +211,7 @@ async fn wallet_create(
 ) -> Result<Response, ApiError> {
     let currency = domain::currency_get(&state.currencies, &request.currency)?;
     let account = domain::wallet_account(&caller.user, currency);
-    let results = state.engine.create_accounts(vec![account]).await?;
+    let results = state.engine.create_accounts(vec![account], caller.trace_id).await?;
     let status = match results.first() {
         None => StatusCode::CREATED,
         Some(result) => {
@@ -769,10 +770,13 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 
 /// Gives each request an id and a trace context, renders its error in the one shape, adds
 /// `x-request-id`, `traceparent` and `Retry-After`, logs it and records its metrics.
-pub async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn request_context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let start = Instant::now();
     let request_id = request_id_of(request.headers());
     let trace = TraceContext::from_headers(request.headers());
+    // For the handlers (through `Caller`): the trace id goes with the request's events into
+    // the journal.
+    request.extensions_mut().insert(trace);
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| path.as_str()).to_string();
     let method = request.method().as_str().to_string();
     let mut response = next.run(request).await;

@@ -1,7 +1,8 @@
 //! W3C trace context: a request's `traceparent` (`00-<trace id>-<parent id>-<flags>`) is
 //! accepted when well formed, or made, logged with the request, and returned with this
-//! gateway's own span id. Carrying the trace id through the binary protocol into the journal
-//! is a protocol change not made yet (docs/HTTP.md, "Tracing").
+//! gateway's own span id. The trace id goes with the request's transfers (and wallets) to the
+//! engine in a traced frame, and is journaled with each of their events (docs/HTTP.md,
+//! "Tracing"; docs/PROTOCOL.md, "Traced requests").
 
 use axum::http::HeaderMap;
 

@@ -24,7 +24,7 @@ use crate::error::ReplayError;
 use crate::replay::{command_apply, Applied, Replayer};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use walletd_core::{Batch, CommandScratch, Ledger, Output};
+use walletd_core::{Batch, CommandScratch, Ledger, Output, TraceIds};
 use walletd_journal::{FileStorage, Reader, RecordKind};
 use walletd_snapshot::{snapshot_load, snapshots_list};
 
@@ -44,8 +44,10 @@ impl Default for FollowOptions {
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome<'a> {
     /// A command batch, as the ledger consumed it, and what it did: `output.results` (the
-    /// failed events' codes; an event not listed succeeded) and `output.changes`.
-    Command { batch: Batch<'a>, output: &'a Output },
+    /// failed events' codes; an event not listed succeeded) and `output.changes`; and the
+    /// trace id each event's request carried (`trace_ids.get(i)`, 0 for none: every event of
+    /// an untraced command, as every command journaled before traces existed).
+    Command { batch: Batch<'a>, output: &'a Output, trace_ids: TraceIds<'a> },
     /// A checkpoint, whose state hash the follower's ledger has just matched.
     Checkpoint(Checkpoint),
 }
@@ -205,7 +207,11 @@ impl Follower {
         let outcome = match record.kind {
             RecordKind::CommandBatch => {
                 let batch = command_apply(scratch, ledger, &record, output)?;
-                Outcome::Command { batch, output: &*output }
+                // command_apply decoded the same bytes: their header is sound.
+                let trace_ids =
+                    TraceIds::of_command(record.body).map_err(|error| ReplayError::bad_record(op, error))?;
+                assert_eq!(trace_ids.event_count() as usize, batch.len(), "a trace id per event");
+                Outcome::Command { batch, output: &*output, trace_ids }
             }
             RecordKind::Checkpoint => match replayer.record_apply(ledger, &record)? {
                 Applied::Checkpoint(checkpoint) => Outcome::Checkpoint(checkpoint),

@@ -2,11 +2,12 @@
 //! order, with the results and the change-data feed the writer's own ledger computed; nothing
 //! past the durable mark comes out; it resumes from any position (from genesis, from a snapshot,
 //! between them) with the same ops after it, refuses a position from another history, and
-//! follows a live writer across segment rotation and archiving.
+//! follows a live writer across segment rotation and archiving. A journal of traced commands
+//! gives each event's trace id back, and the same state as the untraced journal.
 
 use std::path::Path;
 use std::time::Duration;
-use walletd_core::command::batch_encode;
+use walletd_core::command::{batch_encode, batch_traced_encode};
 use walletd_core::{
     Account, AccountId, AccountLimits, Amount, Batch, ChangeKind, Config, Ledger, LimitFlags, Output, Transfer,
     TransferFlags, TransferId,
@@ -41,6 +42,18 @@ struct TestNode {
     body: Vec<u8>,
     now_ns: u64,
     seen: Vec<Seen>,
+    /// Journal traced commands (`trace_id_of`), where the operation takes traces.
+    traced: bool,
+}
+
+/// The trace id a traced `TestNode` journals with event `index` of op `op`: every third event
+/// has none.
+fn trace_id_of(op: u64, index: usize) -> u128 {
+    if index % 3 == 2 {
+        0
+    } else {
+        (u128::from(op) << 64) | (index as u128 + 1)
+    }
 }
 
 impl TestNode {
@@ -61,6 +74,7 @@ impl TestNode {
             body: Vec::new(),
             now_ns: TIME_MS * 1_000_000,
             seen: Vec::new(),
+            traced: false,
         }
     }
 
@@ -68,8 +82,13 @@ impl TestNode {
         self.now_ns += 1_000_000;
         let timestamp_ns = self.now_ns.max(self.ledger.timestamp_next_min());
         self.body.clear();
-        batch_encode(&batch, &mut self.body);
         let op = self.journal.op_appended() + 1;
+        if self.traced && !matches!(batch, Batch::Pulse) {
+            let trace_ids: Vec<u128> = (0..batch.len()).map(|index| trace_id_of(op, index)).collect();
+            batch_traced_encode(&batch, &trace_ids, &mut self.body);
+        } else {
+            batch_encode(&batch, &mut self.body);
+        }
         self.journal.append(op, timestamp_ns, RecordKind::CommandBatch, &self.body).expect("append");
         self.ledger.apply(timestamp_ns, batch, &mut self.output);
         let results = self.output.results.iter().map(|result| (result.index, result.code)).collect();
@@ -326,4 +345,47 @@ fn a_live_writer_that_rotates_and_archives_is_followed() {
     // And a follower opened now, from genesis, reads through archive/.
     let (again, _) = follow_all(&root, None);
     assert_eq!(again, seen);
+}
+
+/// The same workload journaled with and without trace ids: the follower gives each event's
+/// trace id back (0 for every event of an untraced command), and the two journals give the same
+/// results, changes, checkpoints and state hash: the ledger never reads a trace id.
+#[test]
+fn traced_commands_give_their_trace_ids_and_the_same_state() {
+    let mut hashes = Vec::new();
+    let mut outcomes = Vec::new();
+    for traced in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut node = TestNode::create(dir.path());
+        node.traced = traced;
+        for round in 0..3 {
+            node.workload(round);
+            node.checkpoint();
+            node.commit();
+        }
+        let mut follower = Follower::open(dir.path(), None, FollowOptions::default()).expect("open a follower");
+        let (mut commands, mut checkpoints, mut events) = (0, 0, 0);
+        while let Some(op) = follower.next_op().expect("next op, every checkpoint verified") {
+            match op.outcome {
+                Outcome::Command { batch, trace_ids, .. } => {
+                    commands += 1;
+                    assert_eq!(trace_ids.event_count() as usize, batch.len());
+                    assert_eq!(trace_ids.is_traced(), traced && !batch.is_empty(), "op {}", op.op);
+                    for index in 0..batch.len() {
+                        let expected = if traced { trace_id_of(op.op, index) } else { 0 };
+                        assert_eq!(trace_ids.get(index), expected, "op {} event {index}", op.op);
+                        events += 1;
+                    }
+                }
+                Outcome::Checkpoint(_) => checkpoints += 1,
+            }
+        }
+        assert!(commands >= 18 && checkpoints == 3 && events > 30, "{commands} {checkpoints} {events}");
+        assert_eq!(follower.ledger().state_hash(), node.ledger.state_hash());
+        hashes.push(node.ledger.state_hash());
+        let seen: Vec<_> = node.seen.iter().map(|seen| (seen.results.clone(), seen.changes.clone())).collect();
+        outcomes.push(seen);
+    }
+    assert_eq!(hashes[0], hashes[1], "the same state hash with and without trace ids");
+    assert_eq!(outcomes[0], outcomes[1], "the same results and changes with and without trace ids");
 }
