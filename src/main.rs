@@ -105,6 +105,11 @@ struct ServeArgs {
     /// For a new data directory: accounts it can hold.
     #[arg(long, default_value_t = 1 << 20)]
     accounts_max: u32,
+    /// For a new data directory: the idempotency window, in transfers remembered (rounded up so
+    /// that it plus 8189 is a power of two). A transfer id older than the newest forgotten one
+    /// is refused `id_too_old`.
+    #[arg(long, default_value_t = (1 << 20) - 8189)]
+    transfers_max: u32,
     /// Address of the HTTP/JSON wallet API served in this process (default 127.0.0.1:8080;
     /// if that default is taken, the node serves without it), or `off`.
     #[arg(long)]
@@ -331,6 +336,7 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
     };
     let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
     config.accounts_max = args.accounts_max.max(2);
+    config.transfers_max = args.transfers_max.max(1);
     let options = walletd::serve::ServeOptions {
         data_dir: DataDir::new(&args.data_dir),
         addr: args.addr,

@@ -146,8 +146,8 @@ fn wallets_transfers_holds_and_batches_over_http() {
         ),
         (
             http(addr, "GET", &format!("/v1/wallets/{alice}/transactions"), Some(&token("alice", &[])), None),
-            501,
-            "history_not_available",
+            503,
+            "history_not_configured",
         ),
         (
             http(addr, "POST", "/v1/wallets", Some(&token("alice", &[])), Some(&json!({"currency": "XXX"}))),

@@ -219,7 +219,8 @@ struct Member {
 }
 
 struct BatchCall {
-    slot: Slot<Result<Vec<EventResult>, ClientError>>,
+    /// The caller's results and the op of the frame that carried them.
+    slot: Slot<Result<(Vec<EventResult>, u64), ClientError>>,
     /// The request id of the frame that carries the call; 0 while its batch is open.
     request_id: AtomicU64,
 }
@@ -361,7 +362,7 @@ impl Client {
     /// Creates accounts; returns the failures only, indexed into `accounts`. Batched with other
     /// threads' calls.
     pub fn create_accounts(&self, accounts: &[Account]) -> Result<Vec<EventResult>, ClientError> {
-        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len(), None)
+        Ok(self.create_accounts_with_op(accounts, None)?.0)
     }
 
     /// `create_accounts` with a trace id per account (`trace_ids[i]` is `accounts[i]`'s; 0:
@@ -371,15 +372,28 @@ impl Client {
         accounts: &[Account],
         trace_ids: &[u128],
     ) -> Result<Vec<EventResult>, ClientError> {
-        assert_eq!(accounts.len(), trace_ids.len(), "one trace id per account");
-        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len(), Some(trace_ids))
+        Ok(self.create_accounts_with_op(accounts, Some(trace_ids))?.0)
+    }
+
+    /// `create_accounts` (traced when `trace_ids` is given, one per account), with the journal
+    /// op of the frame that carried them (0 when nothing was sent): everything they did
+    /// happened at or before it.
+    pub fn create_accounts_with_op(
+        &self,
+        accounts: &[Account],
+        trace_ids: Option<&[u128]>,
+    ) -> Result<(Vec<EventResult>, u64), ClientError> {
+        if let Some(trace_ids) = trace_ids {
+            assert_eq!(accounts.len(), trace_ids.len(), "one trace id per account");
+        }
+        batch_submit(&self.shared, BATCHER_ACCOUNTS, records_as_bytes(accounts), accounts.len(), trace_ids)
     }
 
     /// Creates transfers; returns the failures only, indexed into `transfers`. Batched with
     /// other threads' calls; a call's transfers stay contiguous and in order in one frame, so
     /// linked chains are kept whole.
     pub fn create_transfers(&self, transfers: &[Transfer]) -> Result<Vec<EventResult>, ClientError> {
-        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len(), None)
+        Ok(self.create_transfers_with_op(transfers, None)?.0)
     }
 
     /// `create_transfers` with a trace id per transfer (`trace_ids[i]` is `transfers[i]`'s,
@@ -391,8 +405,22 @@ impl Client {
         transfers: &[Transfer],
         trace_ids: &[u128],
     ) -> Result<Vec<EventResult>, ClientError> {
-        assert_eq!(transfers.len(), trace_ids.len(), "one trace id per transfer");
-        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len(), Some(trace_ids))
+        Ok(self.create_transfers_with_op(transfers, Some(trace_ids))?.0)
+    }
+
+    /// `create_transfers` (traced when `trace_ids` is given, one per transfer), with the journal
+    /// op of the frame that carried them (0 when nothing was sent). The op is what makes a
+    /// refusal datable: a transfer refused `id_too_old` at op R was applied, if ever, before R
+    /// (the HTTP gateway asks the history up to R).
+    pub fn create_transfers_with_op(
+        &self,
+        transfers: &[Transfer],
+        trace_ids: Option<&[u128]>,
+    ) -> Result<(Vec<EventResult>, u64), ClientError> {
+        if let Some(trace_ids) = trace_ids {
+            assert_eq!(transfers.len(), trace_ids.len(), "one trace id per transfer");
+        }
+        batch_submit(&self.shared, BATCHER_TRANSFERS, records_as_bytes(transfers), transfers.len(), trace_ids)
     }
 
     pub fn close_accounts(&self, ids: &[AccountId]) -> Result<Vec<EventResult>, ClientError> {
@@ -658,13 +686,13 @@ fn batch_submit(
     events: &[u8],
     event_count: usize,
     trace_ids: Option<&[u128]>,
-) -> Result<Vec<EventResult>, ClientError> {
+) -> Result<(Vec<EventResult>, u64), ClientError> {
     let batcher = &shared.batchers[batcher_index];
     let operation = FrameOperation::Ledger(batcher.operation);
     assert_eq!(events.len(), event_count * operation.event_size_bytes());
     events_count_check(operation, event_count, shared.options.batch_events_max)?;
     if event_count == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let deadline = Instant::now() + shared.options.request_timeout;
     let call = Arc::new(BatchCall { slot: Slot::new(), request_id: AtomicU64::new(0) });
@@ -735,7 +763,11 @@ fn batch_room_wait<'a>(
 /// A batched call timed out. If its frame was sent, the frame's waiter is removed and all its
 /// members time out together (they share one reply); if its batch is still open, its events
 /// go out with it and the reply is dropped. Either way the outcome is unknown to the caller.
-fn batch_call_abandon(shared: &Shared, batcher: &Batcher, call: &BatchCall) -> Result<Vec<EventResult>, ClientError> {
+fn batch_call_abandon(
+    shared: &Shared,
+    batcher: &Batcher,
+    call: &BatchCall,
+) -> Result<(Vec<EventResult>, u64), ClientError> {
     let state = lock(&batcher.state);
     let request_id = call.request_id.load(Ordering::Acquire);
     if request_id != 0 {
@@ -878,7 +910,7 @@ fn batch_reply_distribute(batch: BatchInFlight, header: &FrameHeader, body: &[u8
             own.push(EventResult { index: result.index - member.event_start, code: result.code });
             cursor += 1;
         }
-        member.call.slot.fill(Ok(own));
+        member.call.slot.fill(Ok((own, header.op)));
     }
     assert_eq!(cursor, results.len(), "every result went to a member");
 }

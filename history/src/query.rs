@@ -90,6 +90,8 @@ impl std::str::FromStr for Cursor {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Page {
     pub position: u64,
+    /// The engine's timestamp of the op at `position` (0 before the first op).
+    pub position_timestamp_ns: u64,
     pub entries: Vec<Entry>,
     /// Pass back for the next (older) page; None when this was the oldest.
     pub next: Option<Cursor>,
@@ -160,6 +162,13 @@ impl History {
         Ok(History { pool })
     }
 
+    /// `new` from a libpq connection string or URL (`--history-url`, `--database-url`).
+    pub fn from_url(url: &str, connections_max: usize) -> Result<History, HistoryError> {
+        let database: tokio_postgres::Config =
+            url.parse().map_err(|error| HistoryError::Config(format!("the PostgreSQL URL does not parse: {error}")))?;
+        History::new(database, connections_max)
+    }
+
     /// Checks that the database holds a schema this walletd reads.
     pub async fn schema_check(&self) -> Result<(), HistoryError> {
         let client = self.pool.get().await?;
@@ -183,7 +192,7 @@ impl History {
         assert!(limit > 0);
         let mut client = self.pool.get().await?;
         let transaction = reading(&mut client).await?;
-        let (position, _) = position_read(&transaction).await?;
+        let (position, position_timestamp_ns) = position_read(&transaction).await?;
         let (timestamp_ns, transfer_id) = cursor.map_or((i64::MAX, Uuid128(u128::MAX)), |cursor| {
             (i64_of(cursor.timestamp_ns), Uuid128(cursor.transfer_id))
         });
@@ -200,7 +209,7 @@ impl History {
             let last = entries.last().expect("a full page");
             Cursor { timestamp_ns: last.timestamp_ns, transfer_id: last.transfer_id }
         });
-        Ok(Page { position: position.op, entries, next })
+        Ok(Page { position: position.op, position_timestamp_ns, entries, next })
     }
 
     /// One transfer by id, any age.
@@ -245,16 +254,30 @@ impl History {
     /// application of it is at or before that op. Until the projection has reached `as_of_op`
     /// the answer is `Behind`, never a guess.
     pub async fn transfer_applied(&self, id: u128, as_of_op: u64) -> Result<Applied, HistoryError> {
+        let mut answers = self.transfers_applied(&[id], as_of_op).await?;
+        assert_eq!(answers.len(), 1);
+        Ok(answers.pop().expect("one answer"))
+    }
+
+    /// `transfer_applied` for several ids at once (a batch of retries refused in one frame at
+    /// `as_of_op`), read at one position: one answer per id, in order.
+    pub async fn transfers_applied(&self, ids: &[u128], as_of_op: u64) -> Result<Vec<Applied>, HistoryError> {
+        assert!(as_of_op > 0, "an op at which the engine refused: ops start at 1");
         let mut client = self.pool.get().await?;
         let transaction = reading(&mut client).await?;
         let (position, _) = position_read(&transaction).await?;
-        let found = transfer_read(&transaction, id).await?;
+        let found = transfers_read(&transaction, ids).await?;
         transaction.commit().await?;
-        Ok(match found {
-            Some(transfer) => Applied::Yes(Box::new(transfer)),
-            None if position.op >= as_of_op => Applied::No { position: position.op },
-            None => Applied::Behind { position: position.op, as_of_op },
-        })
+        let answers: Vec<Applied> = ids
+            .iter()
+            .map(|id| match found.iter().find(|transfer| transfer.id == *id) {
+                Some(transfer) => Applied::Yes(Box::new(transfer.clone())),
+                None if position.op >= as_of_op => Applied::No { position: position.op },
+                None => Applied::Behind { position: position.op, as_of_op },
+            })
+            .collect();
+        assert_eq!(answers.len(), ids.len());
+        Ok(answers)
     }
 }
 
@@ -290,24 +313,34 @@ async fn balances_before(
     }))
 }
 
+const TRANSFER_SELECT: &str = "SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount::text, t.pending_id,
+        t.user_data_128, t.user_data_64::text, t.user_data_32, t.timeout_s, t.ledger, t.code, t.flags, t.timestamp_ns,
+        t.op, t.status, h.resolved_by, h.resolved_timestamp_ns
+    FROM transfers t LEFT JOIN holds h ON h.id = t.id";
+
 async fn transfer_read(
     client: &impl tokio_postgres::GenericClient,
     id: u128,
 ) -> Result<Option<TransferView>, HistoryError> {
-    let row = client
-        .query_opt(
-            "SELECT t.id, t.debit_account_id, t.credit_account_id, t.amount::text, t.pending_id, t.user_data_128,
-                    t.user_data_64::text, t.user_data_32, t.timeout_s, t.ledger, t.code, t.flags, t.timestamp_ns,
-                    t.op, t.status, h.resolved_by, h.resolved_timestamp_ns
-             FROM transfers t LEFT JOIN holds h ON h.id = t.id WHERE t.id = $1",
-            &[&Uuid128(id)],
-        )
-        .await?;
-    Ok(row.map(|row| TransferView {
+    let row = client.query_opt(&format!("{TRANSFER_SELECT} WHERE t.id = $1"), &[&Uuid128(id)]).await?;
+    Ok(row.as_ref().map(transfer_of))
+}
+
+async fn transfers_read(
+    client: &impl tokio_postgres::GenericClient,
+    ids: &[u128],
+) -> Result<Vec<TransferView>, HistoryError> {
+    let ids: Vec<Uuid128> = ids.iter().map(|&id| Uuid128(id)).collect();
+    let rows = client.query(&format!("{TRANSFER_SELECT} WHERE t.id = ANY($1)"), &[&ids]).await?;
+    Ok(rows.iter().map(transfer_of).collect())
+}
+
+fn transfer_of(row: &Row) -> TransferView {
+    TransferView {
         id: row.get::<_, Uuid128>(0).0,
         debit_account_id: row.get::<_, Uuid128>(1).0,
         credit_account_id: row.get::<_, Uuid128>(2).0,
-        amount: amount(&row, 3),
+        amount: amount(row, 3),
         pending_id: row.get::<_, Option<Uuid128>>(4).map(|id| id.0),
         user_data_128: row.get::<_, Uuid128>(5).0,
         user_data_64: row.get::<_, String>(6).parse().expect("a u64 stored as numeric"),
@@ -321,7 +354,7 @@ async fn transfer_read(
         status: row.get(14),
         resolved_by: row.get::<_, Option<Uuid128>>(15).map(|id| id.0),
         resolved_timestamp_ns: row.get::<_, Option<i64>>(16).map(|ns| ns as u64),
-    }))
+    }
 }
 
 /// A numeric column read as text.

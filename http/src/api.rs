@@ -7,7 +7,7 @@ use crate::currency::Currencies;
 use crate::error::ErrorBody;
 use crate::ids::{self, id_format};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoResponses, ToSchema};
+use utoipa::{IntoParams, IntoResponses, ToSchema};
 use walletd_core::{BalanceRead, LimitFlags, Transfer, TransferFlags, TransferRecord, TransferStatus};
 
 #[derive(Deserialize, ToSchema)]
@@ -222,6 +222,59 @@ pub struct BatchResponse {
     pub results: Vec<BatchResult>,
 }
 
+/// The query of a history page.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TransactionsQuery {
+    /// Items per page, 1 to 200 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page (opaque).
+    pub cursor: Option<String>,
+}
+
+/// One movement of a wallet's money: one side of a double entry.
+#[derive(Serialize, ToSchema)]
+pub struct WalletTransaction {
+    pub transaction_id: String,
+    /// When the engine applied it (RFC 3339, nanoseconds).
+    pub timestamp: String,
+    /// `debit`: money left this wallet; `credit`: money came in.
+    #[schema(example = "debit")]
+    pub direction: String,
+    pub amount: String,
+    /// The wallet on the other side.
+    pub counterparty_id: String,
+    /// credits posted − debits posted, right after this movement.
+    pub balance_after: String,
+    /// credits posted − debits posted − debits pending, right after this movement.
+    pub available_after: String,
+    /// The journal op that applied it.
+    pub op: u64,
+}
+
+/// How far the history is: it holds every journal op up to `op` and none after.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPosition {
+    pub op: u64,
+    /// The engine's time of that op (RFC 3339); null before the first op.
+    pub timestamp: Option<String>,
+    /// Ops the engine had reached, in its replies to this gateway, beyond `op`: a lower bound of
+    /// the history's lag. Null until this gateway has written.
+    pub lag_ops: Option<u64>,
+}
+
+/// A page of a wallet's history, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct TransactionPage {
+    pub wallet_id: String,
+    pub currency: String,
+    pub transactions: Vec<WalletTransaction>,
+    /// Pass as `cursor` for the next (older) page; null when this page was the last.
+    pub next_cursor: Option<String>,
+    pub history: HistoryPosition,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     #[schema(example = "ok")]
@@ -252,9 +305,10 @@ pub enum Errors {
     TooMany(ErrorBody),
     #[response(status = 500, description = "A gateway bug")]
     Internal(ErrorBody),
-    #[response(status = 501, description = "Not served yet")]
-    NotImplemented(ErrorBody),
-    #[response(status = 503, description = "The engine or the limiter is unavailable: retry (with the same key)")]
+    #[response(
+        status = 503,
+        description = "The engine, the limiter or the history is unavailable (or not configured): retry (with the same key)"
+    )]
     Unavailable(ErrorBody),
 }
 
@@ -319,6 +373,48 @@ pub fn transfer_view(currencies: &Currencies, record: &TransferRecord) -> Transf
         currency,
         hold_id: (transfer.pending_id.0 != 0).then(|| id_format(transfer.pending_id.0)),
         expires_at,
+    }
+}
+
+/// A page of the history as served: amounts in the wallet's currency, the cursor bound to it.
+pub fn transaction_page(
+    currencies: &Currencies,
+    account: &walletd_core::Account,
+    page: &walletd_history::query::Page,
+    engine_op_seen: Option<u64>,
+) -> TransactionPage {
+    let (currency, scale) = match currencies.by_ledger(account.ledger) {
+        Some(currency) => (currency.code.clone(), currency.scale),
+        None => (format!("ledger:{}", account.ledger), 0),
+    };
+    let transactions = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let after = &entry.after;
+            let debits_total = after.debits_posted.saturating_add(after.debits_pending);
+            WalletTransaction {
+                transaction_id: id_format(entry.transfer_id),
+                timestamp: rfc3339(entry.timestamp_ns),
+                direction: if entry.side == 'D' { "debit" } else { "credit" }.into(),
+                amount: amount_format(entry.amount, scale),
+                counterparty_id: id_format(entry.counterparty_id),
+                balance_after: balance_format(after.credits_posted, after.debits_posted, scale),
+                available_after: balance_format(after.credits_posted, debits_total, scale),
+                op: entry.op,
+            }
+        })
+        .collect();
+    TransactionPage {
+        wallet_id: id_format(account.id.0),
+        currency,
+        transactions,
+        next_cursor: page.next.as_ref().map(|cursor| crate::history::cursor_encode(account.id, cursor)),
+        history: HistoryPosition {
+            op: page.position,
+            timestamp: (page.position > 0).then(|| rfc3339(page.position_timestamp_ns)),
+            lag_ops: engine_op_seen.map(|seen| seen.saturating_sub(page.position)),
+        },
     }
 }
 

@@ -62,6 +62,15 @@ pub struct GatewayFlags {
     /// Tokio worker threads of the gateway.
     #[arg(long, default_value_t = 2)]
     pub http_worker_threads: usize,
+    /// The history projection's PostgreSQL (what `walletd project postgres --database-url`
+    /// writes), as a URL or libpq string: serves wallet histories, transfers older than the
+    /// engine's window, and the original outcome of retries too old for it. Without it those
+    /// answer `history_not_configured` (and too-old retries `idempotency_window_passed`).
+    #[arg(long)]
+    pub history_url: Option<String>,
+    /// PostgreSQL sessions the gateway keeps at most for history reads.
+    #[arg(long, default_value_t = crate::history::HISTORY_CONNECTIONS_DEFAULT)]
+    pub history_connections: usize,
 }
 
 #[derive(Args, Debug)]
@@ -150,6 +159,8 @@ pub fn gateway_build(
         redis_down: flags.rate_limit_redis_down,
         idempotency_retention_s: flags.idempotency_retention_s.max(1),
         body_size_max_bytes: 4 << 20,
+        history_url: flags.history_url.clone(),
+        history_connections_max: flags.history_connections.max(1),
     };
     Ok((options, verifier, dev))
 }
@@ -180,6 +191,17 @@ pub fn banner_print(local_addr: SocketAddr, options: &GatewayOptions, flags: &Ga
                 limit.rate_per_s, limit.burst
             );
         }
+    }
+    if options.history_url.is_some() {
+        let _ = writeln!(
+            err,
+            "walletd http: history read from PostgreSQL (--history-url), as far as the projection has come"
+        );
+    } else {
+        let _ = writeln!(
+            err,
+            "walletd http: no --history-url: wallet histories answer history_not_configured, and retries older than the engine's window are refused"
+        );
     }
     if let Some(dev) = dev {
         let made = if dev.made { "made" } else { "kept" };

@@ -16,6 +16,7 @@ use walletd_core::{
     Account, AccountFlags, AccountId, CreateAccountResult, CreateTransferResult, EventResult, Transfer, TransferFlags,
     TransferId, TransferRecord,
 };
+use walletd_history::query::{Applied, History};
 
 /// Where a transfer's engine id comes from.
 #[derive(Clone, Debug)]
@@ -265,9 +266,11 @@ async fn anchors_resolve(
 }
 
 /// Submits intents as one engine call (optionally as one atomic linked chain) and returns
-/// each one's outcome with the engine's record of it (id, status, timestamp).
+/// each one's outcome with the engine's record of it (id, status, timestamp). With a history,
+/// retries too old for the engine's window are answered from it (`too_old_resolve`).
 pub async fn transfers_submit(
     engine: &Engine,
+    history: Option<&History>,
     caller: &Caller,
     intents: &[Intent],
     atomic: bool,
@@ -299,19 +302,139 @@ pub async fn transfers_submit(
     }
     if !sent.is_empty() {
         let transfers: Vec<Transfer> = sent.iter().map(|(_, transfer)| *transfer).collect();
-        let results = engine.create_transfers(transfers.clone(), caller.trace_id).await?;
-        let codes = codes_dense(&results, transfers.len());
+        let submitted = engine.create_transfers(transfers.clone(), caller.trace_id).await?;
+        let codes = codes_dense(&submitted.results, transfers.len());
         let atomic_replay = atomic && codes.contains(&(CreateTransferResult::Exists as u32));
-        let done = if atomic_replay {
+        let mut done = if atomic_replay {
             atomic_replay_resolve(engine, &transfers).await?
         } else {
             outcomes_from_codes(engine, &transfers, &codes).await?
         };
+        if let Some(history) = history {
+            too_old_resolve(history, &transfers, &codes, atomic, submitted.op, &mut done).await;
+        }
         for ((index, _), outcome) in sent.iter().zip(done) {
             outcomes[*index] = Some(outcome);
         }
     }
     Ok(outcomes.into_iter().map(|outcome| outcome.expect("every intent has an outcome")).collect())
+}
+
+/// The code of a refusal as too old for the engine's window, when nothing better is known.
+const WINDOW_PASSED: &str = "idempotency_window_passed";
+
+/// Answers from the history the transfers the engine refused as too old for its window (and
+/// any it applied and forgot before they were read back), all refused in the frame of journal
+/// op `op`. The engine never applies an id after refusing it as too old (its horizon only
+/// rises), so if the id was ever applied it was at or before `op`: a history that has reached
+/// `op` knows. Its answer per transfer: the original outcome (if the request is the same),
+/// `original_not_applied` (it has reached `op` and holds no such transfer), or
+/// `history_behind` (not there yet: retry). docs/HTTP.md, "Retries older than the window".
+async fn too_old_resolve(
+    history: &History,
+    transfers: &[Transfer],
+    codes: &[u32],
+    atomic: bool,
+    op: u64,
+    outcomes: &mut [Outcome],
+) {
+    assert_eq!(transfers.len(), outcomes.len());
+    let too_old = |outcome: &Outcome| matches!(outcome, Outcome::Failed { error, .. } if error.code == WINDOW_PASSED);
+    let indexes: Vec<usize> = (0..outcomes.len()).filter(|&index| too_old(&outcomes[index])).collect();
+    // A reply without an op (a server that predates it) cannot date the refusal: it stands.
+    if indexes.is_empty() || op == 0 {
+        return;
+    }
+    // An atomic batch is all one request: ask for every item, to recognise an exact retry.
+    let asked: Vec<usize> = if atomic { (0..transfers.len()).collect() } else { indexes.clone() };
+    let ids: Vec<u128> = asked.iter().map(|&index| transfers[index].id.0).collect();
+    let answers = match transfers_applied_waiting(history, &ids, op).await {
+        Ok(answers) => answers,
+        Err(error) => {
+            let error = crate::history::unavailable(&error);
+            for &index in &indexes {
+                outcomes[index] = Outcome::Failed { id: Some(transfers[index].id), error: error.clone() };
+            }
+            return;
+        }
+    };
+    let outcome_of = |index: usize, answer: &Applied| applied_outcome(&transfers[index], codes[index], answer);
+    if atomic {
+        let replay: Vec<Outcome> =
+            asked.iter().zip(&answers).map(|(&index, answer)| outcome_of(index, answer)).collect();
+        if replay.iter().all(|outcome| matches!(outcome, Outcome::Done { .. })) {
+            outcomes.clone_from_slice(&replay);
+            return;
+        }
+    }
+    for (&index, answer) in asked.iter().zip(&answers) {
+        if !indexes.contains(&index) {
+            continue;
+        }
+        outcomes[index] = match outcome_of(index, answer) {
+            // Part of an atomic batch applied before, but not all of it: a batch mixing keys.
+            Outcome::Done { .. } if atomic => Outcome::Failed {
+                id: Some(transfers[index].id),
+                error: ApiError::new(
+                    409,
+                    "batch_keys_partially_used",
+                    "this key was used by an earlier request: an atomic batch must be all new keys or an exact retry",
+                ),
+            },
+            outcome => outcome,
+        };
+    }
+}
+
+/// How long a too-old retry waits at most for the history to reach the op of its refusal
+/// before it is answered `history_behind`: a live projection is normally a moment behind the
+/// engine, and the refusal's op is the newest there is, so without a short wait a retry whose
+/// original was never applied would mostly be told "not yet" under load.
+const HISTORY_BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const HISTORY_BEHIND_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// `History::transfers_applied`, asked again (bounded by `HISTORY_BEHIND_WAIT`) while an
+/// answer is `Behind`.
+async fn transfers_applied_waiting(
+    history: &History,
+    ids: &[u128],
+    op: u64,
+) -> Result<Vec<Applied>, walletd_history::HistoryError> {
+    let deadline = tokio::time::Instant::now() + HISTORY_BEHIND_WAIT;
+    loop {
+        let answers = history.transfers_applied(ids, op).await?;
+        let behind = answers.iter().any(|answer| matches!(answer, Applied::Behind { .. }));
+        if !behind || tokio::time::Instant::now() >= deadline {
+            return Ok(answers);
+        }
+        tokio::time::sleep(HISTORY_BEHIND_POLL).await;
+    }
+}
+
+/// The outcome of `asked` from the history's answer about its id.
+fn applied_outcome(asked: &Transfer, code: u32, answer: &Applied) -> Outcome {
+    let id = Some(asked.id);
+    match answer {
+        Applied::Yes(view) => match crate::history::record_of(view) {
+            Ok(record) if same_request(&record.transfer, asked) => {
+                // Applied in this very frame and forgotten before the read-back: not a replay.
+                Outcome::Done { record, replayed: code != CreateTransferResult::Ok as u32 }
+            }
+            Ok(_) => Outcome::Failed {
+                id,
+                error: ApiError::new(
+                    409,
+                    "idempotency_key_reused",
+                    "the idempotency key was first used with a different request",
+                ),
+            },
+            Err(error) => Outcome::Failed { id, error },
+        },
+        Applied::No { position } => Outcome::Failed { id, error: crate::history::original_not_applied(*position) },
+        Applied::Behind { position, as_of_op } => {
+            Outcome::Failed { id, error: crate::history::behind(*position, *as_of_op) }
+        }
+    }
 }
 
 /// Two intents of one request with one key would be one transfer: refuse the request.
@@ -422,6 +545,7 @@ fn same_request(stored: &Transfer, asked: &Transfer) -> bool {
     stored.debit_account_id == asked.debit_account_id
         && stored.credit_account_id == asked.credit_account_id
         && stored.amount == asked.amount
+        && stored.pending_id == asked.pending_id
         && stored.ledger == asked.ledger
         && stored.code == asked.code
         && stored.user_data_128 == asked.user_data_128
@@ -432,10 +556,11 @@ fn same_request(stored: &Transfer, asked: &Transfer) -> bool {
 /// One intent, one outcome, as an `ApiError` when it failed.
 pub async fn transfer_one(
     engine: &Engine,
+    history: Option<&History>,
     caller: &Caller,
     intent: Intent,
 ) -> Result<(TransferRecord, bool), ApiError> {
-    let outcome = transfers_submit(engine, caller, std::slice::from_ref(&intent), false).await?;
+    let outcome = transfers_submit(engine, history, caller, std::slice::from_ref(&intent), false).await?;
     match outcome.into_iter().next().expect("one outcome") {
         Outcome::Done { record, replayed } => Ok((record, replayed)),
         Outcome::Failed { error, .. } => Err(error),

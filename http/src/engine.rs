@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,8 +57,8 @@ type Answer<T> = oneshot::Sender<Result<T, EngineError>>;
 /// One caller's request, waiting in the queue.
 enum Job {
     /// The events and the trace id of the request they came from (0: none).
-    CreateTransfers(Vec<Transfer>, u128, Answer<Vec<EventResult>>),
-    CreateAccounts(Vec<Account>, u128, Answer<Vec<EventResult>>),
+    CreateTransfers(Vec<Transfer>, u128, Answer<Submitted>),
+    CreateAccounts(Vec<Account>, u128, Answer<Submitted>),
     LookupAccounts(Vec<AccountId>, Answer<Vec<Account>>),
     LookupTransfers(Vec<TransferId>, Answer<Vec<TransferRecord>>),
     LookupBalances(Vec<AccountId>, Answer<Balances>),
@@ -83,14 +84,26 @@ impl EngineOptions {
     }
 }
 
+/// The answer to a create: the failures (indexed into the caller's events) and the journal op
+/// of the frame that carried them, at or before which everything they did happened.
+#[derive(Clone, Debug, Default)]
+pub struct Submitted {
+    pub results: Vec<EventResult>,
+    pub op: u64,
+}
+
 /// The handlers' side of the bridge. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     queue: Sender<Job>,
+    /// The highest journal op a reply has carried (0: none yet): how far the engine is known
+    /// to be, for the history's lag.
+    op_seen: Arc<AtomicU64>,
 }
 
 struct Shared {
     options: EngineOptions,
+    op_seen: Arc<AtomicU64>,
     /// The current connection; `None` after it failed, until the next job connects again.
     client: Mutex<Option<Arc<Client>>>,
     metrics: Arc<Metrics>,
@@ -116,7 +129,8 @@ impl Engine {
         assert!(options.dispatchers >= 1, "at least one dispatcher");
         assert!(options.queue_jobs_max >= 1);
         let (queue, jobs) = crossbeam_channel::bounded(options.queue_jobs_max);
-        let shared = Arc::new(Shared { options, client: Mutex::new(None), metrics });
+        let op_seen = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared { options, op_seen: Arc::clone(&op_seen), client: Mutex::new(None), metrics });
         let threads = (0..shared.options.dispatchers)
             .map(|index| {
                 let jobs = jobs.clone();
@@ -127,7 +141,7 @@ impl Engine {
                     .expect("spawn a dispatcher thread")
             })
             .collect();
-        (Engine { queue }, EngineThreads { threads })
+        (Engine { queue, op_seen }, EngineThreads { threads })
     }
 
     async fn call<T>(&self, job: impl FnOnce(Answer<T>) -> Job) -> Result<T, EngineError> {
@@ -144,13 +158,9 @@ impl Engine {
         answered.await.unwrap_or_else(|_| Err(EngineError::OutcomeUnknown("the dispatcher stopped".into())))
     }
 
-    /// Failures only, indexed into `transfers`; the transfers stay contiguous in one frame.
-    /// `trace_id` (0: none) is journaled with each of them.
-    pub async fn create_transfers(
-        &self,
-        transfers: Vec<Transfer>,
-        trace_id: u128,
-    ) -> Result<Vec<EventResult>, EngineError> {
+    /// Failures only, indexed into `transfers`, and the frame's op; the transfers stay
+    /// contiguous in one frame. `trace_id` (0: none) is journaled with each of them.
+    pub async fn create_transfers(&self, transfers: Vec<Transfer>, trace_id: u128) -> Result<Submitted, EngineError> {
         assert!(!transfers.is_empty() && transfers.len() <= walletd_core::BATCH_EVENTS_MAX as usize);
         self.call(|answer| Job::CreateTransfers(transfers, trace_id, answer)).await
     }
@@ -161,7 +171,12 @@ impl Engine {
         trace_id: u128,
     ) -> Result<Vec<EventResult>, EngineError> {
         assert!(!accounts.is_empty() && accounts.len() <= walletd_core::BATCH_EVENTS_MAX as usize);
-        self.call(|answer| Job::CreateAccounts(accounts, trace_id, answer)).await
+        Ok(self.call(|answer| Job::CreateAccounts(accounts, trace_id, answer)).await?.results)
+    }
+
+    /// The highest journal op the engine has answered this gateway with, if any.
+    pub fn op_seen(&self) -> Option<u64> {
+        Some(self.op_seen.load(Ordering::Relaxed)).filter(|&op| op != 0)
     }
 
     /// The accounts found, in request order.
@@ -206,10 +221,10 @@ struct Round {
     transfers: Vec<Transfer>,
     /// One per transfer: the trace id of the job it came from.
     transfer_trace_ids: Vec<u128>,
-    transfer_jobs: Vec<(usize, usize, Answer<Vec<EventResult>>)>,
+    transfer_jobs: Vec<(usize, usize, Answer<Submitted>)>,
     accounts: Vec<Account>,
     account_trace_ids: Vec<u128>,
-    account_jobs: Vec<(usize, usize, Answer<Vec<EventResult>>)>,
+    account_jobs: Vec<(usize, usize, Answer<Submitted>)>,
     lookup_account_ids: Vec<AccountId>,
     lookup_account_jobs: Vec<(Vec<AccountId>, Answer<Vec<Account>>)>,
     lookup_transfer_ids: Vec<TransferId>,
@@ -369,22 +384,18 @@ fn round_send(shared: &Shared, round: Round) {
     } = round;
     if !account_jobs.is_empty() {
         assert_eq!(account_trace_ids.len(), accounts.len(), "a trace id per account");
-        let result = if account_trace_ids.iter().all(|&trace_id| trace_id == 0) {
-            client_call(shared, &client, |client| client.create_accounts(&accounts))
-        } else {
-            client_call(shared, &client, |client| client.create_accounts_traced(&accounts, &account_trace_ids))
-        };
-        results_split(result, account_jobs);
+        let traced = account_trace_ids.iter().any(|&trace_id| trace_id != 0);
+        let trace_ids = traced.then_some(account_trace_ids.as_slice());
+        let result = client_call(shared, &client, |client| client.create_accounts_with_op(&accounts, trace_ids));
+        results_split(shared, result, account_jobs);
     }
     if !transfer_jobs.is_empty() {
         shared.metrics.engine_batch_record(transfers.len());
         assert_eq!(transfer_trace_ids.len(), transfers.len(), "a trace id per transfer");
-        let result = if transfer_trace_ids.iter().all(|&trace_id| trace_id == 0) {
-            client_call(shared, &client, |client| client.create_transfers(&transfers))
-        } else {
-            client_call(shared, &client, |client| client.create_transfers_traced(&transfers, &transfer_trace_ids))
-        };
-        results_split(result, transfer_jobs);
+        let traced = transfer_trace_ids.iter().any(|&trace_id| trace_id != 0);
+        let trace_ids = traced.then_some(transfer_trace_ids.as_slice());
+        let result = client_call(shared, &client, |client| client.create_transfers_with_op(&transfers, trace_ids));
+        results_split(shared, result, transfer_jobs);
     }
     if !lookup_account_jobs.is_empty() {
         let result = client_call(shared, &client, |client| client.lookup_accounts(&lookup_account_ids));
@@ -425,10 +436,15 @@ fn single_send(shared: &Shared, client: &Arc<Client>, job: Job) {
     }
 }
 
-/// Splits a frame's sparse results among its jobs, re-indexed into each job's events.
-fn results_split(result: Result<Vec<EventResult>, EngineError>, jobs: Vec<(usize, usize, Answer<Vec<EventResult>>)>) {
-    let results = match result {
-        Ok(results) => results,
+/// Splits a frame's sparse results among its jobs, re-indexed into each job's events; each
+/// job gets the frame's op.
+fn results_split(
+    shared: &Shared,
+    result: Result<(Vec<EventResult>, u64), EngineError>,
+    jobs: Vec<(usize, usize, Answer<Submitted>)>,
+) {
+    let (results, op) = match result {
+        Ok(answer) => answer,
         Err(error) => {
             for (_, _, answer) in jobs {
                 let _ = answer.send(Err(error.clone()));
@@ -446,9 +462,10 @@ fn results_split(result: Result<Vec<EventResult>, EngineError>, jobs: Vec<(usize
             own.push(EventResult { index: result.index - start as u32, code: result.code });
             cursor += 1;
         }
-        let _ = answer.send(Ok(own));
+        let _ = answer.send(Ok(Submitted { results: own, op }));
     }
     assert_eq!(cursor, results.len(), "every result went to a job");
+    shared.op_seen.fetch_max(op, Ordering::Relaxed);
 }
 
 /// Answers each lookup job with the records of its own ids, in its order.
@@ -503,8 +520,11 @@ fn round_fail(round: Round, error: &EngineError) {
     let fail = |answer: Answer<Vec<EventResult>>| {
         let _ = answer.send(Err(error.clone()));
     };
-    round.transfer_jobs.into_iter().for_each(|(_, _, answer)| fail(answer));
-    round.account_jobs.into_iter().for_each(|(_, _, answer)| fail(answer));
+    let fail_submit = |answer: Answer<Submitted>| {
+        let _ = answer.send(Err(error.clone()));
+    };
+    round.transfer_jobs.into_iter().for_each(|(_, _, answer)| fail_submit(answer));
+    round.account_jobs.into_iter().for_each(|(_, _, answer)| fail_submit(answer));
     for (_, answer) in round.lookup_account_jobs {
         let _ = answer.send(Err(error.clone()));
     }

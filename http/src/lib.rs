@@ -21,6 +21,7 @@ pub mod currency;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod history;
 pub mod ids;
 pub mod metrics;
 pub mod openapi;
@@ -56,6 +57,10 @@ pub struct GatewayOptions {
     pub idempotency_retention_s: u64,
     /// Largest request body.
     pub body_size_max_bytes: usize,
+    /// The PostgreSQL database of the history projection (`--history-url`); without it the
+    /// history routes answer `history_not_configured` and too-old retries are refused.
+    pub history_url: Option<String>,
+    pub history_connections_max: usize,
 }
 
 /// The gateway's shared state: what every handler reads.
@@ -65,6 +70,8 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub limiter: Limiter,
     pub cache: Option<Arc<Redis>>,
+    /// The history projection's readers, with `--history-url`.
+    pub history: Option<walletd_history::query::History>,
     pub metrics: Arc<Metrics>,
     pub options: GatewayOptions,
 }
@@ -103,6 +110,19 @@ pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Runnin
         None => None,
     };
     let limiter = Limiter::new(options.rate_limit, redis.clone(), options.redis_down, Arc::clone(&metrics));
+    let history = match &options.history_url {
+        Some(url) => Some(history::history_open(url, options.history_connections_max)?),
+        None => None,
+    };
+    if let Some(history) = history.clone() {
+        // Not a condition to start: the projection may create the schema later. Said once.
+        tokio::spawn(async move {
+            match history.schema_check().await {
+                Ok(()) => tracing::info!("the history database is readable"),
+                Err(error) => tracing::warn!(%error, "the history database cannot be read yet"),
+            }
+        });
+    }
     let (engine, engine_threads) = Engine::start(options.engine.clone(), Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -115,6 +135,7 @@ pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Runnin
         verifier,
         limiter,
         cache: redis,
+        history,
         metrics,
         options,
     });

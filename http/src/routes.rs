@@ -12,7 +12,8 @@ use crate::ids::{self, id_parse, is_uuid_v7};
 use crate::ratelimit::Decision;
 use crate::trace::TraceContext;
 use crate::Gateway;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -166,7 +167,7 @@ where
             }
             Ok(replayed_response(status, replayed, body))
         }
-        Err(error) if error.code == "idempotency_window_passed" => {
+        Err(error) if CACHE_ANSWERS.contains(&error.code) => {
             let Some((redis, cache_key)) = cache else { return Err(error) };
             let Some(Some(text)) = redis.get(cache_key).await else { return Err(error) };
             let Ok(cached) = serde_json::from_str::<Cached>(&text) else { return Err(error) };
@@ -184,6 +185,10 @@ where
         Err(error) => Err(error),
     }
 }
+
+/// The refusals past the engine's window that the cache may still answer: the engine's own,
+/// and the history's "not yet" and "cannot read now" (never its "not applied", which is final).
+const CACHE_ANSWERS: &[&str] = &["idempotency_window_passed", "history_behind", "history_unavailable"];
 
 fn replayed_response(status: StatusCode, replayed: bool, body: serde_json::Value) -> Response {
     let mut response = (status, Json(body)).into_response();
@@ -236,17 +241,26 @@ async fn wallet_read(state: &AppState, id: AccountId) -> Result<Wallet, ApiError
     Ok(wallet_view(&state.currencies, read, balances.holds_of(read)))
 }
 
-/// The wallet may be read by its owner (as recorded in the account) or an operator.
+/// The one rule of wallet reads: its owner (as recorded in the account) or an operator with
+/// `operator:accounts` or `operator:limits` may read a wallet; nobody reads settlement or
+/// anchor accounts through the API.
+fn wallet_readable(caller: &Caller, account: &walletd_core::Account) -> bool {
+    let wallet = account.code == ids::ACCOUNT_CODE_WALLET;
+    let owner = wallet && account.user_data_128 == ids::owner_hash(&caller.user);
+    let operator = caller.has_scope(SCOPE_ACCOUNTS) || caller.has_scope(SCOPE_LIMITS);
+    owner || (operator && wallet)
+}
+
+fn wallet_not_found() -> ApiError {
+    ApiError::not_found("wallet_not_found", "you have no wallet with this id")
+}
+
+/// The wallet, if the caller may read it (`wallet_readable`); a foreign one is 404, as a missing one.
 async fn wallet_read_owned(state: &AppState, caller: &Caller, id: AccountId) -> Result<Wallet, ApiError> {
     let balances = state.engine.lookup_balances(vec![id]).await?;
-    let not_found = || ApiError::not_found("wallet_not_found", "you have no wallet with this id");
-    let read = balances.reads.first().ok_or_else(not_found)?;
-    let owner =
-        read.account.code == ids::ACCOUNT_CODE_WALLET && read.account.user_data_128 == ids::owner_hash(&caller.user);
-    let operator = caller.has_scope(SCOPE_ACCOUNTS) || caller.has_scope(SCOPE_LIMITS);
-    let operator_sees = operator && read.account.code == ids::ACCOUNT_CODE_WALLET;
-    if !(owner || operator_sees) {
-        return Err(not_found());
+    let read = balances.reads.first().ok_or_else(wallet_not_found)?;
+    if !wallet_readable(caller, &read.account) {
+        return Err(wallet_not_found());
     }
     Ok(wallet_view(&state.currencies, read, balances.holds_of(read)))
 }
@@ -280,15 +294,31 @@ async fn wallet_get(
     Ok(Json(wallet_read_owned(&state, &caller, id).await?))
 }
 
-/// A wallet's history (not served yet: it reads the PostgreSQL projection, which does not exist yet).
-#[utoipa::path(get, path = "/v1/wallets/{id}/transactions", tag = "wallets", params(("id" = String, Path, description = "Wallet id")),
-    responses(Errors), security(("bearer" = [])))]
-async fn wallet_transactions(_caller: Caller, Path(_id): Path<String>) -> ApiError {
-    ApiError::new(
-        501,
-        "history_not_available",
-        "history is served from the PostgreSQL projection, which is not built yet",
-    )
+/// A wallet's history, newest first, from the PostgreSQL projection (eventually consistent:
+/// `history.op` says how far it is). Read like the wallet itself: its owner or an operator.
+#[utoipa::path(get, path = "/v1/wallets/{id}/transactions", tag = "wallets",
+    params(("id" = String, Path, description = "Wallet id"), TransactionsQuery),
+    responses((status = 200, body = TransactionPage), Errors), security(("bearer" = [])))]
+async fn wallet_transactions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<TransactionsQuery>, QueryRejection>,
+) -> Result<Json<TransactionPage>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request("invalid_query", rejection.body_text()))?;
+    let id = wallet_id_parse(&id, "the wallet id")?;
+    let limit = crate::history::limit_parse(query.limit.as_deref())?;
+    let cursor = match query.cursor.as_deref() {
+        Some(text) => Some(crate::history::cursor_decode(id, text).ok_or_else(|| {
+            ApiError::bad_request("cursor_invalid", "cursor is not one a previous page of this wallet handed out")
+        })?),
+        None => None,
+    };
+    let history = state.history.as_ref().ok_or_else(crate::history::not_configured)?;
+    let accounts = state.engine.lookup_accounts(vec![id]).await?;
+    let account = accounts.first().filter(|account| wallet_readable(&caller, account)).ok_or_else(wallet_not_found)?;
+    let page = history.transactions(id.0, cursor, limit).await.map_err(|error| crate::history::unavailable(&error))?;
+    Ok(Json(transaction_page(&state.currencies, account, &page, state.engine.op_seen())))
 }
 
 /// Operator: set a wallet's limits (absent fields: no such limit).
@@ -377,7 +407,7 @@ async fn transfer_answer(
     caller: &Caller,
     intent: Intent,
 ) -> Result<(StatusCode, bool, serde_json::Value), ApiError> {
-    let (record, replayed) = domain::transfer_one(&state.engine, caller, intent).await?;
+    let (record, replayed) = domain::transfer_one(&state.engine, state.history.as_ref(), caller, intent).await?;
     Ok((StatusCode::CREATED, replayed, json_of(&transfer_view(&state.currencies, &record))))
 }
 
@@ -458,7 +488,7 @@ async fn balance_transfer(
     let fingerprint = intent.fingerprint();
     let key = request.transaction_id.to_ascii_lowercase();
     idempotent(&state, &caller, Some(&key), "balance_transfer", fingerprint, || async {
-        let (record, replayed) = domain::transfer_one(&state.engine, &caller, intent).await?;
+        let (record, replayed) = domain::transfer_one(&state.engine, state.history.as_ref(), &caller, intent).await?;
         let view = transfer_view(&state.currencies, &record);
         let body = BalanceTransferResponse {
             status: view.status,
@@ -478,19 +508,31 @@ async fn transfer_get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TransferView>, ApiError> {
-    let not_found = || {
-        ApiError::not_found(
+    let not_found = || match state.history {
+        Some(_) => ApiError::not_found("transfer_not_found", "no transfer with this id is visible to you"),
+        None => ApiError::not_found(
             "transfer_not_found",
-            "no transfer with this id is visible to you (or it is older than the engine's window)",
-        )
+            "no transfer with this id is visible to you (or it is older than the engine's window, and this gateway \
+             has no --history-url)",
+        ),
     };
     let id = id_parse(&id).ok_or_else(|| ApiError::bad_request("invalid_id", "the transfer id is not a UUID"))?;
     let records = state.engine.lookup_transfers(vec![TransferId(id)]).await?;
-    let record = records.first().ok_or_else(not_found)?;
+    let record = match records.first() {
+        Some(record) => *record,
+        // Older than the engine's window (or never made): the history has every transfer.
+        None => match &state.history {
+            None => return Err(not_found()),
+            Some(history) => {
+                let found = history.transfer(id).await.map_err(|error| crate::history::unavailable(&error))?;
+                crate::history::record_of(&found.ok_or_else(not_found)?)?
+            }
+        },
+    };
     if !domain::transfer_visible(&state.currencies, &caller, &record.transfer) {
         return Err(not_found());
     }
-    Ok(Json(transfer_view(&state.currencies, record)))
+    Ok(Json(transfer_view(&state.currencies, &record)))
 }
 
 /// Up to 8189 transfers in one request, each with its own result; `atomic` makes them one
@@ -536,7 +578,7 @@ async fn transfers_batch(
     let mut outcomes = if intents.is_empty() {
         Vec::new()
     } else {
-        domain::transfers_submit(&state.engine, &caller, &intents, request.atomic).await?
+        domain::transfers_submit(&state.engine, state.history.as_ref(), &caller, &intents, request.atomic).await?
     }
     .into_iter();
     let results = refused

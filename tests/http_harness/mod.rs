@@ -143,29 +143,37 @@ fn redis_command(port: u16, command: &str) -> Option<String> {
 pub struct Engine {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    extra: Vec<String>,
     process: Process,
 }
 
 impl Engine {
     pub fn start(dir: &Path) -> Engine {
-        let (process, addr) = engine_spawn(dir, None);
-        Engine { addr, dir: dir.to_path_buf(), process }
+        Engine::start_with(dir, &[])
+    }
+
+    /// `walletd serve` with extra flags (e.g. a small `--transfers-max` window).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Engine {
+        let extra: Vec<String> = extra.iter().map(|flag| flag.to_string()).collect();
+        let (process, addr) = engine_spawn(dir, None, &extra);
+        Engine { addr, dir: dir.to_path_buf(), extra, process }
     }
 
     /// Kills the engine (SIGKILL) and starts it again on the same directory and port.
     pub fn restart(&mut self) {
         self.process.kill();
-        let (process, addr) = engine_spawn(&self.dir, Some(self.addr));
+        let (process, addr) = engine_spawn(&self.dir, Some(self.addr), &self.extra);
         assert_eq!(addr, self.addr);
         self.process = process;
     }
 }
 
-fn engine_spawn(dir: &Path, addr: Option<SocketAddr>) -> (Process, SocketAddr) {
+fn engine_spawn(dir: &Path, addr: Option<SocketAddr>, extra: &[String]) -> (Process, SocketAddr) {
     let addr = addr.map_or("127.0.0.1:0".to_string(), |addr| addr.to_string());
     let mut command = Command::new(WALLETD);
     command
         .args(["serve", "--http", "off", "--addr", &addr, "--accounts-max", "65536", "--segment-size", "67108864"])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir);
     // The port may still be held for a moment after a kill: retry the bind.
@@ -238,6 +246,57 @@ impl Gateway {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The history projection: `walletd project postgres` following a live data directory.
+
+/// A projection child (killed on drop); its `projected <op>` lines advance `op`.
+pub struct Projection {
+    process: Process,
+    op: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Projection {
+    pub fn start(dir: &Path, database_url: &str) -> Projection {
+        let mut child = Command::new(WALLETD)
+            .args(["project", "postgres", "--print-progress", "--database-url", database_url, "--data-dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("walletd project postgres");
+        let stdout = child.stdout.take().unwrap();
+        let op = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = std::sync::Arc::clone(&op);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(projected) = line.strip_prefix("projected ").and_then(|op| op.parse().ok()) {
+                    seen.fetch_max(projected, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        Projection { process: Process(Some(child)), op }
+    }
+
+    /// The last op it reported committed.
+    pub fn op(&self) -> u64 {
+        self.op.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until it has committed `op`.
+    pub fn wait_for(&self, op: u64) {
+        wait_until(&format!("the projection to reach op {op}"), Duration::from_secs(120), || self.op() >= op);
+    }
+
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// The data directory's durable op (the engine's `op_durable`).
+pub fn op_durable(dir: &Path) -> u64 {
+    walletd_replay::durable_read(dir).expect("the durable mark reads").map_or(0, |mark| mark.op)
 }
 
 pub fn token(sub: &str, scopes: &[&str]) -> String {
