@@ -36,7 +36,7 @@ pub fn journal_print(data_dir: &Path, options: PrintOptions, out: &mut impl Writ
         let time = time_ms_format(record.timestamp_ns / 1_000_000);
         let line = match record.kind {
             RecordKind::Checkpoint => format!("op {} {time} checkpoint", record.op),
-            RecordKind::CommandBatch => command_line(record.op, record.body)?,
+            RecordKind::CommandBatch => command_line(record.op, &time, record.body)?,
         };
         let written = writeln!(out, "{line} checksum {:032x}", record.checksum);
         written.map_err(|source| NodeError::Io { path: data_dir.to_path_buf(), source })?;
@@ -48,10 +48,10 @@ pub fn journal_print(data_dir: &Path, options: PrintOptions, out: &mut impl Writ
     Ok(printed)
 }
 
-fn command_line(op: u64, body: &[u8]) -> Result<String, NodeError> {
+fn command_line(op: u64, time: &str, body: &[u8]) -> Result<String, NodeError> {
     let header = command_header_decode(body, u32::MAX).map_err(|error| ReplayError::bad_record(op, error))?;
     let traced = if header.traced { " traced" } else { "" };
-    Ok(format!("op {op} {} {} events{traced}", header.operation.name(), header.event_count))
+    Ok(format!("op {op} {time} {} {} events{traced}", header.operation.name(), header.event_count))
 }
 
 /// One line per event: the fields that say what it is, and its trace id.

@@ -143,7 +143,7 @@ fn an_http_request_trace_id_is_journaled_with_its_transfer() {
         .expect("walletd journal print runs");
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
     let text = String::from_utf8(printed.stdout).unwrap();
-    assert!(text.contains(" create_transfers ") && text.contains(" traced "), "{text}");
+    assert!(text.contains(" UTC create_transfers ") && text.contains(" events traced checksum "), "{text}");
     for (id, trace_id) in &expected {
         let line =
             text.lines().find(|line| line.contains(&format!("transfer {id:032x} "))).expect("the transfer is printed");
