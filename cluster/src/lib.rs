@@ -16,6 +16,10 @@
 //! The crate depends on the engine's crates (core, journal, replay, gateway); nothing of the
 //! engine depends on it.
 
+// openraft's traits return its own StorageError and RaftError, which are large; they are
+// openraft's types, on paths that are not hot.
+#![allow(clippy::result_large_err)]
+
 pub mod error;
 pub mod log_store;
 pub mod network;

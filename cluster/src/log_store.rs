@@ -103,7 +103,8 @@ impl LogStore {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(LOG_FILE);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
         let last_purged = small_file_read::<LogId>(&dir.join(PURGED_FILE))?;
         let vote = small_file_read::<Vote>(&dir.join(VOTE_FILE))?;
         let mut log = LogFile {
@@ -182,7 +183,11 @@ impl LogFile {
         }
         let torn_bytes = file_size_bytes - offset;
         if torn_bytes > 0 {
-            tracing::warn!(torn_bytes, offset, "the Raft log ends in a torn append (never acknowledged); cutting it off");
+            tracing::warn!(
+                torn_bytes,
+                offset,
+                "the Raft log ends in a torn append (never acknowledged); cutting it off"
+            );
             self.file.set_len(offset).map_err(io)?;
             self.file.sync_all().map_err(io)?;
         }
@@ -476,7 +481,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         log.last_purged = Some(log_id);
         let first = log.slots.first().map(|slot| slot.log_id.index);
         if let Some(first) = first {
-            let drop_count = usize::try_from((log_id.index + 1).saturating_sub(first)).expect("fits").min(log.slots.len());
+            let drop_count =
+                usize::try_from((log_id.index + 1).saturating_sub(first)).expect("fits").min(log.slots.len());
             log.slots.drain(..drop_count);
         }
         Ok(())

@@ -13,9 +13,7 @@
 //! addresses their membership entry names.
 
 use crate::types::{Member, NodeId, Raft, TypeConfig};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -227,10 +225,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
         match self.call(&PeerRequest::InstallSnapshot(rpc), option.hard_ttl()).await {
             Ok(PeerReply::InstallSnapshot(result)) => {
                 result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
@@ -246,7 +242,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         match self.call(&PeerRequest::Vote(rpc), option.hard_ttl()).await {
-            Ok(PeerReply::Vote(result)) => result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error))),
+            Ok(PeerReply::Vote(result)) => {
+                result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
             Ok(other) => Err(self.unexpected(&other)),
             Err(error) => Err(self.rpc_error(error)),
         }

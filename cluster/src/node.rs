@@ -104,7 +104,8 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let config = options.data_dir.open_or_create(options.config)?;
     let raft_dir = options.data_dir.root.join("raft");
     node_id_pin(&raft_dir, options.node_id)?;
-    let recovered = recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
+    let recovered =
+        recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
     let (log, opened) = LogStore::open(&raft_dir)?;
     let op = recovered.journal.op_durable();
     if op > 0 && opened.last.is_none() {
@@ -127,14 +128,25 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft_listener = runtime
         .block_on(tokio::net::TcpListener::bind(options.raft_addr))
         .map_err(|source| ClusterError::Io { what: format!("listen on {} for Raft", options.raft_addr), source })?;
-    let raft_addr = raft_listener.local_addr().map_err(|source| ClusterError::Io { what: "raft listener".into(), source })?;
+    let raft_addr =
+        raft_listener.local_addr().map_err(|source| ClusterError::Io { what: "raft listener".into(), source })?;
     let raft = runtime
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
     runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id) });
     let (acceptor, connections, local_addr) = gateway_start(&options, &config, &runtime, &raft, machine)?;
     tracing::info!(node_id = options.node_id, %raft_addr, %local_addr, op, log_entries = opened.entries, "cluster node started");
-    Ok(RunningCluster { local_addr, raft_addr, node_id: options.node_id, op, raft, runtime, acceptor, connections, _lock: lock })
+    Ok(RunningCluster {
+        local_addr,
+        raft_addr,
+        node_id: options.node_id,
+        op,
+        raft,
+        runtime,
+        acceptor,
+        connections,
+        _lock: lock,
+    })
 }
 
 fn raft_config(timeouts: RaftTimeouts) -> Result<Arc<openraft::Config>, ClusterError> {
@@ -226,7 +238,8 @@ fn gateway_start(
     });
     runtime.spawn(dispatch_run(dispatch, receiver, options.in_flight_max));
     let engine: Arc<dyn Submit> = Arc::new(Engine { requests });
-    let acceptor = serve(listener, server_options, engine, Arc::clone(&connections)).map_err(io("accept thread".into()))?;
+    let acceptor =
+        serve(listener, server_options, engine, Arc::clone(&connections)).map_err(io("accept thread".into()))?;
     Ok((acceptor, connections, local_addr))
 }
 
@@ -353,17 +366,21 @@ impl Dispatch {
         match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => {
                 let mut body = Vec::new();
-                let record_count = tokio::task::block_in_place(|| self.machine.machine().query(&request.command, &mut body));
+                let record_count =
+                    tokio::task::block_in_place(|| self.machine.machine().query(&request.command, &mut body));
                 self.reply(&request, Status::Ok, 0, record_count, &body);
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => self.not_leader(&request, &forward),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                self.not_leader(&request, &forward)
+            }
             Ok(Err(_)) | Err(_) => self.reply(&request, Status::Unavailable, 0, 0, &[]),
         }
     }
 
     fn not_leader(&self, request: &ServerRequest, forward: &ForwardToLeader<NodeId, Member>) {
         let leader = forward.leader_node.as_ref().map(|member| member.client_addr.as_bytes()).unwrap_or_default();
-        let leader = if leader.len() <= walletd_gateway::protocol::NOT_LEADER_ADDRESS_SIZE_MAX_BYTES { leader } else { &[] };
+        let leader =
+            if leader.len() <= walletd_gateway::protocol::NOT_LEADER_ADDRESS_SIZE_MAX_BYTES { leader } else { &[] };
         self.reply(request, Status::NotLeader, 0, 0, leader);
     }
 

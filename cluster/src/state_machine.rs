@@ -85,7 +85,9 @@ impl Machine {
             );
         }
         match &entry.payload {
-            EntryPayload::Normal(Proposal::Command { timestamp_ns, command }) => self.command_apply(op, *timestamp_ns, command),
+            EntryPayload::Normal(Proposal::Command { timestamp_ns, command }) => {
+                self.command_apply(op, *timestamp_ns, command)
+            }
             EntryPayload::Normal(Proposal::Checkpoint) | EntryPayload::Blank | EntryPayload::Membership(_) => {
                 self.checkpoint_append(op)
             }
@@ -97,7 +99,8 @@ impl Machine {
         if let Err(error) = self.journal.append(op, timestamp_ns, RecordKind::CommandBatch, command) {
             fail_stop("journal append", &error.to_string());
         }
-        let Command::Batch(batch) = self.scratch.decode(command).expect("the leader's receive validated the command") else {
+        let Command::Batch(batch) = self.scratch.decode(command).expect("the leader's receive validated the command")
+        else {
             panic!("a Raft entry at op {op} holds a query: only mutating commands are proposed");
         };
         self.ledger.apply(timestamp_ns, batch, &mut self.output);

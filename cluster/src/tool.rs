@@ -16,7 +16,8 @@ pub fn member_parse(text: &str) -> Result<(NodeId, Member), String> {
     let (raft_addr, client_addr) = addrs.split_once('/').ok_or_else(usage)?;
     let id: NodeId = id.trim().parse().map_err(|_| usage())?;
     for addr in [raft_addr, client_addr] {
-        addr.parse::<std::net::SocketAddr>().map_err(|error| format!("{text:?}: {addr:?} is not HOST:PORT ({error})"))?;
+        addr.parse::<std::net::SocketAddr>()
+            .map_err(|error| format!("{text:?}: {addr:?} is not HOST:PORT ({error})"))?;
     }
     Ok((id, Member { raft_addr: raft_addr.to_string(), client_addr: client_addr.to_string() }))
 }

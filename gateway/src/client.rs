@@ -58,7 +58,9 @@ pub enum ClientError {
     },
     /// A cluster member that is not the leader answered; `leader` is the leader's client
     /// address when the member knows it. `ClusterClient` follows it.
-    NotLeader { leader: Option<String> },
+    NotLeader {
+        leader: Option<String>,
+    },
     /// A cluster member could not commit the request in time (no majority, or no leader yet):
     /// the outcome is unknown, as after `Timeout`. Resend with the same ids.
     Unavailable,
