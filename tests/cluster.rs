@@ -12,6 +12,8 @@
 //!   adds flags to every member (other Raft timeouts).
 //! - Losing the majority: the lone member left refuses writes (`unavailable`, never an
 //!   acknowledgement) and serves again once a majority is back.
+//! - A Raft log ending in a torn append is cut at restart and the member catches up; one with a
+//!   flipped byte in the middle refuses to start and names the corruption.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
@@ -474,4 +476,68 @@ fn a_member_without_a_majority_refuses_writes_until_one_is_back() {
     assert!(results.iter().all(|result| result.code == exists), "{results:?}");
     let found = client.lookup_transfers(&batch.iter().map(|transfer| transfer.id).collect::<Vec<_>>()).expect("lookup");
     assert_eq!(found.len(), batch.len());
+}
+
+/// A member killed and restarted on a Raft log that ends in a torn append (bytes of a record
+/// that was never acknowledged) cuts it off and catches up; one whose log has a flipped byte in
+/// the middle refuses to start and names the corruption.
+#[test]
+fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
+    use std::io::Write;
+    let mut cluster = Cluster::start(&[]);
+    let (leader, _) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    for round in 0..10u128 {
+        assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
+    }
+    let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
+    let log_path = cluster.member(follower).dir.join("raft").join("log");
+
+    // A torn append: a record header that promises more bytes than follow.
+    cluster.kill(follower);
+    let size_before = std::fs::metadata(&log_path).expect("the raft log").len();
+    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).expect("open the raft log");
+    log.write_all(&[0x40, 0, 0, 0, 1, 2, 3, 4, 9]).expect("write a torn record");
+    drop(log);
+    cluster.restart(follower);
+    for round in 10..20u128 {
+        assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
+    }
+    members_agree(&cluster, &client);
+    assert!(std::fs::metadata(&log_path).expect("the raft log").len() > size_before, "the member appended again");
+
+    // A flipped byte in the middle of the log, with good records after it: refused.
+    cluster.kill(follower);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&log_path).expect("open the raft log");
+        let offset = size_before / 2;
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, offset).expect("read a byte");
+        byte[0] ^= 0x40;
+        file.write_all_at(&byte, offset).expect("flip it");
+    }
+    let member = cluster.member(follower);
+    let args = member_args(follower, &member.raft_addr.to_string(), &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["serve", "--addr", &member.addr.to_string(), "--data-dir"])
+        .arg(&member.dir)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("walletd serve starts");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(EVENT_TIMEOUT);
+        // SAFETY: kill(2) on our own child's pid, if it is still running; no memory is involved.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
+    let status = child.wait().expect("wait");
+    drop(watchdog);
+    assert!(!status.success(), "a member with a corrupt Raft log must not start");
+    assert!(stderr.contains("is corrupt at byte"), "the refusal names the corruption: {stderr}");
 }
