@@ -7,7 +7,9 @@
 //!
 //! Durability, as openraft requires of a log: an append is acknowledged (`LogFlushed`) only
 //! after an fdatasync covers it, done by one sync thread that groups every append queued
-//! meanwhile into one sync; a vote is durable before `save_vote` returns. A failed write or
+//! meanwhile into one sync; a vote is durable before `save_vote` returns. The state machine
+//! waits for the same syncs (`flushed_wait`) before it journals an entry, because openraft 0.9
+//! lets a follower apply an entry it has appended but not yet synced. A failed write or
 //! sync stops the process (fail-stop, as the journal does): a node that acknowledged an entry
 //! or a vote it does not hold would break Raft's safety, and restarting recovers from disk.
 //!
@@ -82,7 +84,33 @@ struct LogFile {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<LogFile>>,
-    sync: Sender<LogFlushed<TypeConfig>>,
+    sync: Sender<SyncJob>,
+    flushed: Arc<Flushed>,
+}
+
+/// An append for the sync thread: its callback, the last index it wrote, and the truncation
+/// generation it was written in.
+struct SyncJob {
+    callback: LogFlushed<TypeConfig>,
+    index_last: u64,
+    generation: u64,
+}
+
+/// How far the log is durable, for the state machine: openraft 0.9 may apply an entry a
+/// follower has appended but not yet synced, and the journal must never hold an entry the Raft
+/// log could lose (a restart would find the journal ahead of the log). `generation` counts
+/// truncations, so a sync that began before one cannot vouch for entries written after it.
+#[derive(Default)]
+struct Flushed {
+    state: Mutex<FlushedState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushedState {
+    generation: u64,
+    /// Every entry up to this index is synced (None: none).
+    index: Option<u64>,
 }
 
 /// What opening found, for the start-up log.
@@ -123,11 +151,23 @@ impl LogStore {
         let opened = LogOpened { entries: log.slots.len(), last: log.slots.last().map(|slot| slot.log_id), torn_bytes };
         let sync_file = log.file.try_clone().map_err(io(&path))?;
         let (sync, jobs) = channel();
+        // What recovery read back and synced is durable.
+        let flushed = Arc::new(Flushed::default());
+        flushed.state.lock().expect("fresh").index = opened.last.map(|log_id| log_id.index);
+        let sync_flushed = Arc::clone(&flushed);
         std::thread::Builder::new()
             .name("raft-log-sync".to_string())
-            .spawn(move || sync_run(&sync_file, &jobs))
+            .spawn(move || sync_run(&sync_file, &jobs, &sync_flushed))
             .map_err(io(&path))?;
-        Ok((LogStore { inner: Arc::new(Mutex::new(log)), sync }, opened))
+        Ok((LogStore { inner: Arc::new(Mutex::new(log)), sync, flushed }, opened))
+    }
+
+    /// Blocks until every entry up to `index` is synced to the Raft log.
+    pub fn flushed_wait(&self, index: u64) {
+        let mut state = self.flushed.state.lock().expect("the flushed lock");
+        while state.index.is_none_or(|flushed| flushed < index) {
+            state = self.flushed.changed.wait(state).expect("the flushed lock");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, LogFile> {
@@ -316,16 +356,25 @@ fn record_read(
     )))
 }
 
-/// The sync thread: one fdatasync for every append queued meanwhile, then their callbacks.
-fn sync_run(file: &File, jobs: &Receiver<LogFlushed<TypeConfig>>) {
+/// The sync thread: one fdatasync for every append queued meanwhile, then the durable index
+/// for the state machine, then the callbacks.
+fn sync_run(file: &File, jobs: &Receiver<SyncJob>, flushed: &Flushed) {
     while let Ok(first) = jobs.recv() {
-        let mut callbacks = vec![first];
-        callbacks.extend(jobs.try_iter());
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter());
         if let Err(error) = file.sync_data() {
             fail_stop("Raft log sync", &error.to_string());
         }
-        for callback in callbacks {
-            callback.log_io_completed(Ok(()));
+        {
+            let mut state = flushed.state.lock().expect("the flushed lock");
+            let generation = state.generation;
+            for job in batch.iter().filter(|job| job.generation == generation) {
+                state.index = Some(state.index.map_or(job.index_last, |index| index.max(job.index_last)));
+            }
+        }
+        flushed.changed.notify_all();
+        for job in batch {
+            job.callback.log_io_completed(Ok(()));
         }
     }
 }
@@ -444,15 +493,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        {
+        let (index_last, generation) = {
             let mut log = self.lock();
             tokio::task::block_in_place(|| {
                 for entry in entries {
                     log.entry_append(&entry);
                 }
             });
-        }
-        if self.sync.send(callback).is_err() {
+            // Read under the log lock, which a truncation holds while it counts itself.
+            let generation = self.flushed.state.lock().expect("the flushed lock").generation;
+            (log.slots.last().map(|slot| slot.log_id.index), generation)
+        };
+        let Some(index_last) = index_last else {
+            callback.log_io_completed(Ok(())); // an empty log and nothing appended
+            return Ok(());
+        };
+        if self.sync.send(SyncJob { callback, index_last, generation }).is_err() {
             fail_stop("Raft log sync", "the sync thread has stopped");
         }
         Ok(())
@@ -468,6 +524,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let file = &log.file;
         let cut = tokio::task::block_in_place(|| file.set_len(slot.offset).and_then(|()| file.sync_data()));
         cut.unwrap_or_else(|error| fail_stop("Raft log truncate", &error.to_string()));
+        {
+            // The sync above made every entry before the cut durable; syncs already queued
+            // cannot vouch for the entries that will replace the ones cut.
+            let mut state = self.flushed.state.lock().expect("the flushed lock");
+            state.generation += 1;
+            state.index = log_id.index.checked_sub(1);
+        }
         tracing::info!(from = %log_id, "Raft log truncated (entries a new leader overwrote)");
         Ok(())
     }

@@ -194,9 +194,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(index_last) = entries.last().map(|entry| entry.log_id.index) else { return Ok(Vec::new()) };
         let mut machine = self.machine();
         let applied = tokio::task::block_in_place(|| {
-            let applied: Vec<Applied> = entries.into_iter().map(|entry| machine.entry_apply(&entry)).collect();
+            // Never journal an entry the Raft log could still lose (see `LogStore::flushed_wait`).
+            self.log.flushed_wait(index_last);
+            let applied: Vec<Applied> = entries.iter().map(|entry| machine.entry_apply(entry)).collect();
             if !applied.is_empty() {
                 machine.commit();
             }
