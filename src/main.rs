@@ -55,6 +55,64 @@ enum Commands {
     /// Prove at one op that PostgreSQL, the engine's state and the journal agree; exits
     /// non-zero and names the first difference when they do not.
     Reconcile(walletd_history::cli::ReconcileArgs),
+    /// A replicated cluster (`walletd serve --cluster`): initialise it once, or ask a member.
+    #[command(subcommand)]
+    Cluster(ClusterCommands),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommands {
+    /// Initialise a new cluster, once: the members, through one of them (already running with
+    /// `walletd serve --cluster`). The membership then lives in the Raft log.
+    Init(ClusterInitArgs),
+    /// What a member says: its term, the leader it knows, its log and applied index, the members.
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Args)]
+struct ClusterInitArgs {
+    /// The Raft address of the member to send the initialisation to (one of --member).
+    #[arg(long)]
+    raft_addr: String,
+    /// A member, ID=RAFT_ADDR/CLIENT_ADDR (repeat for each), e.g. 1=127.0.0.1:7101/127.0.0.1:4101.
+    #[arg(long = "member", required = true, value_parser = walletd_cluster::tool::member_parse)]
+    members: Vec<(walletd_cluster::NodeId, walletd_cluster::Member)>,
+}
+
+#[derive(Args)]
+struct ClusterStatusArgs {
+    /// The member's Raft address.
+    #[arg(long)]
+    raft_addr: String,
+}
+
+/// `walletd serve --cluster`: the flags of a replicated member.
+#[derive(Args)]
+struct ClusterServeArgs {
+    /// Run as a member of a replicated cluster (Raft): writes go through the leader and are
+    /// acknowledged once a majority holds them durably. Needs --node-id and --raft-addr; the
+    /// members are given once, to `walletd cluster init`.
+    #[arg(long)]
+    cluster: bool,
+    /// This member's id (a data directory belongs to one id for life).
+    #[arg(long, requires = "cluster")]
+    node_id: Option<u64>,
+    /// Address for the members' Raft RPCs (and `walletd cluster init`/`status`).
+    #[arg(long, requires = "cluster")]
+    raft_addr: Option<std::net::SocketAddr>,
+    /// Milliseconds between the leader's heartbeats.
+    #[arg(long, default_value_t = 200)]
+    heartbeat_ms: u64,
+    /// Milliseconds of silence from the leader after which a follower stands for election: a
+    /// random value between the min and the max.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    election_timeout_max_ms: u64,
+    /// Milliseconds a write may wait to commit (a leader without a majority) before it is
+    /// answered `unavailable`.
+    #[arg(long, default_value_t = 10_000)]
+    write_timeout_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +180,8 @@ struct ServeArgs {
     /// chain head, e.g. the last one the exporter published).
     #[arg(long, value_name = "OP:CHECKSUM")]
     expect_head: Option<walletd_replay::ChainHead>,
+    #[command(flatten)]
+    cluster: ClusterServeArgs,
 }
 
 /// Tamper evidence at start-up and while running (see ARCHITECTURE.md, "Threat model").
@@ -263,7 +323,21 @@ fn main() -> ExitCode {
         pipe_closed_ends_quietly();
     }
     let result: Result<(), String> = match cli.command {
+        Commands::Serve(args) if args.cluster.cluster => cluster_serve_command(args),
         Commands::Serve(args) => serve_command(args).map_err(|error| error.to_string()),
+        Commands::Cluster(ClusterCommands::Init(args)) => {
+            let members = args.members.into_iter().collect();
+            walletd_cluster::tool::init(&args.raft_addr, members).map_err(|error| error.to_string()).map(|()| {
+                println!("cluster initialised through {}", args.raft_addr);
+            })
+        }
+        Commands::Cluster(ClusterCommands::Status(args)) => match walletd_cluster::tool::status(&args.raft_addr) {
+            Ok(status) => {
+                println!("{}", serde_json::to_string_pretty(&status).expect("a status encodes"));
+                Ok(())
+            }
+            Err(error) => Err(error.to_string()),
+        },
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
         Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
@@ -396,6 +470,73 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
     }
     server.shutdown();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `walletd serve --cluster`: a replicated member (see walletd_cluster). The HTTP gateway,
+/// the metrics endpoint and checkpoint signing are not wired in cluster mode yet; asking for
+/// them is refused rather than ignored.
+fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
+    let (Some(node_id), Some(raft_addr)) = (args.cluster.node_id, args.cluster.raft_addr) else {
+        return Err("--cluster needs --node-id N and --raft-addr HOST:PORT".to_string());
+    };
+    if args.metrics_addr.is_some() || args.trust.signing_key.is_some() || args.trust.verify_key.is_some() {
+        return Err("--metrics-addr, --signing-key and --verify-key are not supported with --cluster yet".to_string());
+    }
+    if args.http.as_deref().is_some_and(|http| http != "off") {
+        return Err("--http is not supported with --cluster yet (run `walletd http` against the leader)".to_string());
+    }
+    let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
+    config.accounts_max = args.accounts_max.max(2);
+    let timeouts = walletd_cluster::RaftTimeouts {
+        heartbeat_ms: args.cluster.heartbeat_ms.max(1),
+        election_timeout_min_ms: args.cluster.election_timeout_min_ms,
+        election_timeout_max_ms: args.cluster.election_timeout_max_ms,
+    };
+    if timeouts.election_timeout_min_ms <= timeouts.heartbeat_ms
+        || timeouts.election_timeout_max_ms <= timeouts.election_timeout_min_ms
+    {
+        return Err("Raft timeouts: need heartbeat < election-timeout-min < election-timeout-max".to_string());
+    }
+    let options = walletd_cluster::ClusterOptions {
+        node_id,
+        data_dir: DataDir::new(&args.data_dir),
+        addr: args.addr,
+        raft_addr,
+        config,
+        segment_size_bytes: args.segment_size,
+        server: walletd_gateway::server::ServerOptions {
+            connections_max: args.connections_max.max(1),
+            frame_timeout: std::time::Duration::from_secs(args.frame_timeout_s.max(1)),
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout_s.max(1)),
+            ..walletd_gateway::server::ServerOptions::default()
+        },
+        timeouts,
+        write_timeout: std::time::Duration::from_millis(args.cluster.write_timeout_ms.max(1)),
+        checkpoint_entries: args.checkpoint_ops.max(1),
+        in_flight_max: args.ring_slots.max(1) * 4,
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
+    }
+    // A panic is a broken invariant: stop the process (fail-stop); restart recovers from disk.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report_panic(info);
+        eprintln!("walletd: a thread panicked; stopping (fail-stop). Restart to recover from disk.");
+        std::process::exit(70);
+    }));
+    let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
+    println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
+    println!("raft on {} (node {})", node.raft_addr, node.node_id);
+    node.leader_report_start();
+    while !STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    node.shutdown();
     Ok(())
 }
 

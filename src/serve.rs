@@ -18,9 +18,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use walletd_core::Config;
-use walletd_gateway::protocol::{FrameHeader, FrameOperation, ServerInfo, Status, SERVER_INFO_SIZE_BYTES};
-use walletd_gateway::server::{serve, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit};
+use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status, SERVER_INFO_SIZE_BYTES};
+use walletd_gateway::server::{
+    serve, server_info, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit,
+};
 use walletd_replay::data_dir::DataDir;
 
 #[derive(Clone, Debug)]
@@ -97,23 +98,6 @@ impl RunningServer {
         self.acceptor.stop();
         self.node.shutdown();
         self.connections.close_all();
-    }
-}
-
-/// What a ping reply tells clients: the pinned ledger config and this server's options.
-fn server_info(config: &Config, server: &ServerOptions) -> ServerInfo {
-    let millis = |duration: std::time::Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    ServerInfo {
-        transfers_max: config.transfers_max,
-        batch_events_max: server.event_count_max,
-        id_future_ms_max: config.id_future_ms_max,
-        idle_timeout_ms: millis(server.idle_timeout),
-        frame_timeout_ms: millis(server.frame_timeout),
-        connections_max: u32::try_from(server.connections_max).unwrap_or(u32::MAX),
-        accounts_max: config.accounts_max,
-        pending_max: config.pending_max,
-        limits_max: config.limits_max,
-        ledgers_max: config.ledgers_max,
     }
 }
 

@@ -61,6 +61,14 @@ pub enum ClientError {
         event_count: usize,
         event_count_max: u32,
     },
+    /// A cluster member that is not the leader answered; `leader` is the leader's client
+    /// address when the member knows it. `ClusterClient` follows it.
+    NotLeader {
+        leader: Option<String>,
+    },
+    /// A cluster member could not commit the request in time (no majority, or no leader yet):
+    /// the outcome is unknown, as after `Timeout`. Resend with the same ids.
+    Unavailable,
 }
 
 impl Clone for ClientError {
@@ -76,6 +84,8 @@ impl Clone for ClientError {
             ClientError::TooManyEvents { operation, event_count, event_count_max } => {
                 ClientError::TooManyEvents { operation, event_count: *event_count, event_count_max: *event_count_max }
             }
+            ClientError::NotLeader { leader } => ClientError::NotLeader { leader: leader.clone() },
+            ClientError::Unavailable => ClientError::Unavailable,
         }
     }
 }
@@ -101,6 +111,17 @@ impl fmt::Display for ClientError {
             ClientError::TooManyEvents { operation, event_count, event_count_max } => write!(
                 f,
                 "{operation} call has {event_count} events, at most {event_count_max} fit in one frame: split the call"
+            ),
+            ClientError::NotLeader { leader: Some(leader) } => {
+                write!(f, "this walletd cluster member is not the leader; the leader is at {leader}: resend there")
+            }
+            ClientError::NotLeader { leader: None } => {
+                write!(f, "this walletd cluster member is not the leader and knows no leader yet: retry later")
+            }
+            ClientError::Unavailable => write!(
+                f,
+                "the walletd cluster could not commit the request in time (no majority or no leader); the outcome is \
+                 unknown: resend with the same ids"
             ),
         }
     }
@@ -994,6 +1015,11 @@ fn reply_dispatch(shared: &Shared, header: FrameHeader, body: Vec<u8>) -> Result
             operation.name()
         ))),
         Ok(Status::Ok) => Ok(()),
+        Ok(Status::NotLeader) => {
+            let leader = std::str::from_utf8(&body).expect("check_reply checked the address").to_string();
+            Err(ClientError::NotLeader { leader: (!leader.is_empty()).then_some(leader) })
+        }
+        Ok(Status::Unavailable) => Err(ClientError::Unavailable),
         Ok(status) => Err(ClientError::Frame(status)),
     };
     match (waiter, result) {

@@ -239,10 +239,19 @@ pub enum Status {
     Busy = 10,
     RequestIdZero = 11,
     NoEvents = 12,
+    /// A cluster member that is not the leader; the body names the leader's client address.
+    NotLeader = 13,
+    /// A cluster leader that could not commit the request within its write timeout (it has no
+    /// majority), or a member that knows no leader: the outcome of a write is unknown.
+    Unavailable = 14,
 }
 
+/// A `not_leader` reply's body: the leader's client address as UTF-8 text (`host:port`), or
+/// empty when the member knows no leader. At most this long.
+pub const NOT_LEADER_ADDRESS_SIZE_MAX_BYTES: usize = 255;
+
 impl Status {
-    pub const ALL: [Status; 13] = [
+    pub const ALL: [Status; 15] = [
         Status::Ok,
         Status::BadMagic,
         Status::BadVersion,
@@ -256,6 +265,8 @@ impl Status {
         Status::Busy,
         Status::RequestIdZero,
         Status::NoEvents,
+        Status::NotLeader,
+        Status::Unavailable,
     ];
 
     pub fn from_u16(value: u16) -> Option<Status> {
@@ -294,6 +305,8 @@ impl Status {
             Status::Busy => "busy",
             Status::RequestIdZero => "request_id_zero",
             Status::NoEvents => "no_events",
+            Status::NotLeader => "not_leader",
+            Status::Unavailable => "unavailable",
         }
     }
 
@@ -318,6 +331,14 @@ impl Status {
                 "request id 0 is reserved for replies about the connection: reconnect, number requests from 1"
             }
             Status::NoEvents => "a mutating request needs at least one event (pulse advances the clock without any)",
+            Status::NotLeader => {
+                "this cluster member is not the leader: resend the same request to the leader the body names \
+                 (same ids: a write it may already have committed answers exists)"
+            }
+            Status::Unavailable => {
+                "the cluster could not commit the request in time (no majority, or no leader yet): its outcome is \
+                 unknown; resend the same request later or to another member"
+            }
         }
     }
 }
@@ -694,8 +715,15 @@ pub fn check_reply(header: &FrameHeader, body: &[u8]) -> Result<Status, FrameErr
     }
     let status = Status::from_u16(header.status).ok_or(malformed("unknown status"))?;
     if status != Status::Ok {
-        if header.event_count != 0 || !body.is_empty() || header.op != 0 {
+        if header.event_count != 0 || header.op != 0 {
             return Err(malformed("an error reply carries records or an op"));
+        }
+        if status == Status::NotLeader {
+            if body.len() > NOT_LEADER_ADDRESS_SIZE_MAX_BYTES || std::str::from_utf8(body).is_err() {
+                return Err(malformed("a not_leader reply's address is not short UTF-8 text"));
+            }
+        } else if !body.is_empty() {
+            return Err(malformed("an error reply carries a body"));
         }
         return Ok(status);
     }

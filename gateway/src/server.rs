@@ -91,6 +91,23 @@ impl Default for ServerOptions {
     }
 }
 
+/// What a ping reply tells clients: the pinned ledger config and this server's options.
+pub fn server_info(config: &walletd_core::Config, server: &ServerOptions) -> crate::protocol::ServerInfo {
+    let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    crate::protocol::ServerInfo {
+        transfers_max: config.transfers_max,
+        batch_events_max: server.event_count_max,
+        id_future_ms_max: config.id_future_ms_max,
+        idle_timeout_ms: millis(server.idle_timeout),
+        frame_timeout_ms: millis(server.frame_timeout),
+        connections_max: u32::try_from(server.connections_max).unwrap_or(u32::MAX),
+        accounts_max: config.accounts_max,
+        pending_max: config.pending_max,
+        limits_max: config.limits_max,
+        ledgers_max: config.ledgers_max,
+    }
+}
+
 /// Server counters, for the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct ServerCounters {

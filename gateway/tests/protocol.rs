@@ -552,7 +552,7 @@ fn operations_have_their_numbers_and_limits() {
         Status::ALL.iter().filter(|status| status.closes_connection()).map(|status| *status as u16).collect();
     assert_eq!(closing, [1, 2, 3, 4, 10, 11]);
     let numbers: Vec<u16> = Status::ALL.iter().map(|status| *status as u16).collect();
-    assert_eq!(numbers, (0..=12).collect::<Vec<u16>>(), "statuses are numbered densely, new ones appended");
+    assert_eq!(numbers, (0..=14).collect::<Vec<u16>>(), "statuses are numbered densely, new ones appended");
     for status in Status::ALL {
         assert_eq!(Status::from_u16(status as u16), Some(status));
     }
@@ -1053,4 +1053,30 @@ fn protocol_doc_traced_example_is_what_the_code_sends() {
         &untraced[HEADER_SIZE_BYTES..],
         "the same transfer"
     );
+
+#[test]
+fn a_not_leader_reply_carries_the_leader_address_and_nothing_else_does() {
+    let request = FrameHeader::request(FrameOperation::Ledger(Operation::CreateTransfers), 3, 4, 1);
+    let reply_of = |status: Status, body: &[u8]| {
+        let mut frame = Vec::new();
+        frame_append(&FrameHeader::reply_to(&request, status, 0, 0), body, &mut frame);
+        frame
+    };
+    let frame = reply_of(Status::NotLeader, b"127.0.0.1:4102");
+    let (header, body) = frame_split(&frame);
+    assert_eq!(check_reply(&header, body), Ok(Status::NotLeader));
+    assert_eq!(body, b"127.0.0.1:4102");
+    let frame = reply_of(Status::NotLeader, b"");
+    let (header, body) = frame_split(&frame);
+    assert_eq!(check_reply(&header, body), Ok(Status::NotLeader), "no leader known: an empty body");
+    let frame = reply_of(Status::NotLeader, &[0xff, 0xfe]);
+    let (header, body) = frame_split(&frame);
+    assert!(check_reply(&header, body).is_err(), "the address is UTF-8 text");
+    let frame = reply_of(Status::NotLeader, &[b'a'; NOT_LEADER_ADDRESS_SIZE_MAX_BYTES + 1]);
+    let (header, body) = frame_split(&frame);
+    assert!(check_reply(&header, body).is_err(), "the address is at most 255 bytes");
+    let frame = reply_of(Status::Unavailable, b"127.0.0.1:4102");
+    let (header, body) = frame_split(&frame);
+    assert!(check_reply(&header, body).is_err(), "only not_leader carries a body among the refusals");
+    assert!(!Status::NotLeader.closes_connection() && !Status::Unavailable.closes_connection());
 }

@@ -43,13 +43,36 @@ pub fn serve_binary(
     dir: &std::path::Path,
     args: &[&str],
 ) -> (ServerChild, std::net::SocketAddr, Option<std::net::SocketAddr>) {
+    let (child, addr, lines) = serve_binary_lines(dir, "127.0.0.1:0", args);
+    let metrics = args.contains(&"--metrics-addr").then(|| {
+        let line = lines.recv_timeout(LINE_TIMEOUT).expect("a metrics line");
+        line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().expect("an address")
+    });
+    (child, addr, metrics)
+}
+
+/// How long a child may take to print a line the test waits for.
+pub const LINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `serve_binary` listening on `addr`, with every line the child prints after its listening
+/// line delivered on the channel (a thread reads its stdout to the end, so the child never
+/// blocks on a full pipe).
+pub fn serve_binary_lines(
+    dir: &std::path::Path,
+    addr: &str,
+    args: &[&str],
+) -> (ServerChild, std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--addr", addr, "--data-dir"])
         .arg(dir)
         .args(args)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(if std::env::var_os("WALLETD_TEST_STDERR").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .spawn()
         .expect("walletd serve starts");
     let stdout = child.stdout.take().expect("stdout");
@@ -57,11 +80,11 @@ pub fn serve_binary(
     let mut lines = std::io::BufReader::new(stdout).lines();
     let listening = lines.next().expect("a line").expect("readable");
     let addr = listening.split_whitespace().nth(3).expect("walletd listening on ADDR").parse().expect("an address");
-    let metrics = args.contains(&"--metrics-addr").then(|| {
-        let line = lines.next().expect("a metrics line").expect("readable");
-        line.trim_start_matches("metrics on http://").trim_end_matches("/metrics").parse().expect("an address")
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
     });
-    // Keep reading stdout on a thread so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr, metrics)
+    (child, addr, receiver)
 }

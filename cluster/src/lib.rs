@@ -1,0 +1,34 @@
+//! walletd-cluster: walletd replicated on Raft (openraft 0.9), so that an op is durable on a
+//! majority of nodes before its reply leaves, and any node can take over.
+//!
+//! The committed Raft log is the journal: every node applies each committed entry by appending
+//! it to its own walletd journal and applying it to its ledger, so every node's journal holds
+//! exactly the committed sequence, byte for byte, and `walletd replay` works on any of them.
+//!
+//! - `types` — what openraft is instantiated with (entries carry whole journal commands).
+//! - `log_store` — the Raft log and vote on disk: checksummed records, fsync before an append
+//!   or a vote is acknowledged, fail-stop on a failed write.
+//! - `state_machine` — the journal and the ledger as the state machine.
+//! - `network` — the members' RPCs over TCP, and the tools' requests (init, status).
+//! - `node` — a node: recovery, Raft, the gateway backend that submits to the leader.
+//! - `tool` — `walletd cluster init` and `status`.
+//!
+//! The crate depends on the engine's crates (core, journal, replay, gateway); nothing of the
+//! engine depends on it.
+
+// openraft's traits return its own StorageError and RaftError, which are large; they are
+// openraft's types, on paths that are not hot.
+#![allow(clippy::result_large_err)]
+
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod tool;
+pub mod types;
+
+pub use error::ClusterError;
+pub use network::{tool_request, PeerReply, PeerRequest, Status};
+pub use node::{cluster_start, ClusterOptions, RaftTimeouts, RunningCluster};
+pub use types::{Member, NodeId};

@@ -1,0 +1,553 @@
+//! The Raft log and vote on disk (`DATA/raft/`), as openraft's `RaftLogStorage`.
+//!
+//! The log is one append-only file of records, each checksummed; the vote is one small file
+//! replaced atomically. Entries stay on disk: memory holds only where each one is (its log id,
+//! offset and size) and the membership entries, so a log of a million 1 MiB batches costs
+//! megabytes, not terabytes. Reads go back to the file (the page cache serves replication).
+//!
+//! Durability, as openraft requires of a log: an append is acknowledged (`LogFlushed`) only
+//! after an fdatasync covers it, done by one sync thread that groups every append queued
+//! meanwhile into one sync; a vote is durable before `save_vote` returns. The state machine
+//! waits for the same syncs (`flushed_wait`) before it journals an entry, because openraft 0.9
+//! lets a follower apply an entry it has appended but not yet synced. A failed write or
+//! sync stops the process (fail-stop, as the journal does): a node that acknowledged an entry
+//! or a vote it does not hold would break Raft's safety, and restarting recovers from disk.
+//!
+//! Record layout (little-endian), `RECORD_HEADER_SIZE_BYTES` then the body:
+//!
+//! ```text
+//! offset size field
+//!      0    4 body_size_bytes
+//!      4    4 checksum: crc32c of bytes 8.. (the index and the body)
+//!      8    8 index (the entry's log index)
+//!     16    n body: the entry (openraft's Entry, bincode)
+//! ```
+//!
+//! Recovery reads records in order. A record cut short at the end of the file, or the last
+//! record with a bad checksum, is a torn append that was never acknowledged: it is cut off and
+//! reported. A bad record with more bytes after it, or an index out of sequence, is corruption:
+//! start-up stops and says where.
+
+use crate::types::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub const RECORD_HEADER_SIZE_BYTES: usize = 16;
+/// One entry's encoded size at most: a batch of 8189 events of 128 bytes and its envelope.
+pub const RECORD_BODY_SIZE_MAX_BYTES: u32 = 4 << 20;
+
+const LOG_FILE: &str = "log";
+const VOTE_FILE: &str = "vote";
+const PURGED_FILE: &str = "purged";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the Raft log {path} is corrupt at byte {offset}: {reason}; a record with good records after it is not a torn append. Rebuild this node's data directory from the other members")]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+}
+
+/// Where one entry is in the file.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    log_id: LogId,
+    offset: u64,
+    body_size_bytes: u32,
+}
+
+struct LogFile {
+    dir: PathBuf,
+    file: File,
+    size_bytes: u64,
+    /// Contiguous entries: `slots[i]` has index `slots[0].log_id.index + i`.
+    slots: Vec<Slot>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+    /// Every membership entry in the file, purged or not, in index order (the state machine
+    /// answers the membership as of its applied index from here).
+    memberships: Vec<(LogId, Membership)>,
+    /// While recovering: the last purged record read (for the index sequence check).
+    slots_purged_last: Option<Slot>,
+    record: Vec<u8>,
+}
+
+/// The Raft log store; cheap to clone (the clones share one file), so it is its own reader.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogFile>>,
+    sync: Sender<SyncJob>,
+    flushed: Arc<Flushed>,
+}
+
+/// An append for the sync thread: its callback, the last index it wrote, and the truncation
+/// generation it was written in.
+struct SyncJob {
+    callback: LogFlushed<TypeConfig>,
+    index_last: u64,
+    generation: u64,
+}
+
+/// How far the log is durable, for the state machine: openraft 0.9 may apply an entry a
+/// follower has appended but not yet synced, and the journal must never hold an entry the Raft
+/// log could lose (a restart would find the journal ahead of the log). `generation` counts
+/// truncations, so a sync that began before one cannot vouch for entries written after it.
+#[derive(Default)]
+struct Flushed {
+    state: Mutex<FlushedState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushedState {
+    generation: u64,
+    /// Every entry up to this index is synced (None: none).
+    index: Option<u64>,
+}
+
+/// What opening found, for the start-up log.
+#[derive(Clone, Debug)]
+pub struct LogOpened {
+    pub entries: usize,
+    pub last: Option<LogId>,
+    /// Bytes of a torn append cut off the end.
+    pub torn_bytes: u64,
+}
+
+impl LogStore {
+    /// Opens (or creates) the Raft log in `dir`, recovering as the module doc says.
+    pub fn open(dir: &Path) -> Result<(LogStore, LogOpened), LogStoreError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LogStoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOG_FILE);
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
+        let last_purged = small_file_read::<LogId>(&dir.join(PURGED_FILE))?;
+        let vote = small_file_read::<Vote>(&dir.join(VOTE_FILE))?;
+        let mut log = LogFile {
+            dir: dir.to_path_buf(),
+            file,
+            size_bytes: 0,
+            slots: Vec::new(),
+            last_purged,
+            vote,
+            memberships: Vec::new(),
+            slots_purged_last: None,
+            record: Vec::new(),
+        };
+        let torn_bytes = log.recover(&path)?;
+        dir_sync(dir).map_err(io(dir))?;
+        let opened = LogOpened { entries: log.slots.len(), last: log.slots.last().map(|slot| slot.log_id), torn_bytes };
+        let sync_file = log.file.try_clone().map_err(io(&path))?;
+        let (sync, jobs) = channel();
+        // What recovery read back and synced is durable.
+        let flushed = Arc::new(Flushed::default());
+        flushed.state.lock().expect("fresh").index = opened.last.map(|log_id| log_id.index);
+        let sync_flushed = Arc::clone(&flushed);
+        std::thread::Builder::new()
+            .name("raft-log-sync".to_string())
+            .spawn(move || sync_run(&sync_file, &jobs, &sync_flushed))
+            .map_err(io(&path))?;
+        Ok((LogStore { inner: Arc::new(Mutex::new(log)), sync, flushed }, opened))
+    }
+
+    /// Blocks until every entry up to `index` is synced to the Raft log.
+    pub fn flushed_wait(&self, index: u64) {
+        let mut state = self.flushed.state.lock().expect("the flushed lock");
+        while state.index.is_none_or(|flushed| flushed < index) {
+            state = self.flushed.changed.wait(state).expect("the flushed lock");
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogFile> {
+        self.inner.lock().expect("the Raft log lock (a panic under it stops the node)")
+    }
+
+    /// The log id of the entry at `index`, if the log holds it (or it is the purged one).
+    pub fn log_id_at(&self, index: u64) -> Option<LogId> {
+        let log = self.lock();
+        if let Some(slot) = log.slot(index) {
+            return Some(slot.log_id);
+        }
+        log.last_purged.filter(|purged| purged.index == index)
+    }
+
+    /// The newest membership entry at or below `index`.
+    pub fn membership_at(&self, index: u64) -> Option<(LogId, Membership)> {
+        let log = self.lock();
+        log.memberships.iter().rev().find(|(log_id, _)| log_id.index <= index).cloned()
+    }
+}
+
+impl LogFile {
+    fn slot(&self, index: u64) -> Option<&Slot> {
+        let first = self.slots.first()?.log_id.index;
+        let position = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.slots.get(position)
+    }
+
+    /// Reads every record; cuts a torn tail. Returns the bytes cut.
+    fn recover(&mut self, path: &Path) -> Result<u64, LogStoreError> {
+        let io = |source| LogStoreError::Io { path: path.to_path_buf(), source };
+        let file_size_bytes = self.file.metadata().map_err(io)?.len();
+        let mut reader = BufReader::with_capacity(1 << 20, self.file.try_clone().map_err(io)?);
+        let mut offset = 0u64;
+        let mut body = Vec::new();
+        while offset < file_size_bytes {
+            match record_read(&mut reader, offset, file_size_bytes, &mut body).map_err(io)? {
+                RecordRead::Good { index } => {
+                    let entry: Entry = bincode::deserialize(&body).map_err(|error| LogStoreError::Corrupt {
+                        path: path.to_path_buf(),
+                        offset,
+                        reason: format!("a record with a good checksum does not decode: {error}"),
+                    })?;
+                    self.recovered_push(path, offset, index, &entry, body.len() as u32)?;
+                    offset += (RECORD_HEADER_SIZE_BYTES + body.len()) as u64;
+                }
+                RecordRead::Torn => break,
+                RecordRead::Corrupt(reason) => {
+                    return Err(LogStoreError::Corrupt { path: path.to_path_buf(), offset, reason });
+                }
+            }
+        }
+        let torn_bytes = file_size_bytes - offset;
+        if torn_bytes > 0 {
+            tracing::warn!(
+                torn_bytes,
+                offset,
+                "the Raft log ends in a torn append (never acknowledged); cutting it off"
+            );
+            self.file.set_len(offset).map_err(io)?;
+            self.file.sync_all().map_err(io)?;
+        }
+        self.size_bytes = offset;
+        Ok(torn_bytes)
+    }
+
+    fn recovered_push(
+        &mut self,
+        path: &Path,
+        offset: u64,
+        index: u64,
+        entry: &Entry,
+        body_size_bytes: u32,
+    ) -> Result<(), LogStoreError> {
+        let corrupt = |reason: String| LogStoreError::Corrupt { path: path.to_path_buf(), offset, reason };
+        if entry.log_id.index != index {
+            return Err(corrupt(format!("the record says index {index}, its entry {}", entry.log_id.index)));
+        }
+        if let Some(last) = self.slots.last().or(self.slots_purged_last.as_ref()) {
+            if index != last.log_id.index + 1 {
+                return Err(corrupt(format!("index {index} follows index {}", last.log_id.index)));
+            }
+        }
+        let slot = Slot { log_id: entry.log_id, offset, body_size_bytes };
+        if self.last_purged.is_some_and(|purged| index <= purged.index) {
+            // Purged, but the file keeps it (it is not compacted): only its membership counts.
+            if let EntryPayload::Membership(membership) = &entry.payload {
+                self.memberships.push((entry.log_id, membership.clone()));
+            }
+            self.slots_purged_last = Some(slot);
+            return Ok(());
+        }
+        self.slot_push(slot, entry);
+        Ok(())
+    }
+
+    fn slot_push(&mut self, slot: Slot, entry: &Entry) {
+        if let Some(last) = self.slots.last() {
+            assert_eq!(slot.log_id.index, last.log_id.index + 1, "the Raft log appends in index order");
+        }
+        if let EntryPayload::Membership(membership) = &entry.payload {
+            self.memberships.push((entry.log_id, membership.clone()));
+        }
+        self.slots.push(slot);
+    }
+
+    fn entry_read(&self, slot: &Slot) -> Result<Entry, StorageError> {
+        let mut bytes = vec![0u8; RECORD_HEADER_SIZE_BYTES + slot.body_size_bytes as usize];
+        let read_error = |error: &dyn std::error::Error| -> StorageError {
+            StorageIOError::read_log_entry(slot.log_id, openraft::AnyError::error(error.to_string())).into()
+        };
+        self.file.read_exact_at(&mut bytes, slot.offset).map_err(|error| read_error(&error))?;
+        let (header, body) = bytes.split_at(RECORD_HEADER_SIZE_BYTES);
+        let checksum_stored = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+        let checksum_computed = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), body);
+        if checksum_stored != checksum_computed {
+            // It was good when read at start-up or written: the disk changed under us.
+            fail_stop("Raft log read", &format!("the record of {} no longer matches its checksum", slot.log_id));
+        }
+        bincode::deserialize(body).map_err(|error| read_error(&*error))
+    }
+
+    /// Appends one entry's record (not yet synced).
+    fn entry_append(&mut self, entry: &Entry) {
+        let mut record = std::mem::take(&mut self.record);
+        record.clear();
+        record.extend_from_slice(&[0u8; 8]);
+        record.extend_from_slice(&entry.log_id.index.to_le_bytes());
+        bincode::serialize_into(&mut record, entry).expect("a Raft entry encodes");
+        let body_size_bytes = u32::try_from(record.len() - RECORD_HEADER_SIZE_BYTES).expect("an entry under 4 GiB");
+        assert!(body_size_bytes <= RECORD_BODY_SIZE_MAX_BYTES, "an entry of {body_size_bytes} bytes: over the limit");
+        let checksum = crc32c::crc32c(&record[8..]);
+        record[0..4].copy_from_slice(&body_size_bytes.to_le_bytes());
+        record[4..8].copy_from_slice(&checksum.to_le_bytes());
+        if let Err(error) = self.file.write_all_at(&record, self.size_bytes) {
+            fail_stop("Raft log append", &error.to_string());
+        }
+        let slot = Slot { log_id: entry.log_id, offset: self.size_bytes, body_size_bytes };
+        self.size_bytes += record.len() as u64;
+        self.slot_push(slot, entry);
+        self.record = record;
+    }
+}
+
+enum RecordRead {
+    Good { index: u64 },
+    Torn,
+    Corrupt(String),
+}
+
+/// Reads the record at `offset` into `body`.
+fn record_read(
+    reader: &mut impl Read,
+    offset: u64,
+    file_size_bytes: u64,
+    body: &mut Vec<u8>,
+) -> std::io::Result<RecordRead> {
+    let remaining = file_size_bytes - offset;
+    if remaining < RECORD_HEADER_SIZE_BYTES as u64 {
+        return Ok(RecordRead::Torn);
+    }
+    let mut header = [0u8; RECORD_HEADER_SIZE_BYTES];
+    reader.read_exact(&mut header)?;
+    let body_size_bytes = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let checksum_stored = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let index = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let record_size_bytes = RECORD_HEADER_SIZE_BYTES as u64 + u64::from(body_size_bytes);
+    if body_size_bytes > RECORD_BODY_SIZE_MAX_BYTES || record_size_bytes > remaining {
+        // A size past the end: the header was written, the body not (or the size is garbage
+        // of a torn write). Either way nothing after it can be a record.
+        return Ok(RecordRead::Torn);
+    }
+    body.resize(body_size_bytes as usize, 0);
+    reader.read_exact(body)?;
+    let checksum_computed = crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), body);
+    if checksum_stored == checksum_computed {
+        return Ok(RecordRead::Good { index });
+    }
+    if record_size_bytes == remaining {
+        return Ok(RecordRead::Torn);
+    }
+    Ok(RecordRead::Corrupt(format!(
+        "checksum {checksum_stored:#010x} stored, {checksum_computed:#010x} computed, with {} bytes after the record",
+        remaining - record_size_bytes
+    )))
+}
+
+/// The sync thread: one fdatasync for every append queued meanwhile, then the durable index
+/// for the state machine, then the callbacks.
+fn sync_run(file: &File, jobs: &Receiver<SyncJob>, flushed: &Flushed) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter());
+        if let Err(error) = file.sync_data() {
+            fail_stop("Raft log sync", &error.to_string());
+        }
+        {
+            let mut state = flushed.state.lock().expect("the flushed lock");
+            let generation = state.generation;
+            for job in batch.iter().filter(|job| job.generation == generation) {
+                state.index = Some(state.index.map_or(job.index_last, |index| index.max(job.index_last)));
+            }
+        }
+        flushed.changed.notify_all();
+        for job in batch {
+            job.callback.log_io_completed(Ok(()));
+        }
+    }
+}
+
+/// A Raft log or vote that cannot be written stops the node; restart recovers from disk.
+pub fn fail_stop(what: &str, error: &str) -> ! {
+    tracing::error!(what, error, "stopping (fail-stop): the Raft state on disk could not be written or read back");
+    eprintln!("walletd: {what} failed: {error}; stopping (fail-stop). Restart to recover from disk.");
+    std::process::exit(70)
+}
+
+/// A small file (the vote, the purge mark): `[crc32c u32][size u32][bincode]`, replaced by
+/// write-to-temporary, fsync, rename, fsync of the directory.
+fn small_file_write<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+    let body = bincode::serialize(value).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(8 + body.len());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    let temporary = dir.join(format!("{name}.tmp"));
+    {
+        let file = File::create(&temporary)?;
+        file.write_all_at(&bytes, 0)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temporary, dir.join(name))?;
+    dir_sync(dir)
+}
+
+fn small_file_read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LogStoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LogStoreError::Io { path: path.to_path_buf(), source }),
+    };
+    let corrupt = |reason: &str| LogStoreError::Corrupt { path: path.to_path_buf(), offset: 0, reason: reason.into() };
+    if bytes.len() < 8 {
+        return Err(corrupt("shorter than its 8-byte header"));
+    }
+    let checksum = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let size = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    let body = &bytes[8..];
+    if body.len() != size || crc32c::crc32c(body) != checksum {
+        return Err(corrupt("its size or checksum does not match (it is replaced atomically, so this is damage)"));
+    }
+    bincode::deserialize(body).map(Some).map_err(|error| corrupt(&error.to_string()))
+}
+
+fn dir_sync(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn range_indexes(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(start) => *start,
+        Bound::Excluded(start) => start + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(end) => end.saturating_add(1),
+        Bound::Excluded(end) => *end,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (start, end) = range_indexes(&range);
+        let log = self.lock();
+        let Some(first) = log.slots.first().map(|slot| slot.log_id.index) else { return Ok(Vec::new()) };
+        let from = start.max(first);
+        let mut entries = Vec::new();
+        let mut index = from;
+        while index < end {
+            let Some(slot) = log.slot(index) else { break };
+            entries.push(log.entry_read(slot)?);
+            index += 1;
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let log = self.lock();
+        let last = log.slots.last().map(|slot| slot.log_id).or(log.last_purged);
+        Ok(LogState { last_purged_log_id: log.last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut log = self.lock();
+        let dir = log.dir.clone();
+        // A vote is durable before it is answered: fsync, rename, fsync the directory.
+        tokio::task::block_in_place(|| small_file_write(&dir, VOTE_FILE, vote))
+            .unwrap_or_else(|error| fail_stop("Raft vote write", &error.to_string()));
+        log.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let (index_last, generation) = {
+            let mut log = self.lock();
+            tokio::task::block_in_place(|| {
+                for entry in entries {
+                    log.entry_append(&entry);
+                }
+            });
+            // Read under the log lock, which a truncation holds while it counts itself.
+            let generation = self.flushed.state.lock().expect("the flushed lock").generation;
+            (log.slots.last().map(|slot| slot.log_id.index), generation)
+        };
+        let Some(index_last) = index_last else {
+            callback.log_io_completed(Ok(())); // an empty log and nothing appended
+            return Ok(());
+        };
+        if self.sync.send(SyncJob { callback, index_last, generation }).is_err() {
+            fail_stop("Raft log sync", "the sync thread has stopped");
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut log = self.lock();
+        let Some(slot) = log.slot(log_id.index).copied() else { return Ok(()) };
+        let keep = usize::try_from(log_id.index - log.slots[0].log_id.index).expect("an index in memory");
+        log.slots.truncate(keep);
+        log.memberships.retain(|(membership_log_id, _)| membership_log_id.index < log_id.index);
+        log.size_bytes = slot.offset;
+        let file = &log.file;
+        let cut = tokio::task::block_in_place(|| file.set_len(slot.offset).and_then(|()| file.sync_data()));
+        cut.unwrap_or_else(|error| fail_stop("Raft log truncate", &error.to_string()));
+        {
+            // The sync above made every entry before the cut durable; syncs already queued
+            // cannot vouch for the entries that will replace the ones cut.
+            let mut state = self.flushed.state.lock().expect("the flushed lock");
+            state.generation += 1;
+            state.index = log_id.index.checked_sub(1);
+        }
+        tracing::info!(from = %log_id, "Raft log truncated (entries a new leader overwrote)");
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut log = self.lock();
+        assert!(log.last_purged.is_none_or(|purged| purged.index <= log_id.index), "purges only go forward");
+        let dir = log.dir.clone();
+        tokio::task::block_in_place(|| small_file_write(&dir, PURGED_FILE, &log_id))
+            .unwrap_or_else(|error| fail_stop("Raft log purge mark write", &error.to_string()));
+        log.last_purged = Some(log_id);
+        let first = log.slots.first().map(|slot| slot.log_id.index);
+        if let Some(first) = first {
+            let drop_count =
+                usize::try_from((log_id.index + 1).saturating_sub(first)).expect("fits").min(log.slots.len());
+            log.slots.drain(..drop_count);
+        }
+        Ok(())
+    }
+}

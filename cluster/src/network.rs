@@ -1,0 +1,276 @@
+//! The transport between members: openraft's RPCs over plain TCP, one request at a time per
+//! connection, each as a length-prefixed frame of a bincode-encoded serde value:
+//!
+//! ```text
+//! offset size field
+//!      0    4 body_size_bytes (little-endian, at most FRAME_BODY_SIZE_MAX_BYTES)
+//!      4    n body: a PeerRequest (to a member) or a PeerReply (back)
+//! ```
+//!
+//! The same port takes `walletd cluster init` (the one-time initialisation of a new cluster)
+//! and `walletd cluster status`. A connection that fails is dropped and opened again on the next
+//! RPC; openraft retries and backs off on its own. Members reach each other only on the
+//! addresses their membership entry names.
+
+use crate::types::{Member, NodeId, Raft, TypeConfig};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A frame body at most: `max_payload_entries` (32) entries of up to one full batch each.
+pub const FRAME_BODY_SIZE_MAX_BYTES: u32 = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// `walletd cluster init`: the members of a new cluster.
+    Init(BTreeMap<NodeId, Member>),
+    /// `walletd cluster status`.
+    Status,
+}
+
+/// What a member says about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub node_id: NodeId,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    /// "Leader", "Follower", "Candidate", "Learner" or "Shutdown".
+    pub state: String,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Init(Result<(), String>),
+    Status(Status),
+}
+
+async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+    let body = bincode::serialize(value).map_err(std::io::Error::other)?;
+    let size = u32::try_from(body.len()).ok().filter(|size| *size <= FRAME_BODY_SIZE_MAX_BYTES);
+    let Some(size) = size else {
+        return Err(std::io::Error::other(format!("a peer frame of {} bytes is over the limit", body.len())));
+    };
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&size.to_le_bytes());
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).await
+}
+
+async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).await?;
+    let size = u32::from_le_bytes(size);
+    if size > FRAME_BODY_SIZE_MAX_BYTES {
+        return Err(std::io::Error::other(format!("a peer frame says {size} bytes: over the limit")));
+    }
+    let mut body = vec![0u8; size as usize];
+    stream.read_exact(&mut body).await?;
+    bincode::deserialize(&body).map_err(std::io::Error::other)
+}
+
+/// Serves the members' RPCs (and init, status) on `listener` until the runtime stops.
+pub fn peer_serve(listener: TcpListener, raft: Raft, node_id: NodeId) {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(peer_connection(stream, raft.clone(), node_id));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "raft accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn peer_connection(mut stream: TcpStream, raft: Raft, node_id: NodeId) {
+    loop {
+        let request: PeerRequest = match frame_read(&mut stream).await {
+            Ok(request) => request,
+            Err(error) => {
+                if error.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%error, "raft connection ended");
+                }
+                return;
+            }
+        };
+        let reply = match request {
+            PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
+            PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
+            PeerRequest::InstallSnapshot(rpc) => PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await),
+            PeerRequest::Init(members) => {
+                tracing::info!(?members, "initialising a new cluster");
+                PeerReply::Init(raft.initialize(members).await.map_err(|error| error.to_string()))
+            }
+            PeerRequest::Status => PeerReply::Status(status_of(&raft, node_id)),
+        };
+        if frame_write(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn status_of(raft: &Raft, node_id: NodeId) -> Status {
+    let metrics = raft.metrics().borrow().clone();
+    let members = metrics.membership_config.nodes().map(|(id, member)| (*id, member.clone())).collect();
+    Status {
+        node_id,
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        state: format!("{:?}", metrics.state),
+        last_log_index: metrics.last_log_index,
+        last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
+        members,
+    }
+}
+
+/// Makes a client per member; openraft asks for one per replication stream.
+pub struct PeerNetwork;
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
+        PeerClient { target, addr: node.raft_addr.clone(), stream: None }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+/// How a call failed before the member answered.
+enum CallError {
+    /// Could not connect: the member is down or unreachable.
+    Connect(std::io::Error),
+    /// The connection failed or timed out mid-call.
+    Io(std::io::Error),
+}
+
+impl PeerClient {
+    async fn call(&mut self, request: &PeerRequest, timeout: Duration) -> Result<PeerReply, CallError> {
+        let result = tokio::time::timeout(timeout, self.call_within(request)).await;
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => Err(CallError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))),
+        };
+        if result.is_err() {
+            self.stream = None; // a half-used connection cannot be trusted: open a new one
+        }
+        result
+    }
+
+    async fn call_within(&mut self, request: &PeerRequest) -> Result<PeerReply, CallError> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(&self.addr).await.map_err(CallError::Connect)?;
+            let _ = stream.set_nodelay(true);
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        frame_write(stream, request).await.map_err(CallError::Io)?;
+        frame_read(stream).await.map_err(CallError::Io)
+    }
+
+    fn rpc_error<E: std::error::Error>(&self, error: CallError) -> RPCError<NodeId, Member, E> {
+        match error {
+            CallError::Connect(error) => RPCError::Unreachable(Unreachable::new(&error)),
+            CallError::Io(error) => RPCError::Network(NetworkError::new(&error)),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, reply: &PeerReply) -> RPCError<NodeId, Member, E> {
+        let error = std::io::Error::other(format!("member {} answered with the wrong reply: {reply:?}", self.target));
+        RPCError::Network(NetworkError::new(&error))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.call(&PeerRequest::AppendEntries(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::AppendEntries(result)) => {
+                result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(error) => Err(self.rpc_error(error)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        match self.call(&PeerRequest::InstallSnapshot(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::InstallSnapshot(result)) => {
+                result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(error) => Err(self.rpc_error(error)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        match self.call(&PeerRequest::Vote(rpc), option.hard_ttl()).await {
+            Ok(PeerReply::Vote(result)) => {
+                result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(error) => Err(self.rpc_error(error)),
+        }
+    }
+}
+
+/// A one-off request from a tool (`walletd cluster init`, `status`) to the member at `addr`,
+/// on a blocking socket: the tools run no async runtime.
+pub fn tool_request(addr: &str, request: &PeerRequest, timeout: Duration) -> std::io::Result<PeerReply> {
+    use std::io::{Read, Write};
+    let address = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let body = bincode::serialize(request).map_err(std::io::Error::other)?;
+    stream.write_all(&(body.len() as u32).to_le_bytes())?;
+    stream.write_all(&body)?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let size = u32::from_le_bytes(size);
+    if size > FRAME_BODY_SIZE_MAX_BYTES {
+        return Err(std::io::Error::other(format!("a reply of {size} bytes: over the limit")));
+    }
+    let mut reply = vec![0u8; size as usize];
+    stream.read_exact(&mut reply)?;
+    bincode::deserialize(&reply).map_err(std::io::Error::other)
+}

@@ -1,0 +1,402 @@
+//! A cluster node: the data directory recovered, Raft started on it (the log store and the
+//! journal state machine), the peer transport listening, and the gateway taking clients'
+//! requests with a backend that submits them to Raft.
+//!
+//! What the backend does with each checked request:
+//!
+//! - a write (a mutating ledger command) is proposed with the time stamped now, in the order
+//!   the requests arrive; the reply leaves when `client_write` completes, that is once the
+//!   entry is committed (durable in the Raft log of a majority) and applied here (journaled
+//!   with an fdatasync, and applied to the ledger), carrying the engine's results. On a member
+//!   that is not the leader, openraft refuses it and the reply is `not_leader` with the
+//!   leader's client address. A write not committed within `write_timeout` is answered
+//!   `unavailable` (outcome unknown): a leader cut off from its majority never acknowledges;
+//! - a read waits for the connection's earlier writes, then for `ensure_linearizable` (a read
+//!   index: the leader confirms with a majority that it is still the leader, and waits until
+//!   it has applied what was committed when the read arrived), then queries the ledger;
+//! - a ping is answered at once; a snapshot request proposes a checkpoint.
+//!
+//! Every `checkpoint_entries` writes the leader proposes a checkpoint entry, so every journal
+//! carries state hashes at the same ops, which `walletd replay` verifies on each node.
+
+use crate::error::ClusterError;
+use crate::log_store::LogStore;
+use crate::network::{peer_serve, PeerNetwork};
+use crate::state_machine::{Machine, StateMachine};
+use crate::types::{Applied, Member, NodeId, Proposal, Raft};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use walletd_core::Config;
+use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status};
+use walletd_gateway::server::{
+    serve, server_info, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit,
+};
+use walletd_journal::FileStorage;
+use walletd_replay::data_dir::DataDir;
+use walletd_replay::recovery::recover;
+use walletd_replay::{DirLock, DurableMark, Position, Verification};
+
+/// Raft's timing. The defaults suit a small, busy machine: a heartbeat every 200 ms and an
+/// election after 1–2 s of silence, so that fsync stalls and a loaded scheduler do not make
+/// followers depose a healthy leader; a failover then takes one election timeout and a vote.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftTimeouts {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTimeouts {
+    fn default() -> RaftTimeouts {
+        RaftTimeouts { heartbeat_ms: 200, election_timeout_min_ms: 1000, election_timeout_max_ms: 2000 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub node_id: NodeId,
+    pub data_dir: DataDir,
+    /// The binary protocol's address, for clients.
+    pub addr: SocketAddr,
+    /// The members' RPCs.
+    pub raft_addr: SocketAddr,
+    /// The config a new data directory gets (an existing one keeps its own). Every member
+    /// must be created with the same one.
+    pub config: Config,
+    pub segment_size_bytes: u64,
+    pub server: ServerOptions,
+    pub timeouts: RaftTimeouts,
+    /// How long a write may wait to commit before it is answered `unavailable`.
+    pub write_timeout: Duration,
+    /// Writes between the checkpoints the leader proposes.
+    pub checkpoint_entries: u64,
+    /// Requests in flight in Raft at once; more wait (and the gateway stops reading).
+    pub in_flight_max: usize,
+}
+
+/// A node running in this process.
+pub struct RunningCluster {
+    pub local_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub node_id: NodeId,
+    /// The journal's op at start-up.
+    pub op: u64,
+    raft: Raft,
+    runtime: tokio::runtime::Runtime,
+    acceptor: Acceptor,
+    connections: Arc<Connections>,
+    _lock: DirLock,
+}
+
+const NODE_ID_FILE: &str = "node_id";
+
+/// Recovers the data directory, starts Raft and the gateway. Returns once both listen.
+pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterError> {
+    assert!(options.timeouts.election_timeout_min_ms > options.timeouts.heartbeat_ms);
+    assert!(options.checkpoint_entries >= 1 && options.in_flight_max >= 1);
+    let lock = options.data_dir.lock()?;
+    let config = options.data_dir.open_or_create(options.config)?;
+    let raft_dir = options.data_dir.root.join("raft");
+    node_id_pin(&raft_dir, options.node_id)?;
+    let recovered =
+        recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
+    let (log, opened) = LogStore::open(&raft_dir)?;
+    let op = recovered.journal.op_durable();
+    if op > 0 && opened.last.is_none() {
+        return Err(ClusterError::Refused(format!(
+            "{} holds a journal to op {op} but no Raft log: a single-node data directory cannot join a cluster \
+             (not yet supported); start the member on an empty directory",
+            options.data_dir.root.display()
+        )));
+    }
+    let position = Position { op, checksum: recovered.journal.checksum_last() };
+    let durable_mark = DurableMark::open(&options.data_dir.root, position)?;
+    let machine = StateMachine::new(Machine::new(recovered.ledger, recovered.journal, durable_mark), log.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cluster")
+        .enable_all()
+        .build()
+        .map_err(|source| ClusterError::Io { what: "start the async runtime".into(), source })?;
+    let raft_config = raft_config(options.timeouts)?;
+    let raft_listener = runtime
+        .block_on(tokio::net::TcpListener::bind(options.raft_addr))
+        .map_err(|source| ClusterError::Io { what: format!("listen on {} for Raft", options.raft_addr), source })?;
+    let raft_addr =
+        raft_listener.local_addr().map_err(|source| ClusterError::Io { what: "raft listener".into(), source })?;
+    let raft = runtime
+        .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
+        .map_err(|error| ClusterError::Raft(error.to_string()))?;
+    runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id) });
+    let (acceptor, connections, local_addr) = gateway_start(&options, &config, &runtime, &raft, machine)?;
+    tracing::info!(node_id = options.node_id, %raft_addr, %local_addr, op, log_entries = opened.entries, "cluster node started");
+    Ok(RunningCluster {
+        local_addr,
+        raft_addr,
+        node_id: options.node_id,
+        op,
+        raft,
+        runtime,
+        acceptor,
+        connections,
+        _lock: lock,
+    })
+}
+
+fn raft_config(timeouts: RaftTimeouts) -> Result<Arc<openraft::Config>, ClusterError> {
+    let config = openraft::Config {
+        cluster_name: "walletd".to_string(),
+        heartbeat_interval: timeouts.heartbeat_ms,
+        election_timeout_min: timeouts.election_timeout_min_ms,
+        election_timeout_max: timeouts.election_timeout_max_ms,
+        // Entries are whole requests (up to 8189 transfers, ~1 MiB): 32 per AppendEntries
+        // keeps a frame within FRAME_BODY_SIZE_MAX_BYTES.
+        max_payload_entries: 32,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        ..openraft::Config::default()
+    };
+    config.validate().map(Arc::new).map_err(|error| ClusterError::Refused(format!("Raft timeouts: {error}")))
+}
+
+/// A data directory belongs to one member for life: its node id is written on first start and
+/// checked on every later one.
+fn node_id_pin(raft_dir: &Path, node_id: NodeId) -> Result<(), ClusterError> {
+    let io = |source| ClusterError::Io { what: format!("{}", raft_dir.join(NODE_ID_FILE).display()), source };
+    std::fs::create_dir_all(raft_dir).map_err(io)?;
+    let path = raft_dir.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == node_id.to_string() => Ok(()),
+        Ok(text) => Err(ClusterError::Refused(format!(
+            "{} belongs to node {}, not node {node_id}: give each member its own data directory",
+            raft_dir.parent().unwrap_or(raft_dir).display(),
+            text.trim()
+        ))),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temporary = raft_dir.join("node_id.tmp");
+            std::fs::write(&temporary, format!("{node_id}\n")).map_err(io)?;
+            std::fs::File::open(&temporary).and_then(|file| file.sync_all()).map_err(io)?;
+            std::fs::rename(&temporary, &path).map_err(io)?;
+            std::fs::File::open(raft_dir).and_then(|dir| dir.sync_all()).map_err(io)
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// Prints a line whenever this node's view of the leader changes (scripts and tests wait on
+/// these): `cluster: node N is the leader in term T`, `cluster: node N follows node L in term
+/// T`, or `cluster: node N knows no leader in term T`.
+async fn leader_report(raft: Raft, node_id: NodeId) {
+    let mut metrics = raft.metrics();
+    let mut reported = None;
+    loop {
+        let (leader, term) = {
+            let now = metrics.borrow();
+            (now.current_leader, now.current_term)
+        };
+        if reported != Some((leader, term)) {
+            reported = Some((leader, term));
+            match leader {
+                Some(leader) if leader == node_id => println!("cluster: node {node_id} is the leader in term {term}"),
+                Some(leader) => println!("cluster: node {node_id} follows node {leader} in term {term}"),
+                None => println!("cluster: node {node_id} knows no leader in term {term}"),
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn gateway_start(
+    options: &ClusterOptions,
+    config: &Config,
+    runtime: &tokio::runtime::Runtime,
+    raft: &Raft,
+    machine: StateMachine,
+) -> Result<(Acceptor, Arc<Connections>, SocketAddr), ClusterError> {
+    let io = |what: String| move |source| ClusterError::Io { what, source };
+    let listener = std::net::TcpListener::bind(options.addr).map_err(io(format!("listen on {}", options.addr)))?;
+    let local_addr = listener.local_addr().map_err(io("listener".into()))?;
+    let mut server_options = options.server.clone();
+    server_options.event_count_max = server_options.event_count_max.min(config.batch_events_max);
+    let connections = Arc::new(Connections::default());
+    let (requests, receiver) = mpsc::channel(options.in_flight_max);
+    let dispatch = Arc::new(Dispatch {
+        raft: raft.clone(),
+        machine,
+        connections: Arc::clone(&connections),
+        ping_body: server_info(config, &server_options).encode().to_vec(),
+        write_timeout: options.write_timeout,
+        checkpoint_entries: options.checkpoint_entries,
+        writes: AtomicU64::new(0),
+    });
+    runtime.spawn(dispatch_run(dispatch, receiver, options.in_flight_max));
+    let engine: Arc<dyn Submit> = Arc::new(Engine { requests });
+    let acceptor =
+        serve(listener, server_options, engine, Arc::clone(&connections)).map_err(io("accept thread".into()))?;
+    Ok((acceptor, connections, local_addr))
+}
+
+impl RunningCluster {
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Starts printing this node's view of the leader on stdout, one line per change (after
+    /// the start-up lines, so scripts read those first).
+    pub fn leader_report_start(&self) {
+        self.runtime.spawn(leader_report(self.raft.clone(), self.node_id));
+    }
+
+    /// Stops taking requests, stops Raft, closes the connections.
+    pub fn shutdown(self) {
+        self.acceptor.stop();
+        if let Err(error) = self.runtime.block_on(self.raft.shutdown()) {
+            tracing::warn!(%error, "Raft did not stop cleanly");
+        }
+        self.connections.close_all();
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+/// The gateway's engine: requests go to the dispatcher (blocking when it is full, so the
+/// connection stops being read).
+struct Engine {
+    requests: mpsc::Sender<ServerRequest>,
+}
+
+impl Submit for Engine {
+    fn submit(&self, request: ServerRequest) -> Result<(), EngineStopped> {
+        self.requests.blocking_send(request).map_err(|_| EngineStopped)
+    }
+}
+
+struct Dispatch {
+    raft: Raft,
+    machine: StateMachine,
+    connections: Arc<Connections>,
+    ping_body: Vec<u8>,
+    write_timeout: Duration,
+    checkpoint_entries: u64,
+    writes: AtomicU64,
+}
+
+/// Takes requests in arrival order: writes are proposed in that order (so one connection's
+/// writes commit in the order it sent them); their answers are awaited by tasks.
+async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<ServerRequest>, in_flight_max: usize) {
+    let permits = Arc::new(Semaphore::new(in_flight_max));
+    // Per connection, the completion of its newest write: a read waits for it.
+    let mut writes_last: HashMap<u64, watch::Receiver<bool>> = HashMap::new();
+    while let Some(request) = receiver.recv().await {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("the semaphore is never closed");
+        if writes_last.len() > 4096 {
+            writes_last.retain(|_, done| !*done.borrow());
+        }
+        match request.operation {
+            FrameOperation::Ping => {
+                dispatch.reply(&request, Status::Ok, 0, 0, &dispatch.ping_body);
+            }
+            FrameOperation::Ledger(operation) if !operation.is_mutating() => {
+                let write_before = writes_last.get(&request.connection).cloned();
+                let dispatch = Arc::clone(&dispatch);
+                tokio::spawn(async move {
+                    dispatch.read(request, write_before).await;
+                    drop(permit);
+                });
+            }
+            FrameOperation::Ledger(_) | FrameOperation::Snapshot => {
+                let proposal = match request.operation {
+                    FrameOperation::Snapshot => Proposal::Checkpoint,
+                    _ => Proposal::Command { timestamp_ns: now_ns(), command: request.command.clone() },
+                };
+                let (done, done_receiver) = watch::channel(false);
+                writes_last.insert(request.connection, done_receiver);
+                let answer = dispatch.raft.client_write_ff(proposal).await;
+                let dispatch = Arc::clone(&dispatch);
+                tokio::spawn(async move {
+                    match answer {
+                        Ok(answer) => dispatch.write_answer(&request, answer).await,
+                        Err(_) => dispatch.reply(&request, Status::ShuttingDown, 0, 0, &[]),
+                    }
+                    let _ = done.send(true);
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+type WriteAnswer = tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<crate::types::TypeConfig>>;
+
+impl Dispatch {
+    async fn write_answer(&self, request: &ServerRequest, answer: WriteAnswer) {
+        let outcome = tokio::time::timeout(self.write_timeout, answer).await;
+        match outcome {
+            Ok(Ok(Ok(response))) => {
+                let Applied { op, record_count, body } = response.data;
+                self.reply(request, Status::Ok, op, record_count, &body);
+                self.checkpoint_maybe().await;
+            }
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => self.not_leader(request, &forward),
+            Ok(Ok(Err(ClientWriteError::ChangeMembershipError(_)))) | Ok(Err(_)) | Err(_) => {
+                self.reply(request, Status::Unavailable, 0, 0, &[]);
+            }
+        }
+    }
+
+    /// Every `checkpoint_entries` acknowledged writes, a checkpoint (fire and forget: it is
+    /// only a state hash in every journal).
+    async fn checkpoint_maybe(&self) {
+        let writes = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
+        if writes % self.checkpoint_entries == 0 {
+            let _ = self.raft.client_write_ff(Proposal::Checkpoint).await;
+        }
+    }
+
+    async fn read(&self, request: ServerRequest, write_before: Option<watch::Receiver<bool>>) {
+        if let Some(mut done) = write_before {
+            let _ = done.wait_for(|done| *done).await;
+        }
+        match tokio::time::timeout(self.write_timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {
+                let mut body = Vec::new();
+                let record_count =
+                    tokio::task::block_in_place(|| self.machine.machine().query(&request.command, &mut body));
+                self.reply(&request, Status::Ok, 0, record_count, &body);
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                self.not_leader(&request, &forward)
+            }
+            Ok(Err(_)) | Err(_) => self.reply(&request, Status::Unavailable, 0, 0, &[]),
+        }
+    }
+
+    fn not_leader(&self, request: &ServerRequest, forward: &ForwardToLeader<NodeId, Member>) {
+        let leader = forward.leader_node.as_ref().map(|member| member.client_addr.as_bytes()).unwrap_or_default();
+        let leader =
+            if leader.len() <= walletd_gateway::protocol::NOT_LEADER_ADDRESS_SIZE_MAX_BYTES { leader } else { &[] };
+        self.reply(request, Status::NotLeader, 0, 0, leader);
+    }
+
+    fn reply(&self, request: &ServerRequest, status: Status, op: u64, record_count: u32, body: &[u8]) {
+        let header = FrameHeader {
+            operation: request.operation.code(),
+            request_id: request.request_id,
+            client_id: request.client_id,
+            ..FrameHeader::default()
+        };
+        let reply = FrameHeader::reply_to(&header, status, op, record_count);
+        self.connections.reply(request.connection, &reply, body);
+    }
+}
+
+fn now_ns() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(since_epoch.as_nanos()).expect("nanoseconds fit in u64 until 2554")
+}
