@@ -55,6 +55,11 @@ enum Commands {
     /// Prove at one op that PostgreSQL, the engine's state and the journal agree; exits
     /// non-zero and names the first difference when they do not.
     Reconcile(walletd_history::cli::ReconcileArgs),
+    /// The outbox: publish `transaction.completed` events from the journal.
+    #[command(subcommand)]
+    Export(walletd::export::ExportCommands),
+    /// Deliver `transaction.completed` events as signed webhooks, with a dead-letter topic.
+    Notify(walletd::export::NotifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -263,6 +268,8 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(3),
             Err(error) => Err(error.to_string()),
         },
+        Commands::Export(command) => walletd::export::export_command(command).map_err(|error| error.to_string()),
+        Commands::Notify(args) => walletd::export::notify_command(args).map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -273,7 +273,9 @@ async fn topic_ensure(options: &ExportOptions) -> Result<Vec<String>, ExportErro
     for (index, partition) in partitions.iter().enumerate() {
         let leader = metadata.brokers().iter().find(|broker| broker.id() == partition.leader());
         match leader {
-            Some(broker) if partition.id() == index as i32 => leaders.push(format!("{}:{}", broker.host(), broker.port())),
+            Some(broker) if partition.id() == index as i32 => {
+                leaders.push(format!("{}:{}", broker.host(), broker.port()))
+            }
             _ => {
                 return Err(ExportError::Topic {
                     topic: options.topic.clone(),

@@ -10,7 +10,8 @@
 //! decides the next step:
 //!
 //! 1. The high-water mark `hw` is read from a fetch response (never ListOffsets, which some
-//!    brokers answer wrongly for "latest").
+//!    brokers answer wrongly for "latest"), of a fetch past any end (or, on a broker that
+//!    answers that "out of range", at 0), asking for one byte: no messages, just the mark.
 //! 2. Probe backwards from it: fetch at `hw-1`, `hw-2`, `hw-4`, … (never below the log start).
 //!    A fetch from at or before a batch's base offset returns that batch, so some probe returns
 //!    records; one that starts inside the last batch may return nothing, and the next probe,
@@ -85,6 +86,8 @@ pub fn tail_consumer(brokers: &str, extra: &[(String, String)]) -> Result<BaseCo
 /// How many bytes one fetch may bring back: enough for a few hundred events, small enough that
 /// a probe costs the broker little.
 const FETCH_MAX_BYTES: i32 = 256 * 1024;
+/// Past the end of any partition: a fetch there answers nothing but the high-water mark.
+const HIGH_WATERMARK_PROBE_OFFSET: i64 = 1 << 62;
 /// How many times a partition whose end moved while it was read is read again.
 const READ_ATTEMPTS_MAX: u32 = 8;
 /// Probes and forward reads of one partition read (a bound, not a budget: a partition of
@@ -102,6 +105,8 @@ pub struct Fetched {
 /// What one fetch of one partition answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchAnswer {
+    /// The broker answered "offset out of range" (Kafka's error 1): nothing else is known.
+    pub out_of_range: bool,
     pub high_watermark: i64,
     pub log_start: i64,
     /// The messages at or after the fetch offset, in offset order.
@@ -135,9 +140,23 @@ impl FetchClient {
 
     /// One Fetch of `topic`/`partition` from `offset`: no waiting for data at the broker.
     pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64) -> Result<FetchAnswer, ExportError> {
+        self.fetch_sized(topic, partition, offset, FETCH_MAX_BYTES)
+    }
+
+    /// A fetch that asks for at most `max_bytes` (a broker may still return a first batch that
+    /// is larger, as Kafka does; tansu returns nothing then, which is all the high-water mark
+    /// read wants).
+    pub fn fetch_sized(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<FetchAnswer, ExportError> {
         assert!(offset >= 0, "a real offset: {offset}");
+        assert!((1..=FETCH_MAX_BYTES).contains(&max_bytes), "a bounded answer");
         self.correlation_id = self.correlation_id.wrapping_add(1);
-        let request = fetch_request_encode(self.correlation_id, topic, partition, offset);
+        let request = fetch_request_encode(self.correlation_id, topic, partition, offset, max_bytes);
         let context = || format!("fetching {topic}/{partition}@{offset} from {}", self.addr);
         self.stream.write_all(&request).map_err(ExportError::io(context()))?;
         let mut size = [0u8; 4];
@@ -185,10 +204,24 @@ pub fn tails_read(leaders: &[String], topic: &str, timeout: Duration) -> Result<
 /// The last event of one partition, from an end that held still while it was read.
 pub fn tail_read(client: &mut FetchClient, topic: &str, partition: i32) -> Result<PartitionEnd, ExportError> {
     for attempt in 1..=READ_ATTEMPTS_MAX {
-        let first = client.fetch(topic, partition, 0)?;
+        // Only the high-water mark is wanted from this one: ask past any end for as little as
+        // possible (on tansu a fetch that returns messages costs a scan per message; Kafka
+        // answers "out of range" there, and then the log start is asked).
+        let mut first = client.fetch_sized(topic, partition, HIGH_WATERMARK_PROBE_OFFSET, 1)?;
+        if first.out_of_range {
+            first = client.fetch_sized(topic, partition, 0, 1)?;
+        }
+        if first.out_of_range {
+            return Err(bad_answer(topic, partition, 0, "offset out of range, at 0 and past the end".into()));
+        }
         let (log_start, high) = (first.log_start.max(0), first.high_watermark);
         if high < log_start {
-            return Err(bad_answer(topic, partition, 0, format!("high-water mark {high} below the log start {log_start}")));
+            return Err(bad_answer(
+                topic,
+                partition,
+                0,
+                format!("high-water mark {high} below the log start {log_start}"),
+            ));
         }
         if high == log_start {
             return Ok(PartitionEnd { high_watermark: high, tail: None });
@@ -233,7 +266,7 @@ fn last_message_read(
         let from = (high - back).max(log_start);
         let answer = client.fetch(topic, partition, from)?;
         fetches += 1;
-        if answer.high_watermark != high {
+        if answer.out_of_range || answer.high_watermark != high {
             return Ok(None);
         }
         found = answer.messages.into_iter().take_while(|message| message.offset < high).last();
@@ -248,7 +281,7 @@ fn last_message_read(
     while last.offset < high - 1 {
         let answer = client.fetch(topic, partition, last.offset + 1)?;
         fetches += 1;
-        if answer.high_watermark != high {
+        if answer.out_of_range || answer.high_watermark != high {
             return Ok(None);
         }
         match answer.messages.into_iter().take_while(|message| message.offset < high).last() {
@@ -267,6 +300,7 @@ fn last_message_read(
         }
     }
     assert_eq!(last.offset, high - 1, "the last message is just below the high-water mark");
+    tracing::debug!(partition, high, probed_back = back / 2, fetches, "read the partition's end");
     Ok(Some(last))
 }
 
@@ -324,8 +358,9 @@ const API_VERSION_FETCH: i16 = 5;
 const CLIENT_ID: &str = "walletd-export-tail";
 const BATCH_HEADER_SIZE_BYTES: usize = 61;
 const BATCH_MAGIC: i8 = 2;
+const ERROR_OFFSET_OUT_OF_RANGE: i16 = 1;
 
-fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + topic.len());
     body.extend_from_slice(&API_KEY_FETCH.to_be_bytes());
     body.extend_from_slice(&API_VERSION_FETCH.to_be_bytes());
@@ -334,7 +369,7 @@ fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset
     body.extend_from_slice(&(-1i32).to_be_bytes()); // replica_id: a consumer
     body.extend_from_slice(&0i32.to_be_bytes()); // max_wait_ms: answer now
     body.extend_from_slice(&0i32.to_be_bytes()); // min_bytes: even nothing
-    body.extend_from_slice(&FETCH_MAX_BYTES.to_be_bytes());
+    body.extend_from_slice(&max_bytes.to_be_bytes());
     body.push(0); // isolation_level: read uncommitted
     body.extend_from_slice(&1i32.to_be_bytes());
     string_put(&mut body, topic);
@@ -342,7 +377,7 @@ fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset
     body.extend_from_slice(&partition.to_be_bytes());
     body.extend_from_slice(&offset.to_be_bytes());
     body.extend_from_slice(&(-1i64).to_be_bytes());
-    body.extend_from_slice(&FETCH_MAX_BYTES.to_be_bytes());
+    body.extend_from_slice(&max_bytes.to_be_bytes());
     let mut request = Vec::with_capacity(4 + body.len());
     request.extend_from_slice(&(body.len() as i32).to_be_bytes());
     request.extend_from_slice(&body);
@@ -437,6 +472,9 @@ fn fetch_response_decode(
     if index != partition {
         return Err(format!("partition {index} for {partition}"));
     }
+    if error_code == ERROR_OFFSET_OUT_OF_RANGE {
+        return Ok(FetchAnswer { out_of_range: true, high_watermark, log_start, messages: Vec::new() });
+    }
     if error_code != 0 {
         return Err(format!("error code {error_code} (Kafka protocol error codes: 1 offset out of range, 3 unknown topic or partition, 6 not the leader)"));
     }
@@ -452,7 +490,7 @@ fn fetch_response_decode(
     if messages.windows(2).any(|pair| pair[0].offset >= pair[1].offset) {
         return Err("offsets out of order".into());
     }
-    Ok(FetchAnswer { high_watermark, log_start, messages })
+    Ok(FetchAnswer { out_of_range: false, high_watermark, log_start, messages })
 }
 
 /// Every whole batch's records, appended to `out`.
@@ -607,7 +645,7 @@ mod tests {
 
     #[test]
     fn a_request_is_fetch_version_5_with_its_size_first() {
-        let request = fetch_request_encode(9, "topic", 2, 40);
+        let request = fetch_request_encode(9, "topic", 2, 40, 100);
         assert_eq!(i32::from_be_bytes(request[..4].try_into().unwrap()) as usize, request.len() - 4);
         assert_eq!(&request[4..8], &[0, 1, 0, 5]);
         assert_eq!(&request[request.len() - 20..request.len() - 12], &40i64.to_be_bytes());
