@@ -27,13 +27,13 @@
 //!   journal's at `S.op`, and an op with a partition's last event must have that event's
 //!   checksum, so a topic written from another journal is refused rather than continued.
 //!
-//! What this rests on, and the operator's side of it: one exporter per topic at a time (run it
-//! under a supervisor, not twice); a broker that keeps what it acknowledged (acks=all on a
-//! replicated topic) and keeps each partition's last message (retention longer than any
-//! outage of the exporter); and the previous session's produce requests must be finished at
-//! the broker before the new session reads the ends. A killed process's requests that the
-//! broker has already received are handled within moments; the start-up fence
-//! (`--fence-ms`) waits that long before reading.
+//! What this rests on, and the operator's side of it (docs/EVENTS.md in full): one exporter
+//! per topic at a time (enforced on one machine by the lock file, `lock_take`); a broker that
+//! keeps what it acknowledged and each partition's last message; and the previous session's
+//! produce requests finished at the broker before the new session reads the ends, which the
+//! start-up fence (`--fence-ms`) waits for — an assumption, whose failure the per-partition
+//! offset check of every delivery (`Session::offset_check`) turns into a stop, not a duplicate
+//! left unnoticed.
 
 use crate::error::ExportError;
 use crate::event::{events_of, partition_of, EventPosition};
