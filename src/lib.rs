@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod export;
 pub mod generate;
 pub mod journal_print;
 pub mod memory;

@@ -58,6 +58,11 @@ enum Commands {
     /// A replicated cluster (`walletd serve --cluster`): initialise it once, or ask a member.
     #[command(subcommand)]
     Cluster(ClusterCommands),
+    /// The outbox: publish `transaction.completed` events from the journal.
+    #[command(subcommand)]
+    Export(walletd::export::ExportCommands),
+    /// Deliver `transaction.completed` events as signed webhooks, with a dead-letter topic.
+    Notify(walletd::export::NotifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -362,6 +367,8 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(3),
             Err(error) => Err(error.to_string()),
         },
+        Commands::Export(command) => walletd::export::export_command(command).map_err(|error| error.to_string()),
+        Commands::Notify(args) => walletd::export::notify_command(args).map_err(|error| error.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,18 +27,18 @@
 //!   journal's at `S.op`, and an op with a partition's last event must have that event's
 //!   checksum, so a topic written from another journal is refused rather than continued.
 //!
-//! What this rests on, and the operator's side of it: one exporter per topic at a time (run it
-//! under a supervisor, not twice); a broker that keeps what it acknowledged (acks=all on a
-//! replicated topic) and keeps each partition's last message (retention longer than any
-//! outage of the exporter); and the previous session's produce requests must be finished at
-//! the broker before the new session reads the ends. A killed process's requests that the
-//! broker has already received are handled within moments; the start-up fence
-//! (`--fence-ms`) waits that long before reading.
+//! What this rests on, and the operator's side of it (docs/EVENTS.md in full): one exporter
+//! per topic at a time (enforced on one machine by the lock file, `lock_take`); a broker that
+//! keeps what it acknowledged and each partition's last message; and the previous session's
+//! produce requests finished at the broker before the new session reads the ends, which the
+//! start-up fence (`--fence-ms`) waits for — an assumption, whose failure the per-partition
+//! offset check of every delivery (`Session::offset_check`) turns into a stop, not a duplicate
+//! left unnoticed.
 
 use crate::error::ExportError;
 use crate::event::{events_of, partition_of, EventPosition};
 use crate::metrics::{metrics_serve, ExportMetrics};
-use crate::tail::{tail_consumer, tails_read, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
+use crate::tail::{tails_read, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -78,6 +78,9 @@ pub struct ExportOptions {
     pub producer_config: Vec<(String, String)>,
     /// How long start-up requests (metadata, topic creation, the ends) may take.
     pub request_timeout: Duration,
+    /// The lock that keeps a second exporter of this topic off; None: `export.TOPIC.lock` in
+    /// the data directory.
+    pub lock_path: Option<PathBuf>,
 }
 
 impl ExportOptions {
@@ -93,7 +96,13 @@ impl ExportOptions {
             exit_when_caught_up: false,
             producer_config: Vec::new(),
             request_timeout: Duration::from_secs(30),
+            lock_path: None,
         }
+    }
+
+    /// Where the exporter's lock file is.
+    pub fn lock_file(&self) -> PathBuf {
+        self.lock_path.clone().unwrap_or_else(|| self.data_dir.join(format!("export.{}.lock", self.topic)))
     }
 }
 
@@ -124,24 +133,31 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
     if options.partitions < 1 {
         return Err(ExportError::Option(format!("--partitions {} must be at least 1", options.partitions)));
     }
+    if let Some((key, _)) = options.producer_config.iter().find(|(key, _)| key.starts_with("compression.")) {
+        return Err(ExportError::Option(format!(
+            "-X {key}: the exporter writes uncompressed batches, which its start-up reads back"
+        )));
+    }
     if let Some(addr) = options.metrics_addr {
         let render_metrics = Arc::clone(&metrics);
         let bound = metrics_serve(addr, Arc::new(move || render_metrics.render())).await?;
         tracing::info!(%bound, "metrics at /metrics");
     }
     metrics.sessions.add(1);
-    topic_ensure(options).await?;
+    let _lock = lock_take(&options.lock_file())?;
+    let leaders = topic_ensure(options).await?;
+    // The broker side of "one writer at a time": a killed session's requests that the broker
+    // had already received are given this long to be written before the ends are read (the
+    // end-reading and the first deliveries check that nothing moves afterwards).
     tokio::time::sleep(options.fence).await;
-    let tails = {
-        let (brokers, topic, partitions, timeout) =
-            (options.brokers.clone(), options.topic.clone(), options.partitions, options.request_timeout);
-        tokio::task::spawn_blocking(move || {
-            let consumer = tail_consumer(&brokers, &[])?;
-            tails_read(&consumer, &topic, partitions, timeout)
-        })
-        .await
-        .expect("the tail reader does not panic")?
+    let ends = {
+        let (topic, timeout) = (options.topic.clone(), options.request_timeout);
+        tokio::task::spawn_blocking(move || tails_read(&leaders, &topic, timeout))
+            .await
+            .expect("the tail reader does not panic")?
     };
+    let offsets_next: Vec<i64> = ends.iter().map(|end| end.high_watermark).collect();
+    let tails: Vec<Option<Tail>> = ends.into_iter().map(|end| end.tail).collect();
     let resumed_after = tails.iter().flatten().map(|tail| tail.acked_through).max_by_key(|position| position.op);
     tracing::info!(
         resumed_after = %resumed_after.map_or("the start".to_string(), |p| p.to_string()),
@@ -174,6 +190,7 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
         acked_header: resumed_after.unwrap_or_default().to_string(),
         metrics: Arc::clone(&metrics),
         exported: 0,
+        offsets_next,
     };
     let result = session.run(receiver).await;
     stop.store(true, Ordering::Release);
@@ -214,8 +231,9 @@ fn producer_create(options: &ExportOptions) -> Result<FutureProducer, ExportErro
 }
 
 /// Creates the topic with `partitions`, or checks that it has them: the partition of an event
-/// is part of the resume rule, so the count cannot change under an exporter.
-async fn topic_ensure(options: &ExportOptions) -> Result<(), ExportError> {
+/// is part of the resume rule, so the count cannot change under an exporter. Returns each
+/// partition's leader (`host:port`), which answers the reads of its end.
+async fn topic_ensure(options: &ExportOptions) -> Result<Vec<String>, ExportError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         .create()
@@ -249,7 +267,53 @@ async fn topic_ensure(options: &ExportOptions) -> Result<(), ExportError> {
             reason: format!("it has {count} partitions, the exporter was given --partitions {}", options.partitions),
         });
     }
-    Ok(())
+    let mut partitions: Vec<_> = metadata.topics()[0].partitions().iter().collect();
+    partitions.sort_by_key(|partition| partition.id());
+    let mut leaders = Vec::with_capacity(partitions.len());
+    for (index, partition) in partitions.iter().enumerate() {
+        let leader = metadata.brokers().iter().find(|broker| broker.id() == partition.leader());
+        match leader {
+            Some(broker) if partition.id() == index as i32 => {
+                leaders.push(format!("{}:{}", broker.host(), broker.port()))
+            }
+            _ => {
+                return Err(ExportError::Topic {
+                    topic: options.topic.clone(),
+                    partition: index as i32,
+                    reason: format!("no leader known for it (leader id {})", partition.leader()),
+                })
+            }
+        }
+    }
+    assert_eq!(leaders.len(), options.partitions as usize, "one leader a partition");
+    Ok(leaders)
+}
+
+/// The exclusive lock of one exporter per topic and data directory: taken with `flock`, so the
+/// kernel releases it when the process dies, even by SIGKILL, and a second exporter started
+/// meanwhile is refused rather than writing beside the first.
+fn lock_take(path: &std::path::Path) -> Result<std::fs::File, ExportError> {
+    use std::os::fd::AsRawFd;
+    let context = || format!("the exporter's lock file {}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(ExportError::io(context()))?;
+    // SAFETY: the descriptor is owned by `file`, which is live for the call.
+    let code = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if code != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(ExportError::Option(format!(
+                "another exporter holds {}: one exporter per topic at a time",
+                path.display()
+            )));
+        }
+        return Err(ExportError::io(context())(error));
+    }
+    Ok(file)
 }
 
 /// One op's messages, in position order.
@@ -338,7 +402,8 @@ impl FollowTask {
 type DeliveryFuture = Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
 
 enum Delivered {
-    Event(Result<(), KafkaError>),
+    /// The partition and offset a message was written at, or why it was not.
+    Event(Result<(i32, i64), KafkaError>),
     /// Every message of the op before this was handed over; the op is done when this arrives.
     OpEnd(Position, u64),
 }
@@ -352,6 +417,9 @@ struct Session {
     acked_header: String,
     metrics: Arc<ExportMetrics>,
     exported: u64,
+    /// Per partition, the offset this session's next message must land at: this session is the
+    /// topic's only writer, so its messages follow the end it read, one after another.
+    offsets_next: Vec<i64>,
 }
 
 impl Session {
@@ -385,7 +453,8 @@ impl Session {
 
     fn delivered(&mut self, delivered: Delivered) -> Result<(), ExportError> {
         match delivered {
-            Delivered::Event(Ok(())) => {
+            Delivered::Event(Ok((partition, offset))) => {
+                self.offset_check(partition, offset)?;
                 self.exported += 1;
                 self.metrics.events_exported.add(1);
             }
@@ -398,6 +467,28 @@ impl Session {
                 self.metrics.op_exported_timestamp_ns.set(timestamp_ns);
             }
         }
+        Ok(())
+    }
+
+    /// A delivered message must sit right after the previous one of its partition; anything
+    /// else means something else wrote there since the end was read (a second exporter, or a
+    /// killed session's request that the broker wrote after the fence), and exactly-once is
+    /// already lost: stop loudly rather than go on. A retry the broker recognised as already
+    /// written is reported without an offset (-1) and only counted.
+    fn offset_check(&mut self, partition: i32, offset: i64) -> Result<(), ExportError> {
+        let expected = &mut self.offsets_next[partition as usize];
+        if offset >= 0 && offset != *expected {
+            return Err(ExportError::Topic {
+                topic: self.topic.clone(),
+                partition,
+                reason: format!(
+                    "a message landed at offset {offset}, after this session's previous at {}: \
+                     another writer, or a killed exporter's late request (see --fence-ms)",
+                    *expected - 1
+                ),
+            });
+        }
+        *expected += 1;
         Ok(())
     }
 
@@ -425,7 +516,7 @@ impl Session {
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     let future = delivery.map(|result| match result {
-                        Ok(Ok(_)) => Delivered::Event(Ok(())),
+                        Ok(Ok(delivery)) => Delivered::Event(Ok((delivery.partition, delivery.offset))),
                         Ok(Err((error, _))) => Delivered::Event(Err(error)),
                         Err(_canceled) => Delivered::Event(Err(KafkaError::Canceled)),
                     });

@@ -191,13 +191,7 @@ fn topic_messages(brokers: &str, topic: &str) -> Vec<(Vec<u8>, BTreeMap<String, 
 }
 
 fn broker_or_skip() -> Option<Broker> {
-    match Broker::start() {
-        Ok(broker) => Some(broker),
-        Err(error) => {
-            eprintln!("skipped: no Kafka-protocol broker (tansu): {error}; .ci/run installs it");
-            None
-        }
-    }
+    Broker::for_test()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

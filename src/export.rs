@@ -46,6 +46,10 @@ pub struct ExportKafkaArgs {
     /// Exit once every durable op is exported (an offline export).
     #[arg(long)]
     pub exit_when_caught_up: bool,
+    /// The lock file that keeps a second exporter of this topic off (flock; released when the
+    /// process dies). Default: export.TOPIC.lock in the data directory.
+    #[arg(long)]
+    pub lock_file: Option<PathBuf>,
     /// An extra librdkafka producer property, key=value (repeatable), e.g. compression.type=lz4.
     #[arg(short = 'X', value_parser = key_value)]
     pub producer_config: Vec<(String, String)>,
@@ -107,6 +111,7 @@ pub fn export_command(command: ExportCommands) -> Result<(), ExportError> {
         fence: Duration::from_millis(args.fence_ms),
         exit_when_caught_up: args.exit_when_caught_up,
         producer_config: args.producer_config,
+        lock_path: args.lock_file,
         ..ExportOptions::new(args.data_dir, &args.brokers, &args.topic)
     };
     let report = export_kafka(&options)?;
