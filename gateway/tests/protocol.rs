@@ -1053,6 +1053,7 @@ fn protocol_doc_traced_example_is_what_the_code_sends() {
         &untraced[HEADER_SIZE_BYTES..],
         "the same transfer"
     );
+}
 
 #[test]
 fn a_not_leader_reply_carries_the_leader_address_and_nothing_else_does() {
