@@ -150,20 +150,23 @@ pub fn id_hex(id: u128) -> String {
 
 /// The events of one op, in order (none for a checkpoint or a batch that moved no money).
 pub fn events_of(op: &Op<'_>) -> Vec<Event> {
-    let Outcome::Command { output, .. } = op.outcome else {
+    let Outcome::Command { output, trace_ids, .. } = op.outcome else {
         return Vec::new();
     };
     let mut events = Vec::new();
     for change in &output.changes {
         if let Some(status) = Status::of(change.kind) {
             let index = u32::try_from(events.len()).expect("a batch's changes fit in u32");
-            events.push(event_of(op.op, op.checksum, index, status, change));
+            // An expiry has no request behind it; any other change is its event's request's.
+            let trace_id = (change.index != CHANGE_INDEX_EXPIRY).then(|| trace_ids.get(change.index as usize));
+            let trace_id = trace_id.filter(|&trace_id| trace_id != 0);
+            events.push(event_of(op.op, op.checksum, index, status, change, trace_id));
         }
     }
     events
 }
 
-fn event_of(op: u64, checksum: u128, index: u32, status: Status, change: &Change) -> Event {
+fn event_of(op: u64, checksum: u128, index: u32, status: Status, change: &Change, trace_id: Option<u128>) -> Event {
     let transfer = &change.transfer;
     assert_eq!(transfer.debit_account_id, change.debit_account.id, "the after-image is the debit account's");
     assert_eq!(transfer.credit_account_id, change.credit_account.id, "the after-image is the credit account's");
@@ -186,7 +189,7 @@ fn event_of(op: u64, checksum: u128, index: u32, status: Status, change: &Change
         user_data_64: transfer.user_data_64.to_string(),
         user_data_32: transfer.user_data_32,
         timestamp_ns: change.timestamp_ns.to_string(),
-        trace_id: None,
+        trace_id: trace_id.map(id_hex),
         balances_after: BalancesAfter {
             debit: Balances::of(&change.debit_account),
             credit: Balances::of(&change.credit_account),
