@@ -529,15 +529,22 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
         .spawn()
         .expect("walletd serve starts");
     let pid = child.id();
+    // A member that starts despite the damage would never exit: the watchdog kills it after
+    // EVENT_TIMEOUT, unless told first (by the channel closing) that the child has exited.
+    let (exited, exited_wait) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(EVENT_TIMEOUT);
-        // SAFETY: kill(2) on our own child's pid, if it is still running; no memory is involved.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        if exited_wait.recv_timeout(EVENT_TIMEOUT) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped (the test waits for the
+            // watchdog before it reaps); no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     });
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
+    // End of stderr: the child has exited (or closed it, and is killed by the watchdog).
+    drop(exited);
+    watchdog.join().expect("the watchdog");
     let status = child.wait().expect("wait");
-    drop(watchdog);
     assert!(!status.success(), "a member with a corrupt Raft log must not start");
     assert!(stderr.contains("is corrupt at byte"), "the refusal names the corruption: {stderr}");
 }
