@@ -175,6 +175,15 @@ impl Cluster {
         self.views.remove(&id);
     }
 
+    /// Sends `signal` to a running member (SIGSTOP pauses it, SIGCONT resumes it).
+    fn signal(&self, id: u64, signal: i32) {
+        let child = self.member(id).child.as_ref().expect("a running member");
+        // SAFETY: kill(2) on our own child's pid, which is not reaped while `child` is held;
+        // no memory is involved.
+        let sent = unsafe { libc::kill(child.0.id() as i32, signal) };
+        assert_eq!(sent, 0, "kill({signal}) of member {id}: {}", std::io::Error::last_os_error());
+    }
+
     /// Restarts a killed member on its data directory and addresses.
     fn restart(&mut self, id: u64) {
         let extra = self.extra_args.clone();
@@ -332,7 +341,7 @@ struct Load {
 }
 
 impl Load {
-    fn start(addresses: Vec<String>, thread_count: u128) -> Load {
+    fn start(addresses: Vec<String>, thread_count: u128, options: ClientOptions) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let acknowledged_at = Arc::new(Mutex::new(Vec::new()));
@@ -342,7 +351,7 @@ impl Load {
                 let (stop, acknowledged, progress) =
                     (Arc::clone(&stop), Arc::clone(&acknowledged), progress_sender.clone());
                 let acknowledged_at = Arc::clone(&acknowledged_at);
-                let client = ClusterClient::new(addresses.clone(), ClientOptions::default(), EVENT_TIMEOUT);
+                let client = ClusterClient::new(addresses.clone(), options.clone(), EVENT_TIMEOUT);
                 std::thread::spawn(move || {
                     let mut next = 1_000_000 * (thread + 1);
                     while !stop.load(Ordering::Acquire) {
@@ -417,7 +426,7 @@ fn kill_9_of_the_leader_under_load_loses_no_acknowledged_transfer() {
     let (mut leader, mut term) = cluster.leader_wait(0, None);
     let client = cluster.client();
     assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
-    let load = Load::start(cluster.addresses(), 2);
+    let load = Load::start(cluster.addresses(), 2, ClientOptions::default());
     let mut kills = Vec::new();
     for round in 0..rounds {
         load.progress_wait(100);
@@ -547,4 +556,76 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
     let status = child.wait().expect("wait");
     assert!(!status.success(), "a member with a corrupt Raft log must not start");
     assert!(stderr.contains("is corrupt at byte"), "the refusal names the corruption: {stderr}");
+}
+
+/// A leader paused (SIGSTOP) while the others elect a new one, then resumed (SIGCONT): it
+/// never acknowledges a write after losing leadership. Writes sent straight to it while it is
+/// paused wait in its socket; when it wakes, each is answered with a failure (`not_leader`,
+/// `unavailable`) or, if acknowledged, must be in the new leader's ledger. The load through the
+/// cluster client goes on through the new leader meanwhile, and nothing it was told is lost.
+#[test]
+fn a_paused_leader_never_acknowledges_a_write_after_losing_leadership() {
+    let mut cluster = Cluster::start(&[]);
+    let (leader, term) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    // A load whose requests to the paused member time out (outcome unknown), so that it moves
+    // on to the others and resends with the same ids.
+    let load_options = ClientOptions { request_timeout: Duration::from_secs(3), ..ClientOptions::default() };
+    let load = Load::start(cluster.addresses(), 2, load_options);
+    load.progress_wait(100);
+
+    // Connected before the pause; their writes are sent during it.
+    const DIRECT: u128 = 4;
+    let direct: Vec<Client> = (0..DIRECT)
+        .map(|_| Client::connect(cluster.member(leader).addr, ClientOptions::default()).expect("connect to the leader"))
+        .collect();
+    cluster.signal(leader, libc::SIGSTOP);
+    let (sent, answers) = channel();
+    let senders: Vec<_> = direct
+        .into_iter()
+        .enumerate()
+        .map(|(index, direct)| {
+            let (sent, batch) = (sent.clone(), transfers(90_000_000 + index as u128 * 25, 25));
+            std::thread::spawn(move || {
+                let ids: Vec<TransferId> = batch.iter().map(|transfer| transfer.id).collect();
+                let _ = sent.send((ids, direct.create_transfers(&batch)));
+            })
+        })
+        .collect();
+    drop(sent);
+    let (leader_new, term_new) = cluster.leader_wait(term, Some(leader));
+    assert!(term_new > term);
+    load.progress_wait(100);
+    cluster.signal(leader, libc::SIGCONT);
+
+    let mut acknowledged_by_paused = Vec::new();
+    let mut failures = BTreeMap::new();
+    for _ in 0..DIRECT {
+        let (ids, answer) = answers.recv_timeout(EVENT_TIMEOUT).expect("the resumed member answers every request");
+        match answer {
+            Ok(results) => {
+                assert_eq!(results, vec![], "a fresh batch is created whole");
+                acknowledged_by_paused.extend(ids);
+            }
+            Err(error) => *failures.entry(format!("{error:?}")).or_insert(0) += 1,
+        }
+    }
+    for sender in senders {
+        sender.join().expect("a direct sender");
+    }
+    eprintln!(
+        "paused leader {leader} (term {term}), node {leader_new} elected in term {term_new}; the paused member's \
+         answers to {DIRECT} writes sent during the pause: {} acknowledged, failures {failures:?}",
+        acknowledged_by_paused.len() / 25
+    );
+    load.progress_wait(100);
+    let (mut acknowledged, _) = load.stop();
+    acknowledged.extend(acknowledged_by_paused);
+    for chunk in acknowledged.chunks(5000) {
+        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
+        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
+    }
+    members_agree(&cluster, &client);
+    money_sums_to_zero(&client);
 }

@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use walletd_core::{Account, AccountId, EventResult, Transfer, TransferId, TransferRecord};
 
-/// The longest pause between two tries.
-const RETRY_WAIT_MAX: Duration = Duration::from_millis(500);
-const RETRY_WAIT_FIRST: Duration = Duration::from_millis(20);
+/// The pauses between two tries while no member names a leader: short, because an election
+/// takes a few hundred milliseconds and every pause past its end adds to the failover gap; a
+/// member with no leader answers at once, so a try costs one round trip.
+const RETRY_WAIT_MAX: Duration = Duration::from_millis(50);
+const RETRY_WAIT_FIRST: Duration = Duration::from_millis(10);
 
 pub struct ClusterClient {
     /// The members' client addresses; a leader named by a `not_leader` reply is added.
