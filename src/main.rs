@@ -72,6 +72,31 @@ enum ClusterCommands {
     Init(ClusterInitArgs),
     /// What a member says: its term, the leader it knows, its log and applied index, the members.
     Status(ClusterStatusArgs),
+    /// Add a member: start it first (`walletd serve --cluster` on an empty data directory with
+    /// its own node id); it catches up from the log as a learner, then becomes a voter.
+    Add(ClusterAddArgs),
+    /// Remove a voter (a dead member, before replacing it with `add`).
+    Remove(ClusterRemoveArgs),
+}
+
+#[derive(Args)]
+struct ClusterAddArgs {
+    /// The Raft address of any member (the change is made by the leader; the tool follows).
+    #[arg(long)]
+    raft_addr: String,
+    /// The new member, ID=RAFT_ADDR/CLIENT_ADDR; its id must be new to the cluster.
+    #[arg(long = "member", value_parser = walletd_cluster::tool::member_parse)]
+    member: (walletd_cluster::NodeId, walletd_cluster::Member),
+}
+
+#[derive(Args)]
+struct ClusterRemoveArgs {
+    /// The Raft address of any member (the change is made by the leader; the tool follows).
+    #[arg(long)]
+    raft_addr: String,
+    /// The voter to remove.
+    #[arg(long)]
+    node_id: walletd_cluster::NodeId,
 }
 
 #[derive(Args)]
@@ -343,6 +368,15 @@ fn main() -> ExitCode {
             }
             Err(error) => Err(error.to_string()),
         },
+        Commands::Cluster(ClusterCommands::Add(args)) => {
+            let (id, member) = args.member;
+            let voters = walletd_cluster::tool::member_add(&args.raft_addr, id, member);
+            voters.map(|voters| voters_print("added", id, &voters)).map_err(|error| error.to_string())
+        }
+        Commands::Cluster(ClusterCommands::Remove(args)) => {
+            let voters = walletd_cluster::tool::member_remove(&args.raft_addr, args.node_id);
+            voters.map(|voters| voters_print("removed", args.node_id, &voters)).map_err(|error| error.to_string())
+        }
         Commands::Generate(args) => generate_command(args).map_err(|error| error.to_string()),
         Commands::Replay(args) => replay_command(args).map_err(|error| error.to_string()),
         Commands::Journal(JournalCommands::Truncate(args)) => truncate_command(args).map_err(|error| error.to_string()),
@@ -478,6 +512,17 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `cluster: node 4 added; voters 1=RAFT/CLIENT 3=… 4=…`
+fn voters_print(
+    what: &str,
+    id: walletd_cluster::NodeId,
+    voters: &std::collections::BTreeMap<u64, walletd_cluster::Member>,
+) {
+    let voters: Vec<String> =
+        voters.iter().map(|(id, member)| format!("{id}={}/{}", member.raft_addr, member.client_addr)).collect();
+    println!("cluster: node {id} {what}; voters {}", voters.join(" "));
 }
 
 /// `walletd serve --cluster`: a replicated member (see walletd_cluster). The HTTP gateway,

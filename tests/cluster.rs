@@ -116,6 +116,29 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a new member `id` on a fresh data directory (not yet in the membership).
+    fn member_new(&mut self, id: u64) {
+        let dir = self._tmp.path().join(format!("node{id}"));
+        let (child, addr, raft_addr) =
+            member_start(id, &dir, "127.0.0.1:0", "127.0.0.1:0", &self.extra_args, &self.lines_sender);
+        self.members.push(Member { id, dir, addr, raft_addr, child: Some(child) });
+    }
+
+    /// Forgets a killed member (its data directory is gone, or it left the membership).
+    fn member_forget(&mut self, id: u64) {
+        assert!(self.member(id).child.is_none(), "kill a member before forgetting it");
+        self.members.retain(|member| member.id != id);
+        self.views.remove(&id);
+    }
+
+    /// `walletd cluster ARGS…`: (success, stdout, stderr).
+    fn tool(&self, args: &[&str]) -> (bool, String, String) {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_walletd")).arg("cluster").args(args).output().expect("walletd runs");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.success(), text(&output.stdout), text(&output.stderr))
+    }
+
     fn init(&self) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_walletd"));
         command.args(["cluster", "init", "--raft-addr", &self.members[0].raft_addr.to_string()]);
@@ -127,7 +150,11 @@ impl Cluster {
     }
 
     fn member(&self, id: u64) -> &Member {
-        &self.members[(id - 1) as usize]
+        self.members.iter().find(|member| member.id == id).expect("a member with that id")
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut Member {
+        self.members.iter_mut().find(|member| member.id == id).expect("a member with that id")
     }
 
     fn addresses(&self) -> Vec<String> {
@@ -144,7 +171,7 @@ impl Cluster {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
             let alive_leader = self.views.iter().find_map(|(node, (term, leader))| {
-                let alive = self.members[(*node - 1) as usize].child.is_some();
+                let alive = self.members.iter().any(|member| member.id == *node && member.child.is_some());
                 (alive && *leader == Some(*node) && *term > term_above && Some(*node) != excluded)
                     .then_some((*node, *term))
             });
@@ -170,8 +197,7 @@ impl Cluster {
     }
 
     fn kill(&mut self, id: u64) {
-        let member = &mut self.members[(id - 1) as usize];
-        drop(member.child.take().expect("a running member"));
+        drop(self.member_mut(id).child.take().expect("a running member"));
         self.views.remove(&id);
     }
 
@@ -187,11 +213,11 @@ impl Cluster {
     /// Restarts a killed member on its data directory and addresses.
     fn restart(&mut self, id: u64) {
         let extra = self.extra_args.clone();
-        let member = &self.members[(id - 1) as usize];
+        let member = self.member(id);
         let (addr, raft_addr) = (member.addr.to_string(), member.raft_addr.to_string());
         let dir = member.dir.clone();
         let (child, _, _) = member_start(id, &dir, &addr, &raft_addr, &extra, &self.lines_sender);
-        self.members[(id - 1) as usize].child = Some(child);
+        self.member_mut(id).child = Some(child);
     }
 
     /// Waits until every member's journal is durable to `op` (the data directory's durable
@@ -630,6 +656,67 @@ fn a_paused_leader_never_acknowledges_a_write_after_losing_leadership() {
     load.progress_wait(100);
     let (mut acknowledged, _) = load.stop();
     acknowledged.extend(acknowledged_by_paused);
+    for chunk in acknowledged.chunks(5000) {
+        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
+        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
+    }
+    members_agree(&cluster, &client);
+    money_sums_to_zero(&client);
+}
+
+/// Replacing a dead member whose disk is lost: `walletd cluster remove` takes it out of the
+/// membership (sent to a follower, which names the leader to the tool), a new member on an
+/// empty data directory is added with `walletd cluster add` (it catches up as a learner, then
+/// votes), and the cluster then survives the loss of its leader with the new member's vote.
+/// Bad requests are refused with the reason.
+#[test]
+fn a_dead_member_is_replaced_by_a_new_one() {
+    let mut cluster = Cluster::start(&[]);
+    let (leader, term) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    for round in 0..20u128 {
+        assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
+    }
+    let followers: Vec<u64> = (1..=MEMBERS).filter(|id| *id != leader).collect();
+    let (dead, survivor) = (followers[0], followers[1]);
+    cluster.kill(dead);
+    std::fs::remove_dir_all(&cluster.member(dead).dir).expect("the dead member's disk is lost");
+    cluster.member_forget(dead);
+
+    let survivor_raft = cluster.member(survivor).raft_addr.to_string();
+    let (ok, _, stderr) = cluster.tool(&["remove", "--raft-addr", &survivor_raft, "--node-id", "99"]);
+    assert!(!ok && stderr.contains("node 99 is not a voter"), "{stderr}");
+    let (ok, stdout, stderr) = cluster.tool(&["remove", "--raft-addr", &survivor_raft, "--node-id", &dead.to_string()]);
+    assert!(ok, "cluster remove failed: {stderr}");
+    assert!(stdout.starts_with(&format!("cluster: node {dead} removed; voters ")), "{stdout}");
+    assert!(!stdout.contains(&format!(" {dead}=")), "{stdout}");
+    // Two voters now: both are needed, and writes go on.
+    for round in 20..30u128 {
+        assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
+    }
+
+    const NEW: u64 = 4;
+    cluster.member_new(NEW);
+    let new_member = format!("{NEW}={}/{}", cluster.member(NEW).raft_addr, cluster.member(NEW).addr);
+    let leader_raft = cluster.member(leader).raft_addr.to_string();
+    let leader_member = format!("{leader}={}/{}", cluster.member(leader).raft_addr, cluster.member(leader).addr);
+    let (ok, _, stderr) = cluster.tool(&["add", "--raft-addr", &leader_raft, "--member", &leader_member]);
+    assert!(!ok && stderr.contains("is already a voter"), "{stderr}");
+    let (ok, stdout, stderr) = cluster.tool(&["add", "--raft-addr", &survivor_raft, "--member", &new_member]);
+    assert!(ok, "cluster add failed: {stderr}");
+    assert!(stdout.contains(&format!(" {new_member}")), "{stdout}");
+
+    // The old leader dies: the survivor can only be elected with the new member's vote.
+    let load_options = ClientOptions { request_timeout: Duration::from_secs(3), ..ClientOptions::default() };
+    let load = Load::start(cluster.addresses(), 2, load_options);
+    load.progress_wait(100);
+    cluster.kill(leader);
+    let (leader_new, _) = cluster.leader_wait(term, Some(leader));
+    assert!(leader_new == survivor || leader_new == NEW, "node {leader_new} leads");
+    load.progress_wait(100);
+    cluster.restart(leader);
+    let (acknowledged, _) = load.stop();
     for chunk in acknowledged.chunks(5000) {
         let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
         assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");

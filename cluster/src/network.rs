@@ -13,7 +13,9 @@
 //! addresses their membership entry names.
 
 use crate::types::{Member, NodeId, Raft, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -37,6 +39,18 @@ pub enum PeerRequest {
     Init(BTreeMap<NodeId, Member>),
     /// `walletd cluster status`.
     Status,
+    /// `walletd cluster add`: a new member, caught up as a learner, then made a voter.
+    MemberAdd(NodeId, Member),
+    /// `walletd cluster remove`: a voter taken out of the membership.
+    MemberRemove(NodeId),
+}
+
+/// Why a membership change was not made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MembershipRefusal {
+    /// Only the leader changes the membership; this is the leader when this member knows it.
+    NotLeader(Option<(NodeId, Member)>),
+    Refused(String),
 }
 
 /// What a member says about itself.
@@ -59,6 +73,8 @@ pub enum PeerReply {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Init(Result<(), String>),
     Status(Status),
+    /// The voters once the change is committed.
+    Membership(Result<BTreeMap<NodeId, Member>, MembershipRefusal>),
 }
 
 async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
@@ -123,11 +139,82 @@ async fn peer_connection(mut stream: TcpStream, raft: Raft, node_id: NodeId) {
                 PeerReply::Init(raft.initialize(members).await.map_err(|error| error.to_string()))
             }
             PeerRequest::Status => PeerReply::Status(status_of(&raft, node_id)),
+            PeerRequest::MemberAdd(id, member) => PeerReply::Membership(member_add(&raft, id, member).await),
+            PeerRequest::MemberRemove(id) => PeerReply::Membership(member_remove(&raft, id).await),
         };
         if frame_write(&mut stream, &reply).await.is_err() {
             return;
         }
     }
+}
+
+/// How long a new member may take to catch up from the log before `cluster add` gives up.
+pub const MEMBER_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+type MembershipError = RaftError<NodeId, ClientWriteError<NodeId, Member>>;
+
+fn membership_refusal(error: MembershipError) -> MembershipRefusal {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            MembershipRefusal::NotLeader(forward.leader_id.zip(forward.leader_node))
+        }
+        other => MembershipRefusal::Refused(other.to_string()),
+    }
+}
+
+fn voters_of(response: &openraft::raft::ClientWriteResponse<TypeConfig>) -> BTreeMap<NodeId, Member> {
+    let Some(membership) = response.membership.as_ref() else { return BTreeMap::new() };
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership.nodes().filter(|(id, _)| voters.contains(id)).map(|(id, member)| (*id, member.clone())).collect()
+}
+
+fn voters_now(raft: &Raft) -> BTreeMap<NodeId, Member> {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership.nodes().filter(|(id, _)| voters.contains(id)).map(|(id, member)| (*id, member.clone())).collect()
+}
+
+/// Adds `id` as a learner, waits until it has caught up with the log, then makes it a voter
+/// (a joint configuration, then the new one, each committed by the old and new majorities).
+async fn member_add(raft: &Raft, id: NodeId, member: Member) -> Result<BTreeMap<NodeId, Member>, MembershipRefusal> {
+    let voters = voters_now(raft);
+    if let Some(existing) = voters.get(&id) {
+        return Err(MembershipRefusal::Refused(format!(
+            "node {id} is already a voter (at {}/{}): remove it first to replace it",
+            existing.raft_addr, existing.client_addr
+        )));
+    }
+    tracing::info!(node_id = id, raft_addr = %member.raft_addr, "adding a member: catching it up as a learner");
+    match tokio::time::timeout(MEMBER_CATCH_UP_TIMEOUT, raft.add_learner(id, member, true)).await {
+        Ok(added) => added.map_err(membership_refusal)?,
+        Err(_) => {
+            return Err(MembershipRefusal::Refused(format!(
+                "node {id} did not catch up within {} s: is it running, on the address given?",
+                MEMBER_CATCH_UP_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let changes = openraft::ChangeMembers::AddVoterIds([id].into());
+    let response = raft.change_membership(changes, false).await.map_err(membership_refusal)?;
+    tracing::info!(node_id = id, voters = ?voters_of(&response).keys().collect::<Vec<_>>(), "member added");
+    Ok(voters_of(&response))
+}
+
+/// Removes the voter `id` (not retained as a learner).
+async fn member_remove(raft: &Raft, id: NodeId) -> Result<BTreeMap<NodeId, Member>, MembershipRefusal> {
+    let voters = voters_now(raft);
+    if !voters.contains_key(&id) {
+        let ids: Vec<String> = voters.keys().map(NodeId::to_string).collect();
+        return Err(MembershipRefusal::Refused(format!("node {id} is not a voter; the voters are {}", ids.join(", "))));
+    }
+    if voters.len() == 1 {
+        return Err(MembershipRefusal::Refused(format!("node {id} is the only voter: a cluster keeps at least one")));
+    }
+    let changes = openraft::ChangeMembers::RemoveVoters([id].into());
+    let response = raft.change_membership(changes, false).await.map_err(membership_refusal)?;
+    tracing::info!(node_id = id, voters = ?voters_of(&response).keys().collect::<Vec<_>>(), "member removed");
+    Ok(voters_of(&response))
 }
 
 pub fn status_of(raft: &Raft, node_id: NodeId) -> Status {

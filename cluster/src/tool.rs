@@ -1,8 +1,10 @@
-//! The cluster tools: `walletd cluster init` (once, explicitly, for a new cluster) and
-//! `walletd cluster status`, each one request to one member's Raft port.
+//! The cluster tools: `walletd cluster init` (once, explicitly, for a new cluster),
+//! `walletd cluster status`, and the membership changes `walletd cluster add` and `remove`,
+//! each a request to one member's Raft port (a membership change follows the member's answer
+//! to the leader).
 
 use crate::error::ClusterError;
-use crate::network::{tool_request, PeerReply, PeerRequest, Status};
+use crate::network::{tool_request, MembershipRefusal, PeerReply, PeerRequest, Status, MEMBER_CATCH_UP_TIMEOUT};
 use crate::types::{Member, NodeId};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,4 +47,51 @@ pub fn status(raft_addr: &str) -> Result<Status, ClusterError> {
         PeerReply::Status(status) => Ok(status),
         other => Err(ClusterError::Refused(format!("{raft_addr} answered status with {other:?}"))),
     }
+}
+
+/// Adds a new member through the member at `raft_addr` (any member: the request follows to the
+/// leader). The new member must already run (`walletd serve --cluster` on an empty data
+/// directory, with its node id); it catches up from the log as a learner, then becomes a voter.
+/// Returns the voters after the change.
+pub fn member_add(raft_addr: &str, id: NodeId, member: Member) -> Result<BTreeMap<NodeId, Member>, ClusterError> {
+    membership_change(raft_addr, &PeerRequest::MemberAdd(id, member), MEMBER_CATCH_UP_TIMEOUT + TOOL_TIMEOUT)
+}
+
+/// Removes the voter `id` through the member at `raft_addr` (following to the leader).
+/// Returns the voters after the change.
+pub fn member_remove(raft_addr: &str, id: NodeId) -> Result<BTreeMap<NodeId, Member>, ClusterError> {
+    membership_change(raft_addr, &PeerRequest::MemberRemove(id), TOOL_TIMEOUT)
+}
+
+/// Redirects followed at most: a leader changing under the tool more often than this is an
+/// election storm, reported rather than chased.
+const REDIRECTS_MAX: usize = 3;
+
+fn membership_change(
+    raft_addr: &str,
+    request: &PeerRequest,
+    timeout: Duration,
+) -> Result<BTreeMap<NodeId, Member>, ClusterError> {
+    let mut addr = raft_addr.to_string();
+    for _ in 0..=REDIRECTS_MAX {
+        let io = |source| ClusterError::Io { what: format!("send the membership change to {addr}"), source };
+        match tool_request(&addr, request, timeout).map_err(io)? {
+            PeerReply::Membership(Ok(voters)) => return Ok(voters),
+            PeerReply::Membership(Err(MembershipRefusal::NotLeader(Some((_, leader))))) if leader.raft_addr != addr => {
+                addr = leader.raft_addr;
+            }
+            PeerReply::Membership(Err(MembershipRefusal::NotLeader(_))) => {
+                return Err(ClusterError::Refused(format!(
+                    "{addr} is not the leader and knows none: wait for an election (`walletd cluster status`) and retry"
+                )))
+            }
+            PeerReply::Membership(Err(MembershipRefusal::Refused(reason))) => {
+                return Err(ClusterError::Refused(format!("{addr} refused the membership change: {reason}")))
+            }
+            other => {
+                return Err(ClusterError::Refused(format!("{addr} answered the membership change with {other:?}")))
+            }
+        }
+    }
+    Err(ClusterError::Refused(format!("the leader changed {REDIRECTS_MAX} times during the membership change: retry")))
 }
