@@ -131,14 +131,19 @@ struct ClusterServeArgs {
     #[arg(long, requires = "cluster")]
     raft_addr: Option<std::net::SocketAddr>,
     /// Milliseconds between the leader's heartbeats.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = walletd_cluster::RaftTimeouts::default().heartbeat_ms)]
     heartbeat_ms: u64,
-    /// Milliseconds of silence from the leader after which a follower stands for election: a
-    /// random value between the min and the max.
-    #[arg(long, default_value_t = 1000)]
+    /// A follower's election timeout in milliseconds, drawn once between the min and the max:
+    /// it stands for election after the leader's lease (the max) plus this much silence.
+    #[arg(long, default_value_t = walletd_cluster::RaftTimeouts::default().election_timeout_min_ms)]
     election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = walletd_cluster::RaftTimeouts::default().election_timeout_max_ms)]
     election_timeout_max_ms: u64,
+    /// Entries per AppendEntries RPC at most, 1..=32 (an entry is one request, up to a full
+    /// batch): fewer keep replication RPCs short, so followers hear from a busy leader often.
+    #[arg(long, default_value_t = walletd_cluster::APPEND_ENTRIES_MAX_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=32))]
+    raft_append_entries_max: u64,
     /// Milliseconds a write may wait to commit (a leader without a majority) before it is
     /// answered `unavailable`.
     #[arg(long, default_value_t = 10_000)]
@@ -567,6 +572,7 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         write_timeout: std::time::Duration::from_millis(args.cluster.write_timeout_ms.max(1)),
         checkpoint_entries: args.checkpoint_ops.max(1),
         in_flight_max: args.ring_slots.max(1) * 4,
+        append_entries_max: args.cluster.raft_append_entries_max,
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {

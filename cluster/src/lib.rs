@@ -30,5 +30,5 @@ pub mod types;
 
 pub use error::ClusterError;
 pub use network::{tool_request, PeerReply, PeerRequest, Status};
-pub use node::{cluster_start, ClusterOptions, RaftTimeouts, RunningCluster};
+pub use node::{cluster_start, ClusterOptions, RaftTimeouts, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT};
 pub use types::{Member, NodeId};

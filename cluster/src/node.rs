@@ -42,9 +42,13 @@ use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
 use walletd_replay::{DirLock, DurableMark, Position, Verification};
 
-/// Raft's timing. The defaults suit a small, busy machine: a heartbeat every 200 ms and an
-/// election after 1–2 s of silence, so that fsync stalls and a loaded scheduler do not make
-/// followers depose a healthy leader; a failover then takes one election timeout and a vote.
+/// Raft's timing. With openraft 0.9 a follower stands for election once it has heard nothing
+/// from the leader for the leader's lease (the election timeout's maximum) plus its own
+/// election timeout (drawn once between the min and the max), so a failover takes about
+/// `max + [min, max]` plus one vote round trip and the new leader's first commit: with the
+/// defaults, a heartbeat every 40 ms and 100–200 ms, 300–400 ms of silence before the vote
+/// (docs/BENCHMARKS.md measures the gaps). Larger values tolerate longer stalls of a loaded
+/// leader before it is deposed, at the cost of a longer failover.
 #[derive(Clone, Copy, Debug)]
 pub struct RaftTimeouts {
     pub heartbeat_ms: u64,
@@ -54,7 +58,7 @@ pub struct RaftTimeouts {
 
 impl Default for RaftTimeouts {
     fn default() -> RaftTimeouts {
-        RaftTimeouts { heartbeat_ms: 200, election_timeout_min_ms: 1000, election_timeout_max_ms: 2000 }
+        RaftTimeouts { heartbeat_ms: 40, election_timeout_min_ms: 100, election_timeout_max_ms: 200 }
     }
 }
 
@@ -78,7 +82,15 @@ pub struct ClusterOptions {
     pub checkpoint_entries: u64,
     /// Requests in flight in Raft at once; more wait (and the gateway stops reading).
     pub in_flight_max: usize,
+    /// Entries per AppendEntries RPC at most (an entry is a whole request, up to a full batch
+    /// of about 1 MiB). Fewer keep each RPC short, so a follower hears from the leader often
+    /// under load (heartbeats wait behind a replication RPC in flight); at most 32, which
+    /// keeps a frame within the peer transport's limit.
+    pub append_entries_max: u64,
 }
+
+/// The default of `ClusterOptions::append_entries_max`.
+pub const APPEND_ENTRIES_MAX_DEFAULT: u64 = 4;
 
 /// A node running in this process.
 pub struct RunningCluster {
@@ -100,6 +112,7 @@ const NODE_ID_FILE: &str = "node_id";
 pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterError> {
     assert!(options.timeouts.election_timeout_min_ms > options.timeouts.heartbeat_ms);
     assert!(options.checkpoint_entries >= 1 && options.in_flight_max >= 1);
+    assert!((1..=32).contains(&options.append_entries_max), "append_entries_max is 1..=32");
     let lock = options.data_dir.lock()?;
     let config = options.data_dir.open_or_create(options.config)?;
     let raft_dir = options.data_dir.root.join("raft");
@@ -124,7 +137,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         .enable_all()
         .build()
         .map_err(|source| ClusterError::Io { what: "start the async runtime".into(), source })?;
-    let raft_config = raft_config(options.timeouts)?;
+    let raft_config = raft_config(options.timeouts, options.append_entries_max)?;
     let raft_listener = runtime
         .block_on(tokio::net::TcpListener::bind(options.raft_addr))
         .map_err(|source| ClusterError::Io { what: format!("listen on {} for Raft", options.raft_addr), source })?;
@@ -149,15 +162,13 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     })
 }
 
-fn raft_config(timeouts: RaftTimeouts) -> Result<Arc<openraft::Config>, ClusterError> {
+fn raft_config(timeouts: RaftTimeouts, append_entries_max: u64) -> Result<Arc<openraft::Config>, ClusterError> {
     let config = openraft::Config {
         cluster_name: "walletd".to_string(),
         heartbeat_interval: timeouts.heartbeat_ms,
         election_timeout_min: timeouts.election_timeout_min_ms,
         election_timeout_max: timeouts.election_timeout_max_ms,
-        // Entries are whole requests (up to 8189 transfers, ~1 MiB): 32 per AppendEntries
-        // keeps a frame within FRAME_BODY_SIZE_MAX_BYTES.
-        max_payload_entries: 32,
+        max_payload_entries: append_entries_max,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         ..openraft::Config::default()
     };
