@@ -14,6 +14,11 @@
 //!   acknowledgement) and serves again once a majority is back.
 //! - A Raft log ending in a torn append is cut at restart and the member catches up; one with a
 //!   flipped byte in the middle refuses to start and names the corruption.
+//! - A leader paused with SIGSTOP while the others elect a new one answers the writes sent to
+//!   it meanwhile, once resumed, with failures, never an acknowledgement that is not in the new
+//!   leader's ledger.
+//! - A dead member whose disk is lost is removed (`walletd cluster remove`) and replaced by a
+//!   new one (`walletd cluster add`), whose vote then elects the next leader.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
