@@ -204,7 +204,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = (1 << 20) - 8189)]
     transfers_max: u32,
     /// Address of the HTTP/JSON wallet API served in this process (default 127.0.0.1:8080;
-    /// if that default is taken, the node serves without it), or `off`.
+    /// if that default is taken, the node serves without it), or `off`. With --cluster it is
+    /// off unless an address is given; the gateway follows `not_leader` to the leader.
     #[arg(long)]
     http: Option<String>,
     #[command(flatten)]
@@ -530,18 +531,15 @@ fn voters_print(
     println!("cluster: node {id} {what}; voters {}", voters.join(" "));
 }
 
-/// `walletd serve --cluster`: a replicated member (see walletd_cluster). The HTTP gateway,
-/// the metrics endpoint and checkpoint signing are not wired in cluster mode yet; asking for
-/// them is refused rather than ignored.
+/// `walletd serve --cluster`: a replicated member (see walletd_cluster), with the HTTP gateway
+/// when `--http ADDR` is given. The metrics endpoint and checkpoint signing are not wired in
+/// cluster mode yet; asking for them is refused rather than ignored.
 fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
     let (Some(node_id), Some(raft_addr)) = (args.cluster.node_id, args.cluster.raft_addr) else {
         return Err("--cluster needs --node-id N and --raft-addr HOST:PORT".to_string());
     };
     if args.metrics_addr.is_some() || args.trust.signing_key.is_some() || args.trust.verify_key.is_some() {
         return Err("--metrics-addr, --signing-key and --verify-key are not supported with --cluster yet".to_string());
-    }
-    if args.http.as_deref().is_some_and(|http| http != "off") {
-        return Err("--http is not supported with --cluster yet (run `walletd http` against the leader)".to_string());
     }
     let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
     config.accounts_max = args.accounts_max.max(2);
@@ -589,11 +587,26 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
     println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
     println!("raft on {} (node {})", node.raft_addr, node.node_id);
+    // The HTTP gateway only when asked (`--http ADDR`): members sharing a machine would share
+    // the single node's default port. It talks to this member, which names the leader to it.
+    let http = match args.http.as_deref() {
+        None | Some("off") => None,
+        Some(_) => match http_embed(&args.http, node.local_addr, &args.data_dir, &args.http_gateway) {
+            Ok(http) => http,
+            Err(error) => {
+                node.shutdown();
+                return Err(error);
+            }
+        },
+    };
     node.leader_report_start();
     while !STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    if let Some(http) = http {
+        http.stop();
+    }
     node.shutdown();
     Ok(())
 }

@@ -19,11 +19,14 @@
 //!   leader's ledger.
 //! - A dead member whose disk is lost is removed (`walletd cluster remove`) and replaced by a
 //!   new one (`walletd cluster add`), whose vote then elects the next leader.
+//! - The HTTP gateway given a follower follows `not_leader` to the leader, and to the next
+//!   leader after a kill.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
 
 mod common;
+mod http_harness;
 
 use common::{accounts, serve_binary_lines, transfer, ServerChild, LINE_TIMEOUT};
 use std::collections::BTreeMap;
@@ -728,4 +731,51 @@ fn a_dead_member_is_replaced_by_a_new_one() {
     }
     members_agree(&cluster, &client);
     money_sums_to_zero(&client);
+}
+
+/// The HTTP gateway pointed at a follower: its writes and reads are refused there with
+/// `not_leader`, and it follows to the leader the follower names (money moves, balances read);
+/// when that leader dies, requests fail retry-safe during the election, then the gateway finds
+/// the new leader through the member it was given.
+#[test]
+fn the_http_gateway_follows_not_leader_to_the_leader() {
+    use http_harness::{http, token, wait_until, Gateway};
+    use serde_json::json;
+    let mut cluster = Cluster::start(&[]);
+    let (leader, term) = cluster.leader_wait(0, None);
+    let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
+    let gateway = Gateway::start(cluster.member(follower).addr, &["--rate-limit-per-s", "0"]);
+    let wallet_create = |user: &str| {
+        let response =
+            http(gateway.addr, "POST", "/v1/wallets", Some(&token(user, &[])), Some(&json!({ "currency": "USD" })));
+        assert_eq!(response.status, 201, "{response:?}");
+        response.json["id"].as_str().expect("a wallet id").to_string()
+    };
+    let (alice, bob) = (wallet_create("alice"), wallet_create("bob"));
+    let deposit = json!({ "wallet_id": alice, "amount": "10.00", "currency": "USD", "idempotency_key": "d1" });
+    let response = http(gateway.addr, "POST", "/v1/deposits", Some(&token("ops", &["operator"])), Some(&deposit));
+    assert_eq!(response.status, 201, "{response:?}");
+    let transfer = |key: &str| {
+        let body = json!({ "sender_id": alice, "receiver_id": bob, "amount": "2.50", "idempotency_key": key });
+        http(gateway.addr, "POST", "/v1/transfers", Some(&token("alice", &[])), Some(&body))
+    };
+    let response = transfer("t1");
+    assert_eq!(response.status, 201, "{response:?}");
+    let balance = || {
+        let response = http(gateway.addr, "GET", &format!("/v1/wallets/{bob}"), Some(&token("bob", &[])), None);
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json["balance"].as_str().expect("a balance").to_string()
+    };
+    assert_eq!(balance(), "2.50");
+
+    cluster.kill(leader);
+    cluster.leader_wait(term, Some(leader));
+    // During the election a request may fail (503, retry-safe); once a leader serves, so does
+    // the gateway.
+    wait_until("the gateway to move money through the new leader", EVENT_TIMEOUT, || {
+        let response = transfer("t2");
+        assert!(matches!(response.status, 201 | 503), "{response:?}");
+        response.status == 201
+    });
+    assert_eq!(balance(), "5.00");
 }

@@ -103,6 +103,9 @@ pub struct Engine {
 
 struct Shared {
     options: EngineOptions,
+    /// Where the next connection goes: `options.addr`, or the leader a cluster member named
+    /// in a `not_leader` reply (back to `options.addr` when that one cannot be reached).
+    addr_current: Mutex<SocketAddr>,
     op_seen: Arc<AtomicU64>,
     /// The current connection; `None` after it failed, until the next job connects again.
     client: Mutex<Option<Arc<Client>>>,
@@ -130,7 +133,13 @@ impl Engine {
         assert!(options.queue_jobs_max >= 1);
         let (queue, jobs) = crossbeam_channel::bounded(options.queue_jobs_max);
         let op_seen = Arc::new(AtomicU64::new(0));
-        let shared = Arc::new(Shared { options, op_seen: Arc::clone(&op_seen), client: Mutex::new(None), metrics });
+        let shared = Arc::new(Shared {
+            addr_current: Mutex::new(options.addr),
+            options,
+            op_seen: Arc::clone(&op_seen),
+            client: Mutex::new(None),
+            metrics,
+        });
         let threads = (0..shared.options.dispatchers)
             .map(|index| {
                 let jobs = jobs.clone();
@@ -327,9 +336,13 @@ fn client_get(shared: &Shared) -> Result<Arc<Client>, EngineError> {
         return Ok(Arc::clone(client));
     }
     let options = ClientOptions { request_timeout: shared.options.request_timeout, ..ClientOptions::default() };
-    let client = Client::connect(shared.options.addr, options)
-        .map_err(|error| EngineError::Unavailable(format!("cannot connect to {}: {error}", shared.options.addr)))?;
-    tracing::info!(engine = %shared.options.addr, "connected to the engine");
+    let addr = *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner());
+    let client = Client::connect(addr, options).map_err(|error| {
+        // A leader named earlier may be gone: the next try starts again from the address given.
+        *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner()) = shared.options.addr;
+        EngineError::Unavailable(format!("cannot connect to {addr}: {error}"))
+    })?;
+    tracing::info!(engine = %addr, "connected to the engine");
     let client = Arc::new(client);
     *current = Some(Arc::clone(&client));
     Ok(client)
@@ -347,19 +360,47 @@ fn client_failed(shared: &Shared, client: &Arc<Client>, error: &ClientError) {
     }
 }
 
-/// One client call, timed, with the connection forgotten if it broke.
+/// One client call, timed, with the connection forgotten if it broke. A cluster member that
+/// is not the leader refuses it (nothing applied) and names the leader: the call is made once
+/// more there, and later ones go there too.
 fn client_call<T>(
     shared: &Shared,
     client: &Arc<Client>,
-    call: impl FnOnce(&Client) -> Result<T, ClientError>,
+    call: impl Fn(&Client) -> Result<T, ClientError>,
 ) -> Result<T, EngineError> {
     let start = Instant::now();
-    let result = call(client);
+    let mut result = call(client);
+    if let Err(ClientError::NotLeader { leader: Some(leader) }) = &result {
+        if let Some(redirected) = leader_follow(shared, client, leader) {
+            result = call(&redirected);
+        }
+    }
     shared.metrics.engine_rtt_record(start.elapsed());
     result.map_err(|error| {
         client_failed(shared, client, &error);
-        EngineError::from(error)
+        match error {
+            // Refused by a member that is not the leader: nothing was applied.
+            ClientError::NotLeader { leader } => EngineError::Unavailable(match leader {
+                Some(leader) => format!("the engine's leader is changing (last named: {leader}); retry"),
+                None => "the engine cluster has no leader at the moment (an election); retry".to_string(),
+            }),
+            error => EngineError::from(error),
+        }
     })
+}
+
+/// Points the gateway at the leader a member named, and connects to it.
+fn leader_follow(shared: &Shared, client: &Arc<Client>, leader: &str) -> Option<Arc<Client>> {
+    let leader: SocketAddr = leader.parse().ok()?;
+    {
+        let mut current = shared.client.lock().unwrap_or_else(|poison| poison.into_inner());
+        if current.as_ref().is_some_and(|held| Arc::ptr_eq(held, client)) {
+            *current = None;
+        }
+    }
+    *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner()) = leader;
+    tracing::info!(%leader, "the engine member is not the leader: following it to the leader");
+    client_get(shared).ok()
 }
 
 fn round_send(shared: &Shared, round: Round) {
