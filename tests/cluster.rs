@@ -72,11 +72,13 @@ struct Cluster {
 }
 
 fn member_args(id: u64, raft_addr: &str, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["--cluster", "--node-id", &id.to_string(), "--raft-addr", raft_addr, "--accounts-max", "4096"]
-            .iter()
-            .map(|arg| arg.to_string())
-            .collect();
+    let mut args: Vec<String> = ["--cluster", "--node-id", &id.to_string(), "--raft-addr", raft_addr]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+    if !extra.iter().any(|arg| arg == "--accounts-max") {
+        args.extend(["--accounts-max".to_string(), "4096".to_string()]);
+    }
     args.extend(extra.iter().cloned());
     args
 }
@@ -124,11 +126,13 @@ impl Cluster {
         cluster
     }
 
-    /// Starts a new member `id` on a fresh data directory (not yet in the membership).
-    fn member_new(&mut self, id: u64) {
+    /// Starts a new member `id` on a fresh data directory (not yet in the membership), with
+    /// `extra` flags beside the cluster's.
+    fn member_new(&mut self, id: u64, extra: &[&str]) {
         let dir = self._tmp.path().join(format!("node{id}"));
-        let (child, addr, raft_addr) =
-            member_start(id, &dir, "127.0.0.1:0", "127.0.0.1:0", &self.extra_args, &self.lines_sender);
+        let mut args = self.extra_args.clone();
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let (child, addr, raft_addr) = member_start(id, &dir, "127.0.0.1:0", "127.0.0.1:0", &args, &self.lines_sender);
         self.members.push(Member { id, dir, addr, raft_addr, child: Some(child) });
     }
 
@@ -704,8 +708,18 @@ fn a_dead_member_is_replaced_by_a_new_one() {
         assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
     }
 
+    // A member created with another ledger config would diverge: refused.
+    const OTHER_CONFIG: u64 = 5;
+    cluster.member_new(OTHER_CONFIG, &["--accounts-max", "8192"]);
+    let other =
+        format!("{OTHER_CONFIG}={}/{}", cluster.member(OTHER_CONFIG).raft_addr, cluster.member(OTHER_CONFIG).addr);
+    let (ok, _, stderr) = cluster.tool(&["add", "--raft-addr", &survivor_raft, "--member", &other]);
+    assert!(!ok && stderr.contains("ledger config"), "{stderr}");
+    cluster.kill(OTHER_CONFIG);
+    cluster.member_forget(OTHER_CONFIG);
+
     const NEW: u64 = 4;
-    cluster.member_new(NEW);
+    cluster.member_new(NEW, &[]);
     let new_member = format!("{NEW}={}/{}", cluster.member(NEW).raft_addr, cluster.member(NEW).addr);
     let leader_raft = cluster.member(leader).raft_addr.to_string();
     let leader_member = format!("{leader}={}/{}", cluster.member(leader).raft_addr, cluster.member(leader).addr);

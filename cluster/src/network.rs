@@ -64,6 +64,8 @@ pub struct Status {
     pub last_log_index: Option<u64>,
     pub last_applied_index: Option<u64>,
     pub members: BTreeMap<NodeId, Member>,
+    /// The member's ledger config (`config_hex`): equal on every member.
+    pub ledger_config: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -101,14 +103,24 @@ async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     bincode::deserialize(&body).map_err(std::io::Error::other)
 }
 
-/// Serves the members' RPCs (and init, status) on `listener` until the runtime stops.
-pub fn peer_serve(listener: TcpListener, raft: Raft, node_id: NodeId) {
+/// What the RPC server answers with: this member's Raft, id and ledger config.
+#[derive(Clone)]
+struct Local {
+    raft: Raft,
+    node_id: NodeId,
+    config: walletd_core::Config,
+}
+
+/// Serves the members' RPCs (and init, status, membership changes) on `listener` until the
+/// runtime stops. `config` is this member's ledger config: every member must have the same.
+pub fn peer_serve(listener: TcpListener, raft: Raft, node_id: NodeId, config: walletd_core::Config) {
+    let local = Local { raft, node_id, config };
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(peer_connection(stream, raft.clone(), node_id));
+                    tokio::spawn(peer_connection(stream, local.clone()));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "raft accept failed");
@@ -119,7 +131,8 @@ pub fn peer_serve(listener: TcpListener, raft: Raft, node_id: NodeId) {
     });
 }
 
-async fn peer_connection(mut stream: TcpStream, raft: Raft, node_id: NodeId) {
+async fn peer_connection(mut stream: TcpStream, local: Local) {
+    let raft = &local.raft;
     loop {
         let request: PeerRequest = match frame_read(&mut stream).await {
             Ok(request) => request,
@@ -134,18 +147,60 @@ async fn peer_connection(mut stream: TcpStream, raft: Raft, node_id: NodeId) {
             PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
             PeerRequest::InstallSnapshot(rpc) => PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await),
-            PeerRequest::Init(members) => {
-                tracing::info!(?members, "initialising a new cluster");
-                PeerReply::Init(raft.initialize(members).await.map_err(|error| error.to_string()))
-            }
-            PeerRequest::Status => PeerReply::Status(status_of(&raft, node_id)),
-            PeerRequest::MemberAdd(id, member) => PeerReply::Membership(member_add(&raft, id, member).await),
-            PeerRequest::MemberRemove(id) => PeerReply::Membership(member_remove(&raft, id).await),
+            PeerRequest::Init(members) => PeerReply::Init(init(&local, members).await),
+            PeerRequest::Status => PeerReply::Status(status_of(raft, local.node_id, &local.config)),
+            PeerRequest::MemberAdd(id, member) => PeerReply::Membership(member_add(&local, id, member).await),
+            PeerRequest::MemberRemove(id) => PeerReply::Membership(member_remove(raft, id).await),
         };
         if frame_write(&mut stream, &reply).await.is_err() {
             return;
         }
     }
+}
+
+/// How long a member's status may take when another asks for it (init, add).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Another member's status, over a connection of its own.
+async fn status_fetch(raft_addr: &str) -> Result<Status, String> {
+    let fetch = async {
+        let mut stream = TcpStream::connect(raft_addr).await?;
+        frame_write(&mut stream, &PeerRequest::Status).await?;
+        frame_read::<PeerReply>(&mut stream).await
+    };
+    match tokio::time::timeout(STATUS_TIMEOUT, fetch).await {
+        Ok(Ok(PeerReply::Status(status))) => Ok(status),
+        Ok(Ok(other)) => Err(format!("{raft_addr} answered a status request with {other:?}")),
+        Ok(Err(error)) => Err(format!("cannot reach {raft_addr}: {error}")),
+        Err(_) => Err(format!("{raft_addr} did not answer within {} s", STATUS_TIMEOUT.as_secs())),
+    }
+}
+
+/// Refuses a member whose ledger config is not this member's: replicas of one ledger must
+/// apply the same commands to the same config, or their states diverge.
+async fn config_check(local: &Local, id: NodeId, member: &Member) -> Result<(), String> {
+    let status = status_fetch(&member.raft_addr).await?;
+    if status.node_id != id {
+        return Err(format!("{} is node {}, not node {id}", member.raft_addr, status.node_id));
+    }
+    let ours = config_hex(&local.config);
+    if status.ledger_config != ours {
+        return Err(format!(
+            "node {id}'s ledger config ({}) is not node {}'s ({ours}): every member must be created with the same \
+             --accounts-max",
+            status.ledger_config, local.node_id
+        ));
+    }
+    Ok(())
+}
+
+/// `walletd cluster init`: every other member must answer, with this member's ledger config.
+async fn init(local: &Local, members: BTreeMap<NodeId, Member>) -> Result<(), String> {
+    for (id, member) in members.iter().filter(|(id, _)| **id != local.node_id) {
+        config_check(local, *id, member).await?;
+    }
+    tracing::info!(?members, "initialising a new cluster");
+    local.raft.initialize(members).await.map_err(|error| error.to_string())
 }
 
 /// How long a new member may take to catch up from the log before `cluster add` gives up.
@@ -177,7 +232,8 @@ fn voters_now(raft: &Raft) -> BTreeMap<NodeId, Member> {
 
 /// Adds `id` as a learner, waits until it has caught up with the log, then makes it a voter
 /// (a joint configuration, then the new one, each committed by the old and new majorities).
-async fn member_add(raft: &Raft, id: NodeId, member: Member) -> Result<BTreeMap<NodeId, Member>, MembershipRefusal> {
+async fn member_add(local: &Local, id: NodeId, member: Member) -> Result<BTreeMap<NodeId, Member>, MembershipRefusal> {
+    let raft = &local.raft;
     let voters = voters_now(raft);
     if let Some(existing) = voters.get(&id) {
         return Err(MembershipRefusal::Refused(format!(
@@ -185,6 +241,17 @@ async fn member_add(raft: &Raft, id: NodeId, member: Member) -> Result<BTreeMap<
             existing.raft_addr, existing.client_addr
         )));
     }
+    let leader = raft.metrics().borrow().current_leader;
+    if leader != Some(local.node_id) {
+        // The leader checks the new member; a follower names the leader (as openraft would).
+        let named = leader.and_then(|leader| {
+            let metrics = raft.metrics().borrow().clone();
+            let member = metrics.membership_config.nodes().find(|(id, _)| **id == leader).map(|(_, m)| m.clone());
+            member.map(|member| (leader, member))
+        });
+        return Err(MembershipRefusal::NotLeader(named));
+    }
+    config_check(local, id, &member).await.map_err(MembershipRefusal::Refused)?;
     tracing::info!(node_id = id, raft_addr = %member.raft_addr, "adding a member: catching it up as a learner");
     match tokio::time::timeout(MEMBER_CATCH_UP_TIMEOUT, raft.add_learner(id, member, true)).await {
         Ok(added) => added.map_err(membership_refusal)?,
@@ -217,7 +284,12 @@ async fn member_remove(raft: &Raft, id: NodeId) -> Result<BTreeMap<NodeId, Membe
     Ok(voters_of(&response))
 }
 
-pub fn status_of(raft: &Raft, node_id: NodeId) -> Status {
+/// A ledger config as the hex of its 40 bytes (the layout of `ledger.conf`'s body).
+pub fn config_hex(config: &walletd_core::Config) -> String {
+    config.encode().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+pub fn status_of(raft: &Raft, node_id: NodeId, config: &walletd_core::Config) -> Status {
     let metrics = raft.metrics().borrow().clone();
     let members = metrics.membership_config.nodes().map(|(id, member)| (*id, member.clone())).collect();
     Status {
@@ -228,6 +300,7 @@ pub fn status_of(raft: &Raft, node_id: NodeId) -> Status {
         last_log_index: metrics.last_log_index,
         last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
         members,
+        ledger_config: config_hex(config),
     }
 }
 

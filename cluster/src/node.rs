@@ -146,7 +146,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft = runtime
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
-    runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id) });
+    runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id, config) });
     let (acceptor, connections, local_addr) = gateway_start(&options, &config, &runtime, &raft, machine)?;
     tracing::info!(node_id = options.node_id, %raft_addr, %local_addr, op, log_entries = opened.entries, "cluster node started");
     Ok(RunningCluster {
