@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for Caller {
     /// The verified caller, once the rate limiter has let the request through.
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let mut caller = state.verifier.verify_header(header)?;
+        let mut caller = state.verifier.authenticate(header).await?;
         caller.trace_id = parts.extensions.get::<TraceContext>().map_or(0, |trace| trace.trace_id);
         match state.limiter.check(&caller.user).await {
             Decision::Allow => {}
