@@ -43,7 +43,12 @@ impl SigningKey {
             "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
             "x": b64(&point[1..33]), "y": b64(&point[33..65]),
         });
-        SigningKey { kid: kid.into(), algorithm: Algorithm::ES256, encoding: EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+        SigningKey {
+            kid: kid.into(),
+            algorithm: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            jwk,
+        }
     }
 
     /// The RSA test key of http/tests/fixtures (RS256, kid `rsa-1`).
@@ -66,7 +71,8 @@ impl SigningKey {
     /// A token signed by this key but naming `kid`.
     fn token_as(&self, sub: &str, kid: &str) -> String {
         let now = walletd_http::ids::now_ms() / 1000;
-        let claims = serde_json::json!({ "sub": sub, "iss": "idp", "aud": "walletd", "exp": now + 600, "nbf": now - 1 });
+        let claims =
+            serde_json::json!({ "sub": sub, "iss": "idp", "aud": "walletd", "exp": now + 600, "nbf": now - 1 });
         let mut header = Header::new(self.algorithm);
         header.kid = Some(kid.into());
         jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
@@ -132,7 +138,9 @@ impl JwksServer {
             runtime.shutdown_background();
         }
         let addr = self.addr;
-        wait_until("the JWK set server to stop", Duration::from_secs(20), || std::net::TcpStream::connect(addr).is_err());
+        wait_until("the JWK set server to stop", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).is_err()
+        });
     }
 }
 

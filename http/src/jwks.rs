@@ -277,7 +277,8 @@ impl JwksRemote {
     async fn fetch(&self) -> Result<(Parsed, Option<Duration>), String> {
         let timeout = self.options.fetch_timeout;
         let fetched = tokio::time::timeout(timeout, self.fetch_body()).await;
-        let (body, max_age) = fetched.map_err(|_| format!("no complete answer within {} ms", timeout.as_millis()))??;
+        let (body, max_age) =
+            fetched.map_err(|_| format!("no complete answer within {} ms", timeout.as_millis()))??;
         let parsed = KeySet::parse(&body)?;
         Ok((parsed, max_age))
     }
@@ -364,7 +365,9 @@ mod tests {
         let mut keys = fixture["keys"].as_array().unwrap().clone();
         let mut with = |key: serde_json::Value| keys.push(key);
         with(serde_json::json!({"kty": "oct", "kid": "shared", "k": "c2VjcmV0"}));
-        with(serde_json::json!({"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}));
+        with(
+            serde_json::json!({"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}),
+        );
         let mut enc = fixture["keys"][0].clone();
         enc["kid"] = "enc-1".into();
         enc["use"] = "enc".into();
