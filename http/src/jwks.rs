@@ -35,6 +35,10 @@ use std::time::{Duration, Instant};
 pub const JWKS_SIZE_MAX_BYTES: usize = 1 << 20;
 /// Most keys kept from one set.
 pub const JWKS_KEYS_MAX: usize = 64;
+/// Longest `--jwks-refresh-s` and `--jwks-refetch-min-s`: a week.
+pub const JWKS_INTERVAL_MAX: Duration = Duration::from_secs(7 * 86_400);
+/// Longest `--jwks-timeout-ms`: what a request meeting an unknown kid may wait.
+pub const JWKS_TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
 /// One usable verification key.
 pub struct Key {
@@ -133,11 +137,15 @@ impl JwksUrlOptions {
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("--jwks-url {}: the URL has no host", self.url));
         }
-        if self.refresh.is_zero() {
-            return Err("--jwks-refresh-s must be at least 1".into());
+        let week_s = JWKS_INTERVAL_MAX.as_secs();
+        if self.refresh.is_zero() || self.refresh > JWKS_INTERVAL_MAX {
+            return Err(format!("--jwks-refresh-s must be from 1 to {week_s} (a week)"));
         }
-        if self.fetch_timeout.is_zero() {
-            return Err("--jwks-timeout-ms must be at least 1".into());
+        if self.refetch_interval_min > JWKS_INTERVAL_MAX {
+            return Err(format!("--jwks-refetch-min-s must be at most {week_s} (a week)"));
+        }
+        if self.fetch_timeout.is_zero() || self.fetch_timeout > JWKS_TIMEOUT_MAX {
+            return Err(format!("--jwks-timeout-ms must be from 1 to {}", JWKS_TIMEOUT_MAX.as_millis()));
         }
         Ok(uri)
     }
@@ -443,9 +451,16 @@ mod tests {
             let error = with(url).check().unwrap_err();
             assert!(error.contains(reason), "{url}: {error}");
         }
-        let zero = JwksUrlOptions { refresh: Duration::ZERO, ..options(300, 10) };
-        assert!(zero.check().unwrap_err().contains("--jwks-refresh-s"));
-        let zero = JwksUrlOptions { fetch_timeout: Duration::ZERO, ..options(300, 10) };
-        assert!(zero.check().unwrap_err().contains("--jwks-timeout-ms"));
+        let year = Duration::from_secs(365 * 86_400);
+        let flags = [
+            (JwksUrlOptions { refresh: Duration::ZERO, ..options(300, 10) }, "--jwks-refresh-s"),
+            (JwksUrlOptions { refresh: year, ..options(300, 10) }, "--jwks-refresh-s"),
+            (JwksUrlOptions { refetch_interval_min: year, ..options(300, 10) }, "--jwks-refetch-min-s"),
+            (JwksUrlOptions { fetch_timeout: Duration::ZERO, ..options(300, 10) }, "--jwks-timeout-ms"),
+            (JwksUrlOptions { fetch_timeout: Duration::from_secs(61), ..options(300, 10) }, "--jwks-timeout-ms"),
+        ];
+        for (bad, flag) in flags {
+            assert!(bad.check().unwrap_err().contains(flag), "{flag}");
+        }
     }
 }
