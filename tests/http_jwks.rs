@@ -144,6 +144,89 @@ impl JwksServer {
     }
 }
 
+impl JwksServer {
+    /// The same server over TLS, with the certificate chain and key of these PEM files.
+    fn start_tls(body: &str, chain_pem: &std::path::Path, key_pem: &std::path::Path) -> JwksServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer> =
+            CertificateDer::pem_file_iter(chain_pem).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(key_pem).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let served = Arc::new(Mutex::new(Served { status: 200, body: body.into(), cache_control: None }));
+        let requests = Arc::new(AtomicU64::new(0));
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = (Arc::clone(&served), Arc::clone(&requests));
+        let app = axum::Router::new().route("/jwks.json", axum::routing::get(jwks_serve)).with_state(state);
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends the handshake: nothing to serve.
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        JwksServer { addr, served, requests, runtime: Some(runtime) }
+    }
+
+    fn url_https(&self) -> String {
+        format!("https://{}/jwks.json", self.addr)
+    }
+}
+
+/// A CA and a certificate it signs for 127.0.0.1, made with the openssl command in `dir`:
+/// (the CA's PEM, the server's chain PEM, the server's key PEM).
+fn certificates(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let path = |file: &str| dir.join(format!("{name}-{file}"));
+    let openssl = |args: &[&str]| {
+        let output = std::process::Command::new("openssl").args(args).current_dir(dir).output();
+        let output = output.expect("the openssl command is installed (apt-get install openssl)");
+        assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let (ca_key, ca, key, csr, chain, ext) =
+        (path("ca.key"), path("ca.pem"), path("key.pem"), path("csr.pem"), path("chain.pem"), path("ext.cnf"));
+    let text = |path: &std::path::Path| path.to_str().unwrap().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ca_subject = ["-subj", "/CN=walletd test CA", "-days", "2"];
+    openssl(&[&["req", "-x509"][..], &ec, &["-keyout", &text(&ca_key), "-out", &text(&ca)], &ca_subject].concat());
+    openssl(&[&["req"][..], &ec, &["-keyout", &text(&key), "-out", &text(&csr), "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &text(&csr),
+        "-CA",
+        &text(&ca),
+        "-CAkey",
+        &text(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        &text(&chain),
+        "-extfile",
+        &text(&ext),
+    ]);
+    (ca, chain, key)
+}
+
 impl Drop for JwksServer {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
@@ -170,8 +253,11 @@ async fn jwks_serve(
 // The gateway.
 
 fn gateway_start(engine: &Engine, jwks: &JwksServer, extra: &[&str]) -> Gateway {
-    let url = jwks.url();
-    let mut flags = vec!["--rate-limit-per-s", "0", "--jwt-issuer", "idp", "--jwks-url", &url];
+    gateway_start_url(engine, &jwks.url(), extra)
+}
+
+fn gateway_start_url(engine: &Engine, url: &str, extra: &[&str]) -> Gateway {
+    let mut flags = vec!["--rate-limit-per-s", "0", "--jwt-issuer", "idp", "--jwks-url", url];
     flags.extend_from_slice(extra);
     Gateway::start(engine.addr, &flags)
 }
@@ -383,4 +469,32 @@ fn serve_does_not_start_its_gateway_without_a_usable_key_set() {
     let (status, stderr) = run_to_exit(&mut command);
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains(&format!("HTTP gateway: JWT keys: the JWK set at {url}: ")), "{stderr}");
+}
+
+#[test]
+fn https_verifies_the_provider_against_its_ca_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = certificates(dir.path(), "idp");
+    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let ec1 = SigningKey::ec("ec-1");
+    let jwks = JwksServer::start_tls(&key_set(&[&ec1]), &chain, &key);
+    let url = jwks.url_https();
+    let ca_text = ca.to_str().unwrap().to_string();
+
+    // Signed by another CA: the handshake fails, and the gateway does not start.
+    let other = other_ca.to_str().unwrap().to_string();
+    let stderr = start_refused(&url, &["--jwks-ca-file", &other]);
+    assert!(stderr.contains(&format!("the JWK set at {url}: ")), "{stderr}");
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    assert_eq!(jwks.requests(), 0);
+    // A CA file that is not one, and a CA file for plain http, are refused.
+    let key_text = key.to_str().unwrap().to_string();
+    assert!(start_refused(&url, &["--jwks-ca-file", &key_text]).contains("no PEM certificate"));
+    assert!(start_refused(&jwks.url(), &["--jwks-ca-file", &ca_text]).contains("is for an https --jwks-url"));
+
+    let dir_engine = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir_engine.path());
+    let gateway = gateway_start_url(&engine, &url, &["--jwks-ca-file", &ca_text]);
+    assert_eq!(jwks.requests(), 1);
+    assert_eq!(call(&gateway, &ec1.token("alice")), accepted());
 }

@@ -46,6 +46,10 @@ pub struct GatewayFlags {
     /// this long.
     #[arg(long, default_value_t = 2000)]
     pub jwks_timeout_ms: u64,
+    /// For an https --jwks-url: trust only the CA certificates of this PEM file (a private
+    /// identity provider's CA), not the system's.
+    #[arg(long)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The issuer tokens must name (iss).
     #[arg(long, default_value = "walletd-dev")]
     pub jwt_issuer: String,
@@ -157,12 +161,16 @@ pub fn gateway_build(
             .map_err(|source| HttpError::Io { path: path.display().to_string(), source })?;
         verifier = verifier.with_jwks(&text)?;
     }
+    if flags.jwks_ca_file.is_some() && flags.jwks_url.is_none() {
+        return Err(HttpError::Config("--jwks-ca-file needs an https --jwks-url".into()));
+    }
     if let Some(url) = &flags.jwks_url {
         let options = JwksUrlOptions {
             url: url.clone(),
             refresh: Duration::from_secs(flags.jwks_refresh_s),
             refetch_interval_min: Duration::from_secs(flags.jwks_refetch_min_s),
             fetch_timeout: Duration::from_millis(flags.jwks_timeout_ms),
+            ca_file: flags.jwks_ca_file.clone(),
         };
         options.check().map_err(HttpError::Config)?;
         verifier = verifier.with_jwks_url(options);

@@ -28,6 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -124,6 +125,8 @@ pub struct JwksUrlOptions {
     pub refetch_interval_min: Duration,
     /// The longest one fetch may take, connection to last byte.
     pub fetch_timeout: Duration,
+    /// For https: trust only these CA certificates (PEM), not the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl JwksUrlOptions {
@@ -136,6 +139,9 @@ impl JwksUrlOptions {
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("--jwks-url {}: the URL has no host", self.url));
+        }
+        if self.ca_file.is_some() && uri.scheme_str() != Some("https") {
+            return Err(format!("--jwks-ca-file is for an https --jwks-url, not {}", self.url));
         }
         let week_s = JWKS_INTERVAL_MAX.as_secs();
         if self.refresh.is_zero() || self.refresh > JWKS_INTERVAL_MAX {
@@ -203,7 +209,8 @@ impl JwksRemote {
     /// has no usable key. Returns the remote and when to refresh it.
     pub async fn start(options: JwksUrlOptions, metrics: Arc<Metrics>) -> Result<(JwksRemote, Duration), String> {
         let uri = options.check()?;
-        let connector = connector(uri.scheme_str() == Some("https")).map_err(|reason| jwks_said(&options, &reason))?;
+        let https = uri.scheme_str() == Some("https");
+        let connector = connector(https, options.ca_file.as_deref()).map_err(|reason| jwks_said(&options, &reason))?;
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let remote = JwksRemote {
             options,
@@ -314,23 +321,44 @@ impl JwksRemote {
     }
 }
 
-/// TLS by rustls on ring with the system's trusted roots for https; http needs no roots.
-fn connector(https: bool) -> Result<HttpsConnector<HttpConnector>, String> {
+/// TLS by rustls on ring: for https, the system's trusted roots, or only the CA certificates of
+/// `--jwks-ca-file`; http needs no roots.
+fn connector(https: bool, ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = if https {
-        builder
+    let builder = match (https, ca_file) {
+        (true, None) => builder
             .with_provider_and_native_roots(provider)
-            .map_err(|error| format!("no trusted CA certificates for https: {error}"))?
-    } else {
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| error.to_string())?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        builder.with_tls_config(config)
+            .map_err(|error| format!("no trusted CA certificates for https: {error}"))?,
+        (https, ca_file) => {
+            let roots = match ca_file.filter(|_| https) {
+                Some(path) => ca_file_read(path)?,
+                None => rustls::RootCertStore::empty(),
+            };
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|error| error.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
     };
     Ok(builder.https_or_http().enable_http1().build())
+}
+
+/// The CA certificates of a PEM file; at least one.
+fn ca_file_read(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let said = |error: &dyn std::fmt::Display| format!("--jwks-ca-file {}: {error}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(path).map_err(|error| said(&error))? {
+        roots.add(certificate.map_err(|error| said(&error))?).map_err(|error| said(&error))?;
+    }
+    if roots.is_empty() {
+        return Err(said(&"no PEM certificate in the file"));
+    }
+    Ok(roots)
 }
 
 fn jwks_said(options: &JwksUrlOptions, reason: &str) -> String {
@@ -364,6 +392,7 @@ mod tests {
             refresh: Duration::from_secs(refresh_s),
             refetch_interval_min: Duration::from_secs(refetch_min_s),
             fetch_timeout: Duration::from_secs(2),
+            ca_file: None,
         }
     }
 
@@ -459,6 +488,9 @@ mod tests {
             (JwksUrlOptions { fetch_timeout: Duration::ZERO, ..options(300, 10) }, "--jwks-timeout-ms"),
             (JwksUrlOptions { fetch_timeout: Duration::from_secs(61), ..options(300, 10) }, "--jwks-timeout-ms"),
         ];
+        let ca = |url: &str| JwksUrlOptions { url: url.into(), ca_file: Some("ca.pem".into()), ..options(300, 10) };
+        assert!(ca("https://idp.example/jwks").check().is_ok());
+        assert!(ca("http://idp.example/jwks").check().unwrap_err().contains("--jwks-ca-file is for an https"));
         for (bad, flag) in flags {
             assert!(bad.check().unwrap_err().contains(flag), "{flag}");
         }
