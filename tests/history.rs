@@ -533,3 +533,112 @@ fn a_traced_transfer_row_carries_its_trace_id() {
     assert_eq!(rows, expected);
     assert_eq!(pg.sql_value("SELECT max(version) FROM walletd_schema"), "2");
 }
+
+/// Copies every table of the `public` schema into the same table of the `v1` schema, for the
+/// columns `v1` has (foreign keys off while it copies), with the months' partitions first.
+const COPY_PUBLIC_INTO_V1_SQL: &str = "
+SET session_replication_role = replica;
+DO $$
+DECLARE
+    partition record;
+    t record;
+    columns text;
+BEGIN
+    FOR partition IN SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+                     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                     WHERE i.inhparent = 'public.ledger_entries'::regclass LOOP
+        EXECUTE format('CREATE TABLE IF NOT EXISTS v1.%I PARTITION OF v1.ledger_entries %s', partition.name, partition.bound);
+    END LOOP;
+    FOR t IN SELECT c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = 'v1' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+             AND c.relname <> 'walletd_schema' LOOP
+        SELECT string_agg(quote_ident(column_name), ', ' ORDER BY ordinal_position) INTO columns
+        FROM information_schema.columns WHERE table_schema = 'v1' AND table_name = t.name;
+        EXECUTE format('DELETE FROM v1.%I', t.name);
+        EXECUTE format('INSERT INTO v1.%I (%s) SELECT %s FROM public.%I', t.name, columns, columns, t.name);
+    END LOOP;
+END $$;
+SET session_replication_role = origin;
+";
+
+/// A history database as the walletd before traces left it (schema version 1: migration 1
+/// only, no `transfers.trace_id`), holding the projection of a journal from before traces
+/// (tests/fixtures/journal-before-traces). The current projection migrates it to version 2 at
+/// start, keeps every row (`trace_id` null on all of them), projects traced transfers after
+/// them with their trace ids, and the whole equals a replay of the journal and reconciles.
+///
+/// The version-1 rows are the current projection's rows of that untraced journal, less the
+/// one column version 2 added (null on every one of them): copied into a schema built by
+/// migration 1 alone, which then takes the place of `public`.
+#[test]
+fn a_version_1_database_is_migrated_at_start_and_keeps_its_rows() {
+    let pg = TestPostgres::start();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-before-traces");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("journal")).unwrap();
+    for file in ["ledger.conf", "op_durable", "journal/segment-00000000000000000001.wal"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).expect("copy the fixture");
+    }
+    project_until_caught_up(dir.path(), &pg);
+    assert_eq!(pg.sql_value("SELECT count(*) FROM transfers WHERE trace_id IS NOT NULL"), "0", "an untraced journal");
+
+    pg.sql("CREATE SCHEMA v1");
+    runtime().block_on(async {
+        let mut config = pg.config();
+        config.options("-c search_path=v1");
+        let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connects");
+        tokio::spawn(connection);
+        let version = walletd_history::schema::migrate_to(&mut client, 1).await.expect("migration 1 applies");
+        assert_eq!(version, 1);
+    });
+    pg.sql(COPY_PUBLIC_INTO_V1_SQL);
+    pg.sql("DROP SCHEMA public CASCADE; ALTER SCHEMA v1 RENAME TO public");
+    assert_eq!(pg.sql_value("SELECT string_agg(version::text, ',') FROM walletd_schema"), "1");
+    let trace_column = "SELECT count(*) FROM information_schema.columns
+                        WHERE table_schema = 'public' AND table_name = 'transfers' AND column_name = 'trace_id'";
+    assert_eq!(pg.sql_value(trace_column), "0", "version 1 has no trace_id");
+    let rows_of = "SELECT id || '|' || debit_account_id || '|' || credit_account_id || '|' || amount || '|' || op
+                   || '|' || timestamp_ns || '|' || status FROM transfers";
+    let transfers_v1 = column(&pg, rows_of);
+    assert!(transfers_v1.len() > 100, "the old journal's transfers: {}", transfers_v1.len());
+    let reader = runtime().block_on(async {
+        let (client, connection) = pg.config().connect(tokio_postgres::NoTls).await.expect("connects");
+        tokio::spawn(connection);
+        walletd_history::schema::schema_check(&client).await
+    });
+    assert!(reader.expect_err("a reader of version 2 refuses version 1").to_string().contains("version 1"));
+
+    // Traced transfers after the old ones; then the current projection starts on the database.
+    let (server, addr, _) = common::serve_binary(dir.path(), &["--http", "off"]);
+    let options = walletd_gateway::ClientOptions { request_timeout: Duration::from_secs(30), ..Default::default() };
+    let client = walletd_gateway::Client::connect(addr, options).expect("a client");
+    let traced: Vec<_> = (1..=3).map(|low| common::transfer(3_000_000 + low, 1 + low, 10 + low, 1)).collect();
+    assert!(client.create_transfers_traced(&traced, &[21, 22, 23]).expect("acknowledged").is_empty());
+    drop(client);
+    drop(server);
+    project_until_caught_up(dir.path(), &pg);
+
+    assert_eq!(pg.sql_value("SELECT string_agg(version::text, ',' ORDER BY version) FROM walletd_schema"), "1,2");
+    assert_eq!(pg.sql_value(trace_column), "1");
+    // Every old row is there with the same fields; only holds the engine has since expired
+    // moved on from `pending` (the node ran again, later).
+    let ids: Vec<String> = transfers_v1.iter().map(|row| format!("'{}'", row.split('|').next().unwrap())).collect();
+    let transfers_v2 = column(&pg, &format!("{rows_of} WHERE id IN ({})", ids.join(",")));
+    assert_eq!(transfers_v2.len(), transfers_v1.len(), "every old row is kept");
+    let changed: Vec<(&String, &String)> = transfers_v1.iter().zip(&transfers_v2).filter(|(v1, v2)| v1 != v2).collect();
+    for (v1, v2) in &changed {
+        let (kept, status) = v1.rsplit_once('|').unwrap();
+        assert_eq!((status, v2.as_str()), ("pending", format!("{kept}|pending_expired").as_str()), "only an expiry");
+    }
+    let traced_old = format!("SELECT count(*) FROM transfers WHERE trace_id IS NOT NULL AND id IN ({})", ids.join(","));
+    assert_eq!(pg.sql_value(&traced_old), "0", "trace_id is null on the old rows");
+    let new_rows = column(&pg, "SELECT id || '|' || trace_id FROM transfers WHERE trace_id IS NOT NULL");
+    let mut expected: Vec<String> = traced
+        .iter()
+        .zip([21u128, 22, 23])
+        .map(|(transfer, trace_id)| format!("{}|{}", Uuid128(transfer.id.0), Uuid128(trace_id)))
+        .collect();
+    expected.sort();
+    assert_eq!(new_rows, expected, "the new rows carry their trace ids");
+    assert_projection_exact(dir.path(), &pg);
+}

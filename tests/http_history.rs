@@ -200,6 +200,62 @@ fn history_pages_and_retries_past_the_window_over_http() {
     drop(projection);
 }
 
+fn hold_call(gateway: SocketAddr, path: &str, body: serde_json::Value) -> Response {
+    http(gateway, "POST", path, Some(&token("alice", &[])), Some(&body))
+}
+
+/// A capture and a void retried with their keys after the hold and they have left the
+/// engine's window: the hold is read from the history, the engine refuses the retry as too old,
+/// and the history answers the original outcome (another amount under the key is refused);
+/// nothing is applied twice.
+#[test]
+fn captures_and_voids_retried_past_the_window_answer_their_original() {
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start_with(dir.path(), &["--transfers-max", "1"]);
+    let projection = Projection::start(dir.path(), &pg.url());
+    let url = pg.url();
+    let gateway = Gateway::start(engine.addr, &["--rate-limit-per-s", "0", "--history-url", url.as_str()]);
+    let addr = gateway.addr;
+    let alice = wallet_create(addr, "alice");
+    let bob = wallet_create(addr, "bob");
+    assert_eq!(deposit(addr, &alice, "100.00", "fund").status, 201);
+    let hold = |amount: &str, key: &str| {
+        let body = json!({ "sender_id": alice, "receiver_id": bob, "amount": amount, "idempotency_key": key });
+        let response = hold_call(addr, "/v1/holds", body);
+        assert_eq!(response.status, 201, "{response:?}");
+        response.json["transaction_id"].as_str().unwrap().to_string()
+    };
+    let (captured, voided) = (hold("30.00", "hold-1"), hold("20.00", "hold-2"));
+    let capture_path = format!("/v1/holds/{captured}/capture");
+    let void_path = format!("/v1/holds/{voided}/void");
+    let capture = hold_call(addr, &capture_path, json!({ "amount": "10.00", "idempotency_key": "capture-1" }));
+    assert_eq!(capture.status, 201, "{capture:?}");
+    let void = hold_call(addr, &void_path, json!({ "idempotency_key": "void-1" }));
+    assert_eq!(void.status, 201, "{void:?}");
+    assert_eq!(balance(addr, &alice), "90.00");
+
+    window_push(engine.addr, 2);
+    projection.wait_for(op_durable(dir.path()));
+    let retry = hold_call(addr, &capture_path, json!({ "amount": "10.00", "idempotency_key": "capture-1" }));
+    assert_eq!((retry.status, &retry.json), (201, &capture.json), "the original capture: {retry:?}");
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let retry = hold_call(addr, &void_path, json!({ "idempotency_key": "void-1" }));
+    assert_eq!((retry.status, &retry.json), (201, &void.json), "the original void: {retry:?}");
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let other = hold_call(addr, &capture_path, json!({ "amount": "5.00", "idempotency_key": "capture-1" }));
+    assert_eq!((other.status, other.code()), (409, "idempotency_key_reused"), "another amount: {other:?}");
+    // A new capture of a hold that long left the window cannot be checked, so is not applied.
+    let fresh = hold_call(addr, &capture_path, json!({ "idempotency_key": "capture-2" }));
+    assert_eq!((fresh.status, fresh.code()), (409, "hold_too_old"), "{fresh:?}");
+    // A hold in neither the engine nor the history is not found.
+    let unknown = format!("/v1/holds/{}/capture", walletd_http::ids::id_format(u128::from(u64::MAX) << 64 | 1));
+    let missing = hold_call(addr, &unknown, json!({ "idempotency_key": "capture-3" }));
+    assert_eq!((missing.status, missing.code()), (404, "hold_not_found"), "{missing:?}");
+    assert_eq!(balance(addr, &alice), "90.00", "each applied once");
+    drop(projection);
+}
+
 #[test]
 fn without_a_history_url_the_history_says_it_is_not_configured() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Who is calling: JWT bearer tokens, verified with HS256 (a secret file) or RS256/ES256 (a
-//! JWKS file), with `iss`, `aud`, `exp` and `nbf` checked. `sub` is the user; the `scope`
+//! JWK set from a file, or from a URL kept fresh by `jwks::JwksRemote`), with `iss`, `aud`,
+//! `exp` and `nbf` checked. `sub` is the user; the `scope`
 //! claim (space-separated, or an array in `scp`) carries operator scopes.
 //!
 //! Without any key configured, the gateway makes a development secret on first run (32 random
@@ -8,10 +9,12 @@
 //! read it can be anyone.
 
 use crate::error::{ApiError, HttpError};
-use jsonwebtoken::jwk::JwkSet;
+use crate::jwks::{JwksRemote, JwksUrlOptions, KeySet};
+use crate::metrics::Metrics;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Every operator scope at once.
 pub const SCOPE_OPERATOR: &str = "operator";
@@ -67,8 +70,12 @@ pub struct Claims {
 /// The keys and the claims a token must carry.
 pub struct Verifier {
     hs256: Option<DecodingKey>,
-    /// (kid, algorithm, key) of every usable JWK.
-    jwks: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    /// The keys of the JWK set file.
+    jwks: KeySet,
+    /// The JWK set URL, until `jwks_url_start` fetches it.
+    jwks_url: Option<JwksUrlOptions>,
+    /// The JWK set URL's keys, kept fresh.
+    remote: Option<Arc<JwksRemote>>,
     issuer: String,
     audience: String,
     leeway_s: u64,
@@ -76,7 +83,15 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(issuer: &str, audience: &str) -> Verifier {
-        Verifier { hs256: None, jwks: Vec::new(), issuer: issuer.into(), audience: audience.into(), leeway_s: 30 }
+        Verifier {
+            hs256: None,
+            jwks: KeySet::default(),
+            jwks_url: None,
+            remote: None,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway_s: 30,
+        }
     }
 
     pub fn with_secret(mut self, secret: &[u8]) -> Verifier {
@@ -85,23 +100,40 @@ impl Verifier {
         self
     }
 
-    /// Adds the RS256 and ES256 keys of a JWK set (other algorithms are refused).
+    /// Adds the RS256 and ES256 keys of a JWK set file's text (other keys are skipped, with a
+    /// warning that names them; a set with no usable key is refused).
     pub fn with_jwks(mut self, jwks_json: &str) -> Result<Verifier, HttpError> {
-        let set: JwkSet =
-            serde_json::from_str(jwks_json).map_err(|error| HttpError::Keys(format!("not a JWK set: {error}")))?;
-        for jwk in &set.keys {
-            let algorithm = match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                _ => return Err(HttpError::Keys("only RSA (RS256) and EC P-256 (ES256) keys are accepted".into())),
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|error| HttpError::Keys(format!("unusable JWK: {error}")))?;
-            self.jwks.push((jwk.common.key_id.clone(), algorithm, key));
+        let parsed = KeySet::parse(jwks_json.as_bytes()).map_err(HttpError::Keys)?;
+        for skipped in &parsed.skipped {
+            tracing::warn!(key = %skipped, "a key of the JWK set file is skipped");
         }
-        if self.jwks.is_empty() {
-            return Err(HttpError::Keys("the JWK set has no keys".into()));
-        }
+        self.jwks.keys.extend(parsed.set.keys);
         Ok(self)
+    }
+
+    /// Takes RS256 and ES256 keys from a JWK set URL too, fetched by `jwks_url_start`.
+    pub fn with_jwks_url(mut self, options: JwksUrlOptions) -> Verifier {
+        self.jwks_url = Some(options);
+        self
+    }
+
+    /// Fetches the JWK set URL, if one is configured, and spawns the task that keeps it fresh
+    /// (call from the gateway's runtime). An error if the first fetch fails or the set has no
+    /// usable key: a gateway that cannot verify anyone's tokens does not start.
+    pub async fn jwks_url_start(
+        &mut self,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, HttpError> {
+        let Some(options) = self.jwks_url.take() else { return Ok(None) };
+        let (remote, after) = JwksRemote::start(options, metrics).await.map_err(HttpError::Keys)?;
+        let remote = Arc::new(remote);
+        self.remote = Some(Arc::clone(&remote));
+        Ok(Some(tokio::spawn(remote.refresh_loop(after))))
+    }
+
+    /// The JWK set URL in use, once started.
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|remote| remote.url())
     }
 
     pub fn leeway(mut self, leeway_s: u64) -> Verifier {
@@ -120,10 +152,28 @@ impl Verifier {
         self.verify(token.trim())
     }
 
+    /// `verify_header`, and once more after a refetch of the JWK set URL when an RS256 or
+    /// ES256 token names a key the set does not hold (the provider may have rotated): the one
+    /// network wait a request can meet, bounded by the fetch timeout and at most one fetch per
+    /// refetch interval for all requests together.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+        let error = match self.verify_header(header) {
+            Ok(caller) => return Ok(caller),
+            Err(error) => error,
+        };
+        let Some(remote) = &self.remote else { return Err(error) };
+        if error.code != "token_unknown_key" || !header.is_some_and(names_a_jwks_algorithm) {
+            return Err(error);
+        }
+        remote.refetch_for_unknown_kid().await;
+        self.verify_header(header)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Caller, ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::unauthorized("token_malformed", "the bearer token is not a JWT"))?;
-        let key = self.key_for(&header)?;
+        let remote = self.remote.as_ref().map(|remote| remote.keys());
+        let key = self.key_for(&header, remote.as_deref())?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
@@ -141,31 +191,34 @@ impl Verifier {
         Ok(Caller { user: claims.sub, scopes, trace_id: 0 })
     }
 
-    fn key_for(&self, header: &Header) -> Result<&DecodingKey, ApiError> {
+    /// The key for a token: HS256's secret, or the JWK (of the file, then of the URL's set in
+    /// use) that the `kid` names, or without a `kid` the only one of the algorithm.
+    fn key_for<'a>(&'a self, header: &Header, remote: Option<&'a KeySet>) -> Result<&'a DecodingKey, ApiError> {
         let unknown =
             || ApiError::unauthorized("token_unknown_key", "no configured key verifies this token's algorithm or kid");
         match header.alg {
             Algorithm::HS256 => self.hs256.as_ref().ok_or_else(unknown),
             Algorithm::RS256 | Algorithm::ES256 => {
-                let candidates = self.jwks.iter().filter(|(_, algorithm, _)| *algorithm == header.alg);
+                let keys = self.jwks.keys.iter().chain(remote.into_iter().flat_map(|set| set.keys.iter()));
+                let mut candidates = keys.filter(|key| key.algorithm == header.alg);
                 let found = match &header.kid {
-                    Some(kid) => {
-                        candidates.filter(|(id, _, _)| id.as_deref() == Some(kid)).map(|(_, _, key)| key).next()
-                    }
-                    None => {
-                        let keys: Vec<&DecodingKey> = candidates.map(|(_, _, key)| key).collect();
-                        if keys.len() == 1 {
-                            Some(keys[0])
-                        } else {
-                            None
-                        }
-                    }
+                    Some(kid) => candidates.find(|key| key.kid.as_deref() == Some(kid)),
+                    None => match (candidates.next(), candidates.next()) {
+                        (Some(only), None) => Some(only),
+                        _ => None,
+                    },
                 };
-                found.ok_or_else(unknown)
+                found.map(|key| &key.key).ok_or_else(unknown)
             }
             _ => Err(ApiError::unauthorized("token_unknown_key", "only HS256, RS256 and ES256 tokens are accepted")),
         }
     }
+}
+
+/// Whether a `Bearer` header's token is RS256 or ES256 (what a JWK set verifies).
+fn names_a_jwks_algorithm(header: &str) -> bool {
+    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or("").trim();
+    jsonwebtoken::decode_header(token).is_ok_and(|header| matches!(header.alg, Algorithm::RS256 | Algorithm::ES256))
 }
 
 fn token_error(error: jsonwebtoken::errors::Error) -> ApiError {

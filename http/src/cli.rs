@@ -8,6 +8,7 @@ use crate::auth::{dev_secret_ensure, secret_read, token_mint, Verifier};
 use crate::currency::{Currencies, CURRENCIES_DEFAULT};
 use crate::engine::EngineOptions;
 use crate::error::HttpError;
+use crate::jwks::JwksUrlOptions;
 use crate::ratelimit::{RateLimit, RedisDown};
 use crate::GatewayOptions;
 use clap::{Args, Subcommand};
@@ -22,12 +23,33 @@ pub struct GatewayFlags {
     /// Currencies as CODE:LEDGER:SCALE, comma-separated.
     #[arg(long, default_value = CURRENCIES_DEFAULT)]
     pub currencies: String,
-    /// HS256 secret file. With neither this nor --jwks-file, a development secret is made.
+    /// HS256 secret file. With none of this, --jwks-file and --jwks-url, a development secret
+    /// is made.
     #[arg(long)]
     pub jwt_secret_file: Option<PathBuf>,
     /// JWK set file with RS256/ES256 public keys.
     #[arg(long)]
     pub jwks_file: Option<PathBuf>,
+    /// JWK set URL (http:// or https://) of the identity provider: fetched at start (the
+    /// gateway does not start without it) and kept fresh.
+    #[arg(long)]
+    pub jwks_url: Option<String>,
+    /// Seconds between fetches of --jwks-url (sooner if the answer's Cache-Control max-age
+    /// says so).
+    #[arg(long, default_value_t = 300)]
+    pub jwks_refresh_s: u64,
+    /// Least seconds between two fetches of --jwks-url made because a token names an unknown
+    /// kid: a flood of made-up kids costs the provider one request per interval.
+    #[arg(long, default_value_t = 10)]
+    pub jwks_refetch_min_s: u64,
+    /// Longest one fetch of --jwks-url may take; a request meeting an unknown kid waits at most
+    /// this long.
+    #[arg(long, default_value_t = 2000)]
+    pub jwks_timeout_ms: u64,
+    /// For an https --jwks-url: trust only the CA certificates of this PEM file (a private
+    /// identity provider's CA), not the system's.
+    #[arg(long)]
+    pub jwks_ca_file: Option<PathBuf>,
     /// The issuer tokens must name (iss).
     #[arg(long, default_value = "walletd-dev")]
     pub jwt_issuer: String,
@@ -139,7 +161,21 @@ pub fn gateway_build(
             .map_err(|source| HttpError::Io { path: path.display().to_string(), source })?;
         verifier = verifier.with_jwks(&text)?;
     }
-    if flags.jwt_secret_file.is_none() && flags.jwks_file.is_none() {
+    if flags.jwks_ca_file.is_some() && flags.jwks_url.is_none() {
+        return Err(HttpError::Config("--jwks-ca-file needs an https --jwks-url".into()));
+    }
+    if let Some(url) = &flags.jwks_url {
+        let options = JwksUrlOptions {
+            url: url.clone(),
+            refresh: Duration::from_secs(flags.jwks_refresh_s),
+            refetch_interval_min: Duration::from_secs(flags.jwks_refetch_min_s),
+            fetch_timeout: Duration::from_millis(flags.jwks_timeout_ms),
+            ca_file: flags.jwks_ca_file.clone(),
+        };
+        options.check().map_err(HttpError::Config)?;
+        verifier = verifier.with_jwks_url(options);
+    }
+    if flags.jwt_secret_file.is_none() && flags.jwks_file.is_none() && flags.jwks_url.is_none() {
         let path = flags.dev_secret_file.clone().unwrap_or_else(|| dev_secret_default.to_path_buf());
         let (secret, made) = dev_secret_ensure(&path)?;
         verifier = verifier.with_secret(&secret);
@@ -173,6 +209,13 @@ pub fn banner_print(local_addr: SocketAddr, options: &GatewayOptions, flags: &Ga
         "walletd http: the wallet API on http://{local_addr} (engine {}), docs on http://{local_addr}/docs",
         options.engine.addr
     );
+    if let Some(url) = &flags.jwks_url {
+        let _ = writeln!(
+            err,
+            "walletd http: JWT keys from {url}, fetched again every {} s (or the answer's max-age) and on an unknown kid (at most every {} s)",
+            flags.jwks_refresh_s, flags.jwks_refetch_min_s
+        );
+    }
     match (&options.redis_url, options.rate_limit) {
         (_, None) => {
             let _ = writeln!(err, "walletd http: no rate limit");
@@ -207,7 +250,7 @@ pub fn banner_print(local_addr: SocketAddr, options: &GatewayOptions, flags: &Ga
         let made = if dev.made { "made" } else { "kept" };
         let token = token_mint(&dev.secret, &flags.jwt_issuer, &flags.jwt_audience, "alice", &[], 86_400);
         let operator = token_mint(&dev.secret, &flags.jwt_issuer, &flags.jwt_audience, "ops", &["operator"], 86_400);
-        let _ = writeln!(err, "walletd http: development signing key {made} at {} (HS256; pass --jwt-secret-file or --jwks-file in production)", dev.path.display());
+        let _ = writeln!(err, "walletd http: development signing key {made} at {} (HS256; pass --jwt-secret-file, --jwks-file or --jwks-url in production)", dev.path.display());
         let _ = writeln!(err, "walletd http: a token for user alice (24 h):\n  export TOKEN={token}");
         let _ = writeln!(err, "walletd http: an operator token (24 h):\n  export OPS={operator}");
         let _ = writeln!(

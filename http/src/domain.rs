@@ -542,12 +542,18 @@ async fn atomic_replay_resolve(engine: &Engine, transfers: &[Transfer]) -> Resul
 /// The fields a client chose, linked flag aside.
 fn same_request(stored: &Transfer, asked: &Transfer) -> bool {
     let flags = |transfer: &Transfer| transfer.flags.0 & !TransferFlags::LINKED;
-    stored.debit_account_id == asked.debit_account_id
-        && stored.credit_account_id == asked.credit_account_id
-        && stored.amount == asked.amount
+    // A capture or void leaves accounts, ledger, code (and a full capture or a void the
+    // amount) zero: the engine stores what they resolved to, and a zero matches it, as the
+    // engine's own `exists` check has it.
+    let resolving =
+        asked.flags.contains(TransferFlags::POST_PENDING) || asked.flags.contains(TransferFlags::VOID_PENDING);
+    let same = |stored: u128, asked: u128| stored == asked || (resolving && asked == 0);
+    same(stored.debit_account_id.0, asked.debit_account_id.0)
+        && same(stored.credit_account_id.0, asked.credit_account_id.0)
+        && same(stored.amount.0, asked.amount.0)
         && stored.pending_id == asked.pending_id
-        && stored.ledger == asked.ledger
-        && stored.code == asked.code
+        && same(stored.ledger.into(), asked.ledger.into())
+        && same(stored.code.into(), asked.code.into())
         && stored.user_data_128 == asked.user_data_128
         && stored.timeout_s == asked.timeout_s
         && flags(stored) == flags(asked)
@@ -577,4 +583,43 @@ pub fn transfer_visible(currencies: &Currencies, caller: &Caller, transfer: &Tra
     }
     let own = |account: AccountId| owned_currency(currencies, &caller.user, account).is_some();
     own(transfer.debit_account_id) || own(transfer.credit_account_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(debit: u128, credit: u128, amount: u128, flags: u16) -> Transfer {
+        Transfer {
+            id: TransferId(7),
+            debit_account_id: AccountId(debit),
+            credit_account_id: AccountId(credit),
+            amount: walletd_core::Amount(amount),
+            pending_id: TransferId(if flags == 0 { 0 } else { 5 }),
+            ledger: if debit == 0 { 0 } else { 840 },
+            code: if debit == 0 { 0 } else { 1 },
+            flags: TransferFlags(flags),
+            ..Transfer::default()
+        }
+    }
+
+    #[test]
+    fn a_capture_or_void_matches_what_it_resolved_to() {
+        let (post, void) = (TransferFlags::POST_PENDING, TransferFlags::VOID_PENDING);
+        // (stored, asked, same)
+        let cases = [
+            (transfer(1, 2, 30, post), transfer(0, 0, 0, post), true),
+            (transfer(1, 2, 10, post), transfer(0, 0, 10, post), true),
+            (transfer(1, 2, 10, post), transfer(0, 0, 5, post), false),
+            (transfer(1, 2, 20, void), transfer(0, 0, 0, void), true),
+            (transfer(1, 2, 20, void), transfer(0, 0, 0, post), false),
+            (transfer(1, 2, 20, post), transfer(1, 3, 0, post), false),
+            // A plain transfer's zero is a zero.
+            (transfer(1, 2, 20, 0), transfer(1, 2, 20, 0), true),
+            (transfer(1, 2, 20, 0), transfer(1, 2, 0, 0), false),
+        ];
+        for (stored, asked, same) in cases {
+            assert_eq!(same_request(&stored, &asked), same, "{stored:?} asked as {asked:?}");
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod history;
 pub mod ids;
+pub mod jwks;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -83,6 +84,8 @@ pub struct Running {
     server: Option<tokio::task::JoinHandle<()>>,
     engine_threads: Option<EngineThreads>,
     engine: Option<Engine>,
+    /// The task that keeps the `--jwks-url` key set fresh.
+    jwks_refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -90,6 +93,9 @@ impl Running {
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(refresher) = self.jwks_refresher.take() {
+            refresher.abort();
         }
         if let Some(server) = self.server.take() {
             let _ = server.await;
@@ -102,9 +108,11 @@ impl Running {
     }
 }
 
-/// Binds, connects the bridge (lazily) and serves. Call from a tokio runtime.
-pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Running, HttpError> {
+/// Fetches the JWK set URL (if any), binds, connects the bridge (lazily) and serves. Call from
+/// a tokio runtime.
+pub async fn start(options: GatewayOptions, mut verifier: Verifier) -> Result<Running, HttpError> {
     let metrics = Arc::new(Metrics::default());
+    let mut jwks_refresher = TaskAbortOnDrop(verifier.jwks_url_start(Arc::clone(&metrics)).await?);
     let redis = match &options.redis_url {
         Some(url) => Some(Arc::new(Redis::new(url, options.redis_timeout, Arc::clone(&metrics))?)),
         None => None,
@@ -155,7 +163,19 @@ pub async fn start(options: GatewayOptions, verifier: Verifier) -> Result<Runnin
         server: Some(server),
         engine_threads: Some(engine_threads),
         engine: Some(engine),
+        jwks_refresher: jwks_refresher.0.take(),
     })
+}
+
+/// A task aborted when dropped: a start that fails part-way leaves no refresher behind.
+struct TaskAbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for TaskAbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// A gateway on its own runtime threads, for embedding in a process that is not async

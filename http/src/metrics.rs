@@ -2,7 +2,8 @@
 //! duration histogram), the engine's round-trip time and frame sizes, Redis time, rate-limit
 //! and idempotency-cache outcomes. Plain atomics rendered in the text format, like the
 //! engine's own `src/metrics.rs`: no registry crate, nothing allocated per request once a
-//! route has been seen.
+//! route has been seen. With `--jwks-url`, the key set's refreshes, failed refreshes, size and
+//! age.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -66,6 +67,11 @@ pub struct Metrics {
     rate_limited: AtomicU64,
     rate_limit_fallbacks: AtomicU64,
     idempotency_cache_hits: AtomicU64,
+    jwks_refreshes: AtomicU64,
+    jwks_refresh_failures: AtomicU64,
+    jwks_keys: AtomicU64,
+    /// Wall-clock milliseconds when the key set in use was fetched; 0 without `--jwks-url`.
+    jwks_fetched_at_ms: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -80,6 +86,10 @@ impl Default for Metrics {
             rate_limited: AtomicU64::new(0),
             rate_limit_fallbacks: AtomicU64::new(0),
             idempotency_cache_hits: AtomicU64::new(0),
+            jwks_refreshes: AtomicU64::new(0),
+            jwks_refresh_failures: AtomicU64::new(0),
+            jwks_keys: AtomicU64::new(0),
+            jwks_fetched_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -129,6 +139,18 @@ impl Metrics {
 
     pub fn idempotency_cache_hit_count(&self) {
         self.idempotency_cache_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A JWK set fetched from the URL and put in use, with `keys` usable keys.
+    pub fn jwks_refresh_record(&self, keys: usize) {
+        assert!(keys > 0, "a key set in use has a key");
+        self.jwks_refreshes.fetch_add(1, Ordering::Relaxed);
+        self.jwks_keys.store(keys as u64, Ordering::Relaxed);
+        self.jwks_fetched_at_ms.store(crate::ids::now_ms().max(1), Ordering::Relaxed);
+    }
+
+    pub fn jwks_refresh_failure_count(&self) {
+        self.jwks_refresh_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text format.
@@ -196,7 +218,35 @@ impl Metrics {
             "retries answered from the Redis response cache",
             &self.idempotency_cache_hits,
         );
+        self.jwks_render(&mut out);
         out
+    }
+
+    /// Only with `--jwks-url` (a key set has been fetched).
+    fn jwks_render(&self, out: &mut String) {
+        let fetched_at_ms = self.jwks_fetched_at_ms.load(Ordering::Relaxed);
+        if fetched_at_ms == 0 {
+            return;
+        }
+        self.counter(out, "walletd_http_jwks_refreshes_total", "JWK set fetches put in use", &self.jwks_refreshes);
+        self.counter(
+            out,
+            "walletd_http_jwks_refresh_failures_total",
+            "JWK set fetches that failed (the keys in use were kept)",
+            &self.jwks_refresh_failures,
+        );
+        let age_s = crate::ids::now_ms().saturating_sub(fetched_at_ms) as f64 / 1000.0;
+        let keys = self.jwks_keys.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP walletd_http_jwks_age_seconds Time since the JWK set in use was fetched.\n\
+             # TYPE walletd_http_jwks_age_seconds gauge\nwalletd_http_jwks_age_seconds {age_s}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP walletd_http_jwks_keys Usable keys in the JWK set in use.\n\
+             # TYPE walletd_http_jwks_keys gauge\nwalletd_http_jwks_keys {keys}"
+        );
     }
 
     fn counter(&self, out: &mut String, name: &str, help: &str, value: &AtomicU64) {
@@ -220,5 +270,18 @@ mod tests {
             "walletd_http_request_duration_seconds_bucket{route=\"/v1/transfers\",method=\"POST\",le=\"0.001\"} 1"
         ));
         assert!(text.contains("walletd_http_request_duration_seconds_count{route=\"/v1/transfers\",method=\"POST\"} 2"));
+    }
+
+    #[test]
+    fn jwks_metrics_appear_once_a_set_is_fetched() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render().contains("walletd_http_jwks"));
+        metrics.jwks_refresh_record(2);
+        metrics.jwks_refresh_failure_count();
+        let text = metrics.render();
+        assert!(text.contains("walletd_http_jwks_refreshes_total 1\n"), "{text}");
+        assert!(text.contains("walletd_http_jwks_refresh_failures_total 1\n"));
+        assert!(text.contains("walletd_http_jwks_keys 2\n"));
+        assert!(text.contains("# TYPE walletd_http_jwks_age_seconds gauge\nwalletd_http_jwks_age_seconds "));
     }
 }

@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for Caller {
     /// The verified caller, once the rate limiter has let the request through.
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts.headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let mut caller = state.verifier.verify_header(header)?;
+        let mut caller = state.verifier.authenticate(header).await?;
         caller.trace_id = parts.extensions.get::<TraceContext>().map_or(0, |trace| trace.trace_id);
         match state.limiter.check(&caller.user).await {
             Decision::Allow => {}
@@ -517,18 +517,7 @@ async fn transfer_get(
         ),
     };
     let id = id_parse(&id).ok_or_else(|| ApiError::bad_request("invalid_id", "the transfer id is not a UUID"))?;
-    let records = state.engine.lookup_transfers(vec![TransferId(id)]).await?;
-    let record = match records.first() {
-        Some(record) => *record,
-        // Older than the engine's window (or never made): the history has every transfer.
-        None => match &state.history {
-            None => return Err(not_found()),
-            Some(history) => {
-                let found = history.transfer(id).await.map_err(|error| crate::history::unavailable(&error))?;
-                crate::history::record_of(&found.ok_or_else(not_found)?)?
-            }
-        },
-    };
+    let record = transfer_find(&state, id).await?.ok_or_else(not_found)?;
     if !domain::transfer_visible(&state.currencies, &caller, &record.transfer) {
         return Err(not_found());
     }
@@ -641,17 +630,30 @@ async fn hold_create(
     .await
 }
 
+/// A transfer from the engine, or, older than the engine's window, from the history (with
+/// `--history-url`; it has every transfer as far as the projection has come).
+async fn transfer_find(state: &AppState, id: u128) -> Result<Option<walletd_core::TransferRecord>, ApiError> {
+    let records = state.engine.lookup_transfers(vec![TransferId(id)]).await?;
+    if let Some(record) = records.first() {
+        return Ok(Some(*record));
+    }
+    let Some(history) = &state.history else { return Ok(None) };
+    let found = history.transfer(id).await.map_err(|error| crate::history::unavailable(&error))?;
+    found.map(|view| crate::history::record_of(&view)).transpose()
+}
+
 /// The hold named in the path, if the caller may resolve it: its initiator, either wallet's
-/// owner, or an operator.
+/// owner, or an operator. A hold older than the engine's window is read from the history, so
+/// that a capture or void retried with its key past the window is answered its original outcome
+/// (the engine refuses the retry as too old, and the history has the capture or void).
 async fn hold_for(state: &AppState, caller: &Caller, id: &str) -> Result<walletd_core::TransferRecord, ApiError> {
     let not_found = || ApiError::not_found("hold_not_found", "no hold with this id is visible to you");
     let id = id_parse(id).ok_or_else(|| ApiError::bad_request("invalid_id", "the hold id is not a UUID"))?;
-    let records = state.engine.lookup_transfers(vec![TransferId(id)]).await?;
-    let record = records.first().ok_or_else(not_found)?;
+    let record = transfer_find(state, id).await?.ok_or_else(not_found)?;
     if !domain::transfer_visible(&state.currencies, caller, &record.transfer) {
         return Err(not_found());
     }
-    Ok(*record)
+    Ok(record)
 }
 
 async fn hold_resolve(

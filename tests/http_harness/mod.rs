@@ -246,6 +246,33 @@ impl Gateway {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// `walletd http` with these flags must refuse to start: its exit status and its stderr.
+    pub fn start_refused(engine: SocketAddr, extra: &[&str]) -> (std::process::ExitStatus, String) {
+        let mut command = Command::new(WALLETD);
+        command.args(["http", "--listen", "127.0.0.1:0", "--engine", &engine.to_string()]).args(extra);
+        run_to_exit(&mut command)
+    }
+}
+
+/// Runs a command that must exit by itself (bounded wait; killed if it does not): its exit
+/// status and its stderr. A process that starts serving instead fails the test.
+pub fn run_to_exit(command: &mut Command) -> (std::process::ExitStatus, String) {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut process = Process(Some(child));
+    let mut status = None;
+    wait_until("the process to exit", Duration::from_secs(60), || {
+        status = process.0.as_mut().and_then(|child| child.try_wait().expect("wait"));
+        status.is_some()
+    });
+    process.0 = None;
+    (status.unwrap(), reader.join().unwrap())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,6 +392,25 @@ pub fn http_raw(
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     response_parse(&raw)
+}
+
+/// A GET whose body is text (e.g. `/metrics`); empty if the request failed.
+pub fn http_text(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(addr) else { return String::new() };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    text.split_once("\r\n\r\n").map_or_else(String::new, |(_, body)| body.to_string())
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn response_parse(raw: &[u8]) -> Response {
