@@ -532,14 +532,14 @@ fn voters_print(
 }
 
 /// `walletd serve --cluster`: a replicated member (see walletd_cluster), with the HTTP gateway
-/// when `--http ADDR` is given. The metrics endpoint and checkpoint signing are not wired in
-/// cluster mode yet; asking for them is refused rather than ignored.
+/// when `--http ADDR` is given and `/metrics` with `--metrics-addr`. Checkpoint signing is not
+/// wired in cluster mode yet; asking for it is refused rather than ignored.
 fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
     let (Some(node_id), Some(raft_addr)) = (args.cluster.node_id, args.cluster.raft_addr) else {
         return Err("--cluster needs --node-id N and --raft-addr HOST:PORT".to_string());
     };
-    if args.metrics_addr.is_some() || args.trust.signing_key.is_some() || args.trust.verify_key.is_some() {
-        return Err("--metrics-addr, --signing-key and --verify-key are not supported with --cluster yet".to_string());
+    if args.trust.signing_key.is_some() || args.trust.verify_key.is_some() {
+        return Err("--signing-key and --verify-key are not supported with --cluster yet".to_string());
     }
     let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
     config.accounts_max = args.accounts_max.max(2);
@@ -587,6 +587,19 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
     println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
     println!("raft on {} (node {})", node.raft_addr, node.node_id);
+    let metrics_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = args.metrics_addr {
+        let metrics = node.metrics();
+        let serving =
+            walletd::serve::metrics_http_serve(addr, std::sync::Arc::clone(&metrics_stop), move || metrics.render());
+        match serving {
+            Ok(local) => println!("metrics on http://{local}/metrics"),
+            Err(error) => {
+                node.shutdown();
+                return Err(error.to_string());
+            }
+        }
+    }
     // The HTTP gateway only when asked (`--http ADDR`): members sharing a machine would share
     // the single node's default port. It talks to this member, which names the leader to it.
     let http = match args.http.as_deref() {
@@ -604,6 +617,7 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    metrics_stop.store(true, std::sync::atomic::Ordering::Release);
     if let Some(http) = http {
         http.stop();
     }

@@ -139,6 +139,22 @@ fn metrics_serve(
     connections: Arc<Connections>,
     stop: Arc<AtomicBool>,
 ) -> Result<SocketAddr, NodeError> {
+    metrics_http_serve(addr, stop, move || {
+        let counters = &connections.counters;
+        metrics.connections_open.store(counters.connections_open.load(Ordering::Relaxed), Ordering::Relaxed);
+        metrics.connections_refused.store(counters.connections_refused.load(Ordering::Relaxed), Ordering::Relaxed);
+        metrics.frame_errors.store(counters.frame_errors.load(Ordering::Relaxed), Ordering::Relaxed);
+        metrics.render()
+    })
+}
+
+/// A minimal HTTP endpoint on `addr` answering `GET /metrics` with `render()` until `stop` is
+/// set; returns the bound address.
+pub fn metrics_http_serve(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    render: impl Fn() -> String + Send + 'static,
+) -> Result<SocketAddr, NodeError> {
     let io = |source| NodeError::Io { path: format!("metrics listener {addr}").into(), source };
     let listener = TcpListener::bind(addr).map_err(io)?;
     let local = listener.local_addr().map_err(io)?;
@@ -148,7 +164,7 @@ fn metrics_serve(
         .spawn(move || {
             while !stop.load(Ordering::Acquire) {
                 match listener.accept() {
-                    Ok((stream, _)) => metrics_answer(stream, &metrics, &connections),
+                    Ok((stream, _)) => metrics_answer(stream, &render),
                     Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
                 }
             }
@@ -157,19 +173,15 @@ fn metrics_serve(
     Ok(local)
 }
 
-fn metrics_answer(mut stream: std::net::TcpStream, metrics: &Metrics, connections: &Connections) {
+fn metrics_answer(mut stream: std::net::TcpStream, render: &impl Fn() -> String) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
     let mut request_line = String::new();
     if BufReader::new(&stream).read_line(&mut request_line).is_err() {
         return;
     }
-    let counters = &connections.counters;
-    metrics.connections_open.store(counters.connections_open.load(Ordering::Relaxed), Ordering::Relaxed);
-    metrics.connections_refused.store(counters.connections_refused.load(Ordering::Relaxed), Ordering::Relaxed);
-    metrics.frame_errors.store(counters.frame_errors.load(Ordering::Relaxed), Ordering::Relaxed);
     let (status, body) = if request_line.starts_with("GET /metrics") {
-        ("200 OK", metrics.render())
+        ("200 OK", render())
     } else {
         ("404 Not Found", "only /metrics is served here\n".to_string())
     };

@@ -21,6 +21,7 @@
 //!   new one (`walletd cluster add`), whose vote then elects the next leader.
 //! - The HTTP gateway given a follower follows `not_leader` to the leader, and to the next
 //!   leader after a kill.
+//! - Every member serves its Raft view and write outcomes on `/metrics`.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
@@ -68,6 +69,8 @@ struct Cluster {
     lines_sender: Sender<Line>,
     /// Each member's newest view, from its lines: (term, leader).
     views: BTreeMap<u64, (u64, Option<u64>)>,
+    /// Each member's metrics address, from its `metrics on` line (with `--metrics-addr`).
+    metrics_addrs: BTreeMap<u64, SocketAddr>,
     extra_args: Vec<String>,
 }
 
@@ -121,7 +124,15 @@ impl Cluster {
                 member_start(id, &dir, "127.0.0.1:0", "127.0.0.1:0", &extra_args, &lines_sender);
             members.push(Member { id, dir, addr, raft_addr, child: Some(child) });
         }
-        let cluster = Cluster { _tmp: tmp, members, lines, lines_sender, views: BTreeMap::new(), extra_args };
+        let cluster = Cluster {
+            _tmp: tmp,
+            members,
+            lines,
+            lines_sender,
+            views: BTreeMap::new(),
+            metrics_addrs: BTreeMap::new(),
+            extra_args,
+        };
         cluster.init();
         cluster
     }
@@ -196,7 +207,25 @@ impl Cluster {
         }
     }
 
+    /// Reads lines until member `id` has printed its metrics address.
+    fn metrics_addr_wait(&mut self, id: u64) -> SocketAddr {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(addr) = self.metrics_addrs.get(&id) {
+                return *addr;
+            }
+            let left = deadline.checked_duration_since(Instant::now()).expect("no metrics line in time");
+            let line = self.lines.recv_timeout(left).expect("no metrics line in time");
+            self.view_update(&line);
+        }
+    }
+
     fn view_update(&mut self, line: &Line) {
+        if let Some(addr) = line.text.strip_prefix("metrics on http://").and_then(|rest| rest.strip_suffix("/metrics"))
+        {
+            self.metrics_addrs.insert(line.node, addr.parse().expect("a metrics address"));
+            return;
+        }
         let words: Vec<&str> = line.text.split_whitespace().collect();
         let term = words.last().and_then(|word| word.parse::<u64>().ok());
         let Some(term) = term else { return };
@@ -792,4 +821,59 @@ fn the_http_gateway_follows_not_leader_to_the_leader() {
         response.status == 201
     });
     assert_eq!(balance(), "5.00");
+}
+
+/// `GET /metrics` on `addr`: each sample line's name (with labels) and value.
+fn scrape(addr: SocketAddr) -> BTreeMap<String, u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: walletd\r\n\r\n").expect("send the scrape");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the scrape");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(name, value)| (name.to_string(), value.parse().expect("an integer sample")))
+        .collect()
+}
+
+/// Every member serves its Raft view on `/metrics`: the leader its term, its followers'
+/// replication lag and the writes it acknowledged; a follower the leader it knows and the
+/// writes it refused as `not_leader`.
+#[test]
+fn members_serve_their_raft_metrics() {
+    let mut cluster = Cluster::start(&["--metrics-addr", "127.0.0.1:0"]);
+    let (leader, term) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    for round in 0..10u128 {
+        assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
+    }
+    // The cluster client may have been redirected by a follower already: count from here.
+    let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
+    let not_leader = "walletd_cluster_writes_total{result=\"not_leader\"}";
+    let refused_before = scrape(cluster.metrics_addr_wait(follower))[not_leader];
+    let direct = Client::connect(cluster.member(follower).addr, ClientOptions::default()).expect("connect");
+    assert!(matches!(direct.create_transfers(&transfers(80_000, 5)), Err(ClientError::NotLeader { .. })));
+
+    let on_leader = scrape(cluster.metrics_addr_wait(leader));
+    assert_eq!(on_leader["walletd_cluster_node_id"], leader);
+    assert_eq!(on_leader["walletd_cluster_is_leader"], 1);
+    assert_eq!(on_leader["walletd_cluster_leader_id"], leader);
+    assert!(on_leader["walletd_cluster_term"] >= term);
+    assert_eq!(on_leader["walletd_cluster_voters"], MEMBERS);
+    assert!(on_leader["walletd_cluster_writes_total{result=\"ok\"}"] >= 11, "{on_leader:?}");
+    assert!(on_leader["walletd_cluster_last_applied_index"] >= 11);
+    assert!(on_leader["walletd_journal_op_durable"] >= 12);
+    for member in (1..=MEMBERS).filter(|id| *id != leader) {
+        assert!(on_leader.contains_key(&format!("walletd_cluster_replication_lag_entries{{member=\"{member}\"}}")));
+    }
+    let on_follower = scrape(cluster.metrics_addr_wait(follower));
+    assert_eq!(on_follower["walletd_cluster_is_leader"], 0);
+    assert_eq!(on_follower["walletd_cluster_leader_id"], leader);
+    assert_eq!(on_follower[not_leader], refused_before + 1);
+    assert_eq!(on_follower["walletd_cluster_writes_total{result=\"ok\"}"], 0);
+    assert!(!on_follower.keys().any(|name| name.starts_with("walletd_cluster_replication_lag_entries")));
 }

@@ -21,6 +21,7 @@
 
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
+use crate::metrics::WriteCounters;
 use crate::network::{peer_serve, PeerNetwork};
 use crate::state_machine::{Machine, StateMachine};
 use crate::types::{Applied, Member, NodeId, Proposal, Raft};
@@ -103,6 +104,8 @@ pub struct RunningCluster {
     runtime: tokio::runtime::Runtime,
     acceptor: Acceptor,
     connections: Arc<Connections>,
+    machine: StateMachine,
+    outcomes: Arc<WriteCounters>,
     _lock: DirLock,
 }
 
@@ -147,7 +150,8 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
     runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id, config) });
-    let (acceptor, connections, local_addr) = gateway_start(&options, &config, &runtime, &raft, machine)?;
+    let (acceptor, connections, local_addr, outcomes) =
+        gateway_start(&options, &config, &runtime, &raft, machine.clone())?;
     tracing::info!(node_id = options.node_id, %raft_addr, %local_addr, op, log_entries = opened.entries, "cluster node started");
     Ok(RunningCluster {
         local_addr,
@@ -158,6 +162,8 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         runtime,
         acceptor,
         connections,
+        machine,
+        outcomes,
         _lock: lock,
     })
 }
@@ -230,7 +236,7 @@ fn gateway_start(
     runtime: &tokio::runtime::Runtime,
     raft: &Raft,
     machine: StateMachine,
-) -> Result<(Acceptor, Arc<Connections>, SocketAddr), ClusterError> {
+) -> Result<(Acceptor, Arc<Connections>, SocketAddr, Arc<WriteCounters>), ClusterError> {
     let io = |what: String| move |source| ClusterError::Io { what, source };
     let listener = std::net::TcpListener::bind(options.addr).map_err(io(format!("listen on {}", options.addr)))?;
     let local_addr = listener.local_addr().map_err(io("listener".into()))?;
@@ -238,6 +244,7 @@ fn gateway_start(
     server_options.event_count_max = server_options.event_count_max.min(config.batch_events_max);
     let connections = Arc::new(Connections::default());
     let (requests, receiver) = mpsc::channel(options.in_flight_max);
+    let outcomes = Arc::new(WriteCounters::default());
     let dispatch = Arc::new(Dispatch {
         raft: raft.clone(),
         machine,
@@ -246,17 +253,23 @@ fn gateway_start(
         write_timeout: options.write_timeout,
         checkpoint_entries: options.checkpoint_entries,
         writes: AtomicU64::new(0),
+        outcomes: Arc::clone(&outcomes),
     });
     runtime.spawn(dispatch_run(dispatch, receiver, options.in_flight_max));
     let engine: Arc<dyn Submit> = Arc::new(Engine { requests });
     let acceptor =
         serve(listener, server_options, engine, Arc::clone(&connections)).map_err(io("accept thread".into()))?;
-    Ok((acceptor, connections, local_addr))
+    Ok((acceptor, connections, local_addr, outcomes))
 }
 
 impl RunningCluster {
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This member's metrics, for a scraper on another thread (see `metrics`).
+    pub fn metrics(&self) -> crate::metrics::ClusterMetrics {
+        crate::metrics::ClusterMetrics::new(self.raft.clone(), Arc::clone(&self.outcomes), self.machine.clone())
     }
 
     /// Starts printing this node's view of the leader on stdout, one line per change (after
@@ -296,6 +309,7 @@ struct Dispatch {
     write_timeout: Duration,
     checkpoint_entries: u64,
     writes: AtomicU64,
+    outcomes: Arc<WriteCounters>,
 }
 
 /// Takes requests in arrival order: writes are proposed in that order (so one connection's
@@ -351,11 +365,16 @@ impl Dispatch {
         match outcome {
             Ok(Ok(Ok(response))) => {
                 let Applied { op, record_count, body } = response.data;
+                WriteCounters::add(&self.outcomes.ok);
                 self.reply(request, Status::Ok, op, record_count, &body);
                 self.checkpoint_maybe().await;
             }
-            Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => self.not_leader(request, &forward),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => {
+                WriteCounters::add(&self.outcomes.not_leader);
+                self.not_leader(request, &forward)
+            }
             Ok(Ok(Err(ClientWriteError::ChangeMembershipError(_)))) | Ok(Err(_)) | Err(_) => {
+                WriteCounters::add(&self.outcomes.unavailable);
                 self.reply(request, Status::Unavailable, 0, 0, &[]);
             }
         }

@@ -1,0 +1,113 @@
+//! A member's Prometheus metrics (`walletd serve --cluster --metrics-addr`): its Raft view
+//! (term, leader, log and applied index, the leader's replication progress per follower and
+//! time since a quorum last acknowledged it), its journal's durable op, and the outcomes of the
+//! writes it answered. Rendered on each scrape from openraft's metrics and a few counters.
+
+use crate::state_machine::StateMachine;
+use crate::types::Raft;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What a scrape reads: cheap to clone, for the thread serving `/metrics`.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    raft: Raft,
+    writes: Arc<WriteCounters>,
+    machine: StateMachine,
+}
+
+impl ClusterMetrics {
+    pub fn new(raft: Raft, writes: Arc<WriteCounters>, machine: StateMachine) -> ClusterMetrics {
+        ClusterMetrics { raft, writes, machine }
+    }
+
+    /// The text exposition format. Reading the journal's durable op waits for an apply in
+    /// progress (at most one fdatasync).
+    pub fn render(&self) -> String {
+        let op_durable = self.machine.machine().op_durable();
+        render(&self.raft, &self.writes, op_durable)
+    }
+}
+
+/// The outcomes of the writes a member answered.
+#[derive(Default)]
+pub struct WriteCounters {
+    pub ok: AtomicU64,
+    pub not_leader: AtomicU64,
+    pub unavailable: AtomicU64,
+}
+
+impl WriteCounters {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The text exposition of one member's metrics.
+fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64) -> String {
+    let metrics = raft.metrics().borrow().clone();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    };
+    gauge("walletd_cluster_node_id", "This member's node id.", metrics.id);
+    gauge("walletd_cluster_term", "The Raft term this member is in.", metrics.current_term);
+    gauge(
+        "walletd_cluster_is_leader",
+        "1 while this member is the leader.",
+        u64::from(metrics.current_leader == Some(metrics.id)),
+    );
+    gauge("walletd_cluster_leader_id", "The leader this member knows (0: none).", metrics.current_leader.unwrap_or(0));
+    gauge(
+        "walletd_cluster_last_log_index",
+        "The last index in this member's Raft log.",
+        metrics.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "walletd_cluster_last_applied_index",
+        "The last Raft index applied to this member's journal and ledger.",
+        metrics.last_applied.map_or(0, |log_id| log_id.index),
+    );
+    gauge("walletd_journal_op_durable", "The journal's last durable op on this member.", op_durable);
+    gauge(
+        "walletd_cluster_voters",
+        "Voters in the membership this member holds.",
+        metrics.membership_config.membership().voter_ids().count() as u64,
+    );
+    if let Some(since) = metrics.millis_since_quorum_ack {
+        gauge(
+            "walletd_cluster_millis_since_quorum_ack",
+            "On the leader: milliseconds since a quorum last acknowledged it.",
+            since,
+        );
+    }
+    if let Some(replication) = &metrics.replication {
+        let last = metrics.last_log_index.unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "# HELP walletd_cluster_replication_lag_entries On the leader: entries each member is behind its log.\n\
+             # TYPE walletd_cluster_replication_lag_entries gauge"
+        );
+        for (member, matched) in replication.iter().filter(|(member, _)| **member != metrics.id) {
+            let matched = matched.map_or(0, |log_id| log_id.index + 1);
+            let _ = writeln!(
+                out,
+                "walletd_cluster_replication_lag_entries{{member=\"{member}\"}} {}",
+                (last + 1).saturating_sub(matched)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP walletd_cluster_writes_total Writes this member answered, by outcome.\n\
+         # TYPE walletd_cluster_writes_total counter"
+    );
+    for (result, counter) in
+        [("ok", &writes.ok), ("not_leader", &writes.not_leader), ("unavailable", &writes.unavailable)]
+    {
+        let _ =
+            writeln!(out, "walletd_cluster_writes_total{{result=\"{result}\"}} {}", counter.load(Ordering::Relaxed));
+    }
+    out
+}
