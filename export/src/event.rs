@@ -166,7 +166,14 @@ pub fn events_of(op: &Op<'_>) -> Vec<Event> {
     events
 }
 
-fn event_of(op: u64, checksum: u128, index: u32, status: Status, change: &Change, trace_id: Option<u128>) -> Event {
+pub(crate) fn event_of(
+    op: u64,
+    checksum: u128,
+    index: u32,
+    status: Status,
+    change: &Change,
+    trace_id: Option<u128>,
+) -> Event {
     let transfer = &change.transfer;
     assert_eq!(transfer.debit_account_id, change.debit_account.id, "the after-image is the debit account's");
     assert_eq!(transfer.credit_account_id, change.credit_account.id, "the after-image is the credit account's");

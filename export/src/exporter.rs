@@ -35,8 +35,9 @@
 //! offset check of every delivery (`Session::offset_check`) turns into a stop, not a duplicate
 //! left unnoticed.
 
+use crate::encode::{op_records_encode, OpRecords, Record};
 use crate::error::ExportError;
-use crate::event::{events_of, partition_of, EventPosition};
+use crate::event::EventPosition;
 use crate::metrics::{metrics_serve, ExportMetrics};
 use crate::tail::{tails_read, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -166,6 +167,8 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
     );
     let producer = producer_create(options)?;
     let (sender, receiver) = mpsc::channel(CHANNEL_OPS_MAX);
+    // Sent ops' buffers go back to the follower to be written again.
+    let (spare_sender, spare_receiver) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let follower_thread = std::thread::Builder::new()
         .name("export-follow".into())
@@ -179,7 +182,7 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
                 stop: Arc::clone(&stop),
                 metrics: Arc::clone(&metrics),
             };
-            move || follow.run(sender)
+            move || follow.run(sender, spare_receiver)
         })
         .map_err(ExportError::io("starting the follower thread"))?;
     let mut session = Session {
@@ -191,6 +194,7 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
         metrics: Arc::clone(&metrics),
         exported: 0,
         offsets_next,
+        spare: spare_sender,
     };
     let result = session.run(receiver).await;
     stop.store(true, Ordering::Release);
@@ -316,22 +320,9 @@ fn lock_take(path: &std::path::Path) -> Result<std::fs::File, ExportError> {
     Ok(file)
 }
 
-/// One op's messages, in position order.
-struct OpChunk {
-    position: Position,
-    timestamp_ns: u64,
-    messages: Vec<Outgoing>,
-}
-
-struct Outgoing {
-    partition: i32,
-    key: String,
-    payload: Vec<u8>,
-    position: EventPosition,
-}
-
 enum FollowItem {
-    Op(OpChunk),
+    /// One op's messages, in position order.
+    Op(OpRecords),
     /// Caught up with the durable journal, and told to exit then.
     CaughtUp,
 }
@@ -348,7 +339,11 @@ struct FollowTask {
 }
 
 impl FollowTask {
-    fn run(self, sender: mpsc::Sender<FollowItem>) -> Result<(), ExportError> {
+    fn run(
+        self,
+        sender: mpsc::Sender<FollowItem>,
+        spare: std::sync::mpsc::Receiver<OpRecords>,
+    ) -> Result<(), ExportError> {
         let mut follower = Follower::open(&self.dir, self.after, FollowOptions::default())?;
         while !self.stop.load(Ordering::Acquire) {
             let Some(op) = follower.next_op()? else {
@@ -361,41 +356,39 @@ impl FollowTask {
                 continue;
             };
             let op_number = op.op;
-            let chunk = self.chunk_of(&op)?;
+            let mut records = spare.try_recv().unwrap_or_default();
+            self.records_encode(&op, &mut records)?;
             self.metrics.op_followed.set(op_number);
             let durable = follower.op_durable();
             self.metrics.op_durable.set(if durable == u64::MAX { op_number } else { durable });
-            if sender.blocking_send(FollowItem::Op(chunk)).is_err() {
+            if sender.blocking_send(FollowItem::Op(records)).is_err() {
                 return Ok(()); // the producer side stopped; it reports why
             }
         }
         Ok(())
     }
 
-    fn chunk_of(&self, op: &walletd_replay::Op<'_>) -> Result<OpChunk, ExportError> {
-        let mut messages = Vec::new();
-        for event in events_of(op) {
-            let partition = partition_of(event.key().as_bytes(), self.partitions);
-            if let Some(tail) = &self.tails[partition as usize] {
-                if tail.last.op == op.op && tail.last_checksum != op.checksum {
-                    return Err(ExportError::Topic {
-                        topic: String::new(),
-                        partition,
-                        reason: format!(
-                            "its last event is of op {} with checksum {:032x}, the journal's op has {:032x}",
-                            op.op, tail.last_checksum, op.checksum
-                        ),
-                    });
-                }
-                if event.position() <= tail.last {
-                    self.metrics.events_skipped.add(1);
-                    continue;
-                }
+    /// The op's records, leaving out what a partition already holds (its tail and before).
+    fn records_encode(&self, op: &walletd_replay::Op<'_>, records: &mut OpRecords) -> Result<(), ExportError> {
+        let mut admit = |partition: i32, position: EventPosition| {
+            let Some(tail) = &self.tails[partition as usize] else {
+                return Ok(true);
+            };
+            if tail.last.op == op.op && tail.last_checksum != op.checksum {
+                return Err(ExportError::Topic {
+                    topic: String::new(),
+                    partition,
+                    reason: format!(
+                        "its last event is of op {} with checksum {:032x}, the journal's op has {:032x}",
+                        op.op, tail.last_checksum, op.checksum
+                    ),
+                });
             }
-            let payload = serde_json::to_vec(&event).expect("an event serialises");
-            messages.push(Outgoing { partition, key: event.id.clone(), payload, position: event.position() });
-        }
-        Ok(OpChunk { position: op.position(), timestamp_ns: op.timestamp_ns, messages })
+            Ok(position > tail.last)
+        };
+        op_records_encode(op, self.partitions, &mut admit, records)?;
+        self.metrics.events_skipped.add(records.skipped);
+        Ok(())
     }
 }
 
@@ -420,6 +413,8 @@ struct Session {
     /// Per partition, the offset this session's next message must land at: this session is the
     /// topic's only writer, so its messages follow the end it read, one after another.
     offsets_next: Vec<i64>,
+    /// Where a sent op's buffers go back to the follower.
+    spare: std::sync::mpsc::Sender<OpRecords>,
 }
 
 impl Session {
@@ -433,7 +428,7 @@ impl Session {
                 biased;
                 Some(delivered) = self.inflight.next(), if !self.inflight.is_empty() => self.delivered(delivered)?,
                 item = receiver.recv(), if following && self.inflight.len() < INFLIGHT_MAX => match item {
-                    Some(FollowItem::Op(chunk)) => self.chunk_send(chunk).await?,
+                    Some(FollowItem::Op(records)) => self.chunk_send(records).await?,
                     Some(FollowItem::CaughtUp) | None => following = false,
                 },
                 _ = &mut terminate, if following => {
@@ -492,28 +487,29 @@ impl Session {
         Ok(())
     }
 
-    async fn chunk_send(&mut self, chunk: OpChunk) -> Result<(), ExportError> {
-        for message in &chunk.messages {
-            self.message_send(message).await?;
+    async fn chunk_send(&mut self, records: OpRecords) -> Result<(), ExportError> {
+        for record in records.records() {
+            self.message_send(&records, record).await?;
         }
-        let end = Delivered::OpEnd(chunk.position, chunk.timestamp_ns);
+        let end = Delivered::OpEnd(records.position, records.timestamp_ns);
         self.inflight.push_back(Box::pin(std::future::ready(end)));
+        // The follower may have stopped; then the buffers are simply dropped.
+        let _ = self.spare.send(records);
         Ok(())
     }
 
     /// Hands one message to the producer, waiting for deliveries while its queue is full.
-    async fn message_send(&mut self, message: &Outgoing) -> Result<(), ExportError> {
-        let position = format!("{}:{}", message.position.op, message.position.index);
+    async fn message_send(&mut self, records: &OpRecords, record: &Record) -> Result<(), ExportError> {
         loop {
             let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header { key: HEADER_ACKED_THROUGH, value: Some(self.acked_header.as_str()) })
-                .insert(Header { key: HEADER_POSITION, value: Some(position.as_str()) });
-            let record = FutureRecord::to(&self.topic)
-                .partition(message.partition)
-                .key(message.key.as_str())
-                .payload(message.payload.as_slice())
+                .insert(Header { key: HEADER_ACKED_THROUGH, value: Some(self.acked_header.as_bytes()) })
+                .insert(Header { key: HEADER_POSITION, value: Some(records.position_header(record)) });
+            let record_out = FutureRecord::to(&self.topic)
+                .partition(record.partition)
+                .key(records.key(record))
+                .payload(records.payload(record))
                 .headers(headers);
-            match self.producer.send_result(record) {
+            match self.producer.send_result(record_out) {
                 Ok(delivery) => {
                     let future = delivery.map(|result| match result {
                         Ok(Ok(delivery)) => Delivered::Event(Ok((delivery.partition, delivery.offset))),
