@@ -222,21 +222,31 @@ fn status_name(status: Status) -> &'static [u8] {
     }
 }
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// 32 lowercase hex digits, as `event::id_hex` writes them.
 pub fn hex128(value: u128) -> [u8; 32] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    for (index, digit) in hex.iter_mut().enumerate() {
-        let nibble = (value >> (124 - 4 * index)) & 0xf;
-        *digit = DIGITS[nibble as usize];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+        pair.copy_from_slice(&HEX_PAIRS[byte as usize]);
     }
     hex
 }
 
 fn hex_string_put(out: &mut Vec<u8>, value: u128) {
-    out.push(b'"');
-    out.extend_from_slice(&hex128(value));
-    out.push(b'"');
+    let mut quoted = [b'"'; 34];
+    quoted[1..33].copy_from_slice(&hex128(value));
+    out.extend_from_slice(&quoted);
 }
 
 fn decimal_string_put(out: &mut Vec<u8>, value: u128) {
@@ -247,36 +257,14 @@ fn decimal_string_put(out: &mut Vec<u8>, value: u128) {
 
 /// `value` in decimal, without leading zeros.
 pub fn decimal_put(out: &mut Vec<u8>, value: u64) {
-    let mut digits = [0u8; 20];
-    let start = decimal_digits(&mut digits, value);
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Writes `value`'s digits at the end of `digits`; returns where they start.
-fn decimal_digits(digits: &mut [u8; 20], mut value: u64) -> usize {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return start;
-        }
-    }
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn decimal128_put(out: &mut Vec<u8>, value: u128) {
-    // Nineteen decimal digits fit in a u64: a u128 is at most three such groups.
-    const GROUP: u128 = 10_000_000_000_000_000_000;
-    if let Ok(small) = u64::try_from(value) {
-        return decimal_put(out, small);
+    match u64::try_from(value) {
+        Ok(small) => decimal_put(out, small),
+        Err(_) => out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes()),
     }
-    decimal128_put(out, value / GROUP);
-    let mut digits = [0u8; 20];
-    let low = u64::try_from(value % GROUP).expect("below 10^19");
-    let start = decimal_digits(&mut digits, low);
-    out.resize(out.len() + (start - 1), b'0'); // leading zeros to 19 digits
-    out.extend_from_slice(&digits[start..]);
 }
 
 #[cfg(test)]
