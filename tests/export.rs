@@ -6,7 +6,12 @@
 //! run offline): every event exactly once, with the same fields, in op order per partition, in
 //! the partition its key maps to.
 //!
+//! A live `walletd serve` given traced and untraced requests by the Rust client shows that each
+//! request's trace id reaches its exported event, in JSON that the schema file accepts.
+//!
 //! Skipped, saying so, when no broker binary is installed (`.ci/run` installs one).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -16,8 +21,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use walletd_core::{Transfer, TransferFlags};
 use walletd_export::broker::{topic_read, Broker};
-use walletd_export::{events_of, partition_of, Event, EventPosition};
+use walletd_export::{events_of, partition_of, Event, EventPosition, Status, SCHEMA_JSON};
+use walletd_gateway::{Client, ClientOptions};
 use walletd_replay::{FollowOptions, Follower};
 
 const TOPIC: &str = "transaction.completed";
@@ -312,4 +319,65 @@ fn a_second_exporter_of_the_same_topic_is_refused_while_the_first_runs() {
     assert!(!second.status.success(), "a second exporter is refused");
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another exporter holds"), "it says why: {stderr}");
+}
+
+/// Traced calls of the Rust client to a live `walletd serve`, followed by a live exporter: every
+/// event carries the trace id of the request that made it (a hold its placing request's, its
+/// post the posting request's), an untraced request's events carry null, and every message on
+/// the topic is valid against the schema file as the broker returned it.
+#[test]
+fn a_traced_request_trace_id_reaches_its_exported_event() {
+    let Some(broker) = Broker::for_test() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, addr, _) = common::serve_binary(dir.path(), &["--http", "off"]);
+    let client = Client::connect(addr, ClientOptions::default()).expect("connect");
+    assert!(client.create_accounts(&common::accounts(4)).expect("accounts").is_empty());
+    // id -> the trace id its request carried (0: untraced).
+    let mut expected: BTreeMap<u128, u128> = BTreeMap::new();
+    let traced: Vec<Transfer> = (0..6).map(|index| common::transfer(100 + index, 1, 2, 10 + index)).collect();
+    let trace_ids: Vec<u128> = (0..6).map(|index| 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e47_0000 | (index + 1)).collect();
+    assert!(client.create_transfers_traced(&traced, &trace_ids).expect("traced transfers").is_empty());
+    expected.extend(traced.iter().map(|transfer| transfer.id.0).zip(trace_ids.iter().copied()));
+    let untraced: Vec<Transfer> = (0..2).map(|index| common::transfer(200 + index, 3, 4, 5)).collect();
+    assert!(client.create_transfers(&untraced).expect("untraced transfers").is_empty());
+    expected.extend(untraced.iter().map(|transfer| (transfer.id.0, 0)));
+    // A hold placed under one trace and posted under another.
+    let hold = Transfer { flags: TransferFlags(TransferFlags::PENDING), ..common::transfer(300, 2, 3, 7) };
+    let (hold_trace, post_trace) =
+        (0x0af7_6519_16cd_43dd_8448_eb21_1c80_0001, 0x0af7_6519_16cd_43dd_8448_eb21_1c80_0002);
+    assert!(client.create_transfers_traced(&[hold], &[hold_trace]).expect("the hold").is_empty());
+    let post = Transfer {
+        flags: TransferFlags(TransferFlags::POST_PENDING),
+        pending_id: hold.id,
+        amount: walletd_core::Amount(7),
+        ..common::transfer(301, 2, 3, 7)
+    };
+    assert!(client.create_transfers_traced(&[post], &[post_trace]).expect("the post").is_empty());
+    expected.insert(hold.id.0, hold_trace);
+    expected.insert(post.id.0, post_trace);
+
+    let mut exporter = exporter_start(dir.path(), &broker.brokers(), &[]);
+    let count = expected.len() as u64;
+    metric_wait(&mut exporter, "walletd_export_events_total", "every event acknowledged", |events| events >= count);
+    drop(exporter);
+    let partitions = topic_read(&broker.brokers(), TOPIC, PARTITIONS, Duration::from_secs(60)).expect("read");
+    let schema: serde_json::Value = serde_json::from_str(SCHEMA_JSON).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    let mut seen: BTreeMap<u128, Status> = BTreeMap::new();
+    for message in partitions.iter().flatten() {
+        let json: serde_json::Value = serde_json::from_slice(&message.payload).expect("the payload is JSON");
+        let errors: Vec<String> = validator.iter_errors(&json).map(|error| error.to_string()).collect();
+        assert!(errors.is_empty(), "event {:?} is invalid: {errors:?}", message.event.position());
+        let id = u128::from_str_radix(&message.key, 16).expect("the key is the hex transfer id");
+        let trace_id = *expected.get(&id).unwrap_or_else(|| panic!("an event for a transfer sent: {id:032x}"));
+        let wanted = (trace_id != 0).then(|| format!("{trace_id:032x}"));
+        assert_eq!(message.event.trace_id, wanted, "transfer {id:032x} ({:?})", message.event.status);
+        assert_eq!(json["trace_id"], wanted.map_or(serde_json::Value::Null, serde_json::Value::String));
+        assert!(seen.insert(id, message.event.status).is_none(), "one event a transfer: {id:032x}");
+    }
+    assert_eq!(seen.len(), expected.len(), "an event for every transfer: {seen:x?}");
+    assert_eq!(seen.get(&hold.id.0), Some(&Status::Pending));
+    assert_eq!(seen.get(&post.id.0), Some(&Status::PendingPosted));
 }

@@ -165,6 +165,8 @@ fn unique() -> u64 {
 pub struct Consumed {
     pub offset: i64,
     pub key: String,
+    /// The message's bytes as the broker returned them, for checks on the wire form.
+    pub payload: Vec<u8>,
     pub event: crate::event::Event,
 }
 
@@ -209,9 +211,9 @@ pub fn topic_read(
                 let key = std::str::from_utf8(message.key().unwrap_or_default())
                     .map_err(|error| bad(error.to_string()))?
                     .to_string();
-                let event = serde_json::from_slice(message.payload().unwrap_or_default())
-                    .map_err(|error| bad(error.to_string()))?;
-                read[partition].push(Consumed { offset: message.offset(), key, event });
+                let payload = message.payload().unwrap_or_default().to_vec();
+                let event = serde_json::from_slice(&payload).map_err(|error| bad(error.to_string()))?;
+                read[partition].push(Consumed { offset: message.offset(), key, payload, event });
             }
         }
     }

@@ -116,8 +116,8 @@ pub struct Event {
     pub user_data_32: u32,
     /// The engine's timestamp of the change (ns since the Unix epoch, decimal).
     pub timestamp_ns: String,
-    /// The W3C trace id of the request that caused it, when the journal carries one (it does
-    /// not yet: always None in schema version 1).
+    /// The W3C trace id of the request that caused it (32 hex digits), as the journal carries
+    /// it; None for an untraced request and for an expiry.
     pub trace_id: Option<String>,
     pub balances_after: BalancesAfter,
     /// The journal's chain checksum at `op` (32 hex digits): an anchor outside the data
@@ -166,7 +166,14 @@ pub fn events_of(op: &Op<'_>) -> Vec<Event> {
     events
 }
 
-fn event_of(op: u64, checksum: u128, index: u32, status: Status, change: &Change, trace_id: Option<u128>) -> Event {
+pub(crate) fn event_of(
+    op: u64,
+    checksum: u128,
+    index: u32,
+    status: Status,
+    change: &Change,
+    trace_id: Option<u128>,
+) -> Event {
     let transfer = &change.transfer;
     assert_eq!(transfer.debit_account_id, change.debit_account.id, "the after-image is the debit account's");
     assert_eq!(transfer.credit_account_id, change.credit_account.id, "the after-image is the credit account's");

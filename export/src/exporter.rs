@@ -35,21 +35,23 @@
 //! offset check of every delivery (`Session::offset_check`) turns into a stop, not a duplicate
 //! left unnoticed.
 
+use crate::encode::{op_records_encode, OpRecords, Record};
 use crate::error::ExportError;
-use crate::event::{events_of, partition_of, EventPosition};
+use crate::event::EventPosition;
 use crate::metrics::{metrics_serve, ExportMetrics};
 use crate::tail::{tails_read, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
-use futures_util::stream::{FuturesOrdered, StreamExt};
-use futures_util::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +60,7 @@ use walletd_replay::{FollowOptions, Follower, Position};
 
 /// Ops handed from the follower to the producer and not yet sent (the channel's bound).
 const CHANNEL_OPS_MAX: usize = 16;
-/// Deliveries awaited at once; the producer's own queue bounds it too.
+/// Messages awaited at once; the producer's own queue bounds it too.
 const INFLIGHT_MAX: usize = 400_000;
 
 #[derive(Clone, Debug)]
@@ -164,8 +166,11 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
         partitions_written = tails.iter().flatten().count(),
         "resuming"
     );
-    let producer = producer_create(options)?;
+    let (delivery_sender, deliveries) = mpsc::unbounded_channel();
+    let producer = producer_create(options, DeliveryContext { sender: delivery_sender })?;
     let (sender, receiver) = mpsc::channel(CHANNEL_OPS_MAX);
+    // Sent ops' buffers go back to the follower to be written again.
+    let (spare_sender, spare_receiver) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let follower_thread = std::thread::Builder::new()
         .name("export-follow".into())
@@ -179,18 +184,22 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
                 stop: Arc::clone(&stop),
                 metrics: Arc::clone(&metrics),
             };
-            move || follow.run(sender)
+            move || follow.run(sender, spare_receiver)
         })
         .map_err(ExportError::io("starting the follower thread"))?;
     let mut session = Session {
         producer,
         topic: options.topic.clone(),
-        inflight: FuturesOrdered::new(),
+        deliveries,
+        ops: VecDeque::new(),
+        op_index_front: 0,
+        messages_outstanding: 0,
         acked: resumed_after.unwrap_or_default(),
         acked_header: resumed_after.unwrap_or_default().to_string(),
         metrics: Arc::clone(&metrics),
         exported: 0,
         offsets_next,
+        spare: spare_sender,
     };
     let result = session.run(receiver).await;
     stop.store(true, Ordering::Release);
@@ -209,7 +218,10 @@ pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) ->
 
 /// The producer: idempotent, acks from all replicas, no local timeout (a broker that is down
 /// makes the exporter wait, with the journal as the buffer), and gaps fatal.
-fn producer_create(options: &ExportOptions) -> Result<FutureProducer, ExportError> {
+fn producer_create(
+    options: &ExportOptions,
+    context: DeliveryContext,
+) -> Result<ThreadedProducer<DeliveryContext>, ExportError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.brokers)
@@ -227,7 +239,37 @@ fn producer_create(options: &ExportOptions) -> Result<FutureProducer, ExportErro
     for (key, value) in &options.producer_config {
         config.set(key, value);
     }
-    config.create().map_err(ExportError::kafka("creating the producer"))
+    ThreadedProducer::from_config_and_context(&config, context).map_err(ExportError::kafka("creating the producer"))
+}
+
+/// Where a message landed (partition, offset), or why it did not, reported by librdkafka's
+/// polling thread with the index of the op the message belongs to (the delivery opaque: a
+/// number, so a message costs no allocation of ours to track).
+struct Delivery {
+    op_index: usize,
+    result: Result<(i32, i64), KafkaError>,
+}
+
+/// Hands each delivery report to the session, in the order librdkafka reports them (within a
+/// partition, the order the messages were sent: the offset check relies on it and stops the
+/// session if it ever does not hold).
+struct DeliveryContext {
+    sender: mpsc::UnboundedSender<Delivery>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, op_index: usize) {
+        let result = match result {
+            Ok(message) => Ok((message.partition(), message.offset())),
+            Err((error, _)) => Err(error.clone()),
+        };
+        // The session stopped (it reports why); later reports have no one to tell.
+        let _ = self.sender.send(Delivery { op_index, result });
+    }
 }
 
 /// Creates the topic with `partitions`, or checks that it has them: the partition of an event
@@ -316,22 +358,9 @@ fn lock_take(path: &std::path::Path) -> Result<std::fs::File, ExportError> {
     Ok(file)
 }
 
-/// One op's messages, in position order.
-struct OpChunk {
-    position: Position,
-    timestamp_ns: u64,
-    messages: Vec<Outgoing>,
-}
-
-struct Outgoing {
-    partition: i32,
-    key: String,
-    payload: Vec<u8>,
-    position: EventPosition,
-}
-
 enum FollowItem {
-    Op(OpChunk),
+    /// One op's messages, in position order.
+    Op(OpRecords),
     /// Caught up with the durable journal, and told to exit then.
     CaughtUp,
 }
@@ -348,7 +377,11 @@ struct FollowTask {
 }
 
 impl FollowTask {
-    fn run(self, sender: mpsc::Sender<FollowItem>) -> Result<(), ExportError> {
+    fn run(
+        self,
+        sender: mpsc::Sender<FollowItem>,
+        spare: std::sync::mpsc::Receiver<OpRecords>,
+    ) -> Result<(), ExportError> {
         let mut follower = Follower::open(&self.dir, self.after, FollowOptions::default())?;
         while !self.stop.load(Ordering::Acquire) {
             let Some(op) = follower.next_op()? else {
@@ -361,58 +394,62 @@ impl FollowTask {
                 continue;
             };
             let op_number = op.op;
-            let chunk = self.chunk_of(&op)?;
+            let mut records = spare.try_recv().unwrap_or_default();
+            self.records_encode(&op, &mut records)?;
             self.metrics.op_followed.set(op_number);
             let durable = follower.op_durable();
             self.metrics.op_durable.set(if durable == u64::MAX { op_number } else { durable });
-            if sender.blocking_send(FollowItem::Op(chunk)).is_err() {
+            if sender.blocking_send(FollowItem::Op(records)).is_err() {
                 return Ok(()); // the producer side stopped; it reports why
             }
         }
         Ok(())
     }
 
-    fn chunk_of(&self, op: &walletd_replay::Op<'_>) -> Result<OpChunk, ExportError> {
-        let mut messages = Vec::new();
-        for event in events_of(op) {
-            let partition = partition_of(event.key().as_bytes(), self.partitions);
-            if let Some(tail) = &self.tails[partition as usize] {
-                if tail.last.op == op.op && tail.last_checksum != op.checksum {
-                    return Err(ExportError::Topic {
-                        topic: String::new(),
-                        partition,
-                        reason: format!(
-                            "its last event is of op {} with checksum {:032x}, the journal's op has {:032x}",
-                            op.op, tail.last_checksum, op.checksum
-                        ),
-                    });
-                }
-                if event.position() <= tail.last {
-                    self.metrics.events_skipped.add(1);
-                    continue;
-                }
+    /// The op's records, leaving out what a partition already holds (its tail and before).
+    fn records_encode(&self, op: &walletd_replay::Op<'_>, records: &mut OpRecords) -> Result<(), ExportError> {
+        let mut admit = |partition: i32, position: EventPosition| {
+            let Some(tail) = &self.tails[partition as usize] else {
+                return Ok(true);
+            };
+            if tail.last.op == op.op && tail.last_checksum != op.checksum {
+                return Err(ExportError::Topic {
+                    topic: String::new(),
+                    partition,
+                    reason: format!(
+                        "its last event is of op {} with checksum {:032x}, the journal's op has {:032x}",
+                        op.op, tail.last_checksum, op.checksum
+                    ),
+                });
             }
-            let payload = serde_json::to_vec(&event).expect("an event serialises");
-            messages.push(Outgoing { partition, key: event.id.clone(), payload, position: event.position() });
-        }
-        Ok(OpChunk { position: op.position(), timestamp_ns: op.timestamp_ns, messages })
+            Ok(position > tail.last)
+        };
+        op_records_encode(op, self.partitions, &mut admit, records)?;
+        self.metrics.events_skipped.add(records.skipped);
+        Ok(())
     }
 }
 
-type DeliveryFuture = Pin<Box<dyn std::future::Future<Output = Delivered> + Send>>;
-
-enum Delivered {
-    /// The partition and offset a message was written at, or why it was not.
-    Event(Result<(i32, i64), KafkaError>),
-    /// Every message of the op before this was handed over; the op is done when this arrives.
-    OpEnd(Position, u64),
+/// An op whose messages are sent and not all acknowledged.
+struct OpPending {
+    position: Position,
+    timestamp_ns: u64,
+    messages_outstanding: usize,
+    /// Every message of the op was handed to the producer: until then, deliveries that bring
+    /// `messages_outstanding` to 0 (while the producer's queue is full) do not finish it.
+    sent_all: bool,
 }
 
-/// The producer's side: sends in order, awaits deliveries in the order they were sent.
+/// The producer's side: sends in order; an op is acknowledged once every message of it and of
+/// every op before it is.
 struct Session {
-    producer: FutureProducer,
+    producer: ThreadedProducer<DeliveryContext>,
     topic: String,
-    inflight: FuturesOrdered<DeliveryFuture>,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// Sent ops not yet acknowledged, in op order; the front is op index `op_index_front`.
+    ops: VecDeque<OpPending>,
+    op_index_front: usize,
+    messages_outstanding: usize,
     acked: Position,
     acked_header: String,
     metrics: Arc<ExportMetrics>,
@@ -420,6 +457,8 @@ struct Session {
     /// Per partition, the offset this session's next message must land at: this session is the
     /// topic's only writer, so its messages follow the end it read, one after another.
     offsets_next: Vec<i64>,
+    /// Where a sent op's buffers go back to the follower.
+    spare: std::sync::mpsc::Sender<OpRecords>,
 }
 
 impl Session {
@@ -428,12 +467,12 @@ impl Session {
         let mut following = true;
         let terminate = signal_terminate();
         tokio::pin!(terminate);
-        while following || !self.inflight.is_empty() {
+        while following || !self.ops.is_empty() {
             tokio::select! {
                 biased;
-                Some(delivered) = self.inflight.next(), if !self.inflight.is_empty() => self.delivered(delivered)?,
-                item = receiver.recv(), if following && self.inflight.len() < INFLIGHT_MAX => match item {
-                    Some(FollowItem::Op(chunk)) => self.chunk_send(chunk).await?,
+                Some(delivery) = self.deliveries.recv(), if !self.ops.is_empty() => self.delivered(delivery)?,
+                item = receiver.recv(), if following && self.messages_outstanding < INFLIGHT_MAX => match item {
+                    Some(FollowItem::Op(records)) => self.chunk_send(records).await?,
                     Some(FollowItem::CaughtUp) | None => following = false,
                 },
                 _ = &mut terminate, if following => {
@@ -451,23 +490,31 @@ impl Session {
         Ok(())
     }
 
-    fn delivered(&mut self, delivered: Delivered) -> Result<(), ExportError> {
-        match delivered {
-            Delivered::Event(Ok((partition, offset))) => {
-                self.offset_check(partition, offset)?;
-                self.exported += 1;
-                self.metrics.events_exported.add(1);
-            }
-            Delivered::Event(Err(error)) => return Err(ExportError::kafka("a delivery failed; stopping")(error)),
-            Delivered::OpEnd(position, timestamp_ns) => {
-                assert!(position.op > self.acked.op, "ops are acknowledged in order");
-                self.acked = position;
-                self.acked_header = position.to_string();
-                self.metrics.op_exported.set(position.op);
-                self.metrics.op_exported_timestamp_ns.set(timestamp_ns);
-            }
-        }
+    fn delivered(&mut self, delivery: Delivery) -> Result<(), ExportError> {
+        let (partition, offset) = delivery.result.map_err(ExportError::kafka("a delivery failed; stopping"))?;
+        self.offset_check(partition, offset)?;
+        self.exported += 1;
+        self.metrics.events_exported.add(1);
+        assert!(delivery.op_index >= self.op_index_front, "a delivery of an op already acknowledged");
+        let op = &mut self.ops[delivery.op_index - self.op_index_front];
+        assert!(op.messages_outstanding > 0, "one delivery a message");
+        op.messages_outstanding -= 1;
+        self.messages_outstanding -= 1;
+        self.acks_advance();
         Ok(())
+    }
+
+    /// Acknowledges the ops at the front whose messages are all delivered.
+    fn acks_advance(&mut self) {
+        while self.ops.front().is_some_and(|op| op.sent_all && op.messages_outstanding == 0) {
+            let op = self.ops.pop_front().expect("a front op");
+            assert!(op.position.op > self.acked.op, "ops are acknowledged in order");
+            self.op_index_front += 1;
+            self.acked = op.position;
+            self.acked_header = op.position.to_string();
+            self.metrics.op_exported.set(op.position.op);
+            self.metrics.op_exported_timestamp_ns.set(op.timestamp_ns);
+        }
     }
 
     /// A delivered message must sit right after the previous one of its partition; anything
@@ -492,40 +539,43 @@ impl Session {
         Ok(())
     }
 
-    async fn chunk_send(&mut self, chunk: OpChunk) -> Result<(), ExportError> {
-        for message in &chunk.messages {
-            self.message_send(message).await?;
+    async fn chunk_send(&mut self, records: OpRecords) -> Result<(), ExportError> {
+        let op_index = self.op_index_front + self.ops.len();
+        let (position, timestamp_ns) = (records.position, records.timestamp_ns);
+        let pending = OpPending { position, timestamp_ns, messages_outstanding: 0, sent_all: false };
+        self.ops.push_back(pending);
+        for record in records.records() {
+            self.message_send(&records, record, op_index).await?;
         }
-        let end = Delivered::OpEnd(chunk.position, chunk.timestamp_ns);
-        self.inflight.push_back(Box::pin(std::future::ready(end)));
+        self.ops.back_mut().expect("the op just pushed").sent_all = true;
+        // An op without messages (or whose messages were all delivered meanwhile) is done now.
+        self.acks_advance();
+        // The follower may have stopped; then the buffers are simply dropped.
+        let _ = self.spare.send(records);
         Ok(())
     }
 
     /// Hands one message to the producer, waiting for deliveries while its queue is full.
-    async fn message_send(&mut self, message: &Outgoing) -> Result<(), ExportError> {
-        let position = format!("{}:{}", message.position.op, message.position.index);
+    async fn message_send(&mut self, records: &OpRecords, record: &Record, op_index: usize) -> Result<(), ExportError> {
         loop {
             let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header { key: HEADER_ACKED_THROUGH, value: Some(self.acked_header.as_str()) })
-                .insert(Header { key: HEADER_POSITION, value: Some(position.as_str()) });
-            let record = FutureRecord::to(&self.topic)
-                .partition(message.partition)
-                .key(message.key.as_str())
-                .payload(message.payload.as_slice())
+                .insert(Header { key: HEADER_ACKED_THROUGH, value: Some(self.acked_header.as_bytes()) })
+                .insert(Header { key: HEADER_POSITION, value: Some(records.position_header(record)) });
+            let record_out = BaseRecord::with_opaque_to(&self.topic, op_index)
+                .partition(record.partition)
+                .key(records.key(record))
+                .payload(records.payload(record))
                 .headers(headers);
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    let future = delivery.map(|result| match result {
-                        Ok(Ok(delivery)) => Delivered::Event(Ok((delivery.partition, delivery.offset))),
-                        Ok(Err((error, _))) => Delivered::Event(Err(error)),
-                        Err(_canceled) => Delivered::Event(Err(KafkaError::Canceled)),
-                    });
-                    self.inflight.push_back(Box::pin(future));
+            match self.producer.send(record_out) {
+                Ok(()) => {
+                    let slot = op_index - self.op_index_front;
+                    self.ops[slot].messages_outstanding += 1;
+                    self.messages_outstanding += 1;
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    match self.inflight.next().await {
-                        Some(delivered) => self.delivered(delivered)?,
+                    match self.deliveries.recv().await {
+                        Some(delivery) => self.delivered(delivery)?,
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }

@@ -9,6 +9,7 @@
 //! buffer.
 //!
 //! - `event` — the event model and its JSON (schema/transaction.completed.v1.json).
+//! - `encode` — the hot path: an op's events straight into Kafka record parts, same bytes.
 //! - `exporter` — the follower thread feeding the idempotent producer, and the resume rule.
 //! - `tail` — reading each partition's last event on start.
 //! - `notify` — the consumer group, the webhook, retries, the dead-letter topic and re-drive.
@@ -16,6 +17,7 @@
 //! - `broker` — the test harness: a Kafka-protocol broker (tansu) on a free port.
 
 pub mod broker;
+pub mod encode;
 pub mod error;
 pub mod event;
 pub mod exporter;

@@ -1,11 +1,13 @@
 //! The event model against the writer's ledger: one event per transfer change, with the right
-//! fields, positions unique and increasing, and every event valid against the JSON Schema file.
+//! fields, positions unique and increasing, and every event valid against the JSON Schema file;
+//! and the exporter's encoder against the model: the same bytes, keys and partitions.
 
 mod common;
 
 use common::*;
 use std::collections::BTreeSet;
-use walletd_export::{events_of, Event, EventPosition, Status, SCHEMA_JSON};
+use walletd_export::encode::{op_records_encode, OpRecords};
+use walletd_export::{events_of, partition_of, Event, EventPosition, Status, SCHEMA_JSON};
 use walletd_replay::{FollowOptions, Follower};
 
 fn events_all(dir: &std::path::Path) -> Vec<Event> {
@@ -94,4 +96,52 @@ fn positions_are_unique_and_increase_and_fields_follow_the_ledger() {
         assert_eq!(balances.debits_pending, account.debits_pending.0.to_string(), "{id} debits_pending");
         assert_eq!(balances.credits_pending, account.credits_pending.0.to_string(), "{id} credits_pending");
     }
+}
+
+#[test]
+fn the_encoder_writes_the_bytes_serde_writes_of_every_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    journal_written(dir.path(), 6, 40);
+    let mut follower = Follower::open(dir.path(), None, FollowOptions::default()).expect("open a follower");
+    let mut records = OpRecords::default();
+    let (mut compared, mut traced) = (0usize, 0usize);
+    while let Some(op) = follower.next_op().expect("next op") {
+        let events = events_of(&op);
+        let mut admit_all = |_, _| Ok::<bool, ()>(true);
+        op_records_encode(&op, 8, &mut admit_all, &mut records).expect("admits all");
+        assert_eq!(records.records().len(), events.len(), "op {}: a record per event", op.op);
+        assert_eq!((records.position, records.timestamp_ns), (op.position(), op.timestamp_ns));
+        for (record, event) in records.records().iter().zip(&events) {
+            let expected = serde_json::to_vec(event).expect("serialise");
+            assert_eq!(
+                String::from_utf8_lossy(records.payload(record)),
+                String::from_utf8_lossy(&expected),
+                "event {:?}",
+                event.position()
+            );
+            assert_eq!(records.key(record), event.key().as_bytes());
+            assert_eq!(record.partition, partition_of(event.key().as_bytes(), 8));
+            assert_eq!(record.position, event.position());
+            let header = format!("{}:{}", event.op, event.index);
+            assert_eq!(records.position_header(record), header.as_bytes());
+            traced += usize::from(event.trace_id.is_some());
+            compared += 1;
+        }
+        // Leaving out the first half of the positions (what a partition already holds).
+        let half = EventPosition { op: op.op, index: events.len() as u32 / 2 };
+        let mut admit_after = |_, position: EventPosition| Ok::<bool, ()>(position >= half);
+        op_records_encode(&op, 8, &mut admit_after, &mut records).expect("admits");
+        assert_eq!(records.skipped as usize, events.len() / 2);
+        let positions: Vec<EventPosition> = records.records().iter().map(|record| record.position).collect();
+        let wanted: Vec<EventPosition> = events.iter().map(Event::position).filter(|p| *p >= half).collect();
+        assert_eq!(positions, wanted, "op {}: the admitted events, in order", op.op);
+        // A refusal stops the op with the caller's error.
+        if !events.is_empty() {
+            let mut refuse = |partition, _| Err::<bool, i32>(partition);
+            let refused = op_records_encode(&op, 8, &mut refuse, &mut records);
+            assert_eq!(refused, Err(partition_of(events[0].key().as_bytes(), 8)));
+        }
+    }
+    assert!(compared > 200, "a journal of every kind of event: {compared}");
+    assert!(traced > 0 && traced < compared, "traced and untraced events: {traced} of {compared}");
 }

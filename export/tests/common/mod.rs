@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use walletd_core::command::batch_encode;
+use walletd_core::command::{batch_encode, batch_traced_encode};
 use walletd_core::{Account, AccountId, Amount, Batch, Config, Ledger, Output, Transfer, TransferFlags, TransferId};
 use walletd_journal::{Journal, JournalConfig, RecordKind};
 use walletd_replay::{Checkpoint, DataDir, DurableMark, Position};
@@ -61,10 +61,18 @@ impl TestNode {
     }
 
     pub fn submit(&mut self, batch: Batch<'_>) {
+        self.submit_traced(batch, None);
+    }
+
+    /// `submit`, the command carrying `trace_ids` (one per event) when given.
+    pub fn submit_traced(&mut self, batch: Batch<'_>, trace_ids: Option<&[u128]>) {
         self.now_ns += 1_000_000;
         let timestamp_ns = self.now_ns.max(self.ledger.timestamp_next_min());
         self.body.clear();
-        batch_encode(&batch, &mut self.body);
+        match trace_ids {
+            Some(trace_ids) => batch_traced_encode(&batch, trace_ids, &mut self.body),
+            None => batch_encode(&batch, &mut self.body),
+        }
         let op = self.journal.op_appended() + 1;
         self.journal.append(op, timestamp_ns, RecordKind::CommandBatch, &self.body).expect("append");
         self.ledger.apply(timestamp_ns, batch, &mut self.output);
@@ -96,7 +104,8 @@ impl TestNode {
     }
 
     /// One round: `size` single-phase transfers, holds (one posted partly, one voided, one that
-    /// expires), a refused transfer and a failed linked chain; then a pulse past the expiry.
+    /// expires), a refused transfer and a failed linked chain (untraced); then the post and
+    /// the void, traced; then a pulse past the expiry.
     pub fn round(&mut self, size: u128) {
         let mut batch = Vec::new();
         for k in 0..size {
@@ -134,7 +143,8 @@ impl TestNode {
             resolve(post, hold_posted, 20, TransferFlags::POST_PENDING),
             resolve(void, hold_voided, 0, TransferFlags::VOID_PENDING),
         ];
-        self.submit(Batch::CreateTransfers(&second));
+        let trace_ids = [post.0 << 1 | 1, void.0 << 1 | 1];
+        self.submit_traced(Batch::CreateTransfers(&second), Some(&trace_ids));
         self.now_ns += 2_000_000_000;
         self.submit(Batch::Pulse);
     }
