@@ -217,17 +217,17 @@ fn membership_refusal(error: MembershipError) -> MembershipRefusal {
     }
 }
 
-fn voters_of(response: &openraft::raft::ClientWriteResponse<TypeConfig>) -> BTreeMap<NodeId, Member> {
-    let Some(membership) = response.membership.as_ref() else { return BTreeMap::new() };
+fn voters_in(membership: &crate::types::Membership) -> BTreeMap<NodeId, Member> {
     let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
     membership.nodes().filter(|(id, _)| voters.contains(id)).map(|(id, member)| (*id, member.clone())).collect()
 }
 
+fn voters_of(response: &openraft::raft::ClientWriteResponse<TypeConfig>) -> BTreeMap<NodeId, Member> {
+    response.membership.as_ref().map(voters_in).unwrap_or_default()
+}
+
 fn voters_now(raft: &Raft) -> BTreeMap<NodeId, Member> {
-    let metrics = raft.metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-    membership.nodes().filter(|(id, _)| voters.contains(id)).map(|(id, member)| (*id, member.clone())).collect()
+    voters_in(raft.metrics().borrow().membership_config.membership())
 }
 
 /// Adds `id` as a learner, waits until it has caught up with the log, then makes it a voter
