@@ -333,6 +333,17 @@ fn members_agree(cluster: &Cluster, client: &ClusterClient) -> u64 {
     op
 }
 
+/// The end of every fault test: each acknowledged transfer is on the leader, the members'
+/// journals and state hashes agree, and money sums to zero.
+fn acknowledged_kept_and_members_agree(cluster: &Cluster, client: &ClusterClient, acknowledged: &[TransferId]) {
+    for chunk in acknowledged.chunks(5000) {
+        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
+        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
+    }
+    members_agree(cluster, client);
+    money_sums_to_zero(client);
+}
+
 /// Σ over all accounts of credits − debits (posted and pending) is zero.
 fn money_sums_to_zero(client: &ClusterClient) {
     let ids: Vec<AccountId> = (1..=ACCOUNTS).map(AccountId).collect();
@@ -528,12 +539,7 @@ fn kill_9_of_the_leader_under_load_loses_no_acknowledged_transfer() {
         "{} transfers acknowledged over {rounds} leader kills; failover gaps (ms, sorted): {gaps:?}",
         acknowledged.len()
     );
-    for chunk in acknowledged.chunks(5000) {
-        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
-        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
-    }
-    members_agree(&cluster, &client);
-    money_sums_to_zero(&client);
+    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 }
 
 #[test]
@@ -697,12 +703,7 @@ fn a_paused_leader_never_acknowledges_a_write_after_losing_leadership() {
     load.progress_wait(100);
     let (mut acknowledged, _) = load.stop();
     acknowledged.extend(acknowledged_by_paused);
-    for chunk in acknowledged.chunks(5000) {
-        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
-        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
-    }
-    members_agree(&cluster, &client);
-    money_sums_to_zero(&client);
+    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 }
 
 /// Replacing a dead member whose disk is lost: `walletd cluster remove` takes it out of the
@@ -768,12 +769,7 @@ fn a_dead_member_is_replaced_by_a_new_one() {
     load.progress_wait(100);
     cluster.restart(leader);
     let (acknowledged, _) = load.stop();
-    for chunk in acknowledged.chunks(5000) {
-        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
-        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
-    }
-    members_agree(&cluster, &client);
-    money_sums_to_zero(&client);
+    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 }
 
 /// The HTTP gateway pointed at a follower: its writes and reads are refused there with

@@ -103,6 +103,14 @@ struct JwksServer {
 
 impl JwksServer {
     fn start(body: &str) -> JwksServer {
+        let (server, listener, app) = JwksServer::parts(body);
+        let runtime = server.runtime.as_ref().expect("a running server");
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        server
+    }
+
+    /// The server before it serves: its runtime, listener and routes.
+    fn parts(body: &str) -> (JwksServer, tokio::net::TcpListener, axum::Router) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let served = Arc::new(Mutex::new(Served { status: 200, body: body.into(), cache_control: None }));
         let requests = Arc::new(AtomicU64::new(0));
@@ -110,8 +118,7 @@ impl JwksServer {
         let addr = listener.local_addr().unwrap();
         let state = (Arc::clone(&served), Arc::clone(&requests));
         let app = axum::Router::new().route("/jwks.json", axum::routing::get(jwks_serve)).with_state(state);
-        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        JwksServer { addr, served, requests, runtime: Some(runtime) }
+        (JwksServer { addr, served, requests, runtime: Some(runtime) }, listener, app)
     }
 
     fn url(&self) -> String {
@@ -159,14 +166,8 @@ impl JwksServer {
             .with_single_cert(chain, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let served = Arc::new(Mutex::new(Served { status: 200, body: body.into(), cache_control: None }));
-        let requests = Arc::new(AtomicU64::new(0));
-        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = (Arc::clone(&served), Arc::clone(&requests));
-        let app = axum::Router::new().route("/jwks.json", axum::routing::get(jwks_serve)).with_state(state);
-        runtime.spawn(async move {
+        let (server, listener, app) = JwksServer::parts(body);
+        server.runtime.as_ref().expect("a running server").spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (acceptor, app) = (acceptor.clone(), app.clone());
                 tokio::spawn(async move {
@@ -178,7 +179,7 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { addr, served, requests, runtime: Some(runtime) }
+        server
     }
 
     fn url_https(&self) -> String {
