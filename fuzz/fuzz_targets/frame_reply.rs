@@ -2,7 +2,7 @@
 //! `check_reply`, then the body decoder of the reply's operation (`results_decode`,
 //! `accounts_decode`, `transfer_records_decode`, `balances_decode`). No input may panic; a
 //! refused body leaves the caller's vectors as they were; an accepted one encodes back to the
-//! same bytes.
+//! same bytes; an error reply has no body but `not_leader`'s address.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +10,7 @@ use walletd_core::Operation;
 use walletd_fuzz::frames::frame_next;
 use walletd_gateway::protocol::{
     accounts_decode, accounts_encode, balances_decode, balances_encode, results_decode, results_encode,
-    transfer_records_decode, transfer_records_encode,
+    transfer_records_decode, transfer_records_encode, NOT_LEADER_ADDRESS_SIZE_MAX_BYTES,
 };
 use walletd_gateway::{check_reply, FrameHeader, FrameOperation, Status};
 
@@ -26,6 +26,11 @@ fuzz_target!(|input: &[u8]| {
         stream = &rest[body.len()..];
         match check_reply(&header, body) {
             Ok(Status::Ok) => body_check(&header, body),
+            // A not_leader reply names the leader's address (UTF-8, bounded); others are empty.
+            Ok(Status::NotLeader) => {
+                assert!(header.event_count == 0 && body.len() <= NOT_LEADER_ADDRESS_SIZE_MAX_BYTES);
+                assert!(std::str::from_utf8(body).is_ok(), "a not_leader address is UTF-8");
+            }
             Ok(status) => assert!(body.is_empty() && header.event_count == 0, "{status} reply with records"),
             Err(error) => assert!(!error.to_string().is_empty()),
         }
