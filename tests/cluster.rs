@@ -13,7 +13,8 @@
 //! - Losing the majority: the lone member left refuses writes (`unavailable`, never an
 //!   acknowledgement) and serves again once a majority is back.
 //! - A Raft log ending in a torn append is cut at restart and the member catches up; one with a
-//!   flipped byte in the middle refuses to start and names the corruption.
+//!   flipped byte, or a size field that runs past the end, in the middle refuses to start and
+//!   names the corruption.
 //! - A leader paused with SIGSTOP while the others elect a new one answers the writes sent to
 //!   it meanwhile, once resumed, with failures, never an acknowledgement that is not in the new
 //!   leader's ledger.
@@ -597,19 +598,35 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
     members_agree(&cluster, &client);
     assert!(std::fs::metadata(&log_path).expect("the raft log").len() > size_before, "the member appended again");
 
-    // A flipped byte in the middle of the log, with good records after it: refused.
+    // Damage in the middle of the log, with good records after it, is refused, whether it hits
+    // a record's bytes (a checksum mismatch) or its size field (a record that would run past
+    // the end, as a torn append would, but with good records after it). Each on a copy of the
+    // good log.
     cluster.kill(follower);
-    {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(&log_path).expect("open the raft log");
-        let offset = size_before / 2;
-        let mut byte = [0u8; 1];
-        file.read_exact_at(&mut byte, offset).expect("read a byte");
-        byte[0] ^= 0x40;
-        file.write_all_at(&byte, offset).expect("flip it");
+    let good = std::fs::read(&log_path).expect("read the raft log");
+    let mut record_offsets = Vec::new();
+    let mut offset = 0usize;
+    while offset + 16 <= good.len() {
+        record_offsets.push(offset);
+        offset += 16 + u32::from_le_bytes(good[offset..offset + 4].try_into().expect("4 bytes")) as usize;
     }
-    let member = cluster.member(follower);
-    let args = member_args(follower, &member.raft_addr.to_string(), &[]);
+    assert_eq!(offset, good.len(), "the restarted member's log is whole records");
+    let middle = record_offsets[record_offsets.len() / 2];
+    let mut flipped = good.clone();
+    flipped[middle + 16 + 10] ^= 0x40; // in the middle record's body
+    let mut sized = good.clone();
+    sized[middle..middle + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    for (damaged, named) in [(flipped, "checksum"), (sized, "does not fit before the end of the file")] {
+        std::fs::write(&log_path, &damaged).expect("write the damaged log");
+        let stderr = start_refused(cluster.member(follower));
+        assert!(stderr.contains("is corrupt at byte") && stderr.contains(named), "the refusal names it: {stderr}");
+    }
+    std::fs::write(&log_path, &good).expect("restore the log");
+}
+
+/// Starts `member` expecting it to refuse (exit non-zero); returns what it printed on stderr.
+fn start_refused(member: &Member) -> String {
+    let args = member_args(member.id, &member.raft_addr.to_string(), &[]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["serve", "--addr", &member.addr.to_string(), "--data-dir"])
         .arg(&member.dir)
@@ -635,8 +652,8 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
     drop(exited);
     watchdog.join().expect("the watchdog");
     let status = child.wait().expect("wait");
-    assert!(!status.success(), "a member with a corrupt Raft log must not start");
-    assert!(stderr.contains("is corrupt at byte"), "the refusal names the corruption: {stderr}");
+    assert!(!status.success(), "member {} started on a damaged Raft log", member.id);
+    stderr
 }
 
 /// A leader paused (SIGSTOP) while the others elect a new one, then resumed (SIGCONT): it

@@ -25,7 +25,8 @@
 //!
 //! Recovery reads records in order. A record cut short at the end of the file, or the last
 //! record with a bad checksum, is a torn append that was never acknowledged: it is cut off and
-//! reported. A bad record with more bytes after it, or an index out of sequence, is corruption:
+//! reported. A bad record with more bytes after it, a record whose size runs past the end with
+//! a good record (the next index) after it, or an index out of sequence, is corruption:
 //! start-up stops and says where.
 
 use crate::types::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
@@ -215,7 +216,25 @@ impl LogFile {
                     self.recovered_push(path, offset, index, &entry, body.len() as u32)?;
                     offset += (RECORD_HEADER_SIZE_BYTES + body.len()) as u64;
                 }
-                RecordRead::Torn => break,
+                RecordRead::Torn => {
+                    // A size that runs past the end is a torn append only if nothing good
+                    // follows: a flipped bit in a size field mid-file reads the same way.
+                    let last = self.slots.last().or(self.slots_purged_last.as_ref()).map(|slot| slot.log_id.index);
+                    let next_index = last.map_or(1, |index| index + 2);
+                    if let Some(found) =
+                        good_record_after(&self.file, offset, file_size_bytes, next_index).map_err(io)?
+                    {
+                        return Err(LogStoreError::Corrupt {
+                            path: path.to_path_buf(),
+                            offset,
+                            reason: format!(
+                                "the record here does not fit before the end of the file, yet a good record \
+                                 (index {next_index}) starts at byte {found}"
+                            ),
+                        });
+                    }
+                    break;
+                }
                 RecordRead::Corrupt(reason) => {
                     return Err(LogStoreError::Corrupt { path: path.to_path_buf(), offset, reason });
                 }
@@ -317,6 +336,45 @@ enum RecordRead {
     Good { index: u64 },
     Torn,
     Corrupt(String),
+}
+
+/// The offset of a record with index `index` and a good checksum after the record starting at
+/// `offset`, found by its index field: a few reads of the rest of the file, only when recovery
+/// meets a record that does not fit.
+fn good_record_after(file: &File, offset: u64, file_size_bytes: u64, index: u64) -> std::io::Result<Option<u64>> {
+    const CHUNK_BYTES: usize = 4 << 20;
+    let pattern = index.to_le_bytes();
+    let mut chunk = vec![0u8; CHUNK_BYTES];
+    // Index fields of records after this one: at offset + header + 8 at the earliest.
+    let mut start = offset + RECORD_HEADER_SIZE_BYTES as u64 + 8;
+    while start + 8 <= file_size_bytes {
+        let size = (file_size_bytes - start).min(CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut chunk[..size], start)?;
+        for position in chunk[..size].windows(8).enumerate().filter(|(_, bytes)| *bytes == pattern).map(|(at, _)| at) {
+            let record = start + position as u64 - 8;
+            let mut header = [0u8; RECORD_HEADER_SIZE_BYTES];
+            if record + RECORD_HEADER_SIZE_BYTES as u64 > file_size_bytes {
+                continue;
+            }
+            file.read_exact_at(&mut header, record)?;
+            let body_size_bytes = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+            let end = record + RECORD_HEADER_SIZE_BYTES as u64 + u64::from(body_size_bytes);
+            if body_size_bytes > RECORD_BODY_SIZE_MAX_BYTES || end > file_size_bytes {
+                continue;
+            }
+            let mut body = vec![0u8; body_size_bytes as usize];
+            file.read_exact_at(&mut body, record + RECORD_HEADER_SIZE_BYTES as u64)?;
+            let checksum_stored = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            if crc32c::crc32c_append(crc32c::crc32c(&header[8..16]), &body) == checksum_stored {
+                return Ok(Some(record));
+            }
+        }
+        if size < CHUNK_BYTES {
+            break;
+        }
+        start += (CHUNK_BYTES - 7) as u64; // overlap: a pattern across the boundary is found next time
+    }
+    Ok(None)
 }
 
 /// Reads the record at `offset` into `body`.
