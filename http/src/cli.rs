@@ -103,9 +103,11 @@ pub struct HttpArgs {
     /// Address to serve HTTP on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// The engine's binary protocol address.
-    #[arg(long, default_value = "127.0.0.1:4100")]
-    pub engine: SocketAddr,
+    /// The engine's binary protocol address; for a cluster, members' client addresses,
+    /// comma-separated or repeated: the gateway follows `not_leader` to the leader and, when
+    /// one cannot be reached, tries the next.
+    #[arg(long, default_value = "127.0.0.1:4100", value_delimiter = ',', required = true)]
+    pub engine: Vec<SocketAddr>,
     #[command(flatten)]
     pub gateway: GatewayFlags,
 }
@@ -207,7 +209,7 @@ pub fn banner_print(local_addr: SocketAddr, options: &GatewayOptions, flags: &Ga
     let _ = writeln!(
         err,
         "walletd http: the wallet API on http://{local_addr} (engine {}), docs on http://{local_addr}/docs",
-        options.engine.addr
+        options.engine.members.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",")
     );
     if let Some(url) = &flags.jwks_url {
         let _ = writeln!(
@@ -285,8 +287,9 @@ pub fn http_command(args: HttpArgs) -> Result<(), HttpError> {
 }
 
 fn serve(args: HttpArgs) -> Result<(), HttpError> {
-    let (options, verifier, dev) =
-        gateway_build(&args.gateway, args.listen, args.engine, Path::new("walletd-http-dev-secret"))?;
+    let (mut options, verifier, dev) =
+        gateway_build(&args.gateway, args.listen, args.engine[0], Path::new("walletd-http-dev-secret"))?;
+    options.engine.members = args.engine.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.gateway.http_worker_threads.max(1))
         .thread_name("http")

@@ -71,6 +71,9 @@ enum Job {
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub addr: SocketAddr,
+    /// Every address to try, `addr` first: the members of a cluster (a member that cannot be
+    /// reached is passed over for the next). A single engine is the list of one.
+    pub members: Vec<SocketAddr>,
     /// Dispatcher threads: frames in flight at once.
     pub dispatchers: usize,
     /// Jobs waiting at most; more are answered `Unavailable` (503, retry).
@@ -80,7 +83,13 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     pub fn new(addr: SocketAddr) -> EngineOptions {
-        EngineOptions { addr, dispatchers: 4, queue_jobs_max: 65_536, request_timeout: Duration::from_secs(10) }
+        EngineOptions {
+            addr,
+            members: vec![addr],
+            dispatchers: 4,
+            queue_jobs_max: 65_536,
+            request_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -338,14 +347,25 @@ fn client_get(shared: &Shared) -> Result<Arc<Client>, EngineError> {
     let options = ClientOptions { request_timeout: shared.options.request_timeout, ..ClientOptions::default() };
     let addr = *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner());
     let client = Client::connect(addr, options).map_err(|error| {
-        // A leader named earlier may be gone: the next try starts again from the address given.
-        *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner()) = shared.options.addr;
+        // That member (or a leader named earlier) may be gone: the next try goes to the next
+        // address given, which names the leader once there is one.
+        *shared.addr_current.lock().unwrap_or_else(|poison| poison.into_inner()) = member_after(shared, addr);
         EngineError::Unavailable(format!("cannot connect to {addr}: {error}"))
     })?;
     tracing::info!(engine = %addr, "connected to the engine");
     let client = Arc::new(client);
     *current = Some(Arc::clone(&client));
     Ok(client)
+}
+
+/// The address given after `addr` (the first one after an address not given, such as a
+/// leader a member named).
+fn member_after(shared: &Shared, addr: SocketAddr) -> SocketAddr {
+    let members = &shared.options.members;
+    match members.iter().position(|member| *member == addr) {
+        Some(index) => members[(index + 1) % members.len()],
+        None => members.first().copied().unwrap_or(shared.options.addr),
+    }
 }
 
 /// Forgets a connection that failed (unless another thread replaced it already).
