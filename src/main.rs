@@ -140,7 +140,8 @@ struct ClusterServeArgs {
     #[arg(long, default_value_t = walletd_cluster::RaftTimeouts::default().election_timeout_max_ms)]
     election_timeout_max_ms: u64,
     /// Entries per AppendEntries RPC at most, 1..=32 (an entry is one request, up to a full
-    /// batch): fewer keep replication RPCs short, so followers hear from a busy leader often.
+    /// batch): fewer keep replication RPCs short, so followers hear from a busy leader often;
+    /// too few leave followers trailing, which slows failover.
     #[arg(long, default_value_t = walletd_cluster::APPEND_ENTRIES_MAX_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=32))]
     raft_append_entries_max: u64,

@@ -85,13 +85,14 @@ pub struct ClusterOptions {
     pub in_flight_max: usize,
     /// Entries per AppendEntries RPC at most (an entry is a whole request, up to a full batch
     /// of about 1 MiB). Fewer keep each RPC short, so a follower hears from the leader often
-    /// under load (heartbeats wait behind a replication RPC in flight); at most 32, which
-    /// keeps a frame within the peer transport's limit.
+    /// under load (heartbeats wait behind a replication RPC in flight); too few leave
+    /// followers trailing, which slows failover. At most 32, which keeps a frame within the
+    /// peer transport's limit.
     pub append_entries_max: u64,
 }
 
 /// The default of `ClusterOptions::append_entries_max`.
-pub const APPEND_ENTRIES_MAX_DEFAULT: u64 = 4;
+pub const APPEND_ENTRIES_MAX_DEFAULT: u64 = 16;
 
 /// A node running in this process.
 pub struct RunningCluster {
