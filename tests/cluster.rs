@@ -263,19 +263,70 @@ impl Cluster {
     }
 
     /// Waits until every member's journal is durable to `op` (the data directory's durable
-    /// mark, which a member publishes after each commit).
+    /// mark, which a member publishes after each commit), woken by each write to the data
+    /// directory (inotify) rather than by a timer.
     fn durable_wait(&self, op: u64) {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         for member in &self.members {
+            let changes = DirChanges::watch(&member.dir);
             loop {
                 let durable = walletd_replay::durable_read(&member.dir).expect("read the durable mark");
                 if durable.is_some_and(|position| position.op >= op) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "member {} did not reach op {op}: {durable:?}", member.id);
-                std::thread::sleep(Duration::from_millis(20));
+                let left = deadline.checked_duration_since(Instant::now());
+                let changed = left.is_some_and(|left| changes.wait(left));
+                assert!(changed, "member {} did not reach op {op}: {durable:?}", member.id);
             }
         }
+    }
+}
+
+/// Writes to the files of one directory, through inotify: `wait` returns when one happened.
+struct DirChanges {
+    fd: i32,
+}
+
+impl DirChanges {
+    fn watch(dir: &Path) -> DirChanges {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
+        // SAFETY: plain syscalls on a descriptor this struct owns and a NUL-terminated path.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
+        // SAFETY: as above.
+        let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
+        assert!(watch >= 0, "inotify_add_watch {}: {}", dir.display(), std::io::Error::last_os_error());
+        DirChanges { fd }
+    }
+
+    /// Blocks until a file in the directory changed (true) or `timeout` passed (false); drains
+    /// the events that arrived.
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut poll = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one pollfd that lives across the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            assert_eq!(error.kind(), std::io::ErrorKind::Interrupted, "poll on inotify: {error}");
+            return true; // a signal: look again
+        }
+        if ready == 0 {
+            return false;
+        }
+        let mut events = [0u8; 4096];
+        // SAFETY: reads into a buffer of the length given; the descriptor is non-blocking.
+        while unsafe { libc::read(self.fd, events.as_mut_ptr().cast(), events.len()) } > 0 {}
+        true
+    }
+}
+
+impl Drop for DirChanges {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this struct's and closed once.
+        unsafe { libc::close(self.fd) };
     }
 }
 
