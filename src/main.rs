@@ -471,19 +471,7 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
             ..walletd_gateway::server::ServerOptions::default()
         },
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
-    }
-    // A panic is a broken invariant: a node with one pipeline thread gone is neither up nor
-    // down. Stop the process instead (fail-stop); restart recovers from disk.
-    let report_panic = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report_panic(info);
-        eprintln!("walletd: a thread panicked; stopping (fail-stop). Restart to recover from disk.");
-        std::process::exit(70);
-    }));
+    serving_process_hooks();
     let server = walletd::serve::serve_start(options)?;
     let started = &server.started;
     tracing::info!(
@@ -519,6 +507,23 @@ fn serve_command(args: ServeArgs) -> Result<(), NodeError> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// For a serving node: SIGINT and SIGTERM ask it to stop (`STOP_REQUESTED`), and a panic
+/// stops the process. A panic is a broken invariant: a node with one thread gone is neither up
+/// nor down, so it fails stop and a restart recovers from disk.
+fn serving_process_hooks() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
+    }
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report_panic(info);
+        eprintln!("walletd: a thread panicked; stopping (fail-stop). Restart to recover from disk.");
+        std::process::exit(70);
+    }));
 }
 
 /// `cluster: node 4 added; voters 1=RAFT/CLIENT 3=… 4=…`
@@ -573,18 +578,7 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         in_flight_max: args.ring_slots.max(1) * 4,
         append_entries_max: args.cluster.raft_append_entries_max,
     };
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, stop_on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, stop_on_signal as *const () as libc::sighandler_t);
-    }
-    // A panic is a broken invariant: stop the process (fail-stop); restart recovers from disk.
-    let report_panic = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report_panic(info);
-        eprintln!("walletd: a thread panicked; stopping (fail-stop). Restart to recover from disk.");
-        std::process::exit(70);
-    }));
+    serving_process_hooks();
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
     println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
     println!("raft on {} (node {})", node.raft_addr, node.node_id);

@@ -6,7 +6,7 @@
 
 mod http_harness;
 
-use http_harness::{http, http_raw, token, wait_until, Engine, Gateway, RedisServer, Response};
+use http_harness::{http, http_raw, token, wait_until, window_push, Engine, Gateway, RedisServer, Response};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -387,7 +387,9 @@ fn idempotency_survives_flushall_restarts_and_the_window() {
     // Every success is cached (the writes are not waited for: wait for both keys).
     wait_until("the response cache to hold both keys", Duration::from_secs(10), || redis.command("DBSIZE") == ":2");
     // More transfers than the engine's window, straight through the binary protocol.
-    window_fill(engine.addr);
+    // More than the engine's window (1 Mi − 8189 transfers by default): every transfer made
+    // before is forgotten.
+    window_push(engine.addr, ((1u64 << 20) - 8189).div_ceil(8189) + 2);
     // The cache answers the original past the engine's window (the retention outlives it)…
     for (key, original) in keys.iter().zip(&originals) {
         let retry = transfer(gateway.addr, "alice", &alice, &bob, "10.00", key);
@@ -403,40 +405,6 @@ fn idempotency_survives_flushall_restarts_and_the_window() {
         assert_eq!((retry.status, retry.code()), (409, "idempotency_window_passed"), "{retry:?}");
     }
     assert_eq!(balance(gateway.addr, "alice", &alice), alice_balance, "still applied once");
-}
-
-/// Pushes more than the engine's window of transfers (1 Mi − 8189 by default) between two
-/// accounts of their own, so every transfer made before is forgotten.
-fn window_fill(engine: SocketAddr) {
-    use walletd_core::{Account, AccountId, Amount, Transfer, TransferId};
-    let client = walletd_gateway::Client::connect(engine, walletd_gateway::ClientOptions::default()).unwrap();
-    let accounts =
-        [1u128, 2].map(|id| Account { id: AccountId((9 << 120) | id), ledger: 9, code: 1, ..Account::default() });
-    assert!(client.create_accounts(&accounts).unwrap().is_empty());
-    let transfers_max = (1u64 << 20) - 8189;
-    let frames = transfers_max.div_ceil(8189) + 2;
-    // Each frame's ids a millisecond newer than the last: the horizon rises to one past the
-    // time of every id forgotten, so the newest ones must stay above it.
-    let mut time_ms = 0;
-    let mut low = 0u128;
-    for _ in 0..frames {
-        time_ms = walletd_http::ids::now_ms().max(time_ms + 1);
-        let batch: Vec<Transfer> = (0..8189)
-            .map(|_| {
-                low += 1;
-                Transfer {
-                    id: TransferId::from_parts(time_ms, (7 << 72) | low),
-                    debit_account_id: accounts[0].id,
-                    credit_account_id: accounts[1].id,
-                    amount: Amount(1),
-                    ledger: 9,
-                    code: 1,
-                    ..Transfer::default()
-                }
-            })
-            .collect();
-        assert!(client.create_transfers(&batch).unwrap().is_empty());
-    }
 }
 
 /// One user's budget is shared by two gateways through Redis; with Redis stopped, `local`

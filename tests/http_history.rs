@@ -11,7 +11,7 @@
 
 mod http_harness;
 
-use http_harness::{http, op_durable, token, wait_until, Engine, Gateway, Projection, Response};
+use http_harness::{http, op_durable, token, wait_until, window_push, Engine, Gateway, Projection, Response};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,38 +42,6 @@ fn balance(gateway: SocketAddr, wallet: &str) -> String {
 fn history_page(gateway: SocketAddr, user: &str, scopes: &[&str], wallet: &str, query: &str) -> Response {
     let path = format!("/v1/wallets/{wallet}/transactions{query}");
     http(gateway, "GET", &path, Some(&token(user, scopes)), None)
-}
-
-/// Pushes `frames` frames of 8189 transfers between two accounts of their own through the
-/// binary protocol, each frame's ids a millisecond newer than the last, so that with a window
-/// smaller than that every earlier transfer is forgotten and the horizon rises past its time.
-fn window_push(engine: SocketAddr, frames: u64) {
-    use walletd_core::{Account, AccountId, Amount, Transfer, TransferId};
-    let client = walletd_gateway::Client::connect(engine, walletd_gateway::ClientOptions::default()).unwrap();
-    let accounts =
-        [1u128, 2].map(|id| Account { id: AccountId((9 << 120) | id), ledger: 9, code: 1, ..Account::default() });
-    let created = client.create_accounts(&accounts).unwrap();
-    assert!(created.iter().all(|result| result.code == walletd_core::CreateAccountResult::Exists as u32));
-    let mut time_ms = 0;
-    let mut low = u128::from(walletd_http::ids::now_ms()) << 32;
-    for _ in 0..frames {
-        time_ms = walletd_http::ids::now_ms().max(time_ms + 1);
-        let batch: Vec<Transfer> = (0..8189)
-            .map(|_| {
-                low += 1;
-                Transfer {
-                    id: TransferId::from_parts(time_ms, (7 << 72) | low),
-                    debit_account_id: accounts[0].id,
-                    credit_account_id: accounts[1].id,
-                    amount: Amount(1),
-                    ledger: 9,
-                    code: 1,
-                    ..Transfer::default()
-                }
-            })
-            .collect();
-        assert!(client.create_transfers(&batch).unwrap().is_empty());
-    }
 }
 
 #[test]
