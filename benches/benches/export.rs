@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use walletd::generate::{generate, GenerateOptions};
 use walletd_export::encode::{op_records_encode, OpRecords};
-use walletd_export::{events_of, partition_of};
+use walletd_export::op_records_reference;
 use walletd_replay::{DataDir, FollowOptions, Follower, Outcome};
 
 #[global_allocator]
@@ -67,15 +67,9 @@ fn follow_serde(dir: &Path) -> u64 {
     let mut follower = follower(dir);
     let mut size_bytes = 0u64;
     while let Some(op) = follower.next_op().expect("next op") {
-        let mut messages = Vec::new();
-        for event in events_of(&op) {
-            let partition = partition_of(event.key().as_bytes(), PARTITIONS);
-            let payload = serde_json::to_vec(&event).expect("an event serialises");
-            let position = format!("{}:{}", event.op, event.index);
-            messages.push((partition, event.id.clone(), payload, position));
-        }
-        size_bytes += messages.iter().map(|message| message.2.len() as u64).sum::<u64>();
-        std::hint::black_box(&messages);
+        let records = op_records_reference(&op, PARTITIONS);
+        size_bytes += records.iter().map(|record| record.payload.len() as u64).sum::<u64>();
+        std::hint::black_box(&records);
     }
     size_bytes
 }

@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 use walletd_export::encode::{op_records_encode, OpRecords};
-use walletd_export::{events_of, partition_of};
+use walletd_export::op_records_reference;
 use walletd_replay::{FollowOptions, Follower, Outcome};
 
 #[global_allocator]
@@ -50,16 +50,10 @@ fn pass_run(dir: &Path, mode: &str, records: &mut OpRecords) -> (u64, u64) {
                 size_bytes += records.records().iter().map(|record| records.payload(record).len() as u64).sum::<u64>();
             }
             "serde" => {
-                let mut messages = Vec::new();
-                for event in events_of(&op) {
-                    let partition = partition_of(event.key().as_bytes(), PARTITIONS);
-                    let payload = serde_json::to_vec(&event).expect("an event serialises");
-                    let position = format!("{}:{}", event.op, event.index);
-                    messages.push((partition, event.id.clone(), payload, position));
-                }
-                events += messages.len() as u64;
-                size_bytes += messages.iter().map(|message| message.2.len() as u64).sum::<u64>();
-                std::hint::black_box(&messages);
+                let records = op_records_reference(&op, PARTITIONS);
+                events += records.len() as u64;
+                size_bytes += records.iter().map(|record| record.payload.len() as u64).sum::<u64>();
+                std::hint::black_box(&records);
             }
             _ => {
                 if let Outcome::Command { output, .. } = op.outcome {

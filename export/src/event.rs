@@ -205,6 +205,31 @@ pub(crate) fn event_of(
     }
 }
 
+/// One record as the `Event` model and serde_json make it: the reference `encode.rs` must
+/// match byte for byte, which its tests compare and its benchmark measures against. Not the
+/// exporter's path (that is `encode::op_records_encode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceRecord {
+    pub partition: i32,
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// The `walletd-position` header's value, `OP:INDEX`.
+    pub position_header: String,
+}
+
+/// The records of `op` by the reference encoding (see `ReferenceRecord`).
+pub fn op_records_reference(op: &Op<'_>, partitions: i32) -> Vec<ReferenceRecord> {
+    events_of(op)
+        .into_iter()
+        .map(|event| ReferenceRecord {
+            partition: partition_of(event.key().as_bytes(), partitions),
+            payload: serde_json::to_vec(&event).expect("an event serialises"),
+            position_header: format!("{}:{}", event.op, event.index),
+            key: event.id,
+        })
+        .collect()
+}
+
 /// The partition of a key among `partitions`: Kafka's default partitioner (murmur2 of the key
 /// bytes, sign bit cleared, modulo the count), so a Java or librdkafka producer with the
 /// `murmur2` partitioner puts the same key in the same partition.

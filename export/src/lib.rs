@@ -26,4 +26,7 @@ pub mod notify;
 pub mod tail;
 
 pub use error::ExportError;
-pub use event::{events_of, partition_of, Event, EventPosition, Status, EVENT_TYPE, SCHEMA_JSON};
+pub use event::{
+    events_of, op_records_reference, partition_of, Event, EventPosition, ReferenceRecord, Status, EVENT_TYPE,
+    SCHEMA_JSON,
+};

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use walletd_export::encode::{op_records_encode, OpRecords};
-use walletd_export::{events_of, partition_of, Event, EventPosition, Status, SCHEMA_JSON};
+use walletd_export::{events_of, op_records_reference, partition_of, Event, EventPosition, Status, SCHEMA_JSON};
 use walletd_replay::{FollowOptions, Follower};
 
 fn events_all(dir: &std::path::Path) -> Vec<Event> {
@@ -111,19 +111,20 @@ fn the_encoder_writes_the_bytes_serde_writes_of_every_event() {
         op_records_encode(&op, 8, &mut admit_all, &mut records).expect("admits all");
         assert_eq!(records.records().len(), events.len(), "op {}: a record per event", op.op);
         assert_eq!((records.position, records.timestamp_ns), (op.position(), op.timestamp_ns));
-        for (record, event) in records.records().iter().zip(&events) {
-            let expected = serde_json::to_vec(event).expect("serialise");
+        let reference = op_records_reference(&op, 8);
+        assert_eq!(reference.len(), events.len(), "op {}: a reference record per event", op.op);
+        for ((record, event), expected) in records.records().iter().zip(&events).zip(&reference) {
             assert_eq!(
                 String::from_utf8_lossy(records.payload(record)),
-                String::from_utf8_lossy(&expected),
+                String::from_utf8_lossy(&expected.payload),
                 "event {:?}",
                 event.position()
             );
-            assert_eq!(records.key(record), event.key().as_bytes());
+            assert_eq!(records.key(record), expected.key.as_bytes());
+            assert_eq!(record.partition, expected.partition);
             assert_eq!(record.partition, partition_of(event.key().as_bytes(), 8));
             assert_eq!(record.position, event.position());
-            let header = format!("{}:{}", event.op, event.index);
-            assert_eq!(records.position_header(record), header.as_bytes());
+            assert_eq!(records.position_header(record), expected.position_header.as_bytes());
             traced += usize::from(event.trace_id.is_some());
             compared += 1;
         }
