@@ -145,6 +145,15 @@ struct ClusterServeArgs {
     #[arg(long, default_value_t = walletd_cluster::APPEND_ENTRIES_MAX_DEFAULT,
           value_parser = clap::value_parser!(u64).range(1..=32))]
     raft_append_entries_max: u64,
+    /// Entries applied between two snapshots (anchors in the journal: cheap). Each lets the
+    /// Raft log before it be purged, less `--raft-log-keep`; a member behind the purged log
+    /// is caught up by fetching the journal it lacks from another member.
+    #[arg(long, default_value_t = walletd_cluster::SNAPSHOT_ENTRIES_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    raft_snapshot_entries: u64,
+    /// Entries kept in the Raft log behind the newest snapshot.
+    #[arg(long, default_value_t = walletd_cluster::LOG_KEEP_ENTRIES_DEFAULT)]
+    raft_log_keep: u64,
     /// Milliseconds a write may wait to commit (a leader without a majority) before it is
     /// answered `unavailable`.
     #[arg(long, default_value_t = 10_000)]
@@ -577,11 +586,19 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         checkpoint_entries: args.checkpoint_ops.max(1),
         in_flight_max: args.ring_slots.max(1) * 4,
         append_entries_max: args.cluster.raft_append_entries_max,
+        snapshot_entries: args.cluster.raft_snapshot_entries,
+        log_keep_entries: args.cluster.raft_log_keep,
     };
     serving_process_hooks();
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
     println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
     println!("raft on {} (node {})", node.raft_addr, node.node_id);
+    if let Some((op, fetched)) = node.install_finished {
+        println!(
+            "cluster: node {} finished an interrupted snapshot install at op {op} ({fetched} journal records fetched)",
+            node.node_id
+        );
+    }
     let metrics_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {
         let metrics = node.metrics();

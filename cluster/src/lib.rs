@@ -9,6 +9,8 @@
 //! - `log_store` — the Raft log and vote on disk: checksummed records, fsync before an append
 //!   or a vote is acknowledged, fail-stop on a failed write.
 //! - `state_machine` — the journal and the ledger as the state machine.
+//! - `snapshot` — snapshots as anchors in the journal, and the catch-up that installs one by
+//!   fetching the journal records a member lacks from another member.
 //! - `network` — the members' RPCs over TCP, and the tools' requests (init, status).
 //! - `node` — a node: recovery, Raft, the gateway backend that submits to the leader.
 //! - `tool` — `walletd cluster init` and `status`.
@@ -25,11 +27,15 @@ pub mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod snapshot;
 pub mod state_machine;
 pub mod tool;
 pub mod types;
 
 pub use error::ClusterError;
 pub use network::{tool_request, PeerReply, PeerRequest, Status};
-pub use node::{cluster_start, ClusterOptions, RaftTimeouts, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT};
+pub use node::{
+    cluster_start, ClusterOptions, RaftTimeouts, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT, LOG_KEEP_ENTRIES_DEFAULT,
+    SNAPSHOT_ENTRIES_DEFAULT,
+};
 pub use types::{Member, NodeId};

@@ -23,11 +23,18 @@
 //!     16    n body: the entry (openraft's Entry, bincode)
 //! ```
 //!
-//! Recovery reads records in order. A record cut short at the end of the file, or the last
-//! record with a bad checksum, is a torn append that was never acknowledged: it is cut off and
-//! reported. A bad record with more bytes after it, a record whose size runs past the end with
-//! a good record (the next index) after it, or an index out of sequence, is corruption:
-//! start-up stops and says where.
+//! Recovery reads records in order, from the first one after the purge mark. A record cut
+//! short at the end of the file, or the last record with a bad checksum, is a torn append that
+//! was never acknowledged: it is cut off and reported. A bad record with more bytes after it, a
+//! record whose size runs past the end with a good record (the next index) after it, or an
+//! index out of sequence, is corruption: start-up stops and says where.
+//!
+//! Purging (after a snapshot, see `snapshot`) writes the purge mark — the last purged log id
+//! and the offset of the first record kept — and then frees the purged bytes by punching a hole
+//! in the file (`fallocate`), so offsets never move and the file's disk use stays about the
+//! size of the kept log. A purge past what the state machine has applied (openraft purges a
+//! follower's log as soon as it accepts a snapshot, possibly before the install ran) is held in
+//! memory until the journal reaches it: the mark on disk never runs ahead of the journal.
 
 use crate::types::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
@@ -36,6 +43,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::ops::{Bound, RangeBounds};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -57,6 +65,14 @@ pub enum LogStoreError {
     Corrupt { path: PathBuf, offset: u64, reason: String },
 }
 
+/// The purge mark: the last purged entry, and where the first entry after it starts (the end
+/// of the file when none does yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Purged {
+    log_id: LogId,
+    offset: u64,
+}
+
 /// Where one entry is in the file.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
@@ -71,14 +87,19 @@ struct LogFile {
     size_bytes: u64,
     /// Contiguous entries: `slots[i]` has index `slots[0].log_id.index + i`.
     slots: Vec<Slot>,
+    /// The purge openraft asked for (what `get_log_state` reports).
     last_purged: Option<LogId>,
+    /// The purge mark on disk, at or behind `last_purged`.
+    purged: Option<Purged>,
+    /// The highest index the state machine has journaled: the mark never passes it.
+    applied_index: Option<u64>,
     vote: Option<Vote>,
-    /// Every membership entry in the file, purged or not, in index order (the state machine
-    /// answers the membership as of its applied index from here).
+    /// The membership entries read or written since start-up, in index order (the state
+    /// machine answers the membership as of its applied index from here, or from a snapshot).
     memberships: Vec<(LogId, Membership)>,
-    /// While recovering: the last purged record read (for the index sequence check).
-    slots_purged_last: Option<Slot>,
     record: Vec<u8>,
+    /// Set once punching a hole failed (a file system without it): purged bytes stay on disk.
+    hole_punch_unsupported: bool,
 }
 
 /// The Raft log store; cheap to clone (the clones share one file), so it is its own reader.
@@ -134,22 +155,25 @@ impl LogStore {
         let path = dir.join(LOG_FILE);
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io(&path))?;
-        let last_purged = small_file_read::<LogId>(&dir.join(PURGED_FILE))?;
+        let purged = small_file_read::<Purged>(&dir.join(PURGED_FILE))?;
         let vote = small_file_read::<Vote>(&dir.join(VOTE_FILE))?;
         let mut log = LogFile {
             dir: dir.to_path_buf(),
             file,
             size_bytes: 0,
             slots: Vec::new(),
-            last_purged,
+            last_purged: purged.map(|purged| purged.log_id),
+            purged,
+            applied_index: None,
             vote,
             memberships: Vec::new(),
-            slots_purged_last: None,
             record: Vec::new(),
+            hole_punch_unsupported: false,
         };
         let torn_bytes = log.recover(&path)?;
         dir_sync(dir).map_err(io(dir))?;
-        let opened = LogOpened { entries: log.slots.len(), last: log.slots.last().map(|slot| slot.log_id), torn_bytes };
+        let last = log.slots.last().map(|slot| slot.log_id).or(log.last_purged);
+        let opened = LogOpened { entries: log.slots.len(), last, torn_bytes };
         let sync_file = log.file.try_clone().map_err(io(&path))?;
         let (sync, jobs) = channel();
         // What recovery read back and synced is durable.
@@ -184,6 +208,14 @@ impl LogStore {
         log.last_purged.filter(|purged| purged.index == index)
     }
 
+    /// The state machine has journaled every entry up to `index`: a purge held back until the
+    /// journal reached it is written now.
+    pub fn applied_advance(&self, index: u64) {
+        let mut log = self.lock();
+        log.applied_index = Some(log.applied_index.map_or(index, |applied| applied.max(index)));
+        log.purge_mark_advance();
+    }
+
     /// The newest membership entry at or below `index`.
     pub fn membership_at(&self, index: u64) -> Option<(LogId, Membership)> {
         let log = self.lock();
@@ -203,7 +235,17 @@ impl LogFile {
         let io = |source| LogStoreError::Io { path: path.to_path_buf(), source };
         let file_size_bytes = self.file.metadata().map_err(io)?.len();
         let mut reader = BufReader::with_capacity(1 << 20, self.file.try_clone().map_err(io)?);
-        let mut offset = 0u64;
+        let mut offset = self.purged.map_or(0, |purged| purged.offset);
+        if offset > file_size_bytes {
+            return Err(LogStoreError::Corrupt {
+                path: path.to_path_buf(),
+                offset,
+                reason: format!(
+                    "the purge mark says the log resumes at byte {offset}, past its end ({file_size_bytes})"
+                ),
+            });
+        }
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(offset)).map_err(io)?;
         let mut body = Vec::new();
         while offset < file_size_bytes {
             match record_read(&mut reader, offset, file_size_bytes, &mut body).map_err(io)? {
@@ -219,7 +261,8 @@ impl LogFile {
                 RecordRead::Torn => {
                     // A size that runs past the end is a torn append only if nothing good
                     // follows: a flipped bit in a size field mid-file reads the same way.
-                    let last = self.slots.last().or(self.slots_purged_last.as_ref()).map(|slot| slot.log_id.index);
+                    let last =
+                        self.slots.last().map(|slot| slot.log_id).or(self.last_purged).map(|log_id| log_id.index);
                     let next_index = last.map_or(1, |index| index + 2);
                     if let Some(found) =
                         good_record_after(&self.file, offset, file_size_bytes, next_index).map_err(io)?
@@ -266,20 +309,12 @@ impl LogFile {
         if entry.log_id.index != index {
             return Err(corrupt(format!("the record says index {index}, its entry {}", entry.log_id.index)));
         }
-        if let Some(last) = self.slots.last().or(self.slots_purged_last.as_ref()) {
-            if index != last.log_id.index + 1 {
-                return Err(corrupt(format!("index {index} follows index {}", last.log_id.index)));
+        if let Some(last) = self.slots.last().map(|slot| slot.log_id).or(self.last_purged) {
+            if index != last.index + 1 {
+                return Err(corrupt(format!("index {index} follows index {}", last.index)));
             }
         }
         let slot = Slot { log_id: entry.log_id, offset, body_size_bytes };
-        if self.last_purged.is_some_and(|purged| index <= purged.index) {
-            // Purged, but the file keeps it (it is not compacted): only its membership counts.
-            if let EntryPayload::Membership(membership) = &entry.payload {
-                self.memberships.push((entry.log_id, membership.clone()));
-            }
-            self.slots_purged_last = Some(slot);
-            return Ok(());
-        }
         self.slot_push(slot, entry);
         Ok(())
     }
@@ -308,6 +343,43 @@ impl LogFile {
             fail_stop("Raft log read", &format!("the record of {} no longer matches its checksum", slot.log_id));
         }
         bincode::deserialize(body).map_err(|error| read_error(&*error))
+    }
+
+    /// Writes the purge mark up to `last_purged`, but no further than the applied index, and
+    /// frees the bytes before the first record kept.
+    fn purge_mark_advance(&mut self) {
+        let (Some(wanted), Some(applied)) = (self.last_purged, self.applied_index) else { return };
+        if self.purged.is_some_and(|purged| purged.log_id.index >= wanted.index) || applied < wanted.index {
+            return;
+        }
+        // The first record kept: the slots after `wanted` are the log; none yet is the end.
+        let offset = self.slots.first().map_or(self.size_bytes, |slot| slot.offset);
+        let purged = Purged { log_id: wanted, offset };
+        small_file_write(&self.dir, PURGED_FILE, &purged)
+            .unwrap_or_else(|error| fail_stop("Raft log purge mark write", &error.to_string()));
+        self.purged = Some(purged);
+        self.memberships.retain(|(log_id, _)| log_id.index > wanted.index);
+        self.hole_punch(offset);
+    }
+
+    /// Frees the file's blocks before `offset` (the size and every offset stay). Only an
+    /// optimisation: a file system that cannot punch holes keeps the bytes, and says so once.
+    fn hole_punch(&mut self, offset: u64) {
+        const BLOCK_BYTES: u64 = 4096;
+        let length = offset / BLOCK_BYTES * BLOCK_BYTES;
+        if length == 0 || self.hole_punch_unsupported {
+            return;
+        }
+        let length = libc::off_t::try_from(length).expect("a Raft log under 2^63 bytes");
+        // SAFETY: fallocate on a file descriptor this struct owns; no memory is passed.
+        let result = unsafe {
+            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 0, length)
+        };
+        if result != 0 {
+            let error = std::io::Error::last_os_error();
+            tracing::warn!(%error, "cannot free the purged part of the Raft log; it stays on disk");
+            self.hole_punch_unsupported = true;
+        }
     }
 
     /// Appends one entry's record (not yet synced).
@@ -446,7 +518,7 @@ pub fn fail_stop(what: &str, error: &str) -> ! {
 
 /// A small file (the vote, the purge mark): `[crc32c u32][size u32][bincode]`, replaced by
 /// write-to-temporary, fsync, rename, fsync of the directory.
-fn small_file_write<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
+pub(crate) fn small_file_write<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> std::io::Result<()> {
     let body = bincode::serialize(value).map_err(std::io::Error::other)?;
     let mut bytes = Vec::with_capacity(8 + body.len());
     bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
@@ -462,7 +534,7 @@ fn small_file_write<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> s
     dir_sync(dir)
 }
 
-fn small_file_read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LogStoreError> {
+pub(crate) fn small_file_read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, LogStoreError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -479,6 +551,15 @@ fn small_file_read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option
         return Err(corrupt("its size or checksum does not match (it is replaced atomically, so this is damage)"));
     }
     bincode::deserialize(body).map(Some).map_err(|error| corrupt(&error.to_string()))
+}
+
+/// Removes a small file (and syncs the directory); a file already gone is fine.
+pub(crate) fn small_file_remove(dir: &Path, name: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => dir_sync(dir),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 fn dir_sync(dir: &Path) -> std::io::Result<()> {
@@ -593,12 +674,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Forgets the entries up to `log_id`. The mark on disk follows once the journal has them
+    /// (`purge_mark_advance`).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut log = self.lock();
         assert!(log.last_purged.is_none_or(|purged| purged.index <= log_id.index), "purges only go forward");
-        let dir = log.dir.clone();
-        tokio::task::block_in_place(|| small_file_write(&dir, PURGED_FILE, &log_id))
-            .unwrap_or_else(|error| fail_stop("Raft log purge mark write", &error.to_string()));
         log.last_purged = Some(log_id);
         let first = log.slots.first().map(|slot| slot.log_id.index);
         if let Some(first) = first {
@@ -606,6 +686,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 usize::try_from((log_id.index + 1).saturating_sub(first)).expect("fits").min(log.slots.len());
             log.slots.drain(..drop_count);
         }
+        tokio::task::block_in_place(|| log.purge_mark_advance());
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! A member's Prometheus metrics (`walletd serve --cluster --metrics-addr`): its Raft view
 //! (term, leader, log and applied index, the leader's replication progress per follower and
-//! time since a quorum last acknowledged it), its journal's durable op, and the outcomes of the
-//! writes it answered. Rendered on each scrape from openraft's metrics and a few counters.
+//! time since a quorum last acknowledged it), its snapshots and log purges, its journal's
+//! durable op, and the outcomes of the writes it answered. Rendered on each scrape from openraft's metrics and a few counters.
 
+use crate::snapshot::Snapshots;
 use crate::state_machine::StateMachine;
 use crate::types::Raft;
 use std::fmt::Write;
@@ -26,7 +27,7 @@ impl ClusterMetrics {
     /// progress (at most one fdatasync).
     pub fn render(&self) -> String {
         let op_durable = self.machine.machine().op_durable();
-        render(&self.raft, &self.writes, op_durable)
+        render(&self.raft, &self.writes, op_durable, self.machine.snapshots())
     }
 }
 
@@ -45,7 +46,7 @@ impl WriteCounters {
 }
 
 /// The text exposition of one member's metrics.
-fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64) -> String {
+fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64, snapshots: &Snapshots) -> String {
     let metrics = raft.metrics().borrow().clone();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
@@ -70,6 +71,16 @@ fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64) -> String {
         metrics.last_applied.map_or(0, |log_id| log_id.index),
     );
     gauge("walletd_journal_op_durable", "The journal's last durable op on this member.", op_durable);
+    gauge(
+        "walletd_cluster_snapshot_index",
+        "The Raft index of this member's newest snapshot (an anchor in its journal; 0: none).",
+        metrics.snapshot.map_or(0, |log_id| log_id.index),
+    );
+    gauge(
+        "walletd_cluster_purged_index",
+        "The last Raft index purged from this member's Raft log (0: none).",
+        metrics.purged.map_or(0, |log_id| log_id.index),
+    );
     gauge(
         "walletd_cluster_voters",
         "Voters in the membership this member holds.",
@@ -109,5 +120,18 @@ fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64) -> String {
         let _ =
             writeln!(out, "walletd_cluster_writes_total{{result=\"{result}\"}} {}", counter.load(Ordering::Relaxed));
     }
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    };
+    counter(
+        "walletd_cluster_snapshots_installed_total",
+        "Snapshots this member installed since it started (each a catch-up from another member's journal).",
+        snapshots.installed.load(Ordering::Relaxed),
+    );
+    counter(
+        "walletd_cluster_snapshot_records_fetched_total",
+        "Journal records this member fetched from others to install snapshots since it started.",
+        snapshots.records_fetched.load(Ordering::Relaxed),
+    );
     out
 }

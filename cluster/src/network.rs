@@ -8,21 +8,30 @@
 //! ```
 //!
 //! The same port takes `walletd cluster init` (the one-time initialisation of a new cluster)
-//! and `walletd cluster status`. A connection that fails is dropped and opened again on the next
+//! and `walletd cluster status`, and serves the journal to a member installing a snapshot
+//! (`JournalRead`: the one request answered with several frames, chunks of records and then an
+//! empty one). A connection that fails is dropped and opened again on the next
 //! RPC; openraft retries and backs off on its own. Members reach each other only on the
 //! addresses their membership entry names.
 
-use crate::types::{Member, NodeId, Raft, TypeConfig};
+use crate::snapshot::{journal_chunks_send, JournalRecord};
+use crate::state_machine::StateMachine;
+use crate::types::{Member, NodeId, Raft, TypeConfig, Vote};
 use openraft::error::{
-    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    ClientWriteError, Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
+    VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Cursor;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,7 +43,19 @@ pub const FRAME_BODY_SIZE_MAX_BYTES: u32 = 64 << 20;
 pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A whole snapshot (an anchor in the journal, see `snapshot`), installed before the reply.
+    Snapshot {
+        vote: Vote,
+        meta: SnapshotMeta<NodeId, Member>,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The journal records `op_first..=op_last`, for a member installing a snapshot: answered
+    /// with `JournalRecords` chunks, the last one empty.
+    JournalRead {
+        op_first: u64,
+        op_last: u64,
+    },
     /// `walletd cluster init`: the members of a new cluster.
     Init(BTreeMap<NodeId, Member>),
     /// `walletd cluster status`.
@@ -72,14 +93,16 @@ pub struct Status {
 pub enum PeerReply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Snapshot(Result<SnapshotResponse<NodeId>, Fatal<NodeId>>),
+    /// A chunk of journal records (empty: the end), or why the member cannot serve them.
+    JournalRecords(Result<Vec<JournalRecord>, String>),
     Init(Result<(), String>),
     Status(Status),
     /// The voters once the change is committed.
     Membership(Result<BTreeMap<NodeId, Member>, MembershipRefusal>),
 }
 
-async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+pub(crate) async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
     let body = bincode::serialize(value).map_err(std::io::Error::other)?;
     let size = u32::try_from(body.len()).ok().filter(|size| *size <= FRAME_BODY_SIZE_MAX_BYTES);
     let Some(size) = size else {
@@ -91,7 +114,7 @@ async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io
     stream.write_all(&frame).await
 }
 
-async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
+pub(crate) async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
     let mut size = [0u8; 4];
     stream.read_exact(&mut size).await?;
     let size = u32::from_le_bytes(size);
@@ -103,18 +126,21 @@ async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std
     bincode::deserialize(&body).map_err(std::io::Error::other)
 }
 
-/// What the RPC server answers with: this member's Raft, id and ledger config.
+/// What the RPC server answers with: this member's Raft, id, ledger config, and its journal
+/// (the data directory and the state machine that says how far it is durable).
 #[derive(Clone)]
-struct Local {
-    raft: Raft,
-    node_id: NodeId,
-    config: walletd_core::Config,
+pub struct Local {
+    pub raft: Raft,
+    pub node_id: NodeId,
+    pub config: walletd_core::Config,
+    pub data_root: PathBuf,
+    pub machine: StateMachine,
 }
 
-/// Serves the members' RPCs (and init, status, membership changes) on `listener` until the
-/// runtime stops. `config` is this member's ledger config: every member must have the same.
-pub fn peer_serve(listener: TcpListener, raft: Raft, node_id: NodeId, config: walletd_core::Config) {
-    let local = Local { raft, node_id, config };
+/// Serves the members' RPCs (and init, status, membership changes, journal reads) on
+/// `listener` until the runtime stops. `local.config` is this member's ledger config: every
+/// member must have the same.
+pub fn peer_serve(listener: TcpListener, local: Local) {
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -146,7 +172,14 @@ async fn peer_connection(mut stream: TcpStream, local: Local) {
         let reply = match request {
             PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
-            PeerRequest::InstallSnapshot(rpc) => PeerReply::InstallSnapshot(raft.install_snapshot(rpc).await),
+            PeerRequest::Snapshot { vote, meta, data } => {
+                let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+                PeerReply::Snapshot(raft.install_full_snapshot(vote, snapshot).await)
+            }
+            PeerRequest::JournalRead { op_first, op_last } => {
+                journal_send(&mut stream, &local, op_first, op_last).await;
+                return;
+            }
             PeerRequest::Init(members) => PeerReply::Init(init(&local, members).await),
             PeerRequest::Status => PeerReply::Status(status_of(raft, local.node_id, &local.config)),
             PeerRequest::MemberAdd(id, member) => PeerReply::Membership(member_add(&local, id, member).await),
@@ -154,6 +187,28 @@ async fn peer_connection(mut stream: TcpStream, local: Local) {
         };
         if frame_write(&mut stream, &reply).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Sends the journal records `op_first..=op_last` in chunks, then an empty chunk; or why not.
+async fn journal_send(stream: &mut TcpStream, local: &Local, op_first: u64, op_last: u64) {
+    let op_durable = tokio::task::block_in_place(|| local.machine.machine().op_durable());
+    if op_first == 0 || op_first > op_last || op_last > op_durable {
+        let reason = format!(
+            "node {} holds the journal to op {op_durable}: it cannot send ops {op_first}..={op_last}",
+            local.node_id
+        );
+        let _ = frame_write(stream, &PeerReply::JournalRecords(Err(reason))).await;
+        return;
+    }
+    tracing::info!(op_first, op_last, "sending journal records to a member installing a snapshot");
+    let (chunks, mut receiver) = tokio::sync::mpsc::channel(2);
+    let root = local.data_root.clone();
+    tokio::task::spawn_blocking(move || journal_chunks_send(&root, op_first, op_last, &chunks));
+    while let Some(chunk) = receiver.recv().await {
+        if frame_write(stream, &PeerReply::JournalRecords(chunk)).await.is_err() {
+            return; // dropping the receiver stops the reader
         }
     }
 }
@@ -381,18 +436,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
     }
 
+    /// Not used: `full_snapshot` sends a snapshot whole (it is a few dozen bytes).
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        match self.call(&PeerRequest::InstallSnapshot(rpc), option.hard_ttl()).await {
-            Ok(PeerReply::InstallSnapshot(result)) => {
-                result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
+        let error = std::io::Error::other("snapshots are sent whole (full_snapshot), not in chunks");
+        Err(RPCError::Network(NetworkError::new(&error)))
+    }
+
+    /// Sends the snapshot (an anchor) in one request; the member answers once it has fetched
+    /// the journal to the anchor, which may take long (`SNAPSHOT_INSTALL_TIMEOUT`).
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let target = self.target;
+        let request = PeerRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = self.call(&request, option.hard_ttl()) => reply,
+        };
+        match reply {
+            Ok(PeerReply::Snapshot(Ok(response))) => Ok(response),
+            Ok(PeerReply::Snapshot(Err(fatal))) => Err(StreamingError::RemoteError(RemoteError::new(target, fatal))),
+            Ok(other) => {
+                let error = std::io::Error::other(format!("member {target} answered a snapshot with {other:?}"));
+                Err(StreamingError::Network(NetworkError::new(&error)))
             }
-            Ok(other) => Err(self.unexpected(&other)),
-            Err(error) => Err(self.rpc_error(error)),
+            Err(CallError::Connect(error)) => Err(StreamingError::Unreachable(Unreachable::new(&error))),
+            Err(CallError::Io(error)) => Err(StreamingError::Network(NetworkError::new(&error))),
         }
     }
 

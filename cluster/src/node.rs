@@ -22,7 +22,8 @@
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
 use crate::metrics::WriteCounters;
-use crate::network::{peer_serve, PeerNetwork};
+use crate::network::{peer_serve, Local, PeerNetwork};
+use crate::snapshot::Snapshots;
 use crate::state_machine::{Machine, StateMachine};
 use crate::types::{Applied, Member, NodeId, Proposal, Raft};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
@@ -89,10 +90,26 @@ pub struct ClusterOptions {
     /// followers trailing, which slows failover. At most 32, which keeps a frame within the
     /// peer transport's limit.
     pub append_entries_max: u64,
+    /// Entries applied between two snapshots; each lets the Raft log before it (less
+    /// `log_keep_entries`) be purged. A snapshot is an anchor in the journal: building one
+    /// costs nothing but an fsync of a small file.
+    pub snapshot_entries: u64,
+    /// Entries kept in the Raft log behind the newest snapshot, so that a member a little
+    /// behind catches up from the log rather than by a snapshot install.
+    pub log_keep_entries: u64,
 }
 
 /// The default of `ClusterOptions::append_entries_max`.
 pub const APPEND_ENTRIES_MAX_DEFAULT: u64 = 16;
+/// The default of `ClusterOptions::snapshot_entries`: with full batches of about 1 MiB, a
+/// snapshot every gigabyte or so of log.
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 1024;
+/// The default of `ClusterOptions::log_keep_entries`.
+pub const LOG_KEEP_ENTRIES_DEFAULT: u64 = 1024;
+/// How long a leader waits for a member to install a snapshot, that is, to fetch the journal it
+/// lacks (gigabytes for a new member). A member that takes longer is sent the snapshot again
+/// and resumes its fetch where it stopped.
+pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A node running in this process.
 pub struct RunningCluster {
@@ -101,6 +118,9 @@ pub struct RunningCluster {
     pub node_id: NodeId,
     /// The journal's op at start-up.
     pub op: u64,
+    /// A snapshot install a crash had interrupted, finished at start-up: its op and the journal
+    /// records fetched.
+    pub install_finished: Option<(u64, u64)>,
     raft: Raft,
     runtime: tokio::runtime::Runtime,
     acceptor: Acceptor,
@@ -117,6 +137,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     assert!(options.timeouts.election_timeout_min_ms > options.timeouts.heartbeat_ms);
     assert!(options.checkpoint_entries >= 1 && options.in_flight_max >= 1);
     assert!((1..=32).contains(&options.append_entries_max), "append_entries_max is 1..=32");
+    assert!(options.snapshot_entries >= 1, "snapshot_entries is at least 1");
     let lock = options.data_dir.lock()?;
     let config = options.data_dir.open_or_create(options.config)?;
     let raft_dir = options.data_dir.root.join("raft");
@@ -124,8 +145,9 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let recovered =
         recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
     let (log, opened) = LogStore::open(&raft_dir)?;
+    let (snapshots, install_interrupted) = Snapshots::open(&raft_dir, options.node_id)?;
     let op = recovered.journal.op_durable();
-    if op > 0 && opened.last.is_none() {
+    if op > 0 && opened.last.is_none() && snapshots.current().is_none() && install_interrupted.is_none() {
         return Err(ClusterError::Refused(format!(
             "{} holds a journal to op {op} but no Raft log: a single-node data directory cannot join a cluster \
              (not yet supported); start the member on an empty directory",
@@ -134,14 +156,24 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     }
     let position = Position { op, checksum: recovered.journal.checksum_last() };
     let durable_mark = DurableMark::open(&options.data_dir.root, position)?;
-    let machine = StateMachine::new(Machine::new(recovered.ledger, recovered.journal, durable_mark), log.clone());
+    if let Some(index) = op.checked_sub(1) {
+        log.applied_advance(index);
+    }
+    let machine = Machine::new(recovered.ledger, recovered.journal, durable_mark);
+    let machine = StateMachine::new(machine, log.clone(), Arc::new(snapshots), options.node_id);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("cluster")
         .enable_all()
         .build()
         .map_err(|source| ClusterError::Io { what: "start the async runtime".into(), source })?;
-    let raft_config = raft_config(options.timeouts, options.append_entries_max)?;
+    let install_finished = install_interrupted.map(|snapshot| {
+        let op = snapshot.anchor.op;
+        tracing::warn!(op, "a snapshot install was interrupted: finishing it before Raft starts");
+        (op, runtime.block_on(machine.install_resume(snapshot)))
+    });
+    let op = machine.machine().op_durable();
+    let raft_config = raft_config(&options)?;
     let raft_listener = runtime
         .block_on(tokio::net::TcpListener::bind(options.raft_addr))
         .map_err(|source| ClusterError::Io { what: format!("listen on {} for Raft", options.raft_addr), source })?;
@@ -150,7 +182,15 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft = runtime
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
-    runtime.block_on(async { peer_serve(raft_listener, raft.clone(), options.node_id, config) });
+    machine.snapshots().raft_set(raft.clone());
+    let local = Local {
+        raft: raft.clone(),
+        node_id: options.node_id,
+        config,
+        data_root: options.data_dir.root.clone(),
+        machine: machine.clone(),
+    };
+    runtime.block_on(async { peer_serve(raft_listener, local) });
     let (acceptor, connections, local_addr, outcomes) =
         gateway_start(&options, &config, &runtime, &raft, machine.clone())?;
     tracing::info!(node_id = options.node_id, %raft_addr, %local_addr, op, log_entries = opened.entries, "cluster node started");
@@ -159,6 +199,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         raft_addr,
         node_id: options.node_id,
         op,
+        install_finished,
         raft,
         runtime,
         acceptor,
@@ -169,14 +210,17 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     })
 }
 
-fn raft_config(timeouts: RaftTimeouts, append_entries_max: u64) -> Result<Arc<openraft::Config>, ClusterError> {
+fn raft_config(options: &ClusterOptions) -> Result<Arc<openraft::Config>, ClusterError> {
+    let timeouts = options.timeouts;
     let config = openraft::Config {
         cluster_name: "walletd".to_string(),
         heartbeat_interval: timeouts.heartbeat_ms,
         election_timeout_min: timeouts.election_timeout_min_ms,
         election_timeout_max: timeouts.election_timeout_max_ms,
-        max_payload_entries: append_entries_max,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_payload_entries: options.append_entries_max,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(options.snapshot_entries),
+        max_in_snapshot_log_to_keep: options.log_keep_entries,
+        install_snapshot_timeout: u64::try_from(SNAPSHOT_INSTALL_TIMEOUT.as_millis()).expect("fits"),
         ..openraft::Config::default()
     };
     config.validate().map(Arc::new).map_err(|error| ClusterError::Refused(format!("Raft timeouts: {error}")))

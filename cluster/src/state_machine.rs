@@ -14,20 +14,21 @@
 //! a function of the log, so all journals are byte-for-byte equal. A journal that cannot be
 //! written stops the node (fail-stop), as in the single-node pipeline.
 //!
-//! Snapshots are not built: openraft's snapshot policy is `Never` and the Raft log is never
-//! purged, so a lagging follower always catches up from the log. Installing a snapshot is
-//! refused with a clear error (see ARCHITECTURE.md, "not yet").
+//! Snapshots are anchors in the journal (see `snapshot`): building one reads the applied
+//! position; installing one fetches the journal records this member lacks from another.
 
 use crate::log_store::{fail_stop, LogStore};
+use crate::snapshot::{JournalAnchor, JournalRecord, Snapshots, StoredSnapshot};
 use crate::types::{Applied, Entry, LogId, Member, NodeId, Proposal, StorageError, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
-use walletd_core::{Command, CommandScratch, Ledger, Output, Query};
+use walletd_core::{Command, CommandScratch, Config, Ledger, Output, Query};
 use walletd_gateway::protocol;
-use walletd_journal::{FileStorage, Journal, RecordKind};
+use walletd_journal::{record_header_encode, FileStorage, Journal, Record, RecordKind};
 use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, RecordAt};
+use walletd_replay::replay::Replayer;
 use walletd_replay::{DurableMark, Position};
 
 /// The journal and the ledger, shared between apply (openraft's state machine task) and the
@@ -38,6 +39,17 @@ pub struct Machine {
     output: Output,
     scratch: CommandScratch,
     durable_mark: DurableMark,
+    /// The log id of the last entry applied, and the membership as of it (openraft's applied
+    /// state; a snapshot is built from them).
+    applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// What `Machine::records_append` did with a chunk: the records journaled and applied (and
+/// committed), and why it stopped before the end of the chunk, if it did.
+pub struct RecordsAppended {
+    pub appended: u64,
+    pub refused: Option<String>,
 }
 
 impl Machine {
@@ -45,11 +57,27 @@ impl Machine {
         assert_eq!(journal.op_appended(), journal.op_durable(), "the state machine starts from a durable journal");
         let output = Output::new(ledger.config());
         let scratch = CommandScratch::new(ledger.config().batch_events_max);
-        Machine { ledger, journal, output, scratch, durable_mark }
+        Machine {
+            ledger,
+            journal,
+            output,
+            scratch,
+            durable_mark,
+            applied: None,
+            membership: StoredMembership::default(),
+        }
     }
 
     pub fn op_durable(&self) -> u64 {
         self.journal.op_durable()
+    }
+
+    pub fn checksum_last(&self) -> u128 {
+        self.journal.checksum_last()
+    }
+
+    pub fn config(&self) -> &Config {
+        self.ledger.config()
     }
 
     pub fn state_hash(&self) -> u128 {
@@ -84,14 +112,93 @@ impl Machine {
                 ),
             );
         }
+        self.applied = Some(entry.log_id);
         match &entry.payload {
             EntryPayload::Normal(Proposal::Command { timestamp_ns, command }) => {
                 self.command_apply(op, *timestamp_ns, command)
             }
-            EntryPayload::Normal(Proposal::Checkpoint) | EntryPayload::Blank | EntryPayload::Membership(_) => {
+            EntryPayload::Membership(membership) => {
+                self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                 self.checkpoint_append(op)
             }
+            EntryPayload::Normal(Proposal::Checkpoint) | EntryPayload::Blank => self.checkpoint_append(op),
         }
+    }
+
+    /// Journals and applies records another member sent (a snapshot install), each checked
+    /// first: in sequence, continuing this journal's chain, its bytes giving its checksum. A
+    /// record that continues another chain, or that replay refuses (a checkpoint whose state
+    /// hash is not this ledger's), means the journals diverge: fail-stop. Commits what it
+    /// appended with one fdatasync.
+    pub fn records_append(&mut self, records: &[JournalRecord], replayer: &mut Replayer) -> RecordsAppended {
+        let mut appended = 0u64;
+        let mut refused = None;
+        for record in records {
+            if let Err(reason) = self.record_append(record, replayer) {
+                refused = Some(reason);
+                break;
+            }
+            appended += 1;
+        }
+        if appended > 0 {
+            self.commit();
+        }
+        RecordsAppended { appended, refused }
+    }
+
+    fn record_append(&mut self, record: &JournalRecord, replayer: &mut Replayer) -> Result<(), String> {
+        let op = self.journal.op_appended() + 1;
+        if record.op != op {
+            return Err(format!("the source sent op {} where op {op} comes next", record.op));
+        }
+        let kind = RecordKind::from_u16(record.kind)
+            .ok_or_else(|| format!("the source sent op {op} of an unknown kind {}", record.kind))?;
+        let checksum_prev = self.journal.checksum_last();
+        if record.checksum_prev != checksum_prev {
+            fail_stop(
+                "snapshot install",
+                &format!(
+                    "op {op} from the source continues checksum {:032x}, but this member's journal ends at op {} \
+                     with checksum {checksum_prev:032x}: the journals diverge",
+                    record.checksum_prev,
+                    op - 1
+                ),
+            );
+        }
+        let header = record_header_encode(op, record.timestamp_ns, kind, &record.body, checksum_prev);
+        let checksum = u128::from_le_bytes(header[48..64].try_into().expect("16 bytes"));
+        if checksum != record.checksum {
+            return Err(format!("op {op} arrived damaged: its bytes do not give its checksum"));
+        }
+        if let Err(error) = self.journal.append(op, record.timestamp_ns, kind, &record.body) {
+            fail_stop("journal append", &error.to_string());
+        }
+        let read = Record { op, timestamp_ns: record.timestamp_ns, kind, body: &record.body, checksum_prev, checksum };
+        if let Err(error) = replayer.record_apply(&mut self.ledger, &read) {
+            fail_stop("snapshot install", &format!("applying op {op}: {error}"));
+        }
+        Ok(())
+    }
+
+    /// After an install: the applied state is the snapshot's.
+    pub fn snapshot_installed(&mut self, meta: &SnapshotMeta<NodeId, Member>) {
+        assert_eq!(meta.last_log_id.map(|log_id| log_id.index + 1), Some(self.journal.op_durable()));
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+    }
+
+    /// A snapshot of what is applied now (nothing to copy: an anchor).
+    fn snapshot_build(&self, node_id: NodeId) -> Option<StoredSnapshot> {
+        let last_log_id = self.applied?;
+        let op = self.journal.op_durable();
+        assert_eq!(op, last_log_id.index + 1, "the journal holds exactly the applied entries");
+        let anchor = JournalAnchor { op, checksum: self.journal.checksum_last(), source: node_id };
+        let meta = SnapshotMeta {
+            last_log_id: Some(last_log_id),
+            last_membership: self.membership.clone(),
+            snapshot_id: format!("{}-{}", last_log_id.leader_id.term, last_log_id.index),
+        };
+        Some(StoredSnapshot { meta, anchor })
     }
 
     fn command_apply(&mut self, op: u64, timestamp_stamped_ns: u64, command: &[u8]) -> Applied {
@@ -135,57 +242,87 @@ impl Machine {
     }
 }
 
-/// The state machine openraft drives: the shared `Machine` and the Raft log (to name the log
-/// id and membership of the applied index).
+/// The state machine openraft drives: the shared `Machine`, the Raft log (to name the log id
+/// and membership of the applied index at start-up, and to complete purges the journal had not
+/// reached), and the snapshots.
 #[derive(Clone)]
 pub struct StateMachine {
     machine: Arc<Mutex<Machine>>,
     log: LogStore,
+    snapshots: Arc<Snapshots>,
+    node_id: NodeId,
 }
 
 impl StateMachine {
-    pub fn new(machine: Machine, log: LogStore) -> StateMachine {
-        StateMachine { machine: Arc::new(Mutex::new(machine)), log }
+    pub fn new(machine: Machine, log: LogStore, snapshots: Arc<Snapshots>, node_id: NodeId) -> StateMachine {
+        StateMachine { machine: Arc::new(Mutex::new(machine)), log, snapshots, node_id }
     }
 
     pub fn machine(&self) -> MutexGuard<'_, Machine> {
         self.machine.lock().expect("the state machine lock (a panic under it stops the node)")
     }
+
+    pub fn snapshots(&self) -> &Arc<Snapshots> {
+        &self.snapshots
+    }
+
+    /// Finishes an install a crash interrupted (before Raft starts); returns the records
+    /// fetched.
+    pub async fn install_resume(&self, snapshot: StoredSnapshot) -> u64 {
+        self.snapshots.install_resume(&self.machine, &self.log, snapshot).await
+    }
 }
 
-fn unsupported(what: &str) -> StorageError {
-    let reason = format!(
-        "{what}: snapshots are not built in this version (the Raft log is kept whole, so a follower catches up from \
-         the log); a node that needs one must be rebuilt from another member's data directory"
-    );
-    StorageIOError::write_state_machine(openraft::AnyError::error(reason)).into()
+fn storage_error(reason: String) -> StorageError {
+    StorageIOError::read_state_machine(openraft::AnyError::error(reason)).into()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Reads the applied position under the machine lock (so the anchor and the log id agree)
+    /// and keeps it durably as this member's newest snapshot.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        Err(unsupported("build a snapshot"))
+        let built = self.machine().snapshot_build(self.node_id);
+        let Some(snapshot) = built else {
+            return Err(storage_error("no entry is applied yet: there is nothing to snapshot".to_string()));
+        };
+        tokio::task::block_in_place(|| self.snapshots.keep(snapshot.clone()));
+        tracing::info!(op = snapshot.anchor.op, "snapshot built");
+        Ok(snapshot.snapshot())
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = StateMachine;
 
+    /// The applied index is the journal's (op − 1); its log id and membership come from the
+    /// Raft log, or from the newest snapshot where the log before it is purged.
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        let op_durable = self.machine().op_durable();
+        let mut machine = self.machine();
+        let op_durable = machine.op_durable();
         let Some(index) = op_durable.checked_sub(1) else {
             return Ok((None, StoredMembership::default()));
         };
-        let Some(log_id) = self.log.log_id_at(index) else {
+        let snapshot = self.snapshots.current().filter(|snapshot| snapshot.index() <= index);
+        let from_snapshot =
+            snapshot.as_ref().filter(|snapshot| snapshot.index() == index).and_then(|s| s.meta.last_log_id);
+        let Some(log_id) = self.log.log_id_at(index).or(from_snapshot) else {
             let reason = format!(
-                "the journal holds op {op_durable} (Raft index {index}) but the Raft log has no entry there: this data \
-                 directory's Raft log is not the one its journal was applied from"
+                "the journal holds op {op_durable} (Raft index {index}) but neither the Raft log nor the snapshot names \
+                 that entry: this data directory's Raft log is not the one its journal was applied from"
             );
-            return Err(StorageIOError::read_state_machine(openraft::AnyError::error(reason)).into());
+            return Err(storage_error(reason));
         };
-        let membership = match self.log.membership_at(index) {
-            Some((membership_log_id, membership)) => StoredMembership::new(Some(membership_log_id), membership),
-            None => StoredMembership::default(),
+        let from_log =
+            self.log.membership_at(index).map(|(log_id, membership)| StoredMembership::new(Some(log_id), membership));
+        let from_snapshot = snapshot.map(|snapshot| snapshot.meta.last_membership);
+        let membership = match (from_log, from_snapshot) {
+            (Some(log), Some(snapshot)) if snapshot.log_id() > log.log_id() => snapshot,
+            (Some(log), _) => log,
+            (None, Some(snapshot)) => snapshot,
+            (None, None) => StoredMembership::default(),
         };
+        machine.applied = Some(log_id);
+        machine.membership = membership.clone();
         Ok((Some(log_id), membership))
     }
 
@@ -204,6 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if !applied.is_empty() {
                 machine.commit();
             }
+            self.log.applied_advance(index_last);
             applied
         });
         Ok(applied)
@@ -213,19 +351,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// Snapshots travel whole (`PeerClient::full_snapshot`), never in chunks; this buffer is
+    /// for openraft's chunked receiver, which a member of this cluster does not use.
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Err(unsupported("receive a snapshot"))
+        Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, Member>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        Err(unsupported("install a snapshot"))
+        let snapshot = StoredSnapshot::decode(meta.clone(), snapshot.get_ref()).map_err(storage_error)?;
+        self.snapshots.install(&self.machine, &self.log, snapshot).await;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(None)
+        Ok(self.snapshots.current().map(|snapshot| snapshot.snapshot()))
     }
 }
