@@ -346,14 +346,8 @@ impl Cluster {
                 Member { id, dir, addr: network.client_addr(id), _child: child }
             })
             .collect();
-        let cluster = Cluster {
-            members,
-            lines,
-            views: BTreeMap::new(),
-            leaders_by_term: BTreeMap::new(),
-            network,
-            _tmp: tmp,
-        };
+        let cluster =
+            Cluster { members, lines, views: BTreeMap::new(), leaders_by_term: BTreeMap::new(), network, _tmp: tmp };
         cluster.init();
         Some(cluster)
     }
@@ -757,7 +751,10 @@ fn the_leader_cut_off_under_load_steps_down_and_loses_nothing() {
     // The majority's checkpoint is past everything the isolated member has: it is really cut off.
     let op_majority = client.snapshot().expect("a checkpoint through the new leader");
     let op_isolated = cluster.durable_op(leader);
-    assert!(op_isolated < op_majority, "the isolated leader is durable to {op_isolated}, the majority to {op_majority}");
+    assert!(
+        op_isolated < op_majority,
+        "the isolated leader is durable to {op_isolated}, the majority to {op_majority}"
+    );
     cluster.views_drain();
     eprintln!(
         "cut leader {leader} (term {term}); node {leader_new} leads in term {term_new} {elected_ms} ms after the \
@@ -769,10 +766,15 @@ fn the_leader_cut_off_under_load_steps_down_and_loses_nothing() {
     cluster.network.heal(leader);
     let healed_at = Instant::now();
     let followed = cluster.view_wait("the old leader to step down", |views| {
-        views.get(&leader).and_then(|(seen, known)| (*seen >= term_new && known.is_some_and(|id| id != leader)).then_some(*seen))
+        views
+            .get(&leader)
+            .and_then(|(seen, known)| (*seen >= term_new && known.is_some_and(|id| id != leader)).then_some(*seen))
     });
     eprintln!("healed: node {leader} follows in term {followed} {} ms later", healed_at.elapsed().as_millis());
-    match Client::connect(old_leader_addr, ClientOptions::default()).expect("connect").create_transfers(&transfers(95_000_000, 5)) {
+    match Client::connect(old_leader_addr, ClientOptions::default())
+        .expect("connect")
+        .create_transfers(&transfers(95_000_000, 5))
+    {
         Err(ClientError::NotLeader { leader: Some(named) }) => assert_ne!(named, old_leader_addr.to_string()),
         other => panic!("the healed old leader answered a write with {other:?}"),
     }
@@ -792,7 +794,7 @@ fn a_follower_cut_off_under_load_catches_up_when_healed() {
     let Some(mut cluster) = Cluster::start("a_follower_cut_off_under_load_catches_up_when_healed") else {
         return;
     };
-    let (leader, _) = cluster.leader_wait(0, None);
+    let (leader, term) = cluster.leader_wait(0, None);
     let client = cluster.client();
     assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
     let load = Load::start(cluster.addresses(), 2);
@@ -800,25 +802,39 @@ fn a_follower_cut_off_under_load_catches_up_when_healed() {
 
     let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
     cluster.network.cut(follower);
-    let term_at_cut = cluster.views.values().map(|(term, _)| *term).max().expect("a view");
+    // Cut off long enough to stand for election (in vain): healed, it comes back with a
+    // higher term than the leader's, the case that can depose a healthy leader.
+    let term_campaign = cluster.view_wait("the isolated follower to stand for election", |views| {
+        views.get(&follower).and_then(|(seen, _)| (*seen > term).then_some(*seen))
+    });
     load.progress_wait(500);
     let op_majority = client.snapshot().expect("a checkpoint through the leader");
     let op_isolated = cluster.durable_op(follower);
-    assert!(op_isolated < op_majority, "the isolated follower is durable to {op_isolated}, the majority to {op_majority}");
+    assert!(
+        op_isolated < op_majority,
+        "the isolated follower is durable to {op_isolated}, the majority to {op_majority}"
+    );
     cluster.views_drain();
-    let led: Vec<u64> = cluster.leaders_by_term.iter().filter(|(_, id)| **id == follower).map(|(term, _)| *term).collect();
+    let led: Vec<u64> =
+        cluster.leaders_by_term.iter().filter(|(_, id)| **id == follower).map(|(term, _)| *term).collect();
     assert!(led.is_empty(), "the isolated follower {follower} led terms {led:?}");
     eprintln!(
-        "cut follower {follower} (term {term_at_cut}); its journal at op {op_isolated}, the majority's checkpoint at \
-         {op_majority}; its view now {:?}",
+        "cut follower {follower} (term {term}); it stood for election in term {term_campaign}; its journal at op \
+         {op_isolated}, the majority's checkpoint at {op_majority}; its view now {:?}",
         cluster.views.get(&follower)
     );
 
     cluster.network.heal(follower);
     let healed_at = Instant::now();
     cluster.durable_wait(op_majority);
-    eprintln!("healed: follower {follower} durable to op {op_majority} {} ms later", healed_at.elapsed().as_millis());
+    let caught_up_ms = healed_at.elapsed().as_millis();
     load.progress_wait(100);
+    cluster.views_drain();
+    eprintln!(
+        "healed: follower {follower} durable to op {op_majority} {caught_up_ms} ms later; the load served again; \
+         views {:?}",
+        cluster.views
+    );
     let acknowledged = load.stop();
     acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 }
@@ -869,7 +885,10 @@ fn a_split_without_a_majority_acknowledges_nothing_until_healed() {
     cluster.views_drain();
     let elected: Vec<(&u64, &u64)> = cluster.leaders_by_term.range(term + 1..).collect();
     assert!(elected.is_empty(), "elected without a majority (term, node): {elected:?}");
-    eprintln!("split all {MEMBERS} members (term {term}); direct writes answered: {failures:?}; views {:?}", cluster.views);
+    eprintln!(
+        "split all {MEMBERS} members (term {term}); direct writes answered: {failures:?}; views {:?}",
+        cluster.views
+    );
 
     for id in 1..=MEMBERS {
         cluster.network.heal(id);
