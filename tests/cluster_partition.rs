@@ -59,6 +59,7 @@ use walletd_gateway::client::{Client, ClientError, ClientOptions};
 use walletd_gateway::ClusterClient;
 use walletd_journal::{FileStorage, Reader};
 
+/// Members of the three-member tests; the minority test has five.
 const MEMBERS: u64 = 3;
 /// Elections, healing (TCP retransmissions back off while a cable is out) and catch-up on a
 /// busy machine: generous, and only ever waited on.
@@ -139,7 +140,7 @@ impl Network {
         ip(&["netns", "add", &hub])?;
         self.namespaces.push(hub.clone());
         ip(&["-n", &hub, "link", "set", "lo", "up"])?;
-        for bridge in ["raft", "client"] {
+        for bridge in ["raft", "raft-minority", "client"] {
             ip(&["-n", &hub, "link", "add", bridge, "type", "bridge"])?;
             ip(&["-n", &hub, "link", "set", bridge, "up"])?;
         }
@@ -196,6 +197,21 @@ impl Network {
 
     fn heal(&self, id: u64) {
         ip(&["-n", &self.hub, "link", "set", &format!("r{id}"), "up"]).expect("heal a member");
+    }
+
+    /// Moves the cables of `ids` to a bridge of their own: they still reach each other, and
+    /// no longer the rest (two switches whose link broke).
+    fn split(&self, ids: &[u64]) {
+        for id in ids {
+            ip(&["-n", &self.hub, "link", "set", &format!("r{id}"), "master", "raft-minority"]).expect("split");
+        }
+    }
+
+    /// Moves the cables of `ids` back to the raft bridge.
+    fn join(&self, ids: &[u64]) {
+        for id in ids {
+            ip(&["-n", &self.hub, "link", "set", &format!("r{id}"), "master", "raft"]).expect("join");
+        }
     }
 }
 
@@ -332,10 +348,10 @@ fn member_start(network: &Network, id: u64, dir: &Path, sender: &Sender<Line>) -
 }
 
 impl Cluster {
-    /// Three members in a new network, initialised; `None` (printed) when this machine cannot
+    /// `member_count` members in a new network, initialised; `None` (printed) when this machine cannot
     /// make namespaces and `WALLETD_REQUIRE_NETNS=1` is not set.
-    fn start(test: &str) -> Option<Cluster> {
-        let network = match namespaces_unavailable().map_or_else(|| Network::create(MEMBERS), Err) {
+    fn start(test: &str, member_count: u64) -> Option<Cluster> {
+        let network = match namespaces_unavailable().map_or_else(|| Network::create(member_count), Err) {
             Ok(network) => network,
             Err(reason) if std::env::var("WALLETD_REQUIRE_NETNS").as_deref() == Ok("1") => {
                 panic!("{test}: WALLETD_REQUIRE_NETNS=1, but {reason}")
@@ -350,7 +366,7 @@ impl Cluster {
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let (sender, lines) = channel();
-        let members = (1..=MEMBERS)
+        let members = (1..=member_count)
             .map(|id| {
                 let dir = tmp.path().join(format!("node{id}"));
                 let child = member_start(&network, id, &dir, &sender);
@@ -741,7 +757,8 @@ fn never_acknowledged(member: u64, answers: &[(Vec<TransferId>, Result<(), Clien
 /// is ever applied) and it catches up.
 #[test]
 fn the_leader_cut_off_under_load_steps_down_and_loses_nothing() {
-    let Some(mut cluster) = Cluster::start("the_leader_cut_off_under_load_steps_down_and_loses_nothing") else {
+    let Some(mut cluster) = Cluster::start("the_leader_cut_off_under_load_steps_down_and_loses_nothing", MEMBERS)
+    else {
         return;
     };
     let (leader, term) = cluster.leader_wait(0, None);
@@ -802,7 +819,7 @@ fn the_leader_cut_off_under_load_steps_down_and_loses_nothing() {
 /// catches up (its journal equal to theirs).
 #[test]
 fn a_follower_cut_off_under_load_catches_up_when_healed() {
-    let Some(mut cluster) = Cluster::start("a_follower_cut_off_under_load_catches_up_when_healed") else {
+    let Some(mut cluster) = Cluster::start("a_follower_cut_off_under_load_catches_up_when_healed", MEMBERS) else {
         return;
     };
     let (leader, term) = cluster.leader_wait(0, None);
@@ -855,7 +872,8 @@ fn a_follower_cut_off_under_load_catches_up_when_healed() {
 /// elected in a newer term. Healed, a leader is elected and the load is served again.
 #[test]
 fn a_split_without_a_majority_acknowledges_nothing_until_healed() {
-    let Some(mut cluster) = Cluster::start("a_split_without_a_majority_acknowledges_nothing_until_healed") else {
+    let Some(mut cluster) = Cluster::start("a_split_without_a_majority_acknowledges_nothing_until_healed", MEMBERS)
+    else {
         return;
     };
     let (_, term) = cluster.leader_wait(0, None);
@@ -912,5 +930,77 @@ fn a_split_without_a_majority_acknowledges_nothing_until_healed() {
         healed_at.elapsed().as_millis()
     );
     let acknowledged = load.stop();
+    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+}
+
+/// Five members split two against three, the leader on the side of two: it still replicates
+/// to its one follower there, but two of five are no majority, so it commits nothing; the
+/// writes sent to it are answered `unavailable` and never applied, though both logs of the
+/// minority may hold them. The three elect a leader and serve the load. Joined again, the
+/// minority follows the new leader and its uncommitted entries give way to the majority's: the
+/// journals of all five are equal.
+#[test]
+fn a_leader_in_a_minority_of_two_commits_nothing_and_rejoins() {
+    const FIVE: u64 = 5;
+    let Some(mut cluster) = Cluster::start("a_leader_in_a_minority_of_two_commits_nothing_and_rejoins", FIVE) else {
+        return;
+    };
+    let (leader, term) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    let load = Load::start(cluster.addresses(), 2);
+    load.progress_wait(100);
+
+    let follower = (1..=FIVE).find(|id| *id != leader).expect("a follower");
+    let minority = [leader, follower];
+    cluster.network.split(&minority);
+    let split_at = Instant::now();
+    let old_leader_addr = cluster.member(leader).addr;
+    let direct = std::thread::spawn(move || writes_direct(old_leader_addr, 90_000_000, 4));
+    let (leader_new, term_new) = cluster.leader_wait(term, Some(leader));
+    let elected_ms = split_at.elapsed().as_millis();
+    assert!(!minority.contains(&leader_new), "node {leader_new} of the minority {minority:?} was elected");
+    load.progress_wait(200);
+    let answers = direct.join().expect("the direct writes");
+    let failures = never_acknowledged(leader, &answers);
+    let op_majority = client.snapshot().expect("a checkpoint through the new leader");
+    for id in minority {
+        let op_minority = cluster.durable_op(id);
+        assert!(
+            op_minority < op_majority,
+            "member {id} of the minority is durable to {op_minority}, past {op_majority}"
+        );
+    }
+    cluster.views_drain();
+    eprintln!(
+        "split leader {leader} (term {term}) and follower {follower} from the other three; node {leader_new} leads \
+         in term {term_new} {elected_ms} ms after the split; the old leader's answers to {} direct writes: \
+         {failures:?}; the majority's checkpoint at {op_majority}; views {:?}",
+        answers.len(),
+        cluster.views
+    );
+
+    cluster.network.join(&minority);
+    let joined_at = Instant::now();
+    for id in minority {
+        cluster.view_wait("the minority to follow the new leader", |views| {
+            views.get(&id).and_then(|(seen, known)| {
+                (*seen >= term_new && known.is_some_and(|known| !minority.contains(&known))).then_some(())
+            })
+        });
+    }
+    eprintln!("joined: the minority follows the majority's leader {} ms later", joined_at.elapsed().as_millis());
+    match Client::connect(old_leader_addr, ClientOptions::default())
+        .expect("connect")
+        .create_transfers(&transfers(95_000_000, 5))
+    {
+        Err(ClientError::NotLeader { leader: Some(named) }) => assert_ne!(named, old_leader_addr.to_string()),
+        other => panic!("the rejoined old leader answered a write with {other:?}"),
+    }
+    load.progress_wait(100);
+    let acknowledged = load.stop();
+    let direct_ids: Vec<TransferId> = answers.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
+    let applied = client.lookup_transfers(&direct_ids).expect("lookup the direct writes");
+    assert!(applied.is_empty(), "{} writes answered as failed by the minority's leader were applied", applied.len());
     acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 }
