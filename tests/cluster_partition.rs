@@ -1,6 +1,7 @@
-//! Network partitions of a three-member cluster, made with Linux network namespaces: each
-//! member is a real `walletd serve --cluster` process in a namespace of its own, and a member is
-//! cut off by taking its cable out (bringing its veth down), then healed by putting it back.
+//! Network partitions of a walletd cluster, made with Linux network namespaces: each member is
+//! a real `walletd serve --cluster` process in a namespace of its own; a member is cut off by
+//! taking its cable out (bringing its veth down) and healed by putting it back, and a group is
+//! split from the rest by moving its cables to a bridge of its own.
 //!
 //! The network has two sides, so that a member cut off from the others can still be reached by
 //! clients, as a leader isolated behind a broken switch would be:
@@ -11,6 +12,7 @@
 //!                                            ├─ bridge `client` ─ c<id> ──veth── client0 10.198.N.<10+id>
 //!                                            │
 //!                                   bridge `raft` ─── r<id> ──veth── raft0   10.199.N.<10+id>
+//!                                   bridge `raft-minority` (empty until a split moves ports there)
 //! ```
 //!
 //! Clients (the load, direct writes, lookups) use the client side; the members' Raft traffic
@@ -28,6 +30,8 @@
 //! - A follower cut off under load: the other two serve on; healed, it catches up.
 //! - Every member cut off from every other (no side has a majority): nobody acknowledges and
 //!   nobody is elected; healed, the cluster elects a leader and serves again.
+//! - Five members split two against three, the leader among the two: it commits nothing, while
+//!   the three elect a leader and serve; joined again, all five journals are equal.
 //!
 //! Each ends with the same proof: every acknowledged transfer is on the leader, a checkpoint
 //! taken after the last acknowledgement is durable on every member, their journals are equal
