@@ -2,6 +2,13 @@
 //! `not_leader` replies to the leader they name and, when a member is down or has no leader
 //! yet, tries the next member it knows, until the call's retry deadline.
 //!
+//! A leader cut off from its majority still answers, `unavailable`, and a follower cut off
+//! with it still names it as the leader: a client that followed every redirect would go back
+//! and forth between the two for as long as the partition lasts. So a redirect to a member that
+//! has just answered `unavailable` (or timed out) in the same call is not followed, once: the
+//! client tries the next member instead, which reaches the majority's side; a second redirect
+//! to it is followed, so a member elected meanwhile is not passed over for long.
+//!
 //! Every retry resends the same request. That is safe because the engine is idempotent by id:
 //! a transfer or account the first try already committed answers `exists` (with the same
 //! fields) instead of being applied twice, so a caller that retried may see `exists` for its own
@@ -82,12 +89,13 @@ impl ClusterClient {
         let deadline = Instant::now() + self.retry_for;
         let mut wait = RETRY_WAIT_FIRST;
         let mut member_next = 0usize;
+        let mut unknown_from = Vec::new();
         loop {
             let error = match self.connected(&mut member_next) {
                 Ok(connected) => match call(&connected.client) {
                     Ok(value) => return Ok(value),
                     Err(error) => {
-                        self.failed(&connected, &error, &mut member_next);
+                        self.failed(&connected, &error, &mut member_next, &mut unknown_from);
                         error
                     }
                 },
@@ -129,17 +137,37 @@ impl ClusterClient {
     }
 
     /// After a failed call on `connected`: follow a named leader, or move to the next member.
-    fn failed(&self, connected: &Connected, error: &ClientError, member_next: &mut usize) {
+    /// `unknown_from` holds the members that answered this call `unavailable` or timed out, and
+    /// were not yet named by a redirect since: a redirect to one of them is not followed (once).
+    fn failed(
+        &self,
+        connected: &Connected,
+        error: &ClientError,
+        member_next: &mut usize,
+        unknown_from: &mut Vec<String>,
+    ) {
         if !retryable(error) {
             return;
+        }
+        if matches!(error, ClientError::Unavailable | ClientError::Timeout)
+            && !unknown_from.contains(&connected.address)
+        {
+            unknown_from.push(connected.address.clone());
         }
         let mut current = lock(&self.current);
         if current.as_ref().is_some_and(|now| Arc::ptr_eq(&now.client, &connected.client)) {
             *current = None; // dropped here unless another caller still uses it
         }
         let mut addresses = lock(&self.addresses);
-        match error {
+        let passed_over = match error {
             ClientError::NotLeader { leader: Some(leader) } => {
+                let known = unknown_from.iter().position(|address| address == leader);
+                known.map(|index| unknown_from.remove(index)).is_some()
+            }
+            _ => false,
+        };
+        match error {
+            ClientError::NotLeader { leader: Some(leader) } if !passed_over => {
                 let index = match addresses.iter().position(|address| address == leader) {
                     Some(index) => index,
                     None => {
