@@ -260,6 +260,7 @@ impl Cluster {
     fn kill(&mut self, id: u64) {
         drop(self.member_mut(id).child.take().expect("a running member"));
         self.views.remove(&id);
+        self.metrics_addrs.remove(&id); // a restart prints its new one
     }
 
     /// Sends `signal` to a running member (SIGSTOP pauses it, SIGCONT resumes it).
@@ -1013,7 +1014,9 @@ fn transfers_through(client: &ClusterClient, first_round: u128, rounds: u128) ->
 /// ends with the same journal and state hash.
 #[test]
 fn members_behind_the_purged_raft_log_catch_up_by_a_snapshot_install() {
-    let mut cluster = Cluster::start(&SNAPSHOT_OFTEN);
+    let mut flags = SNAPSHOT_OFTEN.to_vec();
+    flags.extend(["--metrics-addr", "127.0.0.1:0"]);
+    let mut cluster = Cluster::start(&flags);
     let (leader, _) = cluster.leader_wait(0, None);
     let client = cluster.client();
     assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
@@ -1032,7 +1035,15 @@ fn members_behind_the_purged_raft_log_catch_up_by_a_snapshot_install() {
 
     cluster.restart(lagging);
     let line = cluster.line_wait(lagging, &format!("cluster: node {lagging} installed the snapshot at op "));
-    assert!(records_fetched(&line) > 0, "{line}");
+    let fetched = records_fetched(&line);
+    assert!(fetched > 0, "{line}");
+    let on_lagging = scrape(cluster.metrics_addr_wait(lagging));
+    assert_eq!(on_lagging["walletd_cluster_snapshots_installed_total"], 1, "{on_lagging:?}");
+    assert_eq!(on_lagging["walletd_cluster_snapshot_records_fetched_total"], fetched);
+    assert!(on_lagging["walletd_cluster_snapshot_index"] > 0);
+    let on_leader = scrape(cluster.metrics_addr_wait(leader));
+    assert!(on_leader["walletd_cluster_purged_index"] > 0, "{on_leader:?}");
+    assert_eq!(on_leader["walletd_cluster_snapshots_installed_total"], 0);
     acknowledged.extend(transfers_through(&client, 70, 10));
     acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
 
