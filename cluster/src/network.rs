@@ -14,7 +14,7 @@
 //! RPC; openraft retries and backs off on its own. Members reach each other only on the
 //! addresses their membership entry names.
 
-use crate::snapshot::{journal_chunks_send, JournalRecord};
+use crate::snapshot::{journal_frames_send, JournalRecord};
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId, Raft, TypeConfig, Vote};
 use openraft::error::{
@@ -103,15 +103,20 @@ pub enum PeerReply {
 }
 
 pub(crate) async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
-    let body = bincode::serialize(value).map_err(std::io::Error::other)?;
-    let size = u32::try_from(body.len()).ok().filter(|size| *size <= FRAME_BODY_SIZE_MAX_BYTES);
+    stream.write_all(&frame_encode(value)?).await
+}
+
+/// A whole frame (size and body) for `value`.
+pub(crate) fn frame_encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let size = bincode::serialized_size(value).map_err(std::io::Error::other)?;
+    let size = u32::try_from(size).ok().filter(|size| *size <= FRAME_BODY_SIZE_MAX_BYTES);
     let Some(size) = size else {
-        return Err(std::io::Error::other(format!("a peer frame of {} bytes is over the limit", body.len())));
+        return Err(std::io::Error::other("a peer frame over the size limit"));
     };
-    let mut frame = Vec::with_capacity(4 + body.len());
+    let mut frame = Vec::with_capacity(4 + size as usize);
     frame.extend_from_slice(&size.to_le_bytes());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await
+    bincode::serialize_into(&mut frame, value).map_err(std::io::Error::other)?;
+    Ok(frame)
 }
 
 pub(crate) async fn frame_read<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> std::io::Result<T> {
@@ -203,11 +208,12 @@ async fn journal_send(stream: &mut TcpStream, local: &Local, op_first: u64, op_l
         return;
     }
     tracing::info!(op_first, op_last, "sending journal records to a member installing a snapshot");
-    let (chunks, mut receiver) = tokio::sync::mpsc::channel(2);
+    // Read and encoded on the blocking pool: the runtime's two workers run Raft itself.
+    let (frames, mut receiver) = tokio::sync::mpsc::channel(2);
     let root = local.data_root.clone();
-    tokio::task::spawn_blocking(move || journal_chunks_send(&root, op_first, op_last, &chunks));
-    while let Some(chunk) = receiver.recv().await {
-        if frame_write(stream, &PeerReply::JournalRecords(chunk)).await.is_err() {
+    tokio::task::spawn_blocking(move || journal_frames_send(&root, op_first, op_last, &frames));
+    while let Some(frame) = receiver.recv().await {
+        if stream.write_all(&frame).await.is_err() {
             return; // dropping the receiver stops the reader
         }
     }

@@ -182,7 +182,9 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft = runtime
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
-    machine.snapshots().raft_set(raft.clone());
+    // After a snapshot install, three leases of quiet before this member may stand again.
+    let election_quiet = Duration::from_millis(3 * options.timeouts.election_timeout_max_ms);
+    machine.snapshots().raft_set(raft.clone(), election_quiet);
     let local = Local {
         raft: raft.clone(),
         node_id: options.node_id,

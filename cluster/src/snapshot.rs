@@ -28,7 +28,7 @@
 //! finds a journal whose last op the Raft log and the snapshot files cannot name.
 
 use crate::log_store::{fail_stop, small_file_read, small_file_remove, small_file_write, LogStore, LogStoreError};
-use crate::network::{frame_read, frame_write, PeerReply, PeerRequest};
+use crate::network::{frame_encode, frame_read, frame_write, PeerReply, PeerRequest};
 use crate::state_machine::Machine;
 use crate::types::{Member, NodeId, Raft, TypeConfig};
 use openraft::{Snapshot, SnapshotMeta};
@@ -45,9 +45,10 @@ use walletd_replay::replay::Replayer;
 const SNAPSHOT_FILE: &str = "snapshot";
 const INSTALLING_FILE: &str = "installing";
 
-/// How much record body one `JournalRecords` reply carries at most (one record more may go
-/// over it). Well within the peer frame limit, and one fdatasync per chunk on the receiver.
-pub const JOURNAL_CHUNK_BYTES: usize = 16 << 20;
+/// How much record body one `JournalRecords` reply carries (one record more may go over it):
+/// well within the peer frame limit (a record is at most 4 MiB), one fdatasync per chunk on
+/// the receiver, and short writes on the sender's runtime.
+pub const JOURNAL_CHUNK_BYTES: usize = 8 << 20;
 
 /// How long a source may take to send the next chunk before the fetch tries another member.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -122,8 +123,12 @@ pub struct Snapshots {
     dir: PathBuf,
     node_id: NodeId,
     current: Mutex<Option<StoredSnapshot>>,
-    /// Set once Raft runs: elections are off while an install runs.
-    raft: OnceLock<Raft>,
+    /// Set once Raft runs: elections are off while an install runs, and for `election_quiet`
+    /// after it.
+    raft: OnceLock<(Raft, Duration)>,
+    /// Counts installs begun, so that the delayed re-enabling of elections after one does not
+    /// fire in the middle of the next.
+    install_generation: Arc<AtomicU64>,
     pub installed: AtomicU64,
     pub records_fetched: AtomicU64,
 }
@@ -139,14 +144,17 @@ impl Snapshots {
             node_id,
             current: Mutex::new(current),
             raft: OnceLock::new(),
+            install_generation: Arc::new(AtomicU64::new(0)),
             installed: AtomicU64::new(0),
             records_fetched: AtomicU64::new(0),
         };
         Ok((snapshots, installing))
     }
 
-    pub fn raft_set(&self, raft: Raft) {
-        let _ = self.raft.set(raft);
+    /// Gives the running Raft, and how long a member waits after an install before it may
+    /// stand for election again (a few election timeouts: long enough to hear the leader).
+    pub fn raft_set(&self, raft: Raft, election_quiet: Duration) {
+        let _ = self.raft.set((raft, election_quiet));
     }
 
     pub fn current(&self) -> Option<StoredSnapshot> {
@@ -162,17 +170,31 @@ impl Snapshots {
 
     /// Installs a snapshot another member sent: catches the journal up to its anchor, then
     /// keeps it (as held by this member from now on). Prints a line when done.
+    ///
+    /// Elections are off meanwhile: the member's state machine is busy, and the leader's
+    /// replication to it waits for the install, so it hears no heartbeat; its election timer
+    /// runs out. Turned back on at once, it would stand for election the moment it is done,
+    /// with a higher term that deposes the leader (openraft 0.9 has no pre-vote) and, its log
+    /// behind, no chance to win: an election storm. So elections come back only after
+    /// `election_quiet`, by which time the leader's heartbeats have reset the timer.
     pub async fn install(&self, machine: &Arc<Mutex<Machine>>, log: &LogStore, snapshot: StoredSnapshot) {
+        let generation = self.install_generation.fetch_add(1, Ordering::SeqCst) + 1;
         let elections = self.raft.get();
-        if let Some(raft) = elections {
+        if let Some((raft, _)) = elections {
             raft.runtime_config().elect(false);
         }
         tokio::task::block_in_place(|| small_file_write(&self.dir, INSTALLING_FILE, &snapshot))
             .unwrap_or_else(|error| fail_stop("Raft snapshot install mark write", &error.to_string()));
         let op = snapshot.anchor.op;
         let fetched = self.install_resume(machine, log, snapshot).await;
-        if let Some(raft) = elections {
-            raft.runtime_config().elect(true);
+        if let Some((raft, election_quiet)) = elections.cloned() {
+            let generations = Arc::clone(&self.install_generation);
+            tokio::spawn(async move {
+                tokio::time::sleep(election_quiet).await;
+                if generations.load(Ordering::SeqCst) == generation {
+                    raft.runtime_config().elect(true);
+                }
+            });
         }
         println!(
             "cluster: node {} installed the snapshot at op {op} ({fetched} journal records fetched)",
@@ -300,18 +322,17 @@ async fn fetch_from(machine: &Arc<Mutex<Machine>>, addr: &str, op_first: u64, op
 }
 
 /// Reads `op_first..=op_last` from the journal in `root` (which holds them durably) and sends
-/// them in chunks of about `JOURNAL_CHUNK_BYTES`, then an empty chunk; stops when the receiver
-/// is gone. On the blocking pool: it reads files.
-pub fn journal_chunks_send(
-    root: &Path,
-    op_first: u64,
-    op_last: u64,
-    chunks: &tokio::sync::mpsc::Sender<Result<Vec<JournalRecord>, String>>,
-) {
+/// them as encoded `JournalRecords` frames of about `JOURNAL_CHUNK_BYTES`, then an empty one;
+/// stops when the receiver is gone. On the blocking pool: it reads files and encodes.
+pub fn journal_frames_send(root: &Path, op_first: u64, op_last: u64, frames: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+    let send = |chunk: Result<Vec<JournalRecord>, String>| {
+        let frame = frame_encode(&PeerReply::JournalRecords(chunk)).expect("a chunk within the frame limit");
+        frames.blocking_send(frame).is_ok()
+    };
     let mut reader = match Reader::open_until(FileStorage::default(), root, op_first, op_last) {
         Ok(reader) => reader,
         Err(error) => {
-            let _ = chunks.blocking_send(Err(error.to_string()));
+            send(Err(error.to_string()));
             return;
         }
     };
@@ -331,20 +352,20 @@ pub fn journal_chunks_send(
                 });
                 if chunk_bytes >= JOURNAL_CHUNK_BYTES {
                     chunk_bytes = 0;
-                    if chunks.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                    if !send(Ok(std::mem::take(&mut chunk))) {
                         return;
                     }
                 }
             }
             Ok(None) => break,
             Err(error) => {
-                let _ = chunks.blocking_send(Err(error.to_string()));
+                send(Err(error.to_string()));
                 return;
             }
         }
     }
-    if !chunk.is_empty() && chunks.blocking_send(Ok(chunk)).is_err() {
+    if !chunk.is_empty() && !send(Ok(chunk)) {
         return;
     }
-    let _ = chunks.blocking_send(Ok(Vec::new()));
+    send(Ok(Vec::new()));
 }
