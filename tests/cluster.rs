@@ -31,10 +31,12 @@
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
 
+mod cluster_harness;
 mod common;
 mod http_harness;
 
-use common::{accounts, serve_binary_lines, transfer, ServerChild, LINE_TIMEOUT};
+use cluster_harness::{acknowledged_kept_and_members_agree, members_agree, money_sums_to_zero, transfers, ACCOUNTS};
+use common::{accounts, serve_binary_lines, ServerChild, LINE_TIMEOUT};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,15 +45,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use walletd_core::{AccountId, Transfer, TransferId};
+use walletd_core::{AccountId, TransferId};
 use walletd_gateway::client::{Client, ClientError, ClientOptions};
 use walletd_gateway::ClusterClient;
-use walletd_journal::{FileStorage, Reader};
 
 const MEMBERS: u64 = 3;
 /// Elections, restarts and catch-up on a busy machine: generous, and only ever waited on.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
-const ACCOUNTS: u128 = 64;
 
 /// One line a member printed, with its node id.
 struct Line {
@@ -282,162 +282,15 @@ impl Cluster {
         self.member_mut(id).child = Some(child);
     }
 
-    /// Waits until every member's journal is durable to `op` (the data directory's durable
-    /// mark, which a member publishes after each commit), woken by each write to the data
-    /// directory (inotify) rather than by a timer.
+    /// Every member's `(id, data directory)`, for the shared checks.
+    fn dirs(&self) -> Vec<(u64, PathBuf)> {
+        self.members.iter().map(|member| (member.id, member.dir.clone())).collect()
+    }
+
+    /// Waits until every member's journal is durable to `op` (see `cluster_harness`).
     fn durable_wait(&self, op: u64) {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        for member in &self.members {
-            let changes = DirChanges::watch(&member.dir);
-            loop {
-                let durable = walletd_replay::durable_read(&member.dir).expect("read the durable mark");
-                if durable.is_some_and(|position| position.op >= op) {
-                    break;
-                }
-                let left = deadline.checked_duration_since(Instant::now());
-                let changed = left.is_some_and(|left| changes.wait(left));
-                assert!(changed, "member {} did not reach op {op}: {durable:?}", member.id);
-            }
-        }
+        cluster_harness::durable_wait(&self.dirs(), op, EVENT_TIMEOUT);
     }
-}
-
-/// Writes to the files of one directory, through inotify: `wait` returns when one happened.
-struct DirChanges {
-    fd: i32,
-}
-
-impl DirChanges {
-    fn watch(dir: &Path) -> DirChanges {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
-        // SAFETY: plain syscalls on a descriptor this struct owns and a NUL-terminated path.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        // SAFETY: as above.
-        let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
-        assert!(watch >= 0, "inotify_add_watch {}: {}", dir.display(), std::io::Error::last_os_error());
-        DirChanges { fd }
-    }
-
-    /// Blocks until a file in the directory changed (true) or `timeout` passed (false); drains
-    /// the events that arrived.
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut poll = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
-        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: one pollfd that lives across the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-        if ready < 0 {
-            let error = std::io::Error::last_os_error();
-            assert_eq!(error.kind(), std::io::ErrorKind::Interrupted, "poll on inotify: {error}");
-            return true; // a signal: look again
-        }
-        if ready == 0 {
-            return false;
-        }
-        let mut events = [0u8; 4096];
-        // SAFETY: reads into a buffer of the length given; the descriptor is non-blocking.
-        while unsafe { libc::read(self.fd, events.as_mut_ptr().cast(), events.len()) } > 0 {}
-        true
-    }
-}
-
-impl Drop for DirChanges {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is this struct's and closed once.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
-/// Every record's bytes, in op order, as the files hold them.
-fn journal_records(dir: &Path) -> Vec<(u64, Vec<u8>)> {
-    use std::os::unix::fs::FileExt;
-    let mut reader = Reader::open(FileStorage::default(), dir, 1).expect("open a journal reader");
-    let mut records = Vec::new();
-    while let Some(record) = reader.next_record().expect("a verified record") {
-        let (op, size) = (record.op, walletd_journal::record_size_bytes(record.body.len() as u64));
-        let (segment, offset) = reader.position().expect("the position of the record just read");
-        let file = std::fs::File::open(segment).expect("open the segment");
-        let mut bytes = vec![0u8; size as usize];
-        file.read_exact_at(&mut bytes, offset).expect("read the record's bytes");
-        records.push((op, bytes));
-    }
-    records
-}
-
-/// `walletd replay --json` on a data directory: (ops, state hash).
-fn replay(dir: &Path) -> (u64, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .args(["replay", "--json", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("walletd replay runs");
-    assert!(output.status.success(), "replay of {} failed: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("replay --json prints one object");
-    (report["ops"].as_u64().expect("ops"), report["state_hash"].as_str().expect("state_hash").to_string())
-}
-
-/// A checkpoint through the leader, then every member durable to it; then the journals are
-/// equal byte for byte up to the common op, and every replay gives the same state hash.
-fn members_agree(cluster: &Cluster, client: &ClusterClient) -> u64 {
-    let op = client.snapshot().expect("a checkpoint through the leader");
-    cluster.durable_wait(op);
-    let journals: Vec<Vec<(u64, Vec<u8>)>> =
-        cluster.members.iter().map(|member| journal_records(&member.dir)).collect();
-    let common = journals.iter().map(|records| records.len()).min().expect("members");
-    assert!(common as u64 >= op, "every journal reaches the checkpoint at op {op}");
-    for (member, records) in cluster.members.iter().zip(&journals).skip(1) {
-        for index in 0..common {
-            assert_eq!(records[index].0, journals[0][index].0);
-            assert!(
-                records[index].1 == journals[0][index].1,
-                "member {} differs from member 1 at op {}",
-                member.id,
-                records[index].0
-            );
-        }
-    }
-    let replays: Vec<(u64, String)> = cluster.members.iter().map(|member| replay(&member.dir)).collect();
-    for (member, replayed) in cluster.members.iter().zip(&replays) {
-        assert_eq!(replayed, &replays[0], "member {}'s replay differs from member 1's", member.id);
-    }
-    op
-}
-
-/// The end of every fault test: each acknowledged transfer is on the leader, the members'
-/// journals and state hashes agree, and money sums to zero.
-fn acknowledged_kept_and_members_agree(cluster: &Cluster, client: &ClusterClient, acknowledged: &[TransferId]) {
-    for chunk in acknowledged.chunks(5000) {
-        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
-        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
-    }
-    members_agree(cluster, client);
-    money_sums_to_zero(client);
-}
-
-/// Σ over all accounts of credits − debits (posted and pending) is zero.
-fn money_sums_to_zero(client: &ClusterClient) {
-    let ids: Vec<AccountId> = (1..=ACCOUNTS).map(AccountId).collect();
-    let found = client.lookup_accounts(&ids).expect("lookup accounts");
-    assert_eq!(found.len(), ACCOUNTS as usize);
-    let mut sum: i128 = 0;
-    for account in &found {
-        sum += account.credits_posted.0 as i128 - account.debits_posted.0 as i128;
-        sum += account.credits_pending.0 as i128 - account.debits_pending.0 as i128;
-    }
-    assert_eq!(sum, 0, "money is neither created nor lost");
-}
-
-fn transfers(first: u128, count: u128) -> Vec<Transfer> {
-    (first..first + count)
-        .map(|low| {
-            let debit = 1 + low % ACCOUNTS;
-            let credit = 1 + (low * 7 + 3) % ACCOUNTS;
-            let credit = if credit == debit { 1 + credit % ACCOUNTS } else { credit };
-            transfer(low, debit, credit, 1 + low % 100)
-        })
-        .collect()
 }
 
 #[test]
@@ -473,7 +326,7 @@ fn three_members_replicate_agree_and_followers_redirect() {
     let found = client.lookup_transfers(&batch.iter().map(|transfer| transfer.id).collect::<Vec<_>>()).expect("lookup");
     assert_eq!(found.len(), batch.len(), "the redirected write was applied once, on the leader");
 
-    members_agree(&cluster, &client);
+    members_agree(&cluster.dirs(), &client, EVENT_TIMEOUT);
     money_sums_to_zero(&client);
     cluster.kill(leader);
 }
@@ -611,7 +464,7 @@ fn kill_9_of_the_leader_under_load_loses_no_acknowledged_transfer() {
         "{} transfers acknowledged over {rounds} leader kills; failover gaps (ms, sorted): {gaps:?}",
         acknowledged.len()
     );
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 #[test]
@@ -666,7 +519,7 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
     for round in 10..20u128 {
         assert_eq!(client.create_transfers(&transfers(1 + round * 40, 40)).expect("create transfers"), vec![]);
     }
-    members_agree(&cluster, &client);
+    members_agree(&cluster.dirs(), &client, EVENT_TIMEOUT);
     assert!(std::fs::metadata(&log_path).expect("the raft log").len() > size_before, "the member appended again");
 
     // Damage in the middle of the log, with good records after it, is refused, whether it hits
@@ -791,7 +644,7 @@ fn a_paused_leader_never_acknowledges_a_write_after_losing_leadership() {
     load.progress_wait(100);
     let (mut acknowledged, _) = load.stop();
     acknowledged.extend(acknowledged_by_paused);
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// Replacing a dead member whose disk is lost: `walletd cluster remove` takes it out of the
@@ -857,7 +710,7 @@ fn a_dead_member_is_replaced_by_a_new_one() {
     load.progress_wait(100);
     cluster.restart(leader);
     let (acknowledged, _) = load.stop();
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// The HTTP gateway pointed at a follower: its writes and reads are refused there with
@@ -1045,7 +898,7 @@ fn members_behind_the_purged_raft_log_catch_up_by_a_snapshot_install() {
     assert!(on_leader["walletd_cluster_purged_index"] > 0, "{on_leader:?}");
     assert_eq!(on_leader["walletd_cluster_snapshots_installed_total"], 0);
     acknowledged.extend(transfers_through(&client, 70, 10));
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 
     // The leader restarts: its Raft log is read from the purge mark on. (Back at once, it may
     // lead again in its own term: openraft restores a committed vote of its own.)
@@ -1065,7 +918,7 @@ fn members_behind_the_purged_raft_log_catch_up_by_a_snapshot_install() {
     let op: u64 = line.split_whitespace().nth(8).and_then(|word| word.parse().ok()).expect("… at op N (…");
     assert_eq!(records_fetched(&line), op, "the new member fetched the whole journal: {line}");
     acknowledged.extend(transfers_through(&client, 90, 10));
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// A member killed during a snapshot install restarts with its install mark (`raft/installing`)
@@ -1093,5 +946,5 @@ fn an_interrupted_snapshot_install_is_finished_at_restart() {
     assert!(records_fetched(&line) > 0, "{line}");
     assert!(!installing.exists(), "the install mark is removed once the install is done");
     acknowledged.extend(transfers_through(&client, 45, 10));
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }

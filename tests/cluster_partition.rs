@@ -43,13 +43,15 @@
 //! `WALLETD_REQUIRE_NETNS=1` (set by `.ci/run`), which makes that a failure. They wait on events
 //! (lines the members print, a durable mark in a data directory, replies), never a fixed time.
 //!
-//! The cluster helpers (members, views, load, journal equality, replay, Σ = 0) are copies of
-//! those in tests/cluster.rs, reduced to what these tests use, with members started through
-//! `ip netns exec`.
+//! The checks at the end (journal equality, replay, Σ = 0) and the durable-mark wait are
+//! tests/cluster_harness, shared with tests/cluster.rs; the members, their views and the load
+//! are this file's own, with members started through `ip netns exec`.
 
+mod cluster_harness;
 mod common;
 
-use common::{accounts, transfer, ServerChild, LINE_TIMEOUT};
+use cluster_harness::{acknowledged_kept_and_members_agree, transfers, ACCOUNTS};
+use common::{accounts, ServerChild, LINE_TIMEOUT};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,17 +60,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use walletd_core::{AccountId, Transfer, TransferId};
+use walletd_core::{Transfer, TransferId};
 use walletd_gateway::client::{Client, ClientError, ClientOptions};
 use walletd_gateway::ClusterClient;
-use walletd_journal::{FileStorage, Reader};
 
 /// Members of the three-member tests; the minority test has five.
 const MEMBERS: u64 = 3;
 /// Elections, healing (TCP retransmissions back off while a cable is out) and catch-up on a
 /// busy machine: generous, and only ever waited on.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
-const ACCOUNTS: u128 = 64;
 /// A member without a majority answers a write `unavailable` after this long.
 const WRITE_TIMEOUT_MS: &str = "2000";
 /// Each member has addresses of its own, so the ports can be fixed.
@@ -458,162 +458,18 @@ impl Cluster {
 
     /// Member `id`'s journal durable mark (0 before its first).
     fn durable_op(&self, id: u64) -> u64 {
-        let durable = walletd_replay::durable_read(&self.member(id).dir).expect("read the durable mark");
-        durable.map_or(0, |position| position.op)
+        cluster_harness::durable_op(&self.member(id).dir)
     }
 
-    /// Waits until every member's journal is durable to `op`, woken by each write to its data
-    /// directory (inotify) rather than by a timer.
+    /// Every member's `(id, data directory)`, for the shared checks.
+    fn dirs(&self) -> Vec<(u64, PathBuf)> {
+        self.members.iter().map(|member| (member.id, member.dir.clone())).collect()
+    }
+
+    /// Waits until every member's journal is durable to `op` (see `cluster_harness`).
     fn durable_wait(&self, op: u64) {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        for member in &self.members {
-            let changes = DirChanges::watch(&member.dir);
-            while self.durable_op(member.id) < op {
-                let left = deadline.checked_duration_since(Instant::now());
-                let changed = left.is_some_and(|left| changes.wait(left));
-                assert!(changed, "member {} did not reach op {op}: at {}", member.id, self.durable_op(member.id));
-            }
-        }
+        cluster_harness::durable_wait(&self.dirs(), op, EVENT_TIMEOUT);
     }
-}
-
-/// Writes to the files of one directory, through inotify: `wait` returns when one happened.
-struct DirChanges {
-    fd: i32,
-}
-
-impl DirChanges {
-    fn watch(dir: &Path) -> DirChanges {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("a path without NUL");
-        // SAFETY: plain syscalls on a descriptor this struct owns and a NUL-terminated path.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
-        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE;
-        // SAFETY: as above.
-        let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) };
-        assert!(watch >= 0, "inotify_add_watch {}: {}", dir.display(), std::io::Error::last_os_error());
-        DirChanges { fd }
-    }
-
-    /// Blocks until a file in the directory changed (true) or `timeout` passed (false); drains
-    /// the events that arrived.
-    fn wait(&self, timeout: Duration) -> bool {
-        let mut poll = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
-        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
-        // SAFETY: one pollfd that lives across the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-        if ready < 0 {
-            let error = std::io::Error::last_os_error();
-            assert_eq!(error.kind(), std::io::ErrorKind::Interrupted, "poll on inotify: {error}");
-            return true; // a signal: look again
-        }
-        if ready == 0 {
-            return false;
-        }
-        let mut events = [0u8; 4096];
-        // SAFETY: reads into a buffer of the length given; the descriptor is non-blocking.
-        while unsafe { libc::read(self.fd, events.as_mut_ptr().cast(), events.len()) } > 0 {}
-        true
-    }
-}
-
-impl Drop for DirChanges {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is this struct's and closed once.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
-/// Every record's bytes, in op order, as the files hold them.
-fn journal_records(dir: &Path) -> Vec<(u64, Vec<u8>)> {
-    use std::os::unix::fs::FileExt;
-    let mut reader = Reader::open(FileStorage::default(), dir, 1).expect("open a journal reader");
-    let mut records = Vec::new();
-    while let Some(record) = reader.next_record().expect("a verified record") {
-        let (op, size) = (record.op, walletd_journal::record_size_bytes(record.body.len() as u64));
-        let (segment, offset) = reader.position().expect("the position of the record just read");
-        let file = std::fs::File::open(segment).expect("open the segment");
-        let mut bytes = vec![0u8; size as usize];
-        file.read_exact_at(&mut bytes, offset).expect("read the record's bytes");
-        records.push((op, bytes));
-    }
-    records
-}
-
-/// `walletd replay --json` on a data directory: (ops, state hash).
-fn replay(dir: &Path) -> (u64, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .args(["replay", "--json", "--data-dir"])
-        .arg(dir)
-        .output()
-        .expect("walletd replay runs");
-    assert!(output.status.success(), "replay of {} failed: {}", dir.display(), String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("replay --json prints one object");
-    (report["ops"].as_u64().expect("ops"), report["state_hash"].as_str().expect("state_hash").to_string())
-}
-
-/// A checkpoint through the leader, then every member durable to it; then the journals are
-/// equal byte for byte up to the common op, and every replay gives the same state hash.
-fn members_agree(cluster: &Cluster, client: &ClusterClient) -> u64 {
-    let op = client.snapshot().expect("a checkpoint through the leader");
-    cluster.durable_wait(op);
-    let journals: Vec<Vec<(u64, Vec<u8>)>> =
-        cluster.members.iter().map(|member| journal_records(&member.dir)).collect();
-    let common = journals.iter().map(|records| records.len()).min().expect("members");
-    assert!(common as u64 >= op, "every journal reaches the checkpoint at op {op}");
-    for (member, records) in cluster.members.iter().zip(&journals).skip(1) {
-        for index in 0..common {
-            assert_eq!(records[index].0, journals[0][index].0);
-            assert!(
-                records[index].1 == journals[0][index].1,
-                "member {} differs from member 1 at op {}",
-                member.id,
-                records[index].0
-            );
-        }
-    }
-    let replays: Vec<(u64, String)> = cluster.members.iter().map(|member| replay(&member.dir)).collect();
-    for (member, replayed) in cluster.members.iter().zip(&replays) {
-        assert_eq!(replayed, &replays[0], "member {}'s replay differs from member 1's", member.id);
-    }
-    op
-}
-
-/// The end of every partition test: each acknowledged transfer is on the leader, the members'
-/// journals (which reach a checkpoint taken after the last acknowledgement) and state hashes
-/// agree, and money sums to zero.
-fn acknowledged_kept_and_members_agree(cluster: &Cluster, client: &ClusterClient, acknowledged: &[TransferId]) {
-    for chunk in acknowledged.chunks(5000) {
-        let found = client.lookup_transfers(chunk).expect("lookup acknowledged transfers");
-        assert_eq!(found.len(), chunk.len(), "an acknowledged transfer is missing on the leader");
-    }
-    members_agree(cluster, client);
-    money_sums_to_zero(client);
-}
-
-/// Σ over all accounts of credits − debits (posted and pending) is zero.
-fn money_sums_to_zero(client: &ClusterClient) {
-    let ids: Vec<AccountId> = (1..=ACCOUNTS).map(AccountId).collect();
-    let found = client.lookup_accounts(&ids).expect("lookup accounts");
-    assert_eq!(found.len(), ACCOUNTS as usize);
-    let mut sum: i128 = 0;
-    for account in &found {
-        sum += account.credits_posted.0 as i128 - account.debits_posted.0 as i128;
-        sum += account.credits_pending.0 as i128 - account.debits_pending.0 as i128;
-    }
-    assert_eq!(sum, 0, "money is neither created nor lost");
-}
-
-fn transfers(first: u128, count: u128) -> Vec<Transfer> {
-    (first..first + count)
-        .map(|low| {
-            let debit = 1 + low % ACCOUNTS;
-            let credit = 1 + (low * 7 + 3) % ACCOUNTS;
-            let credit = if credit == debit { 1 + credit % ACCOUNTS } else { credit };
-            transfer(low, debit, credit, 1 + low % 100)
-        })
-        .collect()
 }
 
 /// How long the load resends one batch whose outcome is unknown before it fails the test: a
@@ -815,7 +671,7 @@ fn the_leader_cut_off_under_load_steps_down_and_loses_nothing() {
     let direct_ids: Vec<TransferId> = answers.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
     let applied = client.lookup_transfers(&direct_ids).expect("lookup the direct writes");
     assert!(applied.is_empty(), "{} writes answered as failed by the isolated leader were applied", applied.len());
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// A follower cut off from the others under load: the leader and the other follower are a
@@ -868,7 +724,7 @@ fn a_follower_cut_off_under_load_catches_up_when_healed() {
         cluster.views
     );
     let acknowledged = load.stop();
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// Every member cut off from every other, so that no side has a majority: direct writes to
@@ -934,7 +790,7 @@ fn a_split_without_a_majority_acknowledges_nothing_until_healed() {
         healed_at.elapsed().as_millis()
     );
     let acknowledged = load.stop();
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
 
 /// Five members split two against three, the leader on the side of two: it still replicates
@@ -1006,5 +862,5 @@ fn a_leader_in_a_minority_of_two_commits_nothing_and_rejoins() {
     let direct_ids: Vec<TransferId> = answers.iter().flat_map(|(ids, _)| ids.iter().copied()).collect();
     let applied = client.lookup_transfers(&direct_ids).expect("lookup the direct writes");
     assert!(applied.is_empty(), "{} writes answered as failed by the minority's leader were applied", applied.len());
-    acknowledged_kept_and_members_agree(&cluster, &client, &acknowledged);
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }
