@@ -439,6 +439,58 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn entry(account_id: u128, timestamp_ns: u64) -> EntryRow {
+        EntryRow {
+            account_id,
+            timestamp_ns,
+            op: 1,
+            change_index: 0,
+            side: b'D',
+            transfer_id: 7,
+            counterparty_id: 9,
+            ledger: 1,
+            amount: 15,
+            debits_pending: 0,
+            debits_posted: 15,
+            credits_pending: 0,
+            credits_posted: 0,
+        }
+    }
+
+    /// The `(account_id, timestamp_ns)` of each row of a binary `COPY` stream of entries.
+    fn keys_of(stream: &[u8]) -> Vec<(u128, u64)> {
+        let mut keys = Vec::new();
+        let mut at = 19; // signature (11), flags (4), header extension length (4)
+        loop {
+            let fields = i16::from_be_bytes([stream[at], stream[at + 1]]);
+            at += 2;
+            if fields == -1 {
+                assert_eq!(at, stream.len(), "the trailer ends the stream");
+                return keys;
+            }
+            assert_eq!(fields, COPY_ENTRIES.1);
+            let mut values = Vec::new();
+            for _ in 0..fields {
+                let size = i32::from_be_bytes(stream[at..at + 4].try_into().unwrap());
+                at += 4;
+                values.push(&stream[at..at + size.max(0) as usize]);
+                at += size.max(0) as usize;
+            }
+            let account_id = u128::from_be_bytes(values[0].try_into().unwrap());
+            let timestamp_ns = i64::from_be_bytes(values[1].try_into().unwrap());
+            keys.push((account_id, timestamp_ns as u64));
+        }
+    }
+
+    #[test]
+    fn entries_are_copied_in_key_order() {
+        let arrival = vec![entry(3, 10), entry(1, 30), entry(3, 5), entry(2, 20), entry(1, 10)];
+        let encoded = entries_encode(arrival);
+        assert_eq!(encoded.rows_count(), 5);
+        let keys = keys_of(&encoded.finish());
+        assert_eq!(keys, [(1, 10), (1, 30), (2, 20), (3, 5), (3, 10)]);
+    }
+
     #[test]
     fn months_and_their_partitions() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
