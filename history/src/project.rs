@@ -6,10 +6,11 @@
 //! (`rows.rs`); the **writer** (async, on a current-thread tokio runtime) writes each group in
 //! one transaction: first the position row is moved from the group's start to its end (a
 //! conditional `UPDATE`, which also locks it against a second writer), then the streams are
-//! copied straight into the tables (the two kinds of update, through session-local staging
-//! tables and `UPDATE … FROM`), then commit. Rows and position commit together or not at all, so a crash
-//! at any moment resumes from the stored position with no gap and no duplicate; the unique
-//! keys make a duplicate impossible even if that argument were wrong.
+//! copied straight into the tables (the two kinds of update through session-local staging
+//! tables and `UPDATE … FROM`), then commit. Rows and position commit together or not at all,
+//! so a crash at any moment resumes from the stored position with no gap and no duplicate; the
+//! unique keys of the tables copied into make a duplicate impossible even if that argument
+//! were wrong.
 //!
 //! PostgreSQL going away (stopped, restarted) is waited out: the writer reconnects with a
 //! bounded backoff, reads the position back (the lost commit may have landed) and retries the
