@@ -2,7 +2,7 @@
 //!
 //! - `project` — the projection: every durable op (from the follower, `walletd_replay::Follower`)
 //!   into PostgreSQL exactly once, with its position in the same transaction, bulk-loaded with
-//!   binary `COPY` into staging tables (`rows`, `pgtypes`).
+//!   binary `COPY` straight into the tables (`rows`, `pgtypes`).
 //! - `schema` — the versioned migrations in `history/migrations/`, applied at start.
 //! - `query` — what the history holds: a wallet's transactions (cursor-paged), one transfer, a
 //!   statement, a balance as of a time, and "was this id applied" for the HTTP gateway.

@@ -6,10 +6,11 @@
 //! (`rows.rs`); the **writer** (async, on a current-thread tokio runtime) writes each group in
 //! one transaction: first the position row is moved from the group's start to its end (a
 //! conditional `UPDATE`, which also locks it against a second writer), then the streams are
-//! copied into session-local staging tables and moved into the real tables with
-//! `INSERT … SELECT`, then commit. Rows and position commit together or not at all, so a crash
-//! at any moment resumes from the stored position with no gap and no duplicate; the unique
-//! keys make a duplicate impossible even if that argument were wrong.
+//! copied straight into the tables (the two kinds of update through session-local staging
+//! tables and `UPDATE … FROM`), then commit. Rows and position commit together or not at all,
+//! so a crash at any moment resumes from the stored position with no gap and no duplicate; the
+//! unique keys of the tables copied into make a duplicate impossible even if that argument
+//! were wrong.
 //!
 //! PostgreSQL going away (stopped, restarted) is waited out: the writer reconnects with a
 //! bounded backoff, reads the position back (the lost commit may have landed) and retries the
@@ -18,7 +19,9 @@
 use crate::error::HistoryError;
 use crate::metrics::ProjectionMetrics;
 use crate::pgtypes::{i64_of, Uuid128};
-use crate::rows::{month_partition, Group, GroupBuilder, Stage};
+use crate::rows::{
+    month_partition, Group, GroupBuilder, Stage, COPY_ENTRIES, STAGE_ACCOUNT_UPDATES, STAGE_RESOLUTIONS,
+};
 use futures_util::SinkExt;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -274,62 +277,60 @@ impl Writer {
             );
             transaction.batch_execute(&sql).await?;
         }
+        // One month (the usual case): straight into its partition, no routing per row.
+        let entries_table = match (group.months.len(), group.months.first()) {
+            (1, Some(month)) => month_partition(*month).0,
+            _ => COPY_ENTRIES.0.to_string(),
+        };
         for stage in group.stages.iter().filter(|stage| stage.rows_count > 0) {
-            stage_copy(&transaction, stage).await?;
+            let table = if stage.table == COPY_ENTRIES.0 { entries_table.as_str() } else { stage.table };
+            stage_copy(&transaction, table, stage).await?;
+            stage_apply(&transaction, group, stage).await?;
         }
-        stages_apply(&transaction, group).await?;
         transaction.commit().await?;
         self.partitions.extend(created);
         Ok(())
     }
 }
 
-async fn stage_copy(transaction: &tokio_postgres::Transaction<'_>, stage: &Stage) -> Result<(), HistoryError> {
-    let sink = transaction.copy_in(&format!("COPY {} FROM STDIN (FORMAT binary)", stage.table)).await?;
+async fn stage_copy(
+    transaction: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    stage: &Stage,
+) -> Result<(), HistoryError> {
+    let sink = transaction.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)")).await?;
     futures_util::pin_mut!(sink);
     sink.send(stage.bytes.clone()).await?;
     let copied = sink.finish().await?;
-    assert_eq!(copied, stage.rows_count, "COPY into {} took every row", stage.table);
+    assert_eq!(copied, stage.rows_count, "COPY into {table} took every row");
     Ok(())
 }
 
-/// The statements that move a group from staging into the tables, in dependency order, each
-/// with the staging table whose row count it must match.
+/// The statements that apply a staging table's rows as updates of rows already there; each
+/// must touch exactly one row per staged row. (Every other table is copied into directly.)
 const APPLY_STATEMENTS: &[(&str, &str)] = &[
-    ("stage_ops", "INSERT INTO journal_ops SELECT * FROM stage_ops"),
-    ("stage_accounts", "INSERT INTO accounts SELECT * FROM stage_accounts"),
-    ("stage_account_events", "INSERT INTO account_events SELECT * FROM stage_account_events"),
     (
-        "stage_account_updates",
+        STAGE_ACCOUNT_UPDATES.0,
         "UPDATE accounts a SET flags = s.flags, updated_op = s.updated_op FROM stage_account_updates s WHERE a.id = s.id",
     ),
-    ("stage_transfers", "INSERT INTO transfers SELECT * FROM stage_transfers"),
     (
-        "stage_holds",
-        "INSERT INTO holds (id, debit_account_id, credit_account_id, amount, ledger, timestamp_ns, timeout_s, op, status)
-         SELECT * FROM stage_holds",
-    ),
-    (
-        "stage_resolutions",
+        STAGE_RESOLUTIONS.0,
         "UPDATE holds h SET status = r.status, resolved_by = r.resolved_by, resolved_amount = r.resolved_amount,
              resolved_timestamp_ns = r.resolved_timestamp_ns, resolved_op = r.resolved_op
          FROM stage_resolutions r WHERE h.id = r.hold_id AND h.status = 'pending'",
     ),
     (
-        "stage_resolutions",
+        STAGE_RESOLUTIONS.0,
         "UPDATE transfers t SET status = r.status FROM stage_resolutions r WHERE t.id = r.hold_id AND t.status = 'pending'",
     ),
-    // In key order: each index page is visited once per group, in order (measured ~15% less
-    // backend CPU than arrival order; docs/BENCHMARKS.md).
-    ("stage_entries", "INSERT INTO ledger_entries SELECT * FROM stage_entries ORDER BY account_id, timestamp_ns"),
 ];
 
-async fn stages_apply(transaction: &tokio_postgres::Transaction<'_>, group: &Group) -> Result<(), HistoryError> {
-    for (table, sql) in APPLY_STATEMENTS {
-        let stage = group.stages.iter().find(|stage| stage.table == *table).expect("every staging table is listed");
-        if stage.rows_count == 0 {
-            continue;
-        }
+async fn stage_apply(
+    transaction: &tokio_postgres::Transaction<'_>,
+    group: &Group,
+    stage: &Stage,
+) -> Result<(), HistoryError> {
+    for (_, sql) in APPLY_STATEMENTS.iter().filter(|(table, _)| *table == stage.table) {
         let count = transaction.execute(*sql, &[]).await?;
         if count != stage.rows_count {
             return Err(HistoryError::Inconsistent {

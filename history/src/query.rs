@@ -150,6 +150,20 @@ pub struct History {
 
 const ENTRY_COLUMNS: &str = "timestamp_ns, transfer_id, side, counterparty_id, ledger, amount::text, op,
     debits_pending::text, debits_posted::text, credits_pending::text, credits_posted::text";
+const ENTRY_COLUMNS_COUNT: usize = 11;
+
+/// A page and the position in one statement. `(account_id, timestamp_ns)` is the entries' key,
+/// so `timestamp_ns` alone orders an account's entries totally: the index is read backward and
+/// nothing is sorted (the cursor's `transfer_id` only breaks ties that cannot occur).
+fn page_sql() -> String {
+    format!(
+        "SELECT e.*, p.op, p.timestamp_ns FROM projection_position p LEFT JOIN LATERAL (
+             SELECT {ENTRY_COLUMNS} FROM ledger_entries
+             WHERE account_id = $1 AND timestamp_ns <= $2 AND (timestamp_ns, transfer_id) < ($2, $3)
+             ORDER BY timestamp_ns DESC LIMIT $4) e ON true
+         ORDER BY e.timestamp_ns DESC"
+    )
+}
 
 impl History {
     /// A pool of at most `connections_max` sessions to `database` (connections open lazily).
@@ -183,6 +197,10 @@ impl History {
     }
 
     /// A wallet's entries, newest first, `limit` per page, starting after `cursor`.
+    ///
+    /// One prepared statement, one round trip: the position and the page are read by the same
+    /// statement, so from one snapshot (as a transaction would give, without its three more
+    /// round trips, each of which waits for the scheduler on a busy machine).
     pub async fn transactions(
         &self,
         account_id: u128,
@@ -190,26 +208,24 @@ impl History {
         limit: u32,
     ) -> Result<Page, HistoryError> {
         assert!(limit > 0);
-        let mut client = self.pool.get().await?;
-        let transaction = reading(&mut client).await?;
-        let (position, position_timestamp_ns) = position_read(&transaction).await?;
+        let client = self.pool.get().await?;
         let (timestamp_ns, transfer_id) = cursor.map_or((i64::MAX, Uuid128(u128::MAX)), |cursor| {
             (i64_of(cursor.timestamp_ns), Uuid128(cursor.transfer_id))
         });
-        let sql = format!(
-            "SELECT {ENTRY_COLUMNS} FROM ledger_entries
-             WHERE account_id = $1 AND timestamp_ns <= $2 AND (timestamp_ns, transfer_id) < ($2, $3)
-             ORDER BY timestamp_ns DESC, transfer_id DESC LIMIT $4"
-        );
+        let statement = client.prepare_cached(&page_sql()).await?;
         let rows =
-            transaction.query(&sql, &[&Uuid128(account_id), &timestamp_ns, &transfer_id, &i64::from(limit)]).await?;
-        transaction.commit().await?;
-        let entries: Vec<Entry> = rows.iter().map(entry_of).collect();
+            client.query(&statement, &[&Uuid128(account_id), &timestamp_ns, &transfer_id, &i64::from(limit)]).await?;
+        let first = rows.first().expect("the position row is always there (a LEFT JOIN)");
+        let position: i64 = first.get(ENTRY_COLUMNS_COUNT);
+        let position_timestamp_ns: i64 = first.get(ENTRY_COLUMNS_COUNT + 1);
+        let entries: Vec<Entry> =
+            rows.iter().filter(|row| row.get::<_, Option<i64>>(0).is_some()).map(entry_of).collect();
+        assert!(entries.len() <= limit as usize, "the page's LIMIT");
         let next = (entries.len() == limit as usize).then(|| {
             let last = entries.last().expect("a full page");
             Cursor { timestamp_ns: last.timestamp_ns, transfer_id: last.transfer_id }
         });
-        Ok(Page { position: position.op, position_timestamp_ns, entries, next })
+        Ok(Page { position: position as u64, position_timestamp_ns: position_timestamp_ns as u64, entries, next })
     }
 
     /// One transfer by id, any age.
@@ -229,7 +245,7 @@ impl History {
         let opening = balances_before(&transaction, account_id, from_ns).await?;
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM ledger_entries
-             WHERE account_id = $1 AND timestamp_ns >= $2 AND timestamp_ns < $3 ORDER BY timestamp_ns, transfer_id"
+             WHERE account_id = $1 AND timestamp_ns >= $2 AND timestamp_ns < $3 ORDER BY timestamp_ns"
         );
         let rows = transaction.query(&sql, &[&Uuid128(account_id), &i64_of(from_ns), &i64_of(to_ns)]).await?;
         transaction.commit().await?;
