@@ -5,7 +5,8 @@
 //! Lag is measured against the durable mark the follower reads: `walletd_projection_lag_ops` is
 //! `op_durable − projected op`, and `walletd_projection_lag_seconds` is how old the newest
 //! projected op is (now − its engine timestamp) while any durable op is still unprojected, 0 once
-//! caught up.
+//! caught up. Before the first op is projected there is no engine timestamp to age: the lag is
+//! then the time since the projection first saw durable ops it had not projected (a lower bound).
 
 use crate::rows::Group;
 use std::fmt::Write;
@@ -19,6 +20,8 @@ pub struct ProjectionMetrics {
     op: AtomicU64,
     op_timestamp_ns: AtomicU64,
     op_durable: AtomicU64,
+    /// When durable ops were first seen unprojected before any op was projected (ns, 0: not).
+    unprojected_since_ns: AtomicU64,
     ops_total: AtomicU64,
     transfers_total: AtomicU64,
     entries_total: AtomicU64,
@@ -39,6 +42,9 @@ impl ProjectionMetrics {
 
     pub fn durable_set(&self, op_durable: u64) {
         self.op_durable.fetch_max(op_durable, Ordering::Relaxed);
+        if self.lag_ops() > 0 && self.op_timestamp_ns.load(Ordering::Relaxed) == 0 {
+            let _ = self.unprojected_since_ns.compare_exchange(0, now_ns(), Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     pub fn group_written(&self, group: &Group) {
@@ -75,12 +81,18 @@ impl ProjectionMetrics {
         if self.lag_ops() == 0 {
             return 0.0;
         }
-        now_ns.saturating_sub(self.op_timestamp_ns.load(Ordering::Relaxed)) as f64 / 1e9
+        let since = match self.op_timestamp_ns.load(Ordering::Relaxed) {
+            0 => self.unprojected_since_ns.load(Ordering::Relaxed),
+            timestamp_ns => timestamp_ns,
+        };
+        if since == 0 {
+            return 0.0;
+        }
+        now_ns.saturating_sub(since) as f64 / 1e9
     }
 
     pub fn render(&self) -> String {
-        let now_ns =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let now_ns = now_ns();
         let mut out = String::new();
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
         let gauges: [(&str, &str, f64); 6] = [
@@ -150,4 +162,28 @@ pub async fn metrics_serve(
         }
     });
     Ok(bound)
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_before_the_first_projected_op_counts_from_when_durable_ops_were_seen() {
+        let metrics = ProjectionMetrics::default();
+        assert_eq!(metrics.lag_seconds(now_ns()), 0.0, "nothing durable, nothing behind");
+        metrics.durable_set(5);
+        let seen = metrics.unprojected_since_ns.load(Ordering::Relaxed);
+        assert!(seen > 0);
+        let lag = metrics.lag_seconds(seen + 2_000_000_000);
+        assert_eq!(lag, 2.0, "the age of the lag, not the seconds since 1970");
+        metrics.position_set(Position { op: 5, checksum: 1 }, seen - 1_000_000_000);
+        assert_eq!(metrics.lag_seconds(seen + 2_000_000_000), 0.0, "caught up");
+        metrics.durable_set(7);
+        assert_eq!(metrics.lag_seconds(seen + 2_000_000_000), 3.0, "now the age of the newest projected op");
+    }
 }
