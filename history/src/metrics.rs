@@ -10,8 +10,9 @@
 
 use crate::rows::Group;
 use std::fmt::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use walletd_replay::Position;
 
@@ -20,6 +21,10 @@ pub struct ProjectionMetrics {
     op: AtomicU64,
     op_timestamp_ns: AtomicU64,
     op_durable: AtomicU64,
+    /// The data directory whose durable mark each scrape reads as well: while the follower is
+    /// blocked (PostgreSQL down or slow) it reads nothing, and the lag must keep rising rather
+    /// than freeze at its last read.
+    pub durable_dir: OnceLock<PathBuf>,
     /// When durable ops were first seen unprojected before any op was projected (ns, 0: not).
     unprojected_since_ns: AtomicU64,
     ops_total: AtomicU64,
@@ -74,7 +79,13 @@ impl ProjectionMetrics {
     }
 
     pub fn lag_ops(&self) -> u64 {
-        self.op_durable.load(Ordering::Relaxed).saturating_sub(self.op.load(Ordering::Relaxed))
+        self.op_durable_now().saturating_sub(self.op.load(Ordering::Relaxed))
+    }
+
+    /// The journal's durable op: the newer of the follower's last read and the mark on disk now.
+    fn op_durable_now(&self) -> u64 {
+        let on_disk = self.durable_dir.get().and_then(|dir| walletd_replay::durable_read(dir).ok().flatten());
+        self.op_durable.load(Ordering::Relaxed).max(on_disk.map_or(0, |position| position.op))
     }
 
     fn lag_seconds(&self, now_ns: u64) -> f64 {
@@ -97,7 +108,7 @@ impl ProjectionMetrics {
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
         let gauges: [(&str, &str, f64); 6] = [
             ("walletd_projection_op", "The last op projected into PostgreSQL.", load(&self.op) as f64),
-            ("walletd_projection_op_durable", "The journal's durable op as last read.", load(&self.op_durable) as f64),
+            ("walletd_projection_op_durable", "The journal's durable op.", self.op_durable_now() as f64),
             ("walletd_projection_lag_ops", "Durable ops not yet projected.", self.lag_ops() as f64),
             (
                 "walletd_projection_lag_seconds",

@@ -95,6 +95,7 @@ pub fn project(options: &ProjectOptions) -> Result<ProjectReport, HistoryError> 
 
 async fn project_async(options: &ProjectOptions) -> Result<ProjectReport, HistoryError> {
     let metrics = Arc::new(ProjectionMetrics::default());
+    let _ = metrics.durable_dir.set(options.data_dir.clone());
     if let Some(addr) = options.metrics_addr {
         let bound = crate::metrics::metrics_serve(addr, Arc::clone(&metrics)).await?;
         println!("metrics on http://{bound}/metrics");
