@@ -36,8 +36,10 @@
 //! Each ends with the same proof: every acknowledged transfer is on the leader, a checkpoint
 //! taken after the last acknowledgement is durable on every member, their journals are equal
 //! byte for byte up to the common op (so every acknowledged transfer is in every journal),
-//! `walletd replay` gives one state hash, and money sums to zero. Throughout, no two members
-//! claim leadership of one term.
+//! `walletd replay` gives one state hash, and money sums to zero. (Two members may each lead
+//! the same term, one after the other: openraft 0.9 orders leaders by term and node id, and a
+//! vote for a higher node id in the same term is a newer leader, not a split brain. What the
+//! tests check instead is that a member cut off from the majority never acknowledges a write.)
 //!
 //! The tests need root and `ip` (iproute2): without them they print why and pass, unless
 //! `WALLETD_REQUIRE_NETNS=1` (set by `.ci/run`), which makes that a failure. They wait on events
@@ -307,9 +309,8 @@ struct Cluster {
     lines: Receiver<Line>,
     /// Each member's newest view, from its lines: (term, leader).
     views: BTreeMap<u64, (u64, Option<u64>)>,
-    /// Every term some member claimed to lead, with that member: a second claimant of the same
-    /// term is a split brain, and fails the test at once.
-    leaders_by_term: BTreeMap<u64, u64>,
+    /// Every term some member claimed to lead, with the members that did.
+    leaders_by_term: BTreeMap<u64, std::collections::BTreeSet<u64>>,
     network: Network,
     _tmp: tempfile::TempDir,
 }
@@ -450,8 +451,7 @@ impl Cluster {
             _ => return,
         };
         if leader == Some(line.node) {
-            let claimant = *self.leaders_by_term.entry(term).or_insert(line.node);
-            assert_eq!(claimant, line.node, "split brain: nodes {claimant} and {} both lead term {term}", line.node);
+            self.leaders_by_term.entry(term).or_default().insert(line.node);
         }
         self.views.insert(line.node, (term, leader));
     }
@@ -704,7 +704,7 @@ fn a_follower_cut_off_under_load_catches_up_when_healed() {
     );
     cluster.views_drain();
     let led: Vec<u64> =
-        cluster.leaders_by_term.iter().filter(|(_, id)| **id == follower).map(|(term, _)| *term).collect();
+        cluster.leaders_by_term.iter().filter(|(_, ids)| ids.contains(&follower)).map(|(term, _)| *term).collect();
     assert!(led.is_empty(), "the isolated follower {follower} led terms {led:?}");
     eprintln!(
         "cut follower {follower} (term {term}); it stood for election in term {term_campaign}; its journal at op \
