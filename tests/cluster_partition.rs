@@ -772,8 +772,8 @@ fn a_split_without_a_majority_acknowledges_nothing_until_healed() {
     }
     assert_eq!(load.acknowledged_count(), acknowledged_after_first, "the load was acknowledged without a majority");
     cluster.views_drain();
-    let elected: Vec<(&u64, &u64)> = cluster.leaders_by_term.range(term + 1..).collect();
-    assert!(elected.is_empty(), "elected without a majority (term, node): {elected:?}");
+    let elected: Vec<_> = cluster.leaders_by_term.range(term + 1..).collect();
+    assert!(elected.is_empty(), "elected without a majority (term, nodes): {elected:?}");
     eprintln!(
         "split all {MEMBERS} members (term {term}); direct writes answered: {failures:?}; views {:?}",
         cluster.views
