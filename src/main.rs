@@ -22,6 +22,8 @@ struct Cli {
     command: Commands,
 }
 
+// Parsed once at start-up and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Commands {
     /// Run the node: recover from the data directory, then serve the binary protocol.

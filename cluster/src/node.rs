@@ -106,10 +106,13 @@ pub const APPEND_ENTRIES_MAX_DEFAULT: u64 = 16;
 pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 1024;
 /// The default of `ClusterOptions::log_keep_entries`.
 pub const LOG_KEEP_ENTRIES_DEFAULT: u64 = 1024;
-/// How long a leader waits for a member to install a snapshot, that is, to fetch the journal it
-/// lacks (gigabytes for a new member). A member that takes longer is sent the snapshot again
-/// and resumes its fetch where it stopped.
-pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a leader waits for a member to answer a snapshot, that is, to fetch the journal it
+/// lacks (gigabytes for a new member). Short on purpose: a connection that died silently must
+/// not stall the member's replication for long, and a resend costs nothing — a member still
+/// installing answers it at once (the snapshot is not newer than what it accepted), and the
+/// leader goes on with the log after the snapshot, which the member applies once its install
+/// is done.
+pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A node running in this process.
 pub struct RunningCluster {
