@@ -32,6 +32,8 @@
 
 #[path = "simulation/network.rs"]
 mod network;
+#[path = "simulation/runtime.rs"]
+mod runtime;
 #[path = "simulation/storage.rs"]
 mod storage;
 #[path = "simulation/workload.rs"]
@@ -44,7 +46,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use storage::{AppliedEntry, NodeStorage};
+use storage::{AppliedEntry, Flaw, NodeStorage};
 use walletd_cluster::types::{Applied, Member, NodeId, Proposal};
 use walletd_cluster::{RaftTimeouts, APPEND_ENTRIES_MAX_DEFAULT};
 use walletd_core::{Config, Query};
@@ -61,7 +63,7 @@ openraft::declare_raft_types!(
         Node = Member,
         Entry = openraft::Entry<SimConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::SimRuntime,
 );
 
 pub type SimRaft = openraft::Raft<SimConfig>;
@@ -74,7 +76,9 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 const NODE_COUNT: u64 = 3;
 const CLIENT_COUNT: u64 = 3;
 /// Enough seeds for at least 10,000 injected faults per run of the test (see the report).
-const SEEDS_DEFAULT: u64 = 100;
+const SEEDS_DEFAULT: u64 = 150;
+/// Seeds each deliberate flaw gets to be caught in.
+const FLAW_SEEDS_MAX: u64 = 40;
 /// Simulated time the clients send writes and the fault schedule runs.
 const WORKLOAD_MS: u64 = 20_000;
 /// A client's deadline for one write, before it counts the outcome unknown.
@@ -84,6 +88,8 @@ const WRITE_ATTEMPTS_MAX: u64 = 8;
 const SYNC_DELAY_MAX_US: u64 = 3_000;
 /// A crash with unsynced appends keeps a torn prefix of them this often.
 const TORN_PERCENT: u64 = 50;
+/// How long a crash aimed at an unsynced append waits for one.
+const MID_APPEND_WAIT_MS: u64 = 200;
 const SETTLE_ROUNDS_MAX: u64 = 40;
 const EPOCH_NS: u64 = 1_795_305_600 * 1_000_000_000;
 
@@ -123,9 +129,10 @@ enum Target {
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// Killed at once (whatever it had not synced is lost), restarted after `down_ms`.
+    /// Killed (whatever it had not synced is lost), restarted after `down_ms`. With
+    /// `mid_append`, the kill waits (a little) for an append that is not synced yet.
     /// `second_down` allows it while another node is down already.
-    Crash { target: Target, down_ms: u64, second_down: bool },
+    Crash { target: Target, down_ms: u64, mid_append: bool, second_down: bool },
     /// Every link to and from the node cut for `duration_ms`.
     Isolate { target: Target, duration_ms: u64 },
     /// One direction of one link cut.
@@ -143,7 +150,12 @@ fn schedule(seed: u64) -> Vec<(u64, Fault)> {
         let node = 1 + rng.below(NODE_COUNT);
         let target = if rng.chance(40) { Target::Leader } else { Target::Node(node) };
         let fault = match rng.below(100) {
-            0..=39 => Fault::Crash { target, down_ms: 20 + rng.below(1_500), second_down: rng.chance(20) },
+            0..=39 => Fault::Crash {
+                target,
+                down_ms: 20 + rng.below(1_500),
+                mid_append: rng.chance(50),
+                second_down: rng.chance(20),
+            },
             40..=64 => Fault::Isolate { target, duration_ms: 50 + rng.below(1_500) },
             65..=79 => {
                 let to = 1 + (node + rng.below(NODE_COUNT - 1)) % NODE_COUNT;
@@ -208,8 +220,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(seed: u64) -> Arc<Cluster> {
-        let storages = (1..=NODE_COUNT).map(|node_id| (node_id, NodeStorage::new(ledger_config()))).collect();
+    fn new(seed: u64, flaw: Flaw) -> Arc<Cluster> {
+        let storages = (1..=NODE_COUNT).map(|node_id| (node_id, NodeStorage::new(ledger_config(), flaw))).collect();
         Arc::new(Cluster {
             fabric: Fabric::new(seed ^ 0x0e70_0e70_0e70_0e70),
             storages,
@@ -289,7 +301,7 @@ impl Cluster {
         };
         self.count(|counts| {
             counts.crashes += 1;
-            counts.crashes_losing_unsynced += u64::from(loss.operations_unsynced > loss.operations_kept);
+            counts.crashes_losing_unsynced += u64::from(loss.operations_unsynced > 0);
             counts.torn_appends += u64::from(loss.torn);
         });
         tokio::spawn(async move {
@@ -356,14 +368,20 @@ fn fault_inject(cluster: &Arc<Cluster>, fault: Fault) {
         });
     };
     match fault {
-        Fault::Crash { target, down_ms, second_down } => {
+        Fault::Crash { target, down_ms, mid_append, second_down } => {
             let Some(node_id) = cluster.resolve(target) else { return cluster.count(|counts| counts.skipped += 1) };
-            if (cluster.down_count() >= 1 && !second_down) || !cluster.crash(node_id) {
+            if cluster.down_count() >= 1 && !second_down {
                 return cluster.count(|counts| counts.skipped += 1);
             }
-            cluster.count(|counts| counts.crashes_of_leader += u64::from(matches!(target, Target::Leader)));
             let cluster = Arc::clone(cluster);
             tokio::spawn(async move {
+                if mid_append {
+                    cluster.storages[&node_id].unsynced_wait(Duration::from_millis(MID_APPEND_WAIT_MS)).await;
+                }
+                if !cluster.crash(node_id) {
+                    return cluster.count(|counts| counts.skipped += 1);
+                }
+                cluster.count(|counts| counts.crashes_of_leader += u64::from(matches!(target, Target::Leader)));
                 tokio::time::sleep(Duration::from_millis(down_ms)).await;
                 if cluster.raft(node_id).is_none() {
                     cluster.start(node_id).await;
@@ -491,6 +509,13 @@ fn check(cluster: &Cluster, acknowledged: &[Acknowledged]) -> Vec<String> {
     for (node_id, storage) in &cluster.storages {
         violations.extend(storage.violations().into_iter().map(|what| format!("node {node_id}: {what}")));
     }
+    for node_id in 1..=NODE_COUNT {
+        match cluster.raft(node_id).map(|raft| raft.metrics().borrow().running_state.clone()) {
+            Some(Ok(())) => {}
+            Some(Err(fatal)) => violations.push(format!("node {node_id}'s Raft stopped: {fatal}")),
+            None => violations.push(format!("node {node_id} is not running after the settle")),
+        }
+    }
     let applied = cluster.applied();
     for write in acknowledged {
         for (node_id, sequence) in &applied {
@@ -574,9 +599,9 @@ impl SeedReport {
     }
 }
 
-async fn seed_run(seed: u64) -> Result<SeedReport, Vec<String>> {
+async fn seed_run(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
     let start = tokio::time::Instant::now();
-    let cluster = Cluster::new(seed);
+    let cluster = Cluster::new(seed, flaw);
     for node_id in 1..=NODE_COUNT {
         cluster.start(node_id).await;
     }
@@ -621,18 +646,119 @@ async fn seed_run(seed: u64) -> Result<SeedReport, Vec<String>> {
     })
 }
 
-fn seed_run_blocking(seed: u64) -> Result<SeedReport, Vec<String>> {
+thread_local! {
+    /// Panics on this thread: openraft's tasks run on it, and a panic in one of them stops
+    /// that node's Raft without reaching the test.
+    static PANIC_COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn panic_count_install() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANIC_COUNT.with(|count| count.set(count.get() + 1));
+            previous(info);
+        }));
+    });
+}
+
+fn seed_run_blocking(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
+    panic_count_install();
+    let panics_before = PANIC_COUNT.with(|count| count.get());
+    runtime::seed(seed ^ 0x0e1e_c710_0000_0001);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    runtime.block_on(seed_run(seed))
+    let outcome = runtime.block_on(seed_run(seed, flaw));
+    drop(runtime);
+    let panics = PANIC_COUNT.with(|count| count.get()) - panics_before;
+    match outcome {
+        Ok(_) if panics > 0 => Err(vec![format!("{panics} panics in the simulation's tasks (printed above)")]),
+        Err(mut violations) if panics > 0 => {
+            violations.push(format!("{panics} panics in the simulation's tasks (printed above)"));
+            Err(violations)
+        }
+        outcome => outcome,
+    }
 }
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(text.trim().parse().unwrap_or_else(|_| panic!("{name}={text} is not a number")))
+}
+
+/// Sums over the seeds of one run.
+#[derive(Default)]
+struct Totals {
+    faults: FaultCounts,
+    message_faults: network::MessageFaults,
+    faults_injected: u64,
+    acknowledged: u64,
+    simulated: Duration,
+}
+
+impl Totals {
+    fn add(&mut self, report: &SeedReport) {
+        self.faults = add_counts(self.faults, report.faults);
+        let (totals, seed) = (&mut self.message_faults, &report.message_faults);
+        totals.lost += seed.lost;
+        totals.replies_lost += seed.replies_lost;
+        totals.duplicated += seed.duplicated;
+        totals.delayed_long += seed.delayed_long;
+        totals.blocked += seed.blocked;
+        totals.delivered += seed.delivered;
+        self.faults_injected += report.faults_injected();
+        self.acknowledged += report.acknowledged;
+        self.simulated += report.simulated;
+    }
+}
+
+fn seed_report_print(seed: u64, report: &SeedReport, wall: Duration) {
+    println!(
+        "seed {seed}: {} faults ({} scheduled: {:?}; {} on messages: {:?}), {} writes acknowledged, {} outcomes \
+         unknown, {} commands abandoned, {} entries, {} terms with a leader, {:.1} s simulated in {} ms",
+        report.faults_injected(),
+        report.faults.scheduled(),
+        report.faults,
+        report.message_faults.injected(),
+        report.message_faults,
+        report.acknowledged,
+        report.outcomes_unknown,
+        report.commands_abandoned,
+        report.index_last + 1,
+        report.leaders,
+        report.simulated.as_secs_f64(),
+        wall.as_millis()
+    );
+}
+
+/// Runs the seeds in order; the first that fails stops the run with its violations (a
+/// panic inside the simulation is one too).
+fn seeds_run(seeds: &[u64], flaw: Flaw, print: bool) -> Result<Totals, (u64, Vec<String>)> {
+    let mut totals = Totals::default();
+    for &seed in seeds {
+        let wall_seed = Instant::now();
+        let report = match std::panic::catch_unwind(|| seed_run_blocking(seed, flaw)) {
+            Ok(Ok(report)) => report,
+            Ok(Err(violations)) => return Err((seed, violations)),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
+                    .unwrap_or_default();
+                return Err((seed, vec![format!("panicked: {what}")]));
+            }
+        };
+        if print {
+            seed_report_print(seed, &report, wall_seed.elapsed());
+        }
+        totals.add(&report);
+    }
+    Ok(totals)
 }
 
 #[test]
@@ -642,64 +768,44 @@ fn cluster_simulation() {
         None => (1..=env_u64("WALLETD_CLUSTER_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect(),
     };
     let wall_start = Instant::now();
-    let mut totals = (FaultCounts::default(), network::MessageFaults::default(), 0u64, 0u64, 0u64, Duration::ZERO);
-    for seed in &seeds {
-        let seed = *seed;
-        let wall_seed = Instant::now();
-        let outcome = std::panic::catch_unwind(|| seed_run_blocking(seed));
-        let report = match outcome {
-            Ok(Ok(report)) => report,
-            Ok(Err(violations)) => panic!(
-                "cluster simulation seed {seed} failed:\n  {}\nreplay: WALLETD_CLUSTER_SIM_SEED={seed} cargo test -p \
-                 walletd-cluster --test simulation -- --nocapture",
-                violations.join("\n  ")
-            ),
-            Err(_) => panic!(
-                "cluster simulation seed {seed} panicked (above)\nreplay: WALLETD_CLUSTER_SIM_SEED={seed} cargo test \
-                 -p walletd-cluster --test simulation -- --nocapture"
-            ),
-        };
-        println!(
-            "seed {seed}: {} faults ({} scheduled: {:?}; {} on messages: {:?}), {} writes acknowledged, {} outcomes \
-             unknown, {} commands abandoned, {} entries, {} terms with a leader, {:.1} s simulated in {} ms",
-            report.faults_injected(),
-            report.faults.scheduled(),
-            report.faults,
-            report.message_faults.injected(),
-            report.message_faults,
-            report.acknowledged,
-            report.outcomes_unknown,
-            report.commands_abandoned,
-            report.index_last + 1,
-            report.leaders,
-            report.simulated.as_secs_f64(),
-            wall_seed.elapsed().as_millis()
-        );
-        totals.0 = add_counts(totals.0, report.faults);
-        totals.1.lost += report.message_faults.lost;
-        totals.1.replies_lost += report.message_faults.replies_lost;
-        totals.1.duplicated += report.message_faults.duplicated;
-        totals.1.delayed_long += report.message_faults.delayed_long;
-        totals.2 += report.faults_injected();
-        totals.3 += report.acknowledged;
-        totals.4 += report.faults.crashes;
-        totals.5 += report.simulated;
-    }
+    let totals = match seeds_run(&seeds, Flaw::None, true) {
+        Ok(totals) => totals,
+        Err((seed, violations)) => panic!(
+            "cluster simulation seed {seed} failed:\n  {}\nreplay: WALLETD_CLUSTER_SIM_SEED={seed} cargo test -p \
+             walletd-cluster --test simulation -- --nocapture",
+            violations.join("\n  ")
+        ),
+    };
     println!(
-        "cluster simulation: {} seeds, {} faults injected ({} scheduled: {:?}; on messages: {:?}), {} crashes, {} \
-         writes acknowledged and found on every node, {:.0} s simulated in {:.1} s",
+        "cluster simulation: {} seeds, {} faults injected ({} scheduled: {:?}; on messages: {:?}), {} writes \
+         acknowledged and found on every node, {:.0} s simulated in {:.1} s",
         seeds.len(),
-        totals.2,
-        totals.0.scheduled(),
-        totals.0,
-        totals.1,
-        totals.4,
-        totals.3,
-        totals.5.as_secs_f64(),
+        totals.faults_injected,
+        totals.faults.scheduled(),
+        totals.faults,
+        totals.message_faults,
+        totals.acknowledged,
+        totals.simulated.as_secs_f64(),
         wall_start.elapsed().as_secs_f64()
     );
     if seeds.len() as u64 == SEEDS_DEFAULT {
-        assert!(totals.2 >= 10_000, "the default run must inject at least 10,000 faults, not {}", totals.2);
+        assert!(totals.faults_injected >= 10_000, "the default run injects at least 10,000 faults");
+    }
+}
+
+/// The checker is only worth its silence if it speaks up: each deliberate durability bug
+/// must be caught within a few seeds.
+#[test]
+fn cluster_simulation_finds_flaws() {
+    let seeds: Vec<u64> = (1..=FLAW_SEEDS_MAX).collect();
+    for flaw in [Flaw::AcknowledgeBeforeSync, Flaw::VoteNotDurable, Flaw::ApplyBeforeDurable] {
+        match seeds_run(&seeds, flaw, false) {
+            Ok(totals) => panic!(
+                "{flaw:?} went unnoticed over {FLAW_SEEDS_MAX} seeds ({} faults, {} writes acknowledged)",
+                totals.faults_injected, totals.acknowledged
+            ),
+            Err((seed, violations)) => println!("{flaw:?}: caught by seed {seed}: {}", violations[0]),
+        }
     }
 }
 

@@ -188,9 +188,9 @@ struct NodeState {
 /// What a crash did to the unsynced part of the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CrashLoss {
+    /// Log operations not synced when the node died: lost, or kept in part.
     pub operations_unsynced: usize,
-    pub operations_kept: usize,
-    /// The last kept operation was an append cut short.
+    /// Some of them survived, the last one an append cut short (a torn write).
     pub torn: bool,
 }
 
@@ -199,10 +199,25 @@ pub struct NodeStorage {
     state: Mutex<NodeState>,
     /// Bumped after every sync and every crash; `apply` waits on it.
     synced: watch::Sender<u64>,
+    /// Bumped after every append; a crash aimed at an unsynced append waits on it.
+    appended: watch::Sender<u64>,
+    flaw: Flaw,
+}
+
+/// A deliberate durability bug, for the test that proves the checker catches each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flaw {
+    None,
+    /// `LogFlushed` is called at the append, before any sync.
+    AcknowledgeBeforeSync,
+    /// A crash forgets the vote.
+    VoteNotDurable,
+    /// The state machine applies entries the log has not synced yet.
+    ApplyBeforeDurable,
 }
 
 impl NodeStorage {
-    pub fn new(config: Config) -> Arc<NodeStorage> {
+    pub fn new(config: Config, flaw: Flaw) -> Arc<NodeStorage> {
         Arc::new(NodeStorage {
             state: Mutex::new(NodeState {
                 epoch: 0,
@@ -216,6 +231,8 @@ impl NodeStorage {
                 violations: Vec::new(),
             }),
             synced: watch::channel(0).0,
+            appended: watch::channel(0).0,
+            flaw,
         })
     }
 
@@ -257,25 +274,45 @@ impl NodeStorage {
             let unsynced = std::mem::take(&mut state.unsynced);
             let mut loss = CrashLoss { operations_unsynced: unsynced.len(), ..CrashLoss::default() };
             if !unsynced.is_empty() && rng.chance(torn_percent) {
+                // The writes reached the disk in order up to some point, the last one cut.
                 let kept_count = 1 + rng.below(unsynced.len() as u64) as usize;
                 for (position, operation) in unsynced.iter().take(kept_count).enumerate() {
                     let operation = match operation {
-                        LogOperation::Append(entries) if position + 1 == kept_count && entries.len() > 1 => {
-                            let entries_kept = rng.below(entries.len() as u64) as usize;
+                        LogOperation::Append(entries) if position + 1 == kept_count => {
                             loss.torn = true;
-                            LogOperation::Append(entries[..entries_kept].to_vec())
+                            LogOperation::Append(entries[..rng.below(entries.len() as u64) as usize].to_vec())
                         }
                         other => other.clone(),
                     };
                     state.durable.operation_apply(&operation);
                 }
-                loss.operations_kept = kept_count;
             }
             state.volatile = state.durable.clone();
+            if self.flaw == Flaw::VoteNotDurable {
+                state.vote = None;
+            }
             loss
         };
         self.synced.send_modify(|count| *count += 1);
         loss
+    }
+
+    /// Waits until the live instance has an append that is not synced yet (true), or
+    /// `timeout` passes (false).
+    pub async fn unsynced_wait(&self, timeout: Duration) -> bool {
+        let mut appended = self.appended.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Bounded: each turn waits for an append, and the deadline ends the wait.
+        for _ in 0..100_000u64 {
+            if !self.lock().unsynced.is_empty() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, appended.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+        false
     }
 
     pub fn applied(&self) -> Vec<AppliedEntry> {
@@ -322,7 +359,9 @@ async fn sync_run(handle: Handle, mut rng: SimRng, sync_delay_max_us: u64) {
     // Bounded: an instance lives for a bounded simulated time, and each turn waits for work.
     for _ in 0..10_000_000u64 {
         handle.sync_wanted.notified().await;
-        tokio::time::sleep(Duration::from_micros(rng.below(sync_delay_max_us + 1))).await;
+        // Now and then a slow disk: ten times the usual delay at most.
+        let delay_max_us = if rng.chance(10) { 10 * sync_delay_max_us } else { sync_delay_max_us };
+        tokio::time::sleep(Duration::from_micros(rng.below(delay_max_us + 1))).await;
         let callbacks = {
             let Ok(mut state) = handle.live("sync") else { return };
             let operations = std::mem::take(&mut state.unsynced);
@@ -397,9 +436,14 @@ impl RaftLogStorage<SimConfig> for SimLog {
             let operation = LogOperation::Append(entries);
             state.volatile.operation_apply(&operation);
             state.unsynced.push(operation);
-            state.callbacks.push(callback);
+            if self.handle.storage.flaw == Flaw::AcknowledgeBeforeSync {
+                callback.log_io_completed(Ok(()));
+            } else {
+                state.callbacks.push(callback);
+            }
         }
         self.handle.sync_wanted.notify_one();
+        self.handle.storage.appended.send_modify(|count| *count += 1);
         Ok(())
     }
 
@@ -471,7 +515,9 @@ impl RaftStateMachine<SimConfig> for SimMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let Some(log_id_last) = entries.last().map(|entry| entry.log_id) else { return Ok(Vec::new()) };
-        self.durable_wait(log_id_last).await?;
+        if self.handle.storage.flaw != Flaw::ApplyBeforeDurable {
+            self.durable_wait(log_id_last).await?;
+        }
         let mut state = self.handle.live("apply")?;
         let mut applied = Vec::with_capacity(entries.len());
         for entry in &entries {
