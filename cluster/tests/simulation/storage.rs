@@ -87,6 +87,8 @@ impl LogImage {
 /// The state machine in memory; `applied` is its durable part (the journal's analogue).
 struct MachineState {
     config: Config,
+    /// The node's clock's offset, non-zero only under `Flaw::ApplyWithLocalClock`.
+    clock_offset_ns: u64,
     ledger: Ledger,
     output: Output,
     scratch: CommandScratch,
@@ -95,9 +97,10 @@ struct MachineState {
 }
 
 impl MachineState {
-    fn new(config: Config) -> MachineState {
+    fn new(config: Config, clock_offset_ns: u64) -> MachineState {
         MachineState {
             config,
+            clock_offset_ns,
             ledger: Ledger::new(config).expect("the simulation's ledger config is valid"),
             output: Output::new(&config),
             scratch: CommandScratch::new(config.batch_events_max),
@@ -119,7 +122,7 @@ impl MachineState {
         let op = entry.log_id.index + 1;
         let applied = match &entry.payload {
             EntryPayload::Normal(Proposal::Command { timestamp_ns, command }) => {
-                let timestamp_ns = (*timestamp_ns).max(self.ledger.timestamp_next_min());
+                let timestamp_ns = (*timestamp_ns + self.clock_offset_ns).max(self.ledger.timestamp_next_min());
                 let Command::Batch(batch) = self.scratch.decode(command).map_err(|error| error.to_string())? else {
                     return Err(format!("entry {} holds a query", entry.log_id));
                 };
@@ -147,8 +150,8 @@ impl MachineState {
 
     /// A fresh ledger fed the durable applied sequence again: the restart's recovery. Any
     /// state hash that differs from the one recorded is a determinism failure.
-    fn rebuilt(config: Config, applied: &[AppliedEntry]) -> Result<MachineState, String> {
-        let mut machine = MachineState::new(config);
+    fn rebuilt(config: Config, clock_offset_ns: u64, applied: &[AppliedEntry]) -> Result<MachineState, String> {
+        let mut machine = MachineState::new(config, clock_offset_ns);
         for recorded in applied {
             let entry: Entry = bincode::deserialize(&recorded.entry_bytes).expect("an applied entry decodes");
             machine.entry_apply(&entry)?;
@@ -212,12 +215,14 @@ pub enum Flaw {
     AcknowledgeBeforeSync,
     /// A crash forgets the vote.
     VoteNotDurable,
-    /// The state machine applies entries the log has not synced yet.
-    ApplyBeforeDurable,
+    /// The state machine stamps commands with the node's own clock (here: a reading a few
+    /// nanoseconds off per node) instead of the timestamp in the entry.
+    ApplyWithLocalClock,
 }
 
 impl NodeStorage {
-    pub fn new(config: Config, flaw: Flaw) -> Arc<NodeStorage> {
+    pub fn new(config: Config, flaw: Flaw, node_id: NodeId) -> Arc<NodeStorage> {
+        let clock_offset_ns = if flaw == Flaw::ApplyWithLocalClock { node_id * 1_000 } else { 0 };
         Arc::new(NodeStorage {
             state: Mutex::new(NodeState {
                 epoch: 0,
@@ -226,7 +231,7 @@ impl NodeStorage {
                 volatile: LogImage::default(),
                 unsynced: Vec::new(),
                 callbacks: Vec::new(),
-                machine: MachineState::new(config),
+                machine: MachineState::new(config, clock_offset_ns),
                 sync_wanted: Arc::new(Notify::new()),
                 violations: Vec::new(),
             }),
@@ -251,8 +256,8 @@ impl NodeStorage {
             let mut state = self.lock();
             state.epoch += 1;
             state.sync_wanted = Arc::new(Notify::new());
-            let config = state.machine.config;
-            match MachineState::rebuilt(config, &state.machine.applied) {
+            let (config, clock_offset_ns) = (state.machine.config, state.machine.clock_offset_ns);
+            match MachineState::rebuilt(config, clock_offset_ns, &state.machine.applied) {
                 Ok(machine) => state.machine = machine,
                 Err(violation) => state.violations.push(violation),
             }
@@ -515,9 +520,7 @@ impl RaftStateMachine<SimConfig> for SimMachine {
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let Some(log_id_last) = entries.last().map(|entry| entry.log_id) else { return Ok(Vec::new()) };
-        if self.handle.storage.flaw != Flaw::ApplyBeforeDurable {
-            self.durable_wait(log_id_last).await?;
-        }
+        self.durable_wait(log_id_last).await?;
         let mut state = self.handle.live("apply")?;
         let mut applied = Vec::with_capacity(entries.len());
         for entry in &entries {
