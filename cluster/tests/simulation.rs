@@ -74,6 +74,7 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 
 const NODE_COUNT: u64 = 3;
 const CLIENT_COUNT: u64 = 3;
@@ -90,6 +91,10 @@ const WRITE_ATTEMPTS_MAX: u64 = 8;
 const SYNC_DELAY_MAX_US: u64 = 3_000;
 /// A crash with unsynced appends keeps a torn prefix of them this often.
 const TORN_PERCENT: u64 = 50;
+const SNAPSHOT_ENTRIES: u64 = 100;
+const LOG_KEEP_ENTRIES: u64 = 20;
+/// Entries one journal fetch of an install carries at most.
+const FETCH_ENTRIES_MAX: usize = 32;
 /// How long a crash aimed at an unsynced append waits for one.
 const MID_APPEND_WAIT_MS: u64 = 200;
 const SETTLE_ROUNDS_MAX: u64 = 40;
@@ -116,7 +121,11 @@ fn raft_config() -> Arc<openraft::Config> {
         election_timeout_min: timeouts.election_timeout_min_ms,
         election_timeout_max: timeouts.election_timeout_max_ms,
         max_payload_entries: APPEND_ENTRIES_MAX_DEFAULT,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
+        // The cluster's policy, with counts small enough that a 20 s run builds snapshots,
+        // purges the log behind them and sends them to members that fell behind.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_ENTRIES),
+        max_in_snapshot_log_to_keep: LOG_KEEP_ENTRIES,
+        install_snapshot_timeout: 600_000,
         ..openraft::Config::default()
     };
     Arc::new(config.validate().expect("the cluster's Raft config is valid"))
@@ -231,9 +240,14 @@ struct Cluster {
 
 impl Cluster {
     fn new(seed: u64, flaw: Flaw) -> Arc<Cluster> {
-        let storages = (1..=NODE_COUNT).map(|node_id| (node_id, NodeStorage::new(ledger_config(), flaw, node_id))).collect();
+        let storages: BTreeMap<NodeId, Arc<NodeStorage>> =
+            (1..=NODE_COUNT).map(|node_id| (node_id, NodeStorage::new(ledger_config(), flaw, node_id))).collect();
+        let fabric = Fabric::new(seed ^ 0x0e70_0e70_0e70_0e70);
+        for storage in storages.values() {
+            storage.fetch_set(fetch_from_members(Arc::clone(&fabric), storages.clone()));
+        }
         Arc::new(Cluster {
-            fabric: Fabric::new(seed ^ 0x0e70_0e70_0e70_0e70),
+            fabric,
             storages,
             raft_config: raft_config(),
             rng: Mutex::new(SimRng::new(seed ^ 0x7a5c_0000_1111_2222)),
@@ -283,6 +297,9 @@ impl Cluster {
         };
         let (log, machine, sync) = self.storages[&node_id].instance(self.rng_fork(), SYNC_DELAY_MAX_US);
         tokio::spawn(sync);
+        if let Err(error) = machine.install_resume().await {
+            return self.violation(format!("node {node_id} could not finish its install at restart: {error}"));
+        }
         let network = SimNetwork { fabric: Arc::clone(&self.fabric), node_id, epoch };
         match SimRaft::new(node_id, Arc::clone(&self.raft_config), network, log, machine).await {
             Ok(raft) => {
@@ -352,6 +369,20 @@ impl Cluster {
     fn applied(&self) -> BTreeMap<NodeId, Vec<AppliedEntry>> {
         self.storages.iter().map(|(node_id, storage)| (*node_id, storage.applied())).collect()
     }
+}
+
+/// An install's journal fetch: from the first other member this node can reach both ways
+/// that holds the entries (the real fetch goes over the peer port, the source first).
+fn fetch_from_members(fabric: Arc<Fabric>, storages: BTreeMap<NodeId, Arc<NodeStorage>>) -> storage::Fetch {
+    Arc::new(move |node_id, from, to| {
+        storages.iter().filter(|(source, _)| **source != node_id).find_map(|(source, storage)| {
+            if !fabric.fetch_possible(node_id, *source) {
+                return None;
+            }
+            let entries = storage.applied_range(from, to, FETCH_ENTRIES_MAX);
+            (!entries.is_empty()).then_some(entries)
+        })
+    })
 }
 
 /// Watches one instance's metrics: records the leaders of each term, and checks that the
@@ -633,6 +664,7 @@ struct SeedReport {
     commands_abandoned: u64,
     index_last: u64,
     terms_led: u64,
+    snapshots_installed: u64,
     /// Terms in which more than one node led (allowed by openraft's leader ids).
     terms_led_twice: u64,
     simulated: Duration,
@@ -691,6 +723,7 @@ async fn seed_run(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
         index_last,
         terms_led,
         terms_led_twice,
+        snapshots_installed: cluster.storages.values().map(|storage| storage.installs_completed()).sum(),
         simulated: start.elapsed(),
     })
 }
@@ -747,6 +780,7 @@ struct Totals {
     faults_injected: u64,
     acknowledged: u64,
     terms_led_twice: u64,
+    snapshots_installed: u64,
     simulated: Duration,
 }
 
@@ -763,6 +797,7 @@ impl Totals {
         self.faults_injected += report.faults_injected();
         self.acknowledged += report.acknowledged;
         self.terms_led_twice += report.terms_led_twice;
+        self.snapshots_installed += report.snapshots_installed;
         self.simulated += report.simulated;
     }
 }
@@ -770,7 +805,8 @@ impl Totals {
 fn seed_report_print(seed: u64, report: &SeedReport, wall: Duration) {
     println!(
         "seed {seed}: {} faults ({} scheduled: {:?}; {} on messages: {:?}), {} writes acknowledged, {} outcomes \
-         unknown, {} commands abandoned, {} entries, {} terms with a leader ({} with two), {:.1} s simulated in {} ms",
+         unknown, {} commands abandoned, {} entries, {} snapshots installed, {} terms with a leader ({} with two), \
+         {:.1} s simulated in {} ms",
         report.faults_injected(),
         report.faults.scheduled(),
         report.faults,
@@ -780,6 +816,7 @@ fn seed_report_print(seed: u64, report: &SeedReport, wall: Duration) {
         report.outcomes_unknown,
         report.commands_abandoned,
         report.index_last + 1,
+        report.snapshots_installed,
         report.terms_led,
         report.terms_led_twice,
         report.simulated.as_secs_f64(),
@@ -830,13 +867,15 @@ fn cluster_simulation() {
     };
     println!(
         "cluster simulation: {} seeds, {} faults injected ({} scheduled: {:?}; on messages: {:?}), {} writes \
-         acknowledged and found on every node, {} terms led by two nodes, {:.0} s simulated in {:.1} s",
+         acknowledged and found on every node, {} snapshots installed, {} terms led by two nodes, {:.0} s simulated in \
+         {:.1} s",
         seeds.len(),
         totals.faults_injected,
         totals.faults.scheduled(),
         totals.faults,
         totals.message_faults,
         totals.acknowledged,
+        totals.snapshots_installed,
         totals.terms_led_twice,
         totals.simulated.as_secs_f64(),
         wall_start.elapsed().as_secs_f64()

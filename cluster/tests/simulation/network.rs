@@ -131,6 +131,13 @@ impl Fabric {
         state.weather = Weather::CALM;
     }
 
+    /// Whether `node` can fetch from `source` now (the source runs, the link is not cut
+    /// either way), for a journal fetch outside Raft's RPCs.
+    pub fn fetch_possible(&self, node: NodeId, source: NodeId) -> bool {
+        let state = self.lock();
+        state.instances.contains_key(&source) && !state.cut.contains(&(node, source)) && !state.cut.contains(&(source, node))
+    }
+
     pub fn faults(&self) -> MessageFaults {
         self.lock().faults
     }
@@ -217,15 +224,16 @@ fn unreachable<E: std::error::Error>() -> RPCError<NodeId, Member, E> {
 
 impl SimClient {
     /// Carries one RPC through the fabric: `deliver` hands it to the target's Raft.
-    async fn call<Request, Response, Fut>(
+    async fn call<Request, Response, Error, Fut>(
         &self,
         request: Request,
         option: &RPCOption,
         deliver: impl Fn(SimRaft, Request) -> Fut,
-    ) -> Result<Response, RPCError<NodeId, Member, RaftError<NodeId>>>
+    ) -> Result<Response, RPCError<NodeId, Member, RaftError<NodeId, Error>>>
     where
         Request: Clone + Send + 'static,
-        Fut: std::future::Future<Output = Result<Response, RaftError<NodeId>>> + Send + 'static,
+        Error: std::error::Error + Send + 'static,
+        Fut: std::future::Future<Output = Result<Response, RaftError<NodeId, Error>>> + Send + 'static,
         Response: Send + 'static,
     {
         let SimNetwork { fabric, node_id, epoch } = &self.network;
@@ -283,11 +291,11 @@ impl RaftNetwork<SimConfig> for SimClient {
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<SimConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<SimConfig>,
+        option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        Err(unreachable())
+        self.call(rpc, &option, |raft, rpc| async move { raft.install_snapshot(rpc).await }).await
     }
 
     async fn vote(

@@ -21,19 +21,17 @@
 //! node's epoch, so whatever the dead instance's tasks still try fails instead of touching
 //! what the next instance owns.
 
-use super::{Entry, LogId, SimConfig, StorageError, StoredMembership, Vote};
+use super::{Entry, LogId, SimConfig, SnapshotMeta, StorageError, StoredMembership, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
-use openraft::{
-    EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageIOError,
-};
+use openraft::{EntryPayload, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use walletd_cluster::types::{Applied, Member, NodeId, Proposal};
+use walletd_cluster::types::{Applied, NodeId, Proposal};
 use walletd_core::{Command, CommandScratch, Config, Ledger, Output};
 use walletd_gateway::protocol;
 use walletd_journal::SimRng;
@@ -48,6 +46,45 @@ pub struct AppliedEntry {
     pub results: Vec<u8>,
     pub state_hash_after: u128,
 }
+
+/// A snapshot, as the cluster's are (`cluster/src/snapshot.rs`): not a copy of the state but
+/// an anchor in the applied sequence, its index and the state hash after it. A node that
+/// installs one fetches the entries it lacks from a member that holds them, re-applies each
+/// (its results and state hash must be the ones recorded there), and must reach the anchor's
+/// state hash. The install is durable from its start (`installing`), and a node restarted
+/// mid-install finishes it before its Raft starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub index: u64,
+    pub state_hash: u128,
+}
+
+impl Anchor {
+    const SIZE_BYTES: usize = 24;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(Self::SIZE_BYTES);
+        bytes.extend_from_slice(&self.index.to_le_bytes());
+        bytes.extend_from_slice(&self.state_hash.to_le_bytes());
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Anchor> {
+        if bytes.len() != Self::SIZE_BYTES {
+            return None;
+        }
+        let index = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+        let state_hash = u128::from_le_bytes(bytes[8..24].try_into().expect("16 bytes"));
+        Some(Anchor { index, state_hash })
+    }
+}
+
+/// Entries `from..=to` (or a first part of them) of the applied sequence of some member this
+/// node can reach now, or nothing: how an install fetches what it lacks.
+pub type Fetch = Arc<dyn Fn(NodeId, u64, u64) -> Option<Vec<AppliedEntry>> + Send + Sync>;
+
+/// Rounds an install tries the members before it gives up (the pause doubles to 2 s).
+const INSTALL_ROUNDS_MAX: u64 = 200;
 
 /// An operation on the Raft log, in the order the node issued it.
 #[derive(Clone, Debug)]
@@ -184,6 +221,11 @@ struct NodeState {
     /// Wakes the sync task of the live instance (each instance has its own, so a dead
     /// instance's task cannot take a wake-up meant for the next one's).
     sync_wanted: Arc<Notify>,
+    /// The newest snapshot built or installed (durable: the real one's `raft/snapshot`).
+    snapshot: Option<(SnapshotMeta, Anchor)>,
+    /// An install under way (durable: the real one's `raft/installing`).
+    installing: Option<(SnapshotMeta, Anchor)>,
+    installs_completed: u64,
     /// What went wrong inside storage (reported by the checker with the seed).
     violations: Vec<String>,
 }
@@ -205,6 +247,9 @@ pub struct NodeStorage {
     /// Bumped after every append; a crash aimed at an unsynced append waits on it.
     appended: watch::Sender<u64>,
     flaw: Flaw,
+    node_id: NodeId,
+    /// Set once by the cluster, which knows the other members.
+    fetch: OnceLock<Fetch>,
 }
 
 /// A deliberate durability bug, for the test that proves the checker catches each.
@@ -233,11 +278,16 @@ impl NodeStorage {
                 callbacks: Vec::new(),
                 machine: MachineState::new(config, clock_offset_ns),
                 sync_wanted: Arc::new(Notify::new()),
+                snapshot: None,
+                installing: None,
+                installs_completed: 0,
                 violations: Vec::new(),
             }),
             synced: watch::channel(0).0,
             appended: watch::channel(0).0,
             flaw,
+            node_id,
+            fetch: OnceLock::new(),
         })
     }
 
@@ -318,6 +368,23 @@ impl NodeStorage {
             }
         }
         false
+    }
+
+    pub fn fetch_set(&self, fetch: Fetch) {
+        assert!(self.fetch.set(fetch).is_ok(), "the fetch is set once");
+    }
+
+    /// Entries `from..=to` of this node's applied sequence, as far as it has them (at most
+    /// `count_max`), for another node's install.
+    pub fn applied_range(&self, from: u64, to: u64, count_max: usize) -> Vec<AppliedEntry> {
+        let state = self.lock();
+        let applied = &state.machine.applied;
+        let end = applied.len().min(to as usize + 1).min(from as usize + count_max);
+        applied.get(from as usize..end).map(<[AppliedEntry]>::to_vec).unwrap_or_default()
+    }
+
+    pub fn installs_completed(&self) -> u64 {
+        self.lock().installs_completed
     }
 
     pub fn applied(&self) -> Vec<AppliedEntry> {
@@ -499,9 +566,98 @@ impl SimMachine {
     }
 }
 
+impl SimMachine {
+    /// Finishes an install a crash interrupted, before the node's Raft starts (as the real
+    /// node does at start-up).
+    pub async fn install_resume(&self) -> Result<(), StorageError> {
+        let installing = self.handle.live("resume an install")?.installing.clone();
+        match installing {
+            Some((meta, anchor)) => self.install_run(&meta, anchor).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Fetches and re-applies the entries up to the anchor, then records the snapshot.
+    async fn install_run(&self, meta: &SnapshotMeta, anchor: Anchor) -> Result<(), StorageError> {
+        let fetch = Arc::clone(self.handle.storage.fetch.get().expect("the cluster set the fetch"));
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..INSTALL_ROUNDS_MAX {
+            let next = self.handle.live("install")?.machine.applied.len() as u64;
+            if next > anchor.index {
+                return self.install_finish(meta, anchor);
+            }
+            match fetch(self.handle.storage.node_id, next, anchor.index) {
+                Some(entries) if !entries.is_empty() => {
+                    self.fetched_apply(&entries)?;
+                    pause = Duration::from_millis(50);
+                }
+                _ => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(StorageIOError::write_snapshot(None, openraft::AnyError::error("no member could serve the install")).into())
+    }
+
+    fn fetched_apply(&self, entries: &[AppliedEntry]) -> Result<(), StorageError> {
+        let mut state = self.handle.live("install")?;
+        for fetched in entries {
+            let entry: Entry = bincode::deserialize(&fetched.entry_bytes).expect("a fetched entry decodes");
+            let outcome = state.machine.entry_apply(&entry);
+            let replayed = state.machine.applied.last().cloned();
+            let violation = match outcome {
+                Err(violation) => Some(violation),
+                Ok(_) if replayed.as_ref() != Some(fetched) => {
+                    Some(format!("entry {} fetched for an install applies differently here", fetched.log_id))
+                }
+                Ok(_) => None,
+            };
+            if let Some(violation) = violation {
+                state.violations.push(violation.clone());
+                return Err(StorageIOError::write_snapshot(None, openraft::AnyError::error(violation)).into());
+            }
+        }
+        Ok(())
+    }
+
+    fn install_finish(&self, meta: &SnapshotMeta, anchor: Anchor) -> Result<(), StorageError> {
+        let mut state = self.handle.live("install")?;
+        let last = state.machine.applied.get(anchor.index as usize).cloned();
+        let reached = last.as_ref().is_some_and(|last| {
+            last.state_hash_after == anchor.state_hash && Some(last.log_id) == meta.last_log_id
+        });
+        if !reached {
+            let violation = format!("an install reached {last:?}, not the anchor {anchor:?} of {meta:?}");
+            state.violations.push(violation.clone());
+            return Err(StorageIOError::write_snapshot(None, openraft::AnyError::error(violation)).into());
+        }
+        if state.machine.applied.len() as u64 == anchor.index + 1 {
+            state.machine.membership = meta.last_membership.clone();
+        }
+        state.installing = None;
+        state.snapshot = Some((meta.clone(), anchor));
+        state.installs_completed += 1;
+        Ok(())
+    }
+}
+
+fn snapshot_of(meta: &SnapshotMeta, anchor: Anchor) -> Snapshot<SimConfig> {
+    Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(anchor.encode())) }
+}
+
 impl RaftSnapshotBuilder<SimConfig> for SimMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<SimConfig>, StorageError> {
-        Err(unsupported("build a snapshot"))
+        let mut state = self.handle.live("build a snapshot")?;
+        let Some(last) = state.machine.applied.last().cloned() else { return Err(unsupported("build a snapshot")) };
+        let anchor = Anchor { index: last.log_id.index, state_hash: last.state_hash_after };
+        let meta = SnapshotMeta {
+            last_log_id: Some(last.log_id),
+            last_membership: state.machine.membership.clone(),
+            snapshot_id: format!("{}-{:x}", last.log_id, anchor.state_hash),
+        };
+        state.snapshot = Some((meta.clone(), anchor));
+        Ok(snapshot_of(&meta, anchor))
     }
 }
 
@@ -540,18 +696,23 @@ impl RaftStateMachine<SimConfig> for SimMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Err(unsupported("receive a snapshot"))
+        Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<NodeId, Member>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        Err(unsupported("install a snapshot"))
+        let Some(anchor) = Anchor::decode(snapshot.get_ref()) else {
+            return Err(StorageIOError::write_snapshot(None, openraft::AnyError::error("a damaged anchor")).into());
+        };
+        self.handle.live("install")?.installing = Some((meta.clone(), anchor));
+        self.install_run(meta, anchor).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SimConfig>>, StorageError> {
-        Ok(None)
+        let state = self.handle.live("read the snapshot")?;
+        Ok(state.snapshot.as_ref().map(|(meta, anchor)| snapshot_of(meta, *anchor)))
     }
 }
