@@ -43,7 +43,7 @@ mod workload;
 
 use network::{Fabric, SimNetwork, Weather};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{EntryPayload, ServerState};
+use openraft::{EntryPayload, MessageSummary, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -569,7 +569,17 @@ async fn settle(cluster: &Arc<Cluster>) -> Result<u64, String> {
             return Ok(index_last);
         }
     }
-    Err(format!("the healed cluster did not settle within {SETTLE_ROUNDS_MAX} rounds"))
+    let nodes: Vec<String> = (1..=NODE_COUNT)
+        .map(|node_id| match cluster.raft(node_id) {
+            Some(raft) => format!(
+                "node {node_id}: {}, storage: {}",
+                raft.metrics().borrow().summary(),
+                cluster.storages[&node_id].describe()
+            ),
+            None => format!("node {node_id}: not running"),
+        })
+        .collect();
+    Err(format!("the healed cluster did not settle within {SETTLE_ROUNDS_MAX} rounds: {}", nodes.join("; ")))
 }
 
 /// The checker: every invariant over every node, as one list of violations.

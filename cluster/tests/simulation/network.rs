@@ -2,7 +2,7 @@
 //! the node instances registered on one `Fabric`.
 //!
 //! Each RPC is planned from the fabric's seeded generator when it is sent: lost on the way
-//! (the sender waits, as for a lost TCP segment, then sees a network error), delivered after a
+//! (the sender waits, up to its timeout or `LOST_WAIT_MAX`, then sees a network error), delivered after a
 //! delay (usually short, sometimes long, so that RPCs overtake each other), delivered twice
 //! (the copy later, its answer thrown away), or delivered with its answer lost (the receiver
 //! acted on it, the sender never hears). Links can be cut one way or both ways (partitions,
@@ -21,6 +21,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use walletd_cluster::types::{Member, NodeId};
 use walletd_journal::SimRng;
+
+/// How long a sender waits at most for a lost request before its call fails: a connection
+/// that broke is noticed (reset, keepalive) long before openraft's longest timeout, the
+/// snapshot install's 600 s, which would otherwise stall replication to that member for
+/// minutes after every lost install request.
+const LOST_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Counts of what the network did to messages.
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,7 +168,7 @@ impl Fabric {
         let weather = state.weather;
         let rng = &mut state.rng;
         if rng.chance(weather.loss_percent) {
-            let wait_max_us = u64::try_from(hard_ttl.as_micros()).unwrap_or(u64::MAX).max(1);
+            let wait_max_us = u64::try_from(hard_ttl.min(LOST_WAIT_MAX).as_micros()).expect("fits").max(1);
             let wait = Duration::from_micros(1 + rng.below(wait_max_us));
             state.faults.lost += 1;
             return Plan::Lost { wait };

@@ -383,6 +383,24 @@ impl NodeStorage {
         applied.get(from as usize..end).map(<[AppliedEntry]>::to_vec).unwrap_or_default()
     }
 
+    /// A line on the node's storage, for a report of a cluster that did not settle.
+    pub fn describe(&self) -> String {
+        let state = self.lock();
+        format!(
+            "epoch {}, vote {:?}, durable log {:?}..={:?} (purged {:?}), volatile to {:?}, {} unsynced, {} applied, \
+             installing {:?}",
+            state.epoch,
+            state.vote,
+            state.durable.entries.keys().next(),
+            state.durable.entries.keys().next_back(),
+            state.durable.last_purged,
+            state.volatile.entries.keys().next_back(),
+            state.unsynced.len(),
+            state.machine.applied.len(),
+            state.installing.as_ref().map(|(meta, anchor)| (meta.last_log_id, anchor.index)),
+        )
+    }
+
     pub fn installs_completed(&self) -> u64 {
         self.lock().installs_completed
     }
