@@ -514,7 +514,11 @@ async fn client_run(cluster: Arc<Cluster>, client_index: u64, seed: u64, start: 
             let write = raft.client_write(proposal.clone());
             match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), write).await {
                 Ok(Ok(response)) => {
-                    report.acknowledged.push(Acknowledged { log_id: response.log_id, proposal, applied: response.data });
+                    report.acknowledged.push(Acknowledged {
+                        log_id: response.log_id,
+                        proposal,
+                        applied: response.data,
+                    });
                     acknowledged = true;
                     break;
                 }
@@ -605,7 +609,10 @@ fn check(cluster: &Cluster, acknowledged: &[Acknowledged]) -> Vec<String> {
     }
     for (node_id, sequence) in &applied {
         if let Some(pair) = sequence.windows(2).find(|pair| pair[1].log_id.leader_id < pair[0].log_id.leader_id) {
-            violations.push(format!("node {node_id} applied {} after {}: leader ids went back", pair[1].log_id, pair[0].log_id));
+            violations.push(format!(
+                "node {node_id} applied {} after {}: leader ids went back",
+                pair[1].log_id, pair[0].log_id
+            ));
         }
     }
     let (first_id, first) = applied.iter().next().expect("nodes");
@@ -614,7 +621,8 @@ fn check(cluster: &Cluster, acknowledged: &[Acknowledged]) -> Vec<String> {
         if let Some(index) = (0..common).find(|index| first[*index].entry_bytes != sequence[*index].entry_bytes) {
             violations.push(format!("nodes {first_id} and {node_id} applied different entries at index {index}"));
         }
-        if let Some(index) = (0..common).find(|index| first[*index].state_hash_after != sequence[*index].state_hash_after)
+        if let Some(index) =
+            (0..common).find(|index| first[*index].state_hash_after != sequence[*index].state_hash_after)
         {
             violations.push(format!("nodes {first_id} and {node_id} have different state hashes after index {index}"));
         }

@@ -141,7 +141,9 @@ impl Fabric {
     /// either way), for a journal fetch outside Raft's RPCs.
     pub fn fetch_possible(&self, node: NodeId, source: NodeId) -> bool {
         let state = self.lock();
-        state.instances.contains_key(&source) && !state.cut.contains(&(node, source)) && !state.cut.contains(&(source, node))
+        state.instances.contains_key(&source)
+            && !state.cut.contains(&(node, source))
+            && !state.cut.contains(&(source, node))
     }
 
     pub fn faults(&self) -> MessageFaults {

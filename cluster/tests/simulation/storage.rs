@@ -642,9 +642,9 @@ impl SimMachine {
     fn install_finish(&self, meta: &SnapshotMeta, anchor: Anchor) -> Result<(), StorageError> {
         let mut state = self.handle.live("install")?;
         let last = state.machine.applied.get(anchor.index as usize).cloned();
-        let reached = last.as_ref().is_some_and(|last| {
-            last.state_hash_after == anchor.state_hash && Some(last.log_id) == meta.last_log_id
-        });
+        let reached = last
+            .as_ref()
+            .is_some_and(|last| last.state_hash_after == anchor.state_hash && Some(last.log_id) == meta.last_log_id);
         if !reached {
             let violation = format!("an install reached {last:?}, not the anchor {anchor:?} of {meta:?}");
             state.violations.push(violation.clone());
