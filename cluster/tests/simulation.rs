@@ -6,7 +6,9 @@
 //!   cuts links (a node isolated, a leader isolated, one direction of a link).
 //! - Storage (`simulation/storage.rs`) makes appends durable only at a sync, so a crash loses
 //!   what was not synced, sometimes keeping a torn part of it; the state machine applies the
-//!   cluster's `Proposal`s to a real `walletd_core::Ledger` with the cluster's timestamp rule.
+//!   cluster's `Proposal`s to a real `walletd_core::Ledger` with the cluster's timestamp rule;
+//!   snapshots are anchors, as the cluster's are, and an install fetches the entries it lacks
+//!   from a member it can reach.
 //! - Clients (`simulation/workload.rs`) send create_accounts then create_transfers batches to
 //!   whichever node leads, with a deadline, resend on an unknown outcome (the ids make it
 //!   safe), and record every acknowledged write with its log id.
@@ -78,7 +80,8 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 
 const NODE_COUNT: u64 = 3;
 const CLIENT_COUNT: u64 = 3;
-/// Enough seeds for at least 10,000 injected faults per run of the test (see the report).
+/// About 110,000 injected faults (23,000 of them scheduled: crashes, restarts, isolations,
+/// cuts, storms) in about 20 s here; the test asserts at least 10,000.
 const SEEDS_DEFAULT: u64 = 300;
 /// Seeds each deliberate flaw gets to be caught in.
 const FLAW_SEEDS_MAX: u64 = 40;
