@@ -1,4 +1,4 @@
-//! A seeded simulation of a three-node cluster, in the style of TigerBeetle's VOPR: openraft
+//! A seeded simulation of a three-node (or five-node) cluster, in the style of TigerBeetle's VOPR: openraft
 //! itself (the cluster's version, with the cluster's timeouts), run in one process on a tokio
 //! current-thread runtime with paused time, so that simulated seconds cost microseconds.
 //!
@@ -30,7 +30,8 @@
 //! schedule and the workload never do. docs/TESTING.md says what this covers and what not.
 //!
 //! Replay one seed: `WALLETD_CLUSTER_SIM_SEED=<seed> cargo test -p walletd-cluster --test
-//! simulation -- --nocapture`; more seeds: `WALLETD_CLUSTER_SIM_SEEDS=<count>`.
+//! simulation -- --nocapture`; more seeds: `WALLETD_CLUSTER_SIM_SEEDS=<count>`; five nodes:
+//! `WALLETD_CLUSTER_SIM_NODES=5`.
 
 #![allow(clippy::result_large_err)]
 
@@ -78,7 +79,8 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
 
-const NODE_COUNT: u64 = 3;
+/// Members of the simulated cluster: 3, or 5 with `WALLETD_CLUSTER_SIM_NODES=5`.
+const NODE_COUNT_DEFAULT: u64 = 3;
 const CLIENT_COUNT: u64 = 3;
 /// About 110,000 injected faults (23,000 of them scheduled: crashes, restarts, isolations,
 /// cuts, storms) in about 20 s here; the test asserts at least 10,000.
@@ -134,6 +136,13 @@ fn raft_config() -> Arc<openraft::Config> {
     Arc::new(config.validate().expect("the cluster's Raft config is valid"))
 }
 
+/// How a run is set up.
+#[derive(Clone, Copy, Debug)]
+struct SimOptions {
+    flaw: Flaw,
+    node_count: u64,
+}
+
 /// Which node a fault hits: a given one, or whichever leads when it strikes.
 #[derive(Clone, Copy, Debug)]
 enum Target {
@@ -156,12 +165,12 @@ enum Fault {
 }
 
 /// The seed's fault schedule: (simulated ms since start, fault), in time order.
-fn schedule(seed: u64) -> Vec<(u64, Fault)> {
+fn schedule(seed: u64, node_count: u64) -> Vec<(u64, Fault)> {
     let mut rng = SimRng::new(seed ^ 0x5c4e_d01e_f417_5eed);
     let mut faults = Vec::new();
     let mut at_ms = 200 + rng.below(300);
     while at_ms < WORKLOAD_MS && faults.len() < 1_000 {
-        let node = 1 + rng.below(NODE_COUNT);
+        let node = 1 + rng.below(node_count);
         let target = if rng.chance(40) { Target::Leader } else { Target::Node(node) };
         let fault = match rng.below(100) {
             0..=39 => Fault::Crash {
@@ -172,7 +181,7 @@ fn schedule(seed: u64) -> Vec<(u64, Fault)> {
             },
             40..=64 => Fault::Isolate { target, duration_ms: 50 + rng.below(1_500) },
             65..=79 => {
-                let to = 1 + (node + rng.below(NODE_COUNT - 1)) % NODE_COUNT;
+                let to = 1 + (node + rng.below(node_count - 1)) % node_count;
                 Fault::LinkCut { from: node, to, duration_ms: 50 + rng.below(1_500) }
             }
             _ => {
@@ -222,6 +231,7 @@ struct Acknowledged {
 }
 
 struct Cluster {
+    node_count: u64,
     fabric: Arc<Fabric>,
     storages: BTreeMap<NodeId, Arc<NodeStorage>>,
     raft_config: Arc<openraft::Config>,
@@ -242,14 +252,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(seed: u64, flaw: Flaw) -> Arc<Cluster> {
+    fn new(seed: u64, options: SimOptions) -> Arc<Cluster> {
+        let SimOptions { flaw, node_count } = options;
         let storages: BTreeMap<NodeId, Arc<NodeStorage>> =
-            (1..=NODE_COUNT).map(|node_id| (node_id, NodeStorage::new(ledger_config(), flaw, node_id))).collect();
+            (1..=node_count).map(|node_id| (node_id, NodeStorage::new(ledger_config(), flaw, node_id))).collect();
         let fabric = Fabric::new(seed ^ 0x0e70_0e70_0e70_0e70);
         for storage in storages.values() {
             storage.fetch_set(fetch_from_members(Arc::clone(&fabric), storages.clone()));
         }
         Arc::new(Cluster {
+            node_count,
             fabric,
             storages,
             raft_config: raft_config(),
@@ -262,6 +274,10 @@ impl Cluster {
             starting: Mutex::new(BTreeSet::new()),
             quiet: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    fn node_ids(&self) -> std::ops::RangeInclusive<NodeId> {
+        1..=self.node_count
     }
 
     fn violation(&self, what: String) {
@@ -315,7 +331,7 @@ impl Cluster {
 
     /// The node leading in the highest term among the live instances, if any.
     fn leader(&self) -> Option<NodeId> {
-        (1..=NODE_COUNT)
+        self.node_ids()
             .filter_map(|node_id| {
                 let raft = self.raft(node_id)?;
                 let metrics = raft.metrics().borrow().clone();
@@ -333,7 +349,7 @@ impl Cluster {
     }
 
     fn down_count(&self) -> u64 {
-        (1..=NODE_COUNT).filter(|node_id| self.raft(*node_id).is_none()).count() as u64
+        self.node_ids().filter(|node_id| self.raft(*node_id).is_none()).count() as u64
     }
 
     /// Kills the node's instance: unsynced appends are lost or torn, its Raft stops.
@@ -358,7 +374,7 @@ impl Cluster {
     }
 
     fn isolate(&self, node_id: NodeId, cut: bool) {
-        for other in (1..=NODE_COUNT).filter(|other| *other != node_id) {
+        for other in self.node_ids().filter(|other| *other != node_id) {
             if cut {
                 self.fabric.link_cut(node_id, other);
                 self.fabric.link_cut(other, node_id);
@@ -507,7 +523,7 @@ async fn client_run(cluster: Arc<Cluster>, client_index: u64, seed: u64, start: 
         let command = workload.command_next(now_ns(start) / 1_000_000, batch_events_max);
         let mut acknowledged = false;
         for _ in 0..WRITE_ATTEMPTS_MAX {
-            let target = leader_hint.or_else(|| cluster.leader()).unwrap_or(1 + rng.below(NODE_COUNT));
+            let target = leader_hint.or_else(|| cluster.leader()).unwrap_or(1 + rng.below(cluster.node_count));
             let Some(raft) = cluster.raft(target) else {
                 leader_hint = None;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -553,7 +569,7 @@ fn now_ns(start: tokio::time::Instant) -> u64 {
 async fn settle(cluster: &Arc<Cluster>) -> Result<u64, String> {
     cluster.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
     cluster.fabric.heal_all();
-    for node_id in 1..=NODE_COUNT {
+    for node_id in cluster.node_ids() {
         if cluster.raft(node_id).is_none() {
             cluster.start(node_id).await;
         }
@@ -567,7 +583,7 @@ async fn settle(cluster: &Arc<Cluster>) -> Result<u64, String> {
         let leader_raft = cluster.raft(leader).ok_or("the leader went away")?;
         let Some(index_last) = leader_raft.metrics().borrow().last_log_index else { continue };
         let mut caught_up = true;
-        for node_id in 1..=NODE_COUNT {
+        for node_id in cluster.node_ids() {
             let raft = cluster.raft(node_id).ok_or(format!("node {node_id} is not running"))?;
             let wait = raft.wait(Some(Duration::from_secs(5)));
             caught_up &= wait.applied_index_at_least(Some(index_last), "settled").await.is_ok();
@@ -576,7 +592,8 @@ async fn settle(cluster: &Arc<Cluster>) -> Result<u64, String> {
             return Ok(index_last);
         }
     }
-    let nodes: Vec<String> = (1..=NODE_COUNT)
+    let nodes: Vec<String> = cluster
+        .node_ids()
         .map(|node_id| match cluster.raft(node_id) {
             Some(raft) => format!(
                 "node {node_id}: {}, storage: {}",
@@ -595,7 +612,7 @@ fn check(cluster: &Cluster, acknowledged: &[Acknowledged]) -> Vec<String> {
     for (node_id, storage) in &cluster.storages {
         violations.extend(storage.violations().into_iter().map(|what| format!("node {node_id}: {what}")));
     }
-    for node_id in 1..=NODE_COUNT {
+    for node_id in cluster.node_ids() {
         match cluster.raft(node_id).map(|raft| raft.metrics().borrow().running_state.clone()) {
             Some(Ok(())) => {}
             Some(Err(fatal)) => violations.push(format!("node {node_id}'s Raft stopped: {fatal}")),
@@ -697,18 +714,19 @@ impl SeedReport {
     }
 }
 
-async fn seed_run(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
+async fn seed_run(seed: u64, options: SimOptions) -> Result<SeedReport, Vec<String>> {
     let start = tokio::time::Instant::now();
-    let cluster = Cluster::new(seed, flaw);
-    for node_id in 1..=NODE_COUNT {
+    let cluster = Cluster::new(seed, options);
+    for node_id in cluster.node_ids() {
         cluster.start(node_id).await;
     }
-    let members: BTreeMap<NodeId, Member> = (1..=NODE_COUNT)
+    let members: BTreeMap<NodeId, Member> = cluster
+        .node_ids()
         .map(|node_id| (node_id, Member { raft_addr: format!("sim:{node_id}"), client_addr: format!("sim:{node_id}") }))
         .collect();
     let first = cluster.raft(1).expect("node 1 started");
     first.initialize(members).await.map_err(|error| vec![format!("initialize: {error}")])?;
-    let faults = tokio::spawn(faults_run(Arc::clone(&cluster), schedule(seed), start));
+    let faults = tokio::spawn(faults_run(Arc::clone(&cluster), schedule(seed, options.node_count), start));
     let clients: Vec<_> = (0..CLIENT_COUNT)
         .map(|client_index| tokio::spawn(client_run(Arc::clone(&cluster), client_index, seed, start)))
         .collect();
@@ -766,7 +784,7 @@ fn panic_count_install() {
     });
 }
 
-fn seed_run_blocking(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
+fn seed_run_blocking(seed: u64, options: SimOptions) -> Result<SeedReport, Vec<String>> {
     panic_count_install();
     let panics_before = PANIC_COUNT.with(|count| count.get());
     runtime::seed(seed ^ 0x0e1e_c710_0000_0001);
@@ -775,7 +793,7 @@ fn seed_run_blocking(seed: u64, flaw: Flaw) -> Result<SeedReport, Vec<String>> {
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    let outcome = runtime.block_on(seed_run(seed, flaw));
+    let outcome = runtime.block_on(seed_run(seed, options));
     drop(runtime);
     let panics = PANIC_COUNT.with(|count| count.get()) - panics_before;
     match outcome {
@@ -847,11 +865,11 @@ fn seed_report_print(seed: u64, report: &SeedReport, wall: Duration) {
 
 /// Runs the seeds in order; the first that fails stops the run with its violations (a
 /// panic inside the simulation is one too).
-fn seeds_run(seeds: &[u64], flaw: Flaw, print: bool) -> Result<Totals, (u64, Vec<String>)> {
+fn seeds_run(seeds: &[u64], options: SimOptions, print: bool) -> Result<Totals, (u64, Vec<String>)> {
     let mut totals = Totals::default();
     for &seed in seeds {
         let wall_seed = Instant::now();
-        let report = match std::panic::catch_unwind(|| seed_run_blocking(seed, flaw)) {
+        let report = match std::panic::catch_unwind(|| seed_run_blocking(seed, options)) {
             Ok(Ok(report)) => report,
             Ok(Err(violations)) => return Err((seed, violations)),
             Err(panic) => {
@@ -877,17 +895,19 @@ fn cluster_simulation() {
         Some(seed) => vec![seed],
         None => (1..=env_u64("WALLETD_CLUSTER_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT)).collect(),
     };
+    let node_count = env_u64("WALLETD_CLUSTER_SIM_NODES").unwrap_or(NODE_COUNT_DEFAULT);
+    assert!(node_count == 3 || node_count == 5, "WALLETD_CLUSTER_SIM_NODES is 3 or 5");
     let wall_start = Instant::now();
-    let totals = match seeds_run(&seeds, Flaw::None, true) {
+    let totals = match seeds_run(&seeds, SimOptions { flaw: Flaw::None, node_count }, true) {
         Ok(totals) => totals,
         Err((seed, violations)) => panic!(
-            "cluster simulation seed {seed} failed:\n  {}\nreplay: WALLETD_CLUSTER_SIM_SEED={seed} cargo test -p \
-             walletd-cluster --test simulation -- --nocapture",
+            "cluster simulation seed {seed} ({node_count} nodes) failed:\n  {}\nreplay: WALLETD_CLUSTER_SIM_NODES={node_count} \
+             WALLETD_CLUSTER_SIM_SEED={seed} cargo test -p walletd-cluster --test simulation -- --nocapture",
             violations.join("\n  ")
         ),
     };
     println!(
-        "cluster simulation: {} seeds, {} faults injected ({} scheduled: {:?}; on messages: {:?}), {} writes \
+        "cluster simulation: {node_count} nodes, {} seeds, {} faults injected ({} scheduled: {:?}; on messages: {:?}), {} writes \
          acknowledged and found on every node, {} snapshots installed, {} terms led by two nodes, {:.0} s simulated in \
          {:.1} s",
         seeds.len(),
@@ -912,7 +932,7 @@ fn cluster_simulation() {
 fn cluster_simulation_finds_flaws() {
     let seeds: Vec<u64> = (1..=FLAW_SEEDS_MAX).collect();
     for flaw in [Flaw::AcknowledgeBeforeSync, Flaw::VoteNotDurable, Flaw::ApplyWithLocalClock] {
-        match seeds_run(&seeds, flaw, false) {
+        match seeds_run(&seeds, SimOptions { flaw, node_count: NODE_COUNT_DEFAULT }, false) {
             Ok(totals) => panic!(
                 "{flaw:?} went unnoticed over {FLAW_SEEDS_MAX} seeds ({} faults, {} writes acknowledged)",
                 totals.faults_injected, totals.acknowledged
