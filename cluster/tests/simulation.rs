@@ -1,6 +1,7 @@
-//! A seeded simulation of a three-node (or five-node) cluster, in the style of TigerBeetle's VOPR: openraft
-//! itself (the cluster's version, with the cluster's timeouts), run in one process on a tokio
-//! current-thread runtime with paused time, so that simulated seconds cost microseconds.
+//! A seeded simulation of a three-node (or five-node) cluster, in the style of TigerBeetle's
+//! VOPR: openraft itself (the cluster's version, with the cluster's timeouts), run in one
+//! process on a tokio current-thread runtime with paused time, so that simulated seconds cost
+//! microseconds.
 //!
 //! - The network (`simulation/network.rs`) loses, delays, reorders and duplicates RPCs and
 //!   cuts links (a node isolated, a leader isolated, one direction of a link).
