@@ -690,3 +690,88 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Writes `count` blank entries from index 0 straight through the log file (openraft's
+    /// flush callback cannot be made outside openraft) and syncs them.
+    fn entries_write(store: &LogStore, count: u64) {
+        let mut log = store.lock();
+        for index in 0..count {
+            log.entry_append(&Entry { log_id: log_id(index), payload: EntryPayload::Blank });
+        }
+        log.file.sync_all().expect("sync");
+    }
+
+    #[test]
+    fn a_purge_frees_the_bytes_before_the_first_kept_record_and_start_up_reads_from_the_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = LogStore::open(dir.path()).expect("open");
+        // Blank entries are small: enough of them to span several 4 KiB blocks.
+        entries_write(&store, 2000);
+        let (size_before, kept_offset) = {
+            let mut log = store.lock();
+            log.applied_index = Some(1499);
+            log.last_purged = Some(log_id(1499));
+            let drop_count = 1500;
+            log.slots.drain(..drop_count);
+            log.purge_mark_advance();
+            (log.size_bytes, log.slots[0].offset)
+        };
+        let mark = small_file_read::<Purged>(&dir.path().join(PURGED_FILE)).expect("read").expect("a mark");
+        assert_eq!(mark, Purged { log_id: log_id(1499), offset: kept_offset });
+        let metadata = std::fs::metadata(dir.path().join(LOG_FILE)).expect("metadata");
+        assert_eq!(metadata.len(), size_before, "the file keeps its size and offsets");
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&metadata) * 512;
+        assert!(allocated < size_before - kept_offset / 2, "{allocated} bytes allocated of {size_before}");
+        let mut head = vec![0xffu8; 4096];
+        store.lock().file.read_exact_at(&mut head, 0).expect("read the head");
+        assert!(head.iter().all(|byte| *byte == 0), "the purged head reads as zeros");
+        drop(store);
+
+        let (store, opened) = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(opened.entries, 500, "only the entries after the mark are read");
+        assert_eq!(opened.torn_bytes, 0);
+        assert_eq!(store.log_id_at(1500), Some(log_id(1500)));
+        assert_eq!(store.log_id_at(1499), Some(log_id(1499)), "the purged entry's log id is still named");
+        assert_eq!(store.log_id_at(1498), None);
+    }
+
+    #[test]
+    fn a_purge_past_the_applied_index_waits_for_the_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = LogStore::open(dir.path()).expect("open");
+        entries_write(&store, 10);
+        store.applied_advance(3);
+        {
+            let mut log = store.lock();
+            log.last_purged = Some(log_id(7));
+            log.slots.drain(..8);
+            log.purge_mark_advance();
+        }
+        assert!(!dir.path().join(PURGED_FILE).exists(), "no mark past what the journal holds");
+        store.applied_advance(7);
+        let mark = small_file_read::<Purged>(&dir.path().join(PURGED_FILE)).expect("read").expect("a mark");
+        assert_eq!(mark.log_id, log_id(7));
+    }
+
+    #[test]
+    fn a_purge_mark_past_the_end_of_the_log_refuses_start_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(LogStore::open(dir.path()).expect("create"));
+        let mark = Purged { log_id: log_id(9), offset: 1 << 20 };
+        small_file_write(dir.path(), PURGED_FILE, &mark).expect("write the mark");
+        match LogStore::open(dir.path()) {
+            Err(LogStoreError::Corrupt { reason, .. }) => assert!(reason.contains("past its end"), "{reason}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a log shorter than its purge mark opened"),
+        }
+    }
+}
