@@ -11,6 +11,8 @@
 //! - `state_machine` — the journal and the ledger as the state machine.
 //! - `snapshot` — snapshots as anchors in the journal, and the catch-up that installs one by
 //!   fetching the journal records a member lacks from another member.
+//! - `elections` — when this member may stand for election (not while behind the leader's
+//!   commit or installing a snapshot: openraft 0.9 has no pre-vote).
 //! - `network` — the members' RPCs over TCP, and the tools' requests (init, status).
 //! - `node` — a node: recovery, Raft, the gateway backend that submits to the leader.
 //! - `tool` — `walletd cluster init` and `status`.
@@ -22,6 +24,7 @@
 // openraft's types, on paths that are not hot.
 #![allow(clippy::result_large_err)]
 
+pub mod elections;
 pub mod error;
 pub mod log_store;
 pub mod metrics;

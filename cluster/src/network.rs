@@ -14,6 +14,7 @@
 //! RPC; openraft retries and backs off on its own. Members reach each other only on the
 //! addresses their membership entry names.
 
+use crate::elections::Elections;
 use crate::snapshot::{journal_frames_send, JournalRecord};
 use crate::state_machine::StateMachine;
 use crate::types::{Member, NodeId, Raft, TypeConfig, Vote};
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Cursor;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -140,6 +142,8 @@ pub struct Local {
     pub config: walletd_core::Config,
     pub data_root: PathBuf,
     pub machine: StateMachine,
+    /// Told after each AppendEntries whether this member's log is behind the leader's commit.
+    pub elections: Arc<Elections>,
 }
 
 /// Serves the members' RPCs (and init, status, membership changes, journal reads) on
@@ -175,7 +179,23 @@ async fn peer_connection(mut stream: TcpStream, local: Local) {
             }
         };
         let reply = match request {
-            PeerRequest::AppendEntries(rpc) => PeerReply::AppendEntries(raft.append_entries(rpc).await),
+            PeerRequest::AppendEntries(rpc) => {
+                let leader_commit = rpc.leader_commit.map(|log_id| log_id.index);
+                let sent_last =
+                    rpc.entries.last().map(|entry| entry.log_id.index).or(rpc.prev_log_id.map(|id| id.index));
+                let result = raft.append_entries(rpc).await;
+                // How far this member's log now reaches, as far as this RPC tells.
+                let held_last = match &result {
+                    Ok(AppendEntriesResponse::Success) => Some(sent_last),
+                    Ok(AppendEntriesResponse::PartialSuccess(matched)) => Some(matched.map(|id| id.index)),
+                    Ok(AppendEntriesResponse::Conflict) => Some(None),
+                    Ok(AppendEntriesResponse::HigherVote(_)) | Err(_) => None, // not from our leader
+                };
+                if let (Some(held_last), Some(commit)) = (held_last, leader_commit) {
+                    local.elections.behind_set(held_last.is_none_or(|last| last < commit));
+                }
+                PeerReply::AppendEntries(result)
+            }
             PeerRequest::Vote(rpc) => PeerReply::Vote(raft.vote(rpc).await),
             PeerRequest::Snapshot { vote, meta, data } => {
                 let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };

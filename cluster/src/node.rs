@@ -19,6 +19,7 @@
 //! Every `checkpoint_entries` writes the leader proposes a checkpoint entry, so every journal
 //! carries state hashes at the same ops, which `walletd replay` verifies on each node.
 
+use crate::elections::Elections;
 use crate::error::ClusterError;
 use crate::log_store::LogStore;
 use crate::metrics::WriteCounters;
@@ -148,7 +149,10 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let recovered =
         recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
     let (log, opened) = LogStore::open(&raft_dir)?;
-    let (snapshots, install_interrupted) = Snapshots::open(&raft_dir, options.node_id)?;
+    // A member behind the leader's commit, or installing a snapshot, does not stand for
+    // election; it stands again after three election timeouts with neither (`elections`).
+    let elections = Elections::new(Duration::from_millis(3 * options.timeouts.election_timeout_max_ms));
+    let (snapshots, install_interrupted) = Snapshots::open(&raft_dir, options.node_id, Arc::clone(&elections))?;
     let op = recovered.journal.op_durable();
     if op > 0 && opened.last.is_none() && snapshots.current().is_none() && install_interrupted.is_none() {
         return Err(ClusterError::Refused(format!(
@@ -185,15 +189,14 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft = runtime
         .block_on(Raft::new(options.node_id, raft_config, PeerNetwork, log, machine.clone()))
         .map_err(|error| ClusterError::Raft(error.to_string()))?;
-    // After a snapshot install, three leases of quiet before this member may stand again.
-    let election_quiet = Duration::from_millis(3 * options.timeouts.election_timeout_max_ms);
-    machine.snapshots().raft_set(raft.clone(), election_quiet);
+    runtime.block_on(async { elections.raft_set(raft.clone()) });
     let local = Local {
         raft: raft.clone(),
         node_id: options.node_id,
         config,
         data_root: options.data_dir.root.clone(),
         machine: machine.clone(),
+        elections,
     };
     runtime.block_on(async { peer_serve(raft_listener, local) });
     let (acceptor, connections, local_addr, outcomes) =

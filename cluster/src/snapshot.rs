@@ -27,16 +27,17 @@
 //! has run) is deferred until the journal has caught up (`LogStore::purge`), so a restart never
 //! finds a journal whose last op the Raft log and the snapshot files cannot name.
 
+use crate::elections::Elections;
 use crate::log_store::{fail_stop, small_file_read, small_file_remove, small_file_write, LogStore, LogStoreError};
 use crate::network::{frame_encode, frame_read, frame_write, PeerReply, PeerRequest};
 use crate::state_machine::Machine;
-use crate::types::{Member, NodeId, Raft, TypeConfig};
+use crate::types::{Member, NodeId, TypeConfig};
 use openraft::{Snapshot, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use walletd_journal::{FileStorage, Reader};
@@ -123,12 +124,8 @@ pub struct Snapshots {
     dir: PathBuf,
     node_id: NodeId,
     current: Mutex<Option<StoredSnapshot>>,
-    /// Set once Raft runs: elections are off while an install runs, and for `election_quiet`
-    /// after it.
-    raft: OnceLock<(Raft, Duration)>,
-    /// Counts installs begun, so that the delayed re-enabling of elections after one does not
-    /// fire in the middle of the next.
-    install_generation: Arc<AtomicU64>,
+    /// This member does not stand for election while an install runs (`elections`).
+    elections: Arc<Elections>,
     pub installed: AtomicU64,
     pub records_fetched: AtomicU64,
 }
@@ -136,25 +133,22 @@ pub struct Snapshots {
 impl Snapshots {
     /// Reads `dir/snapshot`, and `dir/installing` (an install a crash interrupted, returned
     /// for `install_resume`).
-    pub fn open(dir: &Path, node_id: NodeId) -> Result<(Snapshots, Option<StoredSnapshot>), LogStoreError> {
+    pub fn open(
+        dir: &Path,
+        node_id: NodeId,
+        elections: Arc<Elections>,
+    ) -> Result<(Snapshots, Option<StoredSnapshot>), LogStoreError> {
         let current = small_file_read::<StoredSnapshot>(&dir.join(SNAPSHOT_FILE))?;
         let installing = small_file_read::<StoredSnapshot>(&dir.join(INSTALLING_FILE))?;
         let snapshots = Snapshots {
             dir: dir.to_path_buf(),
             node_id,
             current: Mutex::new(current),
-            raft: OnceLock::new(),
-            install_generation: Arc::new(AtomicU64::new(0)),
+            elections,
             installed: AtomicU64::new(0),
             records_fetched: AtomicU64::new(0),
         };
         Ok((snapshots, installing))
-    }
-
-    /// Gives the running Raft, and how long a member waits after an install before it may
-    /// stand for election again (a few election timeouts: long enough to hear the leader).
-    pub fn raft_set(&self, raft: Raft, election_quiet: Duration) {
-        let _ = self.raft.set((raft, election_quiet));
     }
 
     pub fn current(&self) -> Option<StoredSnapshot> {
@@ -171,31 +165,16 @@ impl Snapshots {
     /// Installs a snapshot another member sent: catches the journal up to its anchor, then
     /// keeps it (as held by this member from now on). Prints a line when done.
     ///
-    /// Elections are off meanwhile: the member's state machine is busy, and the leader's
-    /// replication to it waits for the install, so it hears no heartbeat; its election timer
-    /// runs out. Turned back on at once, it would stand for election the moment it is done,
-    /// with a higher term that deposes the leader (openraft 0.9 has no pre-vote) and, its log
-    /// behind, no chance to win: an election storm. So elections come back only after
-    /// `election_quiet`, by which time the leader's heartbeats have reset the timer.
+    /// The member does not stand for election meanwhile, nor for a quiet period after it (see
+    /// `elections`): its log is behind the leader's commit, so it could not win, and standing
+    /// would only depose the leader.
     pub async fn install(&self, machine: &Arc<Mutex<Machine>>, log: &LogStore, snapshot: StoredSnapshot) {
-        let generation = self.install_generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let elections = self.raft.get();
-        if let Some((raft, _)) = elections {
-            raft.runtime_config().elect(false);
-        }
+        self.elections.installing_set(true);
         tokio::task::block_in_place(|| small_file_write(&self.dir, INSTALLING_FILE, &snapshot))
             .unwrap_or_else(|error| fail_stop("Raft snapshot install mark write", &error.to_string()));
         let op = snapshot.anchor.op;
         let fetched = self.install_resume(machine, log, snapshot).await;
-        if let Some((raft, election_quiet)) = elections.cloned() {
-            let generations = Arc::clone(&self.install_generation);
-            tokio::spawn(async move {
-                tokio::time::sleep(election_quiet).await;
-                if generations.load(Ordering::SeqCst) == generation {
-                    raft.runtime_config().elect(true);
-                }
-            });
-        }
+        self.elections.installing_set(false);
         println!(
             "cluster: node {} installed the snapshot at op {op} ({fetched} journal records fetched)",
             self.node_id
