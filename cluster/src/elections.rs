@@ -72,12 +72,6 @@ impl Elections {
         self.update(|holds| holds.installing = installing);
     }
 
-    /// Whether this member holds back from standing now (for metrics and tests).
-    pub fn held(&self) -> bool {
-        let holds = self.state.lock().expect("the elections lock");
-        holds.behind || holds.installing || holds.off
-    }
-
     /// Applies `change` and turns elections off, or on after the quiet period, to match;
     /// returns the generation after it.
     fn update(self: &Arc<Self>, change: impl FnOnce(&mut Holds)) -> u64 {
