@@ -3,6 +3,12 @@
 //! process on a tokio current-thread runtime with paused time, so that simulated seconds cost
 //! microseconds.
 //!
+//! The `sleep`s here are simulated time, not waits on the machine: the fault schedule's moments,
+//! a fault's duration before it undoes itself, and a client's pause before it asks again for a
+//! leader. With paused time a sleep returns as soon as every task is idle, so none of them
+//! makes the test slower or its outcome depend on the machine's speed; nothing is asserted
+//! about wall-clock time.
+//!
 //! - The network (`simulation/network.rs`) loses, delays, reorders and duplicates RPCs and
 //!   cuts links (a node isolated, a leader isolated, one direction of a link).
 //! - Storage (`simulation/storage.rs`) makes appends durable only at a sync, so a crash loses
