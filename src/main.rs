@@ -185,8 +185,9 @@ struct ServeArgs {
     /// Ring slots (a power of two), each one request of up to 8189 events.
     #[arg(long, default_value_t = 64)]
     ring_slots: usize,
-    /// How idle pipeline threads wait: backoff (spin, yield, then sleep), yield, busy-spin.
-    #[arg(long, default_value = "backoff")]
+    /// How idle pipeline threads wait: park (spin, yield, then sleep until another pipeline thread
+    /// makes progress), backoff (spin, yield, then sleep 50 µs at a time), yield, busy-spin.
+    #[arg(long, default_value = "park")]
     wait: walletd::pipeline::WaitKind,
     /// Pin journal, apply and reply threads to these cores, e.g. 0,1,1 (default: unpinned).
     #[arg(long, value_delimiter = ',', num_args = 3)]

@@ -31,8 +31,8 @@ use crossbeam_channel::{Receiver, Sender};
 use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{build_single_producer, Producer, Sequence};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::command::{Command, CommandScratch, TRACE_ID_SIZE_BYTES};
@@ -53,6 +53,8 @@ pub struct Request {
     /// For ledger operations, the command as the journal records it (already checked; traced
     /// when the request was, its trace ids after the events); empty for ping and snapshot.
     pub command: Vec<u8>,
+    /// The reply carries the request's timestamp after its results (`FLAG_TIMESTAMP`).
+    pub timestamp_reply: bool,
 }
 
 /// What the reply stage hands back to the gateway. The body is borrowed from the ring slot, so
@@ -66,6 +68,8 @@ pub struct Reply<'a> {
     pub operation: FrameOperation,
     /// The request's journal op (0 for reads and pings).
     pub op: u64,
+    /// The body ends with the request's timestamp (the request asked for it).
+    pub timestamp_reply: bool,
     pub record_count: u32,
     pub body: &'a [u8],
 }
@@ -74,12 +78,14 @@ pub struct Reply<'a> {
 pub type ReplyRoute = Arc<dyn Fn(&Reply<'_>) + Send + Sync>;
 
 /// How idle pipeline threads wait. On a machine with few cores, spinning threads take the
-/// cores the work needs: `Backoff` (the default) spins briefly, then yields, then sleeps.
+/// cores the work needs: `Park` (the default) spins briefly, yields, then sleeps until another
+/// pipeline thread makes progress; `Backoff` spins, yields, then sleeps 50 µs at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitKind {
     BusySpin,
     Yield,
     Backoff,
+    Park,
 }
 
 impl std::str::FromStr for WaitKind {
@@ -90,7 +96,8 @@ impl std::str::FromStr for WaitKind {
             "busy-spin" => Ok(WaitKind::BusySpin),
             "yield" => Ok(WaitKind::Yield),
             "backoff" => Ok(WaitKind::Backoff),
-            other => Err(format!("unknown wait strategy {other:?}: use busy-spin, yield or backoff")),
+            "park" => Ok(WaitKind::Park),
+            other => Err(format!("unknown wait strategy {other:?}: use park, backoff, yield or busy-spin")),
         }
     }
 }
@@ -129,6 +136,91 @@ impl WaitStrategy for Backoff {
     }
 }
 
+/// Spins ~64 times, yields ~16 times, then parks until the pipeline's progress count moves
+/// (or 1 ms passes, a bound that is never needed for a wake-up but keeps an idle thread's
+/// worst case known). Every stage counts progress at the end of each batch and whenever it
+/// starts to wait (by then the disruptor has published its cursor), and the sequencer after
+/// each publish, so a parked thread is woken by whatever could have given it work; an idle
+/// pipeline costs no CPU, and a busy one never parks.
+#[derive(Clone, Copy)]
+pub struct Park;
+
+/// The pipeline threads' progress count (an eventcount): one per process, shared by every
+/// pipeline in it (a second pipeline only adds spurious wake-ups).
+struct Progress {
+    count: AtomicU64,
+    parked: AtomicU32,
+    lock: Mutex<()>,
+    moved: Condvar,
+}
+
+static PROGRESS: Progress =
+    Progress { count: AtomicU64::new(0), parked: AtomicU32::new(0), lock: Mutex::new(()), moved: Condvar::new() };
+
+/// Counts progress and wakes parked threads, if any (a load and an add when none are).
+fn progress_notify() {
+    PROGRESS.count.fetch_add(1, Ordering::SeqCst);
+    if PROGRESS.parked.load(Ordering::SeqCst) > 0 {
+        let _guard = PROGRESS.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        PROGRESS.moved.notify_all();
+    }
+}
+
+/// Sleeps while the progress count is still `seen`, at most `timeout`. A notify after `seen`
+/// was read is never missed: the count and the parked count are both sequentially consistent,
+/// so either the notifier sees this thread parked (and wakes it under the lock) or this thread
+/// sees the new count.
+fn progress_wait(seen: u64, timeout: Duration) {
+    PROGRESS.parked.fetch_add(1, Ordering::SeqCst);
+    let mut guard = PROGRESS.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+    let deadline = Instant::now() + timeout;
+    while PROGRESS.count.load(Ordering::SeqCst) == seen {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        guard = PROGRESS.moved.wait_timeout(guard, deadline - now).unwrap_or_else(|poison| poison.into_inner()).0;
+    }
+    drop(guard);
+    PROGRESS.parked.fetch_sub(1, Ordering::SeqCst);
+}
+
+thread_local! {
+    /// (awaited sequence, tries, progress count when the wait for it began).
+    static PARK: Cell<(Sequence, u32, u64)> = const { Cell::new((-1, 0, 0)) };
+}
+
+impl WaitStrategy for Park {
+    fn wait_for(&self, sequence: Sequence) {
+        let (awaited, tries, seen) = PARK.with(Cell::get);
+        let (tries, seen) = if awaited == sequence { (tries + 1, seen) } else { (0, 0) };
+        match tries {
+            0 => {
+                // Starting to wait: this thread's cursor is published, so whoever waits on it
+                // may go on. The count is read before anything that could have been missed.
+                let seen = PROGRESS.count.load(Ordering::SeqCst);
+                progress_notify();
+                PARK.with(|state| state.set((sequence, 0, seen + 1)));
+                std::hint::spin_loop();
+            }
+            1..=63 => {
+                PARK.with(|state| state.set((sequence, tries, seen)));
+                std::hint::spin_loop();
+            }
+            64..=79 => {
+                PARK.with(|state| state.set((sequence, tries, seen)));
+                std::thread::yield_now();
+            }
+            _ => {
+                progress_wait(seen, Duration::from_millis(1));
+                // Woken (or timed out): spin again before parking, from the count now.
+                let now = PROGRESS.count.load(Ordering::SeqCst);
+                PARK.with(|state| state.set((sequence, 1, now)));
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PipelineOptions {
     /// Ring slots (a power of two); each holds one request of up to one batch.
@@ -155,7 +247,7 @@ impl Default for PipelineOptions {
     fn default() -> PipelineOptions {
         PipelineOptions {
             ring_slots: 64,
-            wait: WaitKind::Backoff,
+            wait: WaitKind::Park,
             pin_cores: None,
             checkpoint_ops: 256,
             snapshot_ops: 16_384,
@@ -194,6 +286,8 @@ struct Slot {
     operation: FrameOperation,
     op: u64,
     timestamp_ns: u64,
+    /// The reply ends with `timestamp_ns` (a command whose request asked for it).
+    timestamp_reply: bool,
     /// The command as journaled: a 16-byte command header, the events, and for a traced request
     /// its trace ids (apply decodes the events only: the ledger never sees a trace id).
     command: Vec<u8>,
@@ -211,6 +305,7 @@ impl Slot {
             operation: FrameOperation::Snapshot,
             op: 0,
             timestamp_ns: 0,
+            timestamp_reply: false,
             // Room for a traced command (a trace id after each event), so no slot ever grows.
             command: Vec::with_capacity(16 + (128 + TRACE_ID_SIZE_BYTES) * batch_events_max as usize),
             outcome: Mutex::new(Outcome::default()),
@@ -356,6 +451,7 @@ where
         WaitKind::BusySpin => sequencer_spawn(sequencer, receiver, stages, disruptor::BusySpin),
         WaitKind::Yield => sequencer_spawn(sequencer, receiver, stages, Yield),
         WaitKind::Backoff => sequencer_spawn(sequencer, receiver, stages, Backoff),
+        WaitKind::Park => sequencer_spawn(sequencer, receiver, stages, Park),
     };
     Pipeline { requests: Some(sender), sequencer: Some(handle), snapshotter, metrics }
 }
@@ -449,6 +545,7 @@ impl<C: Clock> Sequencer<C> {
             slot.operation = request.operation;
             slot.op = op;
             slot.timestamp_ns = timestamp_ns;
+            slot.timestamp_reply = request.timestamp_reply && kind == SlotKind::Command;
             slot.command.clear();
             slot.command.extend_from_slice(&request.command);
             slot.checkpoint_ready.store(false, Ordering::Relaxed);
@@ -516,6 +613,7 @@ impl<C: Clock> Sequencer<C> {
             slot.operation = FrameOperation::Snapshot;
             slot.op = op;
             slot.timestamp_ns = timestamp_ns;
+            slot.timestamp_reply = false;
             slot.command.clear();
             slot.checkpoint_ready.store(false, Ordering::Relaxed);
         });
@@ -527,7 +625,10 @@ impl<C: Clock> Sequencer<C> {
         loop {
             let attempt = producer.try_publish(|slot| (fill.take().expect("filled once"))(slot));
             match attempt {
-                Ok(_) => break,
+                Ok(_) => {
+                    progress_notify();
+                    break;
+                }
                 Err(_) => {
                     self.metrics.ring_full_waits.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_micros(20));
@@ -580,6 +681,9 @@ fn journal_handle<S: Storage>(stage: &mut JournalStage<S>, slot: &Slot, _sequenc
         stage.snapshotter.durable(op_durable);
         journal_housekeeping(stage);
     }
+    if end_of_batch {
+        progress_notify();
+    }
 }
 
 /// Tells followers in other processes what is durable. The mark is a hint (it only ever
@@ -620,7 +724,14 @@ fn journal_housekeeping<S: Storage>(stage: &mut JournalStage<S>) {
     stage.op_archived = op_snapshot;
 }
 
-fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
+    apply_slot(stage, slot);
+    if end_of_batch {
+        progress_notify();
+    }
+}
+
+fn apply_slot(stage: &mut ApplyStage, slot: &Slot) {
     let start = Instant::now();
     let mut outcome = slot.outcome.lock().expect("outcome lock");
     outcome.record_count = 0;
@@ -635,6 +746,9 @@ fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, _end_o
             stage.metrics.batch_events.observe(batch.len() as f64);
             results_count(&stage.metrics, slot.operation, batch.len() as u64, &stage.output);
             outcome.record_count = protocol::results_encode(&stage.output.results, &mut outcome.body);
+            if slot.timestamp_reply {
+                protocol::timestamp_encode(slot.timestamp_ns, &mut outcome.body);
+            }
             stage.metrics.state_hash_set(stage.ledger.state_hash());
             stage.metrics.op_applied.store(slot.op, Ordering::Release);
         }
@@ -674,7 +788,14 @@ fn results_count(metrics: &Metrics, operation: FrameOperation, events: u64, outp
     metrics.events_add(operation, 0, events - output.results.len() as u64);
 }
 
-fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
+fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
+    reply_slot(stage, slot);
+    if end_of_batch {
+        progress_notify(); // the ring has room again
+    }
+}
+
+fn reply_slot(stage: &mut ReplyStage, slot: &Slot) {
     reply_gate_check(&stage.metrics, slot.op);
     if slot.connection == 0 {
         return; // a checkpoint the sequencer inserted: nobody is waiting
@@ -686,6 +807,7 @@ fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, _end_o
         client_id: slot.client_id,
         operation: slot.operation,
         op: slot.op,
+        timestamp_reply: slot.timestamp_reply,
         record_count: outcome.record_count,
         body: &outcome.body,
     };

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status, SERVER_INFO_SIZE_BYTES};
+use walletd_gateway::protocol::{FrameHeader, FrameOperation, Status, FLAG_TIMESTAMP, SERVER_INFO_SIZE_BYTES};
 use walletd_gateway::server::{
     serve, server_info, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit,
 };
@@ -59,6 +59,7 @@ impl Submit for Engine {
             operation: request.operation,
             event_count: request.event_count,
             command: request.command,
+            timestamp_reply: request.timestamp_reply,
         };
         self.requests.send(request).map_err(|_| EngineStopped)
     }
@@ -112,7 +113,10 @@ fn reply_route(connections: Arc<Connections>, ping_body: Arc<OnceLock<[u8; SERVE
             ..FrameHeader::default()
         };
         let op = if is_mutating(reply.operation) { reply.op } else { 0 };
-        let header = FrameHeader::reply_to(&request, Status::Ok, op, reply.record_count);
+        let mut header = FrameHeader::reply_to(&request, Status::Ok, op, reply.record_count);
+        if reply.timestamp_reply {
+            header.flags |= FLAG_TIMESTAMP;
+        }
         let body = match reply.operation {
             FrameOperation::Ping => {
                 assert!(reply.body.is_empty() && reply.record_count == 0, "the pipeline answers a ping empty");

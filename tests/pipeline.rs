@@ -37,6 +37,7 @@ fn request(id: u64, operation: Operation, events: &[u8], count: usize) -> Reques
         operation: FrameOperation::Ledger(operation),
         event_count: count as u32,
         command,
+        timestamp_reply: false,
     }
 }
 
@@ -98,6 +99,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             operation: FrameOperation::Ping,
             event_count: 0,
             command: vec![],
+            timestamp_reply: false,
         })
         .unwrap();
     requests
@@ -108,6 +110,7 @@ fn replies_carry_outcomes_and_survive_a_restart() {
             operation: FrameOperation::Snapshot,
             event_count: 0,
             command: vec![],
+            timestamp_reply: false,
         })
         .unwrap();
     let got: Vec<Got> = (0..5).map(|_| replies.recv_timeout(Duration::from_secs(10)).unwrap()).collect();

@@ -23,7 +23,8 @@ use walletd::serve::{serve_start, RunningServer, ServeOptions};
 use walletd_core::command::records_as_bytes;
 use walletd_core::{Account, AccountId, Amount, CreateTransferResult, Operation, Transfer, TransferId};
 use walletd_gateway::protocol::{
-    frame_append, header_seal, request_append, FrameHeader, FrameOperation, Status, HEADER_SIZE_BYTES,
+    frame_append, header_seal, request_append, results_timestamped_decode, FrameHeader, FrameOperation, Status,
+    FLAG_REPLY, FLAG_TIMESTAMP, HEADER_SIZE_BYTES,
 };
 use walletd_gateway::server::ServerOptions;
 use walletd_gateway::{Client, ClientOptions};
@@ -75,6 +76,78 @@ fn create_transfer_restart_same_balances() {
     running.shutdown();
 }
 
+/// A create's reply carries the timestamp its events were applied at: every caller of the
+/// client, its calls coalesced into shared frames, learns each new transfer's stored timestamp
+/// (what a lookup returns) without reading it back; a raw frame without the timestamp bit gets
+/// the reply it always got, and the bit on a read is refused.
+#[test]
+fn a_create_reply_carries_the_timestamp_each_event_was_applied_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server(dir.path(), Duration::from_secs(10), 16);
+    let shared = std::sync::Arc::new(client(running.local_addr));
+    assert!(shared.create_accounts(&accounts(3)).unwrap().is_empty());
+    let callers: Vec<_> = (0..4u128)
+        .map(|caller| {
+            let shared = std::sync::Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut created = Vec::new();
+                for round in 0..20u128 {
+                    // Every seventh transfer fails (debit = credit), so results and timestamps
+                    // interleave.
+                    let transfers: Vec<Transfer> = (0..1 + (round % 5))
+                        .map(|i| {
+                            let low = caller << 32 | round << 8 | i;
+                            let credit = if (round + i) % 7 == 3 { 1 } else { 2 };
+                            transfer(low + 1, 1, credit, 1 + i)
+                        })
+                        .collect();
+                    let answer = shared.create_transfers_created(&transfers, None).unwrap();
+                    created.push((transfers, answer));
+                }
+                created
+            })
+        })
+        .collect();
+    let mut timestamps = std::collections::HashSet::new();
+    for caller in callers {
+        for (transfers, answer) in caller.join().unwrap() {
+            assert!(answer.op > 0 && answer.timestamp_ns > 0);
+            let failed: Vec<u32> = answer.results.iter().map(|result| result.index).collect();
+            let expected: Vec<u32> = (0..transfers.len() as u32)
+                .filter(|&index| transfers[index as usize].credit_account_id == AccountId(1))
+                .collect();
+            assert_eq!(failed, expected, "the failures, indexed into the caller's own transfers");
+            let ids: Vec<TransferId> = transfers.iter().map(|transfer| transfer.id).collect();
+            let stored = shared.lookup_transfers(&ids).unwrap();
+            assert_eq!(stored.len(), transfers.len() - failed.len());
+            for record in stored {
+                let index = transfers.iter().position(|transfer| transfer.id == record.transfer.id).unwrap();
+                let timestamp = answer.timestamp_ns + index as u64;
+                assert_eq!(record.transfer, Transfer { timestamp, ..transfers[index] }, "stored as sent, at t + i");
+                assert!(timestamps.insert(timestamp), "every timestamp is unique");
+            }
+        }
+    }
+    drop(shared);
+
+    let mut stream = TcpStream::connect(running.local_addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (header, body) = exchange_body(&mut stream, &create_frame(1, 50)).unwrap();
+    assert_eq!((header.status, header.flags, body.len()), (0, FLAG_REPLY, 0), "no bit: the reply as before");
+    let stamped = patched(create_frame(2, 51), 40, &FLAG_TIMESTAMP.to_le_bytes());
+    let (header, body) = exchange_body(&mut stream, &stamped).unwrap();
+    assert_eq!((header.status, header.flags, header.event_count), (0, FLAG_REPLY | FLAG_TIMESTAMP, 0));
+    let mut results = Vec::new();
+    let operation = FrameOperation::Ledger(Operation::CreateAccounts);
+    let timestamp_ns = results_timestamped_decode(operation, 0, &body, &mut results).unwrap();
+    let account = client(running.local_addr).lookup_accounts(&[AccountId(51)]).unwrap();
+    assert_eq!(account[0].timestamp, timestamp_ns, "the trailer is the account's timestamp");
+    let read = patched(good_frame(3), 40, &FLAG_TIMESTAMP.to_le_bytes());
+    let (header, _) = exchange_body(&mut stream, &read).unwrap();
+    assert_eq!(header.status, Status::BadBodySize as u16, "the timestamp bit on a read is refused");
+    running.shutdown();
+}
+
 /// Writes raw bytes and reads one reply header (None if the connection closed).
 fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<FrameHeader> {
     stream.write_all(bytes).ok()?;
@@ -82,12 +155,22 @@ fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Option<FrameHeader> {
 }
 
 fn reply_read(stream: &mut TcpStream) -> Option<FrameHeader> {
+    reply_read_body(stream).map(|(header, _)| header)
+}
+
+/// Writes raw bytes and reads one reply, header and body (None if the connection closed).
+fn exchange_body(stream: &mut TcpStream, bytes: &[u8]) -> Option<(FrameHeader, Vec<u8>)> {
+    stream.write_all(bytes).ok()?;
+    reply_read_body(stream)
+}
+
+fn reply_read_body(stream: &mut TcpStream) -> Option<(FrameHeader, Vec<u8>)> {
     let mut header = [0u8; HEADER_SIZE_BYTES];
     stream.read_exact(&mut header).ok()?;
     let header = FrameHeader::decode(&header).expect("the server's reply decodes");
     let mut body = vec![0u8; header.body_size_bytes as usize];
     stream.read_exact(&mut body).ok()?;
-    Some(header)
+    Some((header, body))
 }
 
 /// How long a test waits for an event (a reply, a close) before it fails.

@@ -417,8 +417,11 @@ impl Dispatch {
         let outcome = tokio::time::timeout(self.write_timeout, answer).await;
         match outcome {
             Ok(Ok(Ok(response))) => {
-                let Applied { op, record_count, body } = response.data;
+                let Applied { op, timestamp_ns, record_count, mut body } = response.data;
                 WriteCounters::add(&self.outcomes.ok);
+                if request.timestamp_reply && timestamp_ns != 0 {
+                    walletd_gateway::protocol::timestamp_encode(timestamp_ns, &mut body);
+                }
                 self.reply(request, Status::Ok, op, record_count, &body);
                 self.checkpoint_maybe().await;
             }
@@ -474,7 +477,10 @@ impl Dispatch {
             client_id: request.client_id,
             ..FrameHeader::default()
         };
-        let reply = FrameHeader::reply_to(&header, status, op, record_count);
+        let mut reply = FrameHeader::reply_to(&header, status, op, record_count);
+        if status == Status::Ok && request.timestamp_reply {
+            reply.flags |= walletd_gateway::protocol::FLAG_TIMESTAMP;
+        }
         self.connections.reply(request.connection, &reply, body);
     }
 }

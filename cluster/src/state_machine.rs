@@ -213,7 +213,7 @@ impl Machine {
         self.ledger.apply(timestamp_ns, batch, &mut self.output);
         let mut body = Vec::new();
         let record_count = protocol::results_encode(&self.output.results, &mut body);
-        Applied { op, record_count, body }
+        Applied { op, timestamp_ns, record_count, body }
     }
 
     fn checkpoint_append(&mut self, op: u64) -> Applied {
@@ -224,7 +224,7 @@ impl Machine {
         if let Err(error) = self.journal.append(op, timestamp_ns, RecordKind::Checkpoint, &body[..size_bytes]) {
             fail_stop("journal append", &error.to_string());
         }
-        Applied { op, record_count: 0, body: Vec::new() }
+        Applied { op, timestamp_ns: 0, record_count: 0, body: Vec::new() }
     }
 
     /// One fdatasync for everything appended; publishes the durable mark for followers.

@@ -58,6 +58,9 @@ impl fmt::Display for Proposal {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub op: u64,
+    /// The timestamp the command was applied at (its event `i` at it + `i`); 0 for a
+    /// checkpoint.
+    pub timestamp_ns: u64,
     pub record_count: u32,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,

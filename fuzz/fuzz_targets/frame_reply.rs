@@ -1,6 +1,7 @@
 //! The client's read path on a stream of fuzzed reply frames: `FrameHeader::decode`,
-//! `check_reply`, then the body decoder of the reply's operation (`results_decode`,
-//! `accounts_decode`, `transfer_records_decode`, `balances_decode`). No input may panic; a
+//! `check_reply`, then the body decoder of the reply's operation (`results_decode`, or
+//! `results_timestamped_decode` when the timestamp flag is set, `accounts_decode`,
+//! `transfer_records_decode`, `balances_decode`). No input may panic; a
 //! refused body leaves the caller's vectors as they were; an accepted one encodes back to the
 //! same bytes; an error reply has no body but `not_leader`'s address.
 #![no_main]
@@ -10,8 +11,10 @@ use walletd_core::Operation;
 use walletd_fuzz::frames::frame_next;
 use walletd_gateway::protocol::{
     accounts_decode, accounts_encode, balances_decode, balances_encode, results_decode, results_encode,
-    transfer_records_decode, transfer_records_encode, NOT_LEADER_ADDRESS_SIZE_MAX_BYTES,
+    results_timestamped_decode, timestamp_encode, transfer_records_decode, transfer_records_encode,
+    NOT_LEADER_ADDRESS_SIZE_MAX_BYTES,
 };
+use walletd_gateway::FLAG_TIMESTAMP;
 use walletd_gateway::{check_reply, FrameHeader, FrameOperation, Status};
 
 const FRAMES_MAX: usize = 16;
@@ -62,6 +65,17 @@ fn body_check(header: &FrameHeader, body: &[u8]) {
             accepted
         }
         FrameOperation::Ledger(Operation::Pulse) | FrameOperation::Ping | FrameOperation::Snapshot => return,
+        FrameOperation::Ledger(_) if header.flags & FLAG_TIMESTAMP != 0 => {
+            let mut results = Vec::new();
+            let decoded = results_timestamped_decode(operation, count, body, &mut results);
+            assert!(decoded.is_ok() || results.is_empty(), "a refused body leaves no results behind");
+            if let Ok(timestamp_ns) = decoded {
+                assert!(timestamp_ns != 0, "an accepted timestamp is not zero");
+                results_encode(&results, &mut encoded);
+                timestamp_encode(timestamp_ns, &mut encoded);
+            }
+            decoded.is_ok()
+        }
         FrameOperation::Ledger(_) => {
             let mut results = Vec::new();
             let accepted = results_decode(operation, count, body, &mut results).is_ok();

@@ -26,8 +26,8 @@
 
 use crate::protocol::{
     accounts_decode, balances_decode, check_reply, frame_append, frame_begin, frame_end, results_decode,
-    transfer_records_decode, FrameError, FrameHeader, FrameOperation, ServerInfo, Status, BODY_SIZE_MAX_BYTES,
-    EVENT_COUNT_MAX, FLAG_TRACED, HEADER_SIZE_BYTES,
+    results_timestamped_decode, transfer_records_decode, FrameError, FrameHeader, FrameOperation, ServerInfo, Status,
+    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, FLAG_TIMESTAMP, FLAG_TRACED, HEADER_SIZE_BYTES,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -166,6 +166,16 @@ impl Default for ClientOptions {
     }
 }
 
+/// The answer to a create: the failures (indexed into the caller's events), the journal op of
+/// the frame that carried them, and the engine timestamp of the caller's first event (its
+/// event `i` was applied at `timestamp_ns + i`: the one a `lookup` would return for it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Created {
+    pub results: Vec<EventResult>,
+    pub op: u64,
+    pub timestamp_ns: u64,
+}
+
 /// A successful reply (status 0): its header and its body, checked against the body checksum.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -240,8 +250,8 @@ struct Member {
 }
 
 struct BatchCall {
-    /// The caller's results and the op of the frame that carried them.
-    slot: Slot<Result<(Vec<EventResult>, u64), ClientError>>,
+    /// The caller's results, the op of the frame that carried them and their timestamp.
+    slot: Slot<Result<Created, ClientError>>,
     /// The request id of the frame that carries the call; 0 while its batch is open.
     request_id: AtomicU64,
 }
@@ -404,6 +414,16 @@ impl Client {
         accounts: &[Account],
         trace_ids: Option<&[u128]>,
     ) -> Result<(Vec<EventResult>, u64), ClientError> {
+        let created = self.create_accounts_created(accounts, trace_ids)?;
+        Ok((created.results, created.op))
+    }
+
+    /// `create_accounts_with_op`, with the timestamp each account was created at.
+    pub fn create_accounts_created(
+        &self,
+        accounts: &[Account],
+        trace_ids: Option<&[u128]>,
+    ) -> Result<Created, ClientError> {
         if let Some(trace_ids) = trace_ids {
             assert_eq!(accounts.len(), trace_ids.len(), "one trace id per account");
         }
@@ -438,6 +458,18 @@ impl Client {
         transfers: &[Transfer],
         trace_ids: Option<&[u128]>,
     ) -> Result<(Vec<EventResult>, u64), ClientError> {
+        let created = self.create_transfers_created(transfers, trace_ids)?;
+        Ok((created.results, created.op))
+    }
+
+    /// `create_transfers_with_op`, with the timestamp each transfer was applied at: a transfer
+    /// created now (no result listed) is stored as sent with that timestamp, so a caller that
+    /// needs the stored record of a new transfer need not read it back.
+    pub fn create_transfers_created(
+        &self,
+        transfers: &[Transfer],
+        trace_ids: Option<&[u128]>,
+    ) -> Result<Created, ClientError> {
         if let Some(trace_ids) = trace_ids {
             assert_eq!(transfers.len(), trace_ids.len(), "one trace id per transfer");
         }
@@ -707,13 +739,13 @@ fn batch_submit(
     events: &[u8],
     event_count: usize,
     trace_ids: Option<&[u128]>,
-) -> Result<(Vec<EventResult>, u64), ClientError> {
+) -> Result<Created, ClientError> {
     let batcher = &shared.batchers[batcher_index];
     let operation = FrameOperation::Ledger(batcher.operation);
     assert_eq!(events.len(), event_count * operation.event_size_bytes());
     events_count_check(operation, event_count, shared.options.batch_events_max)?;
     if event_count == 0 {
-        return Ok((Vec::new(), 0));
+        return Ok(Created::default());
     }
     let deadline = Instant::now() + shared.options.request_timeout;
     let call = Arc::new(BatchCall { slot: Slot::new(), request_id: AtomicU64::new(0) });
@@ -788,7 +820,7 @@ fn batch_call_abandon(
     shared: &Shared,
     batcher: &Batcher,
     call: &BatchCall,
-) -> Result<(Vec<EventResult>, u64), ClientError> {
+) -> Result<Created, ClientError> {
     let state = lock(&batcher.state);
     let request_id = call.request_id.load(Ordering::Acquire);
     if request_id != 0 {
@@ -896,7 +928,8 @@ fn batch_send(shared: &Shared, operation: FrameOperation, frame: &mut [u8], take
     assert_eq!(frame.len(), HEADER_SIZE_BYTES + event_count as usize * event_size_bytes);
     assert!(event_count >= 1 && event_count <= shared.options.batch_events_max);
     let header = FrameHeader::request(operation, request_id, shared.client_id, event_count);
-    let flags = if traced { FLAG_TRACED } else { 0 };
+    // Every batched create asks for its timestamp, so each caller learns its events' own.
+    let flags = if traced { FLAG_TRACED | FLAG_TIMESTAMP } else { FLAG_TIMESTAMP };
     frame_end(frame, 0, &FrameHeader { flags, ..header });
     if let Err(error) = frame_write(shared, frame) {
         if let Some(Waiter::Batch(batch)) = pending_remove(shared, request_id) {
@@ -914,9 +947,14 @@ fn batch_fail(batch: &BatchInFlight, error: &ClientError) {
 /// Splits a batch's sparse results among its members, re-indexed into each caller's slice.
 fn batch_reply_distribute(batch: BatchInFlight, header: &FrameHeader, body: &[u8]) {
     let mut results = Vec::with_capacity(header.event_count as usize);
-    if let Err(error) = results_decode(batch.operation, header.event_count, body, &mut results) {
-        return batch_fail(&batch, &error.into());
+    if header.flags & FLAG_TIMESTAMP == 0 {
+        let message = "a reply to a batched create has no timestamp (the server predates the timestamp flag)";
+        return batch_fail(&batch, &ClientError::Protocol(message.into()));
     }
+    let timestamp_ns = match results_timestamped_decode(batch.operation, header.event_count, body, &mut results) {
+        Ok(timestamp_ns) => timestamp_ns,
+        Err(error) => return batch_fail(&batch, &error.into()),
+    };
     if results.last().is_some_and(|last| last.index >= batch.event_count) {
         let message = format!("a result's index is past the {} events of the batch", batch.event_count);
         return batch_fail(&batch, &ClientError::Protocol(message));
@@ -931,7 +969,8 @@ fn batch_reply_distribute(batch: BatchInFlight, header: &FrameHeader, body: &[u8
             own.push(EventResult { index: result.index - member.event_start, code: result.code });
             cursor += 1;
         }
-        member.call.slot.fill(Ok((own, header.op)));
+        let timestamp_ns = timestamp_ns + u64::from(member.event_start);
+        member.call.slot.fill(Ok(Created { results: own, op: header.op, timestamp_ns }));
     }
     assert_eq!(cursor, results.len(), "every result went to a member");
 }

@@ -13,9 +13,9 @@ pub mod cluster_client;
 pub mod protocol;
 pub mod server;
 
-pub use client::{Balances, Client, ClientError, ClientOptions, Reply};
+pub use client::{Balances, Client, ClientError, ClientOptions, Created, Reply};
 pub use cluster_client::ClusterClient;
 pub use protocol::{
     check_reply, check_request, FrameError, FrameHeader, FrameOperation, Request, RequestScratch, ServerInfo, Status,
-    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, FLAG_TRACED, HEADER_SIZE_BYTES, TRACED_BODY_SIZE_MAX_BYTES,
+    BODY_SIZE_MAX_BYTES, EVENT_COUNT_MAX, FLAG_TIMESTAMP, FLAG_TRACED, HEADER_SIZE_BYTES, TRACED_BODY_SIZE_MAX_BYTES,
 };

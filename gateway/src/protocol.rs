@@ -44,6 +44,13 @@ pub const FLAG_REPLY: u16 = 1 << 0;
 /// `flags` bit 1, requests of mutating operations with events only: the body is the events,
 /// then `event_count` trace ids (u128, 0 = none), event `i`'s at index `i`.
 pub const FLAG_TRACED: u16 = 1 << 1;
+/// `flags` bit 2, on requests of mutating operations with events only: the reply (which sets
+/// the bit too) carries, after its results, the request's engine timestamp — a u64, ns since
+/// the Unix epoch; event `i` of the request was applied at it + `i` — so a client learns when
+/// each event it created was applied without reading it back.
+pub const FLAG_TIMESTAMP: u16 = 1 << 2;
+/// The size of the timestamp trailer of a reply to a `FLAG_TIMESTAMP` request.
+pub const TIMESTAMP_SIZE_BYTES: usize = 8;
 /// The largest body of a traced frame: a full batch of 128-byte records and their trace ids.
 /// A traced frame carries as many events as an untraced one.
 pub const TRACED_BODY_SIZE_MAX_BYTES: u32 = BATCH_EVENTS_MAX * (128 + TRACE_ID_SIZE_BYTES as u32);
@@ -58,7 +65,8 @@ pub const TRACED_BODY_SIZE_MAX_BYTES: u32 = BATCH_EVENTS_MAX * (128 + TRACE_ID_S
 //     16   16 client_id        chosen by the client, echoed in the reply
 //     32    4 event_count      request: events in the body; reply: records in the body
 //     36    4 body_size_bytes  ≤ BODY_SIZE_MAX_BYTES (traced: ≤ TRACED_BODY_SIZE_MAX_BYTES)
-//     40    2 flags            bit 0 = reply; bit 1 = traced (requests); other bits zero
+//     40    2 flags            bit 0 = reply; bit 1 = traced (requests); bit 2 = timestamp
+//                             (requests, and their replies); other bits zero
 //     42    2 status           Status (replies); zero in requests
 //     44    4 reserved         zero
 //     48    8 op               reply: the journal op of the request; zero otherwise
@@ -679,12 +687,17 @@ fn request_reserved_check(header: &FrameHeader, operation: FrameOperation) -> Re
     if header.flags & FLAG_REPLY != 0 {
         return Err(FrameError::ReservedNotZero { field: "flags (the reply bit)" });
     }
-    if header.flags & !FLAG_TRACED != 0 {
+    if header.flags & !(FLAG_TRACED | FLAG_TIMESTAMP) != 0 {
         return Err(FrameError::ReservedNotZero { field: "flags (reserved bits)" });
     }
     if header.flags & FLAG_TRACED != 0 && !operation.is_mutating_with_events() {
         return Err(FrameError::ReservedNotZero {
             field: "flags (the traced bit, on an operation without journaled events)",
+        });
+    }
+    if header.flags & FLAG_TIMESTAMP != 0 && !operation.is_mutating_with_events() {
+        return Err(FrameError::ReservedNotZero {
+            field: "flags (the timestamp bit, on an operation without journaled events)",
         });
     }
     if header.status != 0 {
@@ -992,6 +1005,32 @@ pub fn results_encode(results: &[EventResult], out: &mut Vec<u8>) -> u32 {
         out.extend_from_slice(&result.code.to_le_bytes());
     }
     results.len() as u32
+}
+
+/// Appends the timestamp trailer of a reply to a `FLAG_TIMESTAMP` request (after its results).
+pub fn timestamp_encode(timestamp_ns: u64, out: &mut Vec<u8>) {
+    assert!(timestamp_ns != 0, "an applied request has a timestamp");
+    out.extend_from_slice(&timestamp_ns.to_le_bytes());
+}
+
+/// The results and the timestamp of a reply to a `FLAG_TIMESTAMP` request: `event_count`
+/// results, then the request's timestamp (not zero).
+pub fn results_timestamped_decode(
+    operation: FrameOperation,
+    event_count: u32,
+    body: &[u8],
+    out: &mut Vec<EventResult>,
+) -> Result<u64, FrameError> {
+    let malformed = |reason| FrameError::MalformedReply { operation: operation.code(), reason };
+    let Some(results_size) = body.len().checked_sub(TIMESTAMP_SIZE_BYTES) else {
+        return Err(malformed("the body has no timestamp trailer"));
+    };
+    let timestamp_ns = u64_at(body, results_size);
+    if timestamp_ns == 0 {
+        return Err(malformed("the timestamp trailer is zero"));
+    }
+    results_decode(operation, event_count, &body[..results_size], out)?;
+    Ok(timestamp_ns)
 }
 
 pub fn results_decode(

@@ -44,6 +44,9 @@ pub struct ServerRequest {
     /// proven to decode with the ledger's decoder into `operation` with `event_count` events;
     /// empty for ping and snapshot.
     pub command: Vec<u8>,
+    /// The request asked for its timestamp in the reply (`FLAG_TIMESTAMP`, mutating
+    /// operations with events only).
+    pub timestamp_reply: bool,
 }
 
 /// The engine refused a request because it is shutting down.
@@ -434,6 +437,7 @@ impl Reader {
             operation,
             event_count: header.event_count,
             command,
+            timestamp_reply: header.flags & crate::protocol::FLAG_TIMESTAMP != 0,
         })
     }
 

@@ -84,6 +84,22 @@ fn reply_frame(request: &FrameHeader, status: Status, op: u64, event_count: u32,
     frame
 }
 
+/// The reply to a create that asked for its timestamp: the results, then the trailer.
+fn reply_timestamped(request: &FrameHeader, op: u64, event_count: u32, results: &[u8], timestamp_ns: u64) -> Vec<u8> {
+    assert!(request.flags & FLAG_TIMESTAMP != 0, "the client asks for the timestamp of every batched create");
+    let mut body = results.to_vec();
+    timestamp_encode(timestamp_ns, &mut body);
+    let header = FrameHeader { flags: FLAG_REPLY | FLAG_TIMESTAMP, ..FrameHeader::reply_to(request, Status::Ok, op, event_count) };
+    let mut frame = Vec::new();
+    frame_append(&header, &body, &mut frame);
+    frame
+}
+
+/// The timestamp the responder says a request was applied at.
+fn timestamp_of(request_id: u64) -> u64 {
+    1_000_000 * request_id
+}
+
 const FAILED_CODE: u32 = CreateTransferResult::ExceedsCredits as u32;
 
 /// Answers correctly, applying nothing: creates fail exactly the events with an odd id; reads
@@ -104,7 +120,11 @@ fn answer(request: &FrameHeader, body: &[u8]) -> Vec<u8> {
                 .filter(|index| ids[*index as usize] % 2 == 1)
                 .map(|index| EventResult { index, code: FAILED_CODE })
                 .collect();
-            (request.request_id, results_encode(&results, &mut reply_body))
+            let count = results_encode(&results, &mut reply_body);
+            if request.flags & FLAG_TIMESTAMP != 0 {
+                return reply_timestamped(request, request.request_id, count, &reply_body, timestamp_of(request.request_id));
+            }
+            (request.request_id, count)
         }
         Request::Ledger { command: Command::Query(query), .. } => (0, query_answer(&query, &mut reply_body)),
         Request::Ping => (0, 0),
@@ -268,19 +288,30 @@ fn concurrent_creates_share_frames_and_get_their_own_results() {
         .map(|thread| {
             let client = Arc::clone(&client);
             std::thread::spawn(move || {
+                let mut placed = Vec::new();
                 for call in 0..CALL_COUNT {
                     // Ids differ per thread and call; which ones are odd shifts with `call`.
                     let transfers: Vec<Transfer> = (0..TRANSFER_COUNT)
                         .map(|index| transfer(thread * 1_000_000 + call * 1_000 + index * (call % 3 + 1) + 2))
                         .collect();
-                    let results = client.create_transfers(&transfers).unwrap();
-                    assert_eq!(results, results_expected(&transfers));
+                    let created = client.create_transfers_created(&transfers, None).unwrap();
+                    assert_eq!(created.results, results_expected(&transfers));
+                    // The frame's timestamp plus where this call's events start in it.
+                    placed.push((created.op, created.timestamp_ns - timestamp_of(created.op)));
                 }
+                placed
             })
         })
         .collect();
+    let mut placed = std::collections::BTreeSet::new();
     for thread in threads {
-        thread.join().unwrap();
+        for call in thread.join().unwrap() {
+            assert!(placed.insert(call), "two calls placed at one event of one frame: {call:?}");
+        }
+    }
+    let starts = |op: u64| placed.iter().filter(|(of, _)| *of == op).map(|(_, start)| *start).collect::<Vec<u64>>();
+    for op in placed.iter().map(|(op, _)| *op) {
+        assert_eq!(starts(op), [0, 3, 6, 9], "each call's timestamp is its own first event's");
     }
     let frames = responder.received();
     assert_eq!(frames.len() as u128, CALL_COUNT, "one frame per round of calls");
@@ -368,8 +399,10 @@ fn malformed_reply_bodies_are_protocol_errors() {
             FrameOperation::Ledger(Operation::CreateTransfers) => {
                 let mut body = Vec::new();
                 results_encode(&[EventResult { index: 5, code: 1 }], &mut body);
-                reply_frame(header, Status::Ok, 1, 1, &body)
+                reply_timestamped(header, 1, 1, &body, 7)
             }
+            // A create's reply without the timestamp it asked for.
+            FrameOperation::Ledger(Operation::CreateAccounts) => reply_frame(header, Status::Ok, 1, 0, &[]),
             // Two accounts for one id.
             FrameOperation::Ledger(Operation::LookupAccounts) => {
                 let mut body = Vec::new();
@@ -383,6 +416,8 @@ fn malformed_reply_bodies_are_protocol_errors() {
     }));
     let client = Client::connect(responder.address, options()).unwrap();
     assert!(matches!(client.create_transfers(&[transfer(2)]), Err(ClientError::Protocol(_))));
+    let error = client.create_accounts(&[Account { id: AccountId(2), ..Account::default() }]).unwrap_err();
+    assert!(matches!(&error, ClientError::Protocol(message) if message.contains("no timestamp")), "{error}");
     assert!(matches!(client.lookup_accounts(&[AccountId(1)]), Err(ClientError::Protocol(_))));
     assert!(matches!(client.lookup_transfers(&[TransferId(1)]), Err(ClientError::Protocol(_))));
     assert!(matches!(client.lookup_balances(&[AccountId(1)]), Err(ClientError::Protocol(_))));

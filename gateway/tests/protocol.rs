@@ -977,7 +977,7 @@ fn the_traced_flag_is_refused_where_nothing_is_journaled_and_reserved_bits_still
         assert!(matches!(error, FrameError::ReservedNotZero { .. }), "{operation:?}: {error}");
     }
     let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
-    for bit in 2..16 {
+    for bit in 3..16 {
         let flags = FLAG_TRACED | (1 << bit);
         let error = request_check(&frame_with(transfers, flags, 1, &[0; 144])).unwrap_err();
         assert_eq!(error, FrameError::ReservedNotZero { field: "flags (reserved bits)" }, "bit {bit}");
@@ -990,6 +990,39 @@ fn the_traced_flag_is_refused_where_nothing_is_journaled_and_reserved_bits_still
         let checked = request_check(&frame_with(FrameOperation::Ledger(operation), FLAG_TRACED, 1, &body));
         assert_eq!(checked, Ok(FrameOperation::Ledger(operation)));
     }
+}
+
+#[test]
+fn the_timestamp_flag_is_taken_where_events_are_journaled_and_its_trailer_is_checked() {
+    let transfers = FrameOperation::Ledger(Operation::CreateTransfers);
+    for flags in [FLAG_TIMESTAMP, FLAG_TIMESTAMP | FLAG_TRACED] {
+        let size = if flags & FLAG_TRACED != 0 { 144 } else { 128 };
+        assert_eq!(request_check(&frame_with(transfers, flags, 1, &vec![0; size])), Ok(transfers));
+    }
+    for (operation, event_count, body_size_bytes) in
+        [(FrameOperation::Ledger(Operation::LookupTransfers), 1, 16), (FrameOperation::Ping, 0, 0)]
+    {
+        let error = request_check(&frame_with(operation, FLAG_TIMESTAMP, event_count, &vec![0; body_size_bytes]));
+        let field = "flags (the timestamp bit, on an operation without journaled events)";
+        assert_eq!(error, Err(FrameError::ReservedNotZero { field }), "{operation:?}");
+    }
+    // Results, then the trailer: decoded back; a body without it, or with a zero one, refused.
+    let mut body = Vec::new();
+    let results = [EventResult { index: 1, code: 3 }, EventResult { index: 4, code: 7 }];
+    results_encode(&results, &mut body);
+    timestamp_encode(1_700_000_000_000_000_000, &mut body);
+    let mut decoded = Vec::new();
+    assert_eq!(results_timestamped_decode(transfers, 2, &body, &mut decoded), Ok(1_700_000_000_000_000_000));
+    assert_eq!(decoded, results);
+    let refused = |body: &[u8], count: u32| {
+        let mut decoded = Vec::new();
+        let error = results_timestamped_decode(transfers, count, body, &mut decoded).unwrap_err();
+        assert!(decoded.is_empty() && matches!(error, FrameError::MalformedReply { .. }), "{error}");
+    };
+    refused(&body[..16], 2);
+    refused(&body[..4], 0);
+    refused(&[0; 8], 0);
+    refused(&body, 1);
 }
 
 #[test]

@@ -308,7 +308,7 @@ pub async fn transfers_submit(
         let mut done = if atomic_replay {
             atomic_replay_resolve(engine, &transfers).await?
         } else {
-            outcomes_from_codes(engine, &transfers, &codes).await?
+            outcomes_from_codes(engine, &transfers, &codes, submitted.timestamp_ns).await?
         };
         if let Some(history) = history {
             too_old_resolve(history, &transfers, &codes, atomic, submitted.op, &mut done).await;
@@ -461,18 +461,63 @@ fn codes_dense(results: &[EventResult], count: usize) -> Vec<u32> {
     codes
 }
 
-/// The outcome of each transfer from its result code; applied ones (new or `exists`) are
-/// read back for their status and engine timestamp.
-async fn outcomes_from_codes(engine: &Engine, transfers: &[Transfer], codes: &[u32]) -> Result<Vec<Outcome>, ApiError> {
+/// The record a transfer created now has, without reading it back: a plain transfer or a hold
+/// is stored as sent, stamped with the timestamp it was applied at (`first_timestamp_ns`, the
+/// request's first event's, + its index). A capture or void stores what it resolved (the
+/// hold's accounts and amount), so it is read back.
+fn record_created(transfer: &Transfer, index: usize, first_timestamp_ns: u64) -> Option<TransferRecord> {
+    let resolving =
+        transfer.flags.contains(TransferFlags::POST_PENDING) || transfer.flags.contains(TransferFlags::VOID_PENDING);
+    if resolving {
+        return None;
+    }
+    assert!(first_timestamp_ns != 0, "a create's answer carries its timestamp");
+    let status = if transfer.flags.contains(TransferFlags::PENDING) {
+        walletd_core::TransferStatus::Pending
+    } else {
+        walletd_core::TransferStatus::Posted
+    };
+    let timestamp = first_timestamp_ns + index as u64;
+    Some(TransferRecord { transfer: Transfer { timestamp, ..*transfer }, status })
+}
+
+/// The outcome of each transfer from its result code. A plain transfer or hold applied now is
+/// answered from the create's own timestamp; the others applied (captures and voids, and
+/// `exists`: a retry, whose original may differ in time and status) are read back.
+async fn outcomes_from_codes(
+    engine: &Engine,
+    transfers: &[Transfer],
+    codes: &[u32],
+    first_timestamp_ns: u64,
+) -> Result<Vec<Outcome>, ApiError> {
     let exists = CreateTransferResult::Exists as u32;
-    let applied: Vec<TransferId> =
-        transfers.iter().zip(codes).filter(|(_, &code)| code == 0 || code == exists).map(|(t, _)| t.id).collect();
+    let created: Vec<Option<TransferRecord>> = transfers
+        .iter()
+        .zip(codes)
+        .enumerate()
+        .map(|(index, (transfer, &code))| {
+            if code == 0 {
+                record_created(transfer, index, first_timestamp_ns)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let applied: Vec<TransferId> = transfers
+        .iter()
+        .zip(codes)
+        .zip(&created)
+        .filter(|((_, &code), created)| (code == 0 || code == exists) && created.is_none())
+        .map(|((transfer, _), _)| transfer.id)
+        .collect();
     let records = if applied.is_empty() { Vec::new() } else { records_lookup(engine, applied).await? };
     let records: HashMap<TransferId, TransferRecord> =
         records.into_iter().map(|record| (record.transfer.id, record)).collect();
     let mut outcomes = Vec::with_capacity(transfers.len());
-    for (transfer, &code) in transfers.iter().zip(codes) {
-        if code == 0 || code == exists {
+    for ((transfer, &code), created) in transfers.iter().zip(codes).zip(created) {
+        if let Some(record) = created {
+            outcomes.push(Outcome::Done { record, replayed: false });
+        } else if code == 0 || code == exists {
             let outcome = match records.get(&transfer.id) {
                 Some(record) => Outcome::Done { record: *record, replayed: code == exists },
                 // Applied, then forgotten before the read: the window moved in between.

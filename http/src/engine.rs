@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use walletd_core::{Account, AccountId, AccountLimits, BalanceRead, EventResult, Transfer, TransferId, TransferRecord};
-use walletd_gateway::{Balances, Client, ClientError, ClientOptions, Status};
+use walletd_gateway::{Balances, Client, ClientError, ClientOptions, Created, Status};
 
 /// Why a job did not get an engine answer.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -93,12 +93,14 @@ impl EngineOptions {
     }
 }
 
-/// The answer to a create: the failures (indexed into the caller's events) and the journal op
-/// of the frame that carried them, at or before which everything they did happened.
+/// The answer to a create: the failures (indexed into the caller's events), the journal op
+/// of the frame that carried them, at or before which everything they did happened, and the
+/// engine timestamp of the caller's first event (event `i` was applied at it + `i`).
 #[derive(Clone, Debug, Default)]
 pub struct Submitted {
     pub results: Vec<EventResult>,
     pub op: u64,
+    pub timestamp_ns: u64,
 }
 
 /// The handlers' side of the bridge. Cheap to clone.
@@ -447,7 +449,7 @@ fn round_send(shared: &Shared, round: Round) {
         assert_eq!(account_trace_ids.len(), accounts.len(), "a trace id per account");
         let traced = account_trace_ids.iter().any(|&trace_id| trace_id != 0);
         let trace_ids = traced.then_some(account_trace_ids.as_slice());
-        let result = client_call(shared, &client, |client| client.create_accounts_with_op(&accounts, trace_ids));
+        let result = client_call(shared, &client, |client| client.create_accounts_created(&accounts, trace_ids));
         results_split(shared, result, account_jobs);
     }
     if !transfer_jobs.is_empty() {
@@ -455,7 +457,7 @@ fn round_send(shared: &Shared, round: Round) {
         assert_eq!(transfer_trace_ids.len(), transfers.len(), "a trace id per transfer");
         let traced = transfer_trace_ids.iter().any(|&trace_id| trace_id != 0);
         let trace_ids = traced.then_some(transfer_trace_ids.as_slice());
-        let result = client_call(shared, &client, |client| client.create_transfers_with_op(&transfers, trace_ids));
+        let result = client_call(shared, &client, |client| client.create_transfers_created(&transfers, trace_ids));
         results_split(shared, result, transfer_jobs);
     }
     if !lookup_account_jobs.is_empty() {
@@ -498,13 +500,13 @@ fn single_send(shared: &Shared, client: &Arc<Client>, job: Job) {
 }
 
 /// Splits a frame's sparse results among its jobs, re-indexed into each job's events; each
-/// job gets the frame's op.
+/// job gets the frame's op and its own first event's timestamp.
 fn results_split(
     shared: &Shared,
-    result: Result<(Vec<EventResult>, u64), EngineError>,
+    result: Result<Created, EngineError>,
     jobs: Vec<(usize, usize, Answer<Submitted>)>,
 ) {
-    let (results, op) = match result {
+    let Created { results, op, timestamp_ns } = match result {
         Ok(answer) => answer,
         Err(error) => {
             for (_, _, answer) in jobs {
@@ -523,7 +525,8 @@ fn results_split(
             own.push(EventResult { index: result.index - start as u32, code: result.code });
             cursor += 1;
         }
-        let _ = answer.send(Ok(Submitted { results: own, op }));
+        let timestamp_ns = timestamp_ns + start as u64;
+        let _ = answer.send(Ok(Submitted { results: own, op, timestamp_ns }));
     }
     assert_eq!(cursor, results.len(), "every result went to a job");
     shared.op_seen.fetch_max(op, Ordering::Relaxed);

@@ -18,6 +18,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
@@ -130,7 +131,7 @@ fn key_check(key: &str) -> Result<(), ApiError> {
 struct Cached {
     fingerprint: String,
     status: u16,
-    body: serde_json::Value,
+    body: Box<RawValue>,
 }
 
 fn cache_key(user: &str, key: &str, endpoint: &str) -> String {
@@ -153,7 +154,7 @@ async fn idempotent<F, Fut>(
 ) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(StatusCode, bool, serde_json::Value), ApiError>>,
+    Fut: std::future::Future<Output = Result<(StatusCode, bool, Box<RawValue>), ApiError>>,
 {
     let cache =
         state.cache.as_ref().zip(key).map(|(redis, key)| (Arc::clone(redis), cache_key(&caller.user, key, endpoint)));
@@ -190,16 +191,19 @@ where
 /// and the history's "not yet" and "cannot read now" (never its "not applied", which is final).
 const CACHE_ANSWERS: &[&str] = &["idempotency_window_passed", "history_behind", "history_unavailable"];
 
-fn replayed_response(status: StatusCode, replayed: bool, body: serde_json::Value) -> Response {
-    let mut response = (status, Json(body)).into_response();
+fn replayed_response(status: StatusCode, replayed: bool, body: Box<RawValue>) -> Response {
+    let body: Box<str> = body.into();
+    let content_type = HeaderValue::from_static("application/json");
+    let mut response = (status, [(header::CONTENT_TYPE, content_type)], body.into_string()).into_response();
     if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }
 
-fn json_of<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).expect("API bodies serialise")
+/// A response body serialised once: sent as it is, and cached as it is (no `Value` tree).
+fn json_of<T: serde::Serialize>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("API bodies serialise")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,7 +410,7 @@ async fn transfer_answer(
     state: &AppState,
     caller: &Caller,
     intent: Intent,
-) -> Result<(StatusCode, bool, serde_json::Value), ApiError> {
+) -> Result<(StatusCode, bool, Box<RawValue>), ApiError> {
     let (record, replayed) = domain::transfer_one(&state.engine, state.history.as_ref(), caller, intent).await?;
     Ok((StatusCode::CREATED, replayed, json_of(&transfer_view(&state.currencies, &record))))
 }

@@ -166,14 +166,14 @@ impl MachineState {
                 self.ledger.apply(timestamp_ns, batch, &mut self.output);
                 let mut body = Vec::new();
                 let record_count = protocol::results_encode(&self.output.results, &mut body);
-                Applied { op, record_count, body }
+                Applied { op, timestamp_ns, record_count, body }
             }
             EntryPayload::Membership(membership) => {
                 self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
-                Applied { op, record_count: 0, body: Vec::new() }
+                Applied { op, timestamp_ns: 0, record_count: 0, body: Vec::new() }
             }
             EntryPayload::Normal(Proposal::Checkpoint) | EntryPayload::Blank => {
-                Applied { op, record_count: 0, body: Vec::new() }
+                Applied { op, timestamp_ns: 0, record_count: 0, body: Vec::new() }
             }
         };
         self.applied.push(AppliedEntry {
