@@ -136,17 +136,24 @@ impl WaitStrategy for Backoff {
     }
 }
 
-/// Spins ~64 times, yields ~16 times, then parks until the pipeline's progress count moves
-/// (or 1 ms passes, a bound that is never needed for a wake-up but keeps an idle thread's
-/// worst case known). Every stage counts progress at the end of each batch and whenever it
-/// starts to wait (by then the disruptor has published its cursor), and the sequencer after
-/// each publish, so a parked thread is woken by whatever could have given it work; an idle
-/// pipeline costs no CPU, and a busy one never parks.
+/// Spins ~64 times, then parks until a pipeline thread it waits on counts progress (or 1 ms
+/// passes, a bound that is never needed for a wake-up but keeps an idle thread's worst case
+/// known). There are two progress counts (eventcounts): `SEQUENCED`, which the sequencer
+/// counts after each publish and journal and apply park on, and `STAGED`, which journal and
+/// apply count at the end of each batch and whenever they start to wait (by then the
+/// disruptor has published their cursors), and reply parks on. So a parked thread is woken
+/// only by the threads that could have given it work; an idle pipeline costs no CPU, and a
+/// busy one never parks.
+///
+/// No yield phase: on a loaded machine a `sched_yield` hands the core to any runnable thread
+/// for a whole time slice, which cost more than the futex wake-up it saves (a profile of the
+/// HTTP benchmark had the pipeline threads' yields at 16% of the serving process's samples).
 #[derive(Clone, Copy)]
 pub struct Park;
 
-/// The pipeline threads' progress count (an eventcount): one per process, shared by every
-/// pipeline in it (a second pipeline only adds spurious wake-ups).
+const PARK_SPINS: u32 = 63;
+
+/// A progress count that threads can sleep on.
 struct Progress {
     count: AtomicU64,
     parked: AtomicU32,
@@ -154,67 +161,99 @@ struct Progress {
     moved: Condvar,
 }
 
-static PROGRESS: Progress =
-    Progress { count: AtomicU64::new(0), parked: AtomicU32::new(0), lock: Mutex::new(()), moved: Condvar::new() };
-
-/// Counts progress and wakes parked threads, if any (a load and an add when none are).
-fn progress_notify() {
-    PROGRESS.count.fetch_add(1, Ordering::SeqCst);
-    if PROGRESS.parked.load(Ordering::SeqCst) > 0 {
-        let _guard = PROGRESS.lock.lock().unwrap_or_else(|poison| poison.into_inner());
-        PROGRESS.moved.notify_all();
+impl Progress {
+    const fn new() -> Progress {
+        Progress { count: AtomicU64::new(0), parked: AtomicU32::new(0), lock: Mutex::new(()), moved: Condvar::new() }
     }
-}
 
-/// Sleeps while the progress count is still `seen`, at most `timeout`. A notify after `seen`
-/// was read is never missed: the count and the parked count are both sequentially consistent,
-/// so either the notifier sees this thread parked (and wakes it under the lock) or this thread
-/// sees the new count.
-fn progress_wait(seen: u64, timeout: Duration) {
-    PROGRESS.parked.fetch_add(1, Ordering::SeqCst);
-    let mut guard = PROGRESS.lock.lock().unwrap_or_else(|poison| poison.into_inner());
-    let deadline = Instant::now() + timeout;
-    while PROGRESS.count.load(Ordering::SeqCst) == seen {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
+    /// Counts progress and wakes the threads parked on it, if any (a load and an add when
+    /// none are).
+    fn notify(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+            self.moved.notify_all();
         }
-        guard = PROGRESS.moved.wait_timeout(guard, deadline - now).unwrap_or_else(|poison| poison.into_inner()).0;
     }
-    drop(guard);
-    PROGRESS.parked.fetch_sub(1, Ordering::SeqCst);
+
+    /// Sleeps while the count is still `seen`, at most `timeout`. A notify after `seen` was
+    /// read is never missed: the count and the parked count are both sequentially consistent,
+    /// so either the notifier sees this thread parked (and wakes it under the lock) or this
+    /// thread sees the new count.
+    fn wait(&self, seen: u64, timeout: Duration) {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|poison| poison.into_inner());
+        let deadline = Instant::now() + timeout;
+        while self.count.load(Ordering::SeqCst) == seen {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            guard = self.moved.wait_timeout(guard, deadline - now).unwrap_or_else(|poison| poison.into_inner()).0;
+        }
+        drop(guard);
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
 }
+
+/// Published by the sequencer; journal and apply wait on it. One per process, shared by every
+/// pipeline in it (a second pipeline only adds spurious wake-ups).
+static SEQUENCED: Progress = Progress::new();
+/// Journal's and apply's progress; reply waits on it.
+static STAGED: Progress = Progress::new();
+
+/// What a pipeline thread parks on, and the count its own progress moves (set by each stage
+/// on its thread as it starts).
+#[derive(Clone, Copy)]
+struct ParkRole {
+    waits_on: &'static Progress,
+    tells: Option<&'static Progress>,
+}
+
+const ROLE_STAGE: ParkRole = ParkRole { waits_on: &SEQUENCED, tells: Some(&STAGED) };
+const ROLE_REPLY: ParkRole = ParkRole { waits_on: &STAGED, tells: None };
 
 thread_local! {
-    /// (awaited sequence, tries, progress count when the wait for it began).
+    static PARK_ROLE: Cell<ParkRole> = const { Cell::new(ROLE_STAGE) };
+    /// (awaited sequence, tries, the count of `waits_on` when the wait for it began).
     static PARK: Cell<(Sequence, u32, u64)> = const { Cell::new((-1, 0, 0)) };
+}
+
+fn park_role_set(role: ParkRole) {
+    PARK_ROLE.with(|cell| cell.set(role));
+}
+
+/// The end of a stage's batch: whoever parks on its progress may go on.
+fn progress_tell() {
+    if let Some(progress) = PARK_ROLE.with(Cell::get).tells {
+        progress.notify();
+    }
 }
 
 impl WaitStrategy for Park {
     fn wait_for(&self, sequence: Sequence) {
+        let role = PARK_ROLE.with(Cell::get);
         let (awaited, tries, seen) = PARK.with(Cell::get);
-        let (tries, seen) = if awaited == sequence { (tries + 1, seen) } else { (0, 0) };
+        let tries = if awaited == sequence { tries + 1 } else { 0 };
         match tries {
             0 => {
                 // Starting to wait: this thread's cursor is published, so whoever waits on it
-                // may go on. The count is read before anything that could have been missed.
-                let seen = PROGRESS.count.load(Ordering::SeqCst);
-                progress_notify();
-                PARK.with(|state| state.set((sequence, 0, seen + 1)));
+                // may go on. The count is read before anything this thread could then miss.
+                let seen = role.waits_on.count.load(Ordering::SeqCst);
+                if let Some(tells) = role.tells {
+                    tells.notify();
+                }
+                PARK.with(|state| state.set((sequence, 0, seen)));
                 std::hint::spin_loop();
             }
-            1..=63 => {
+            1..=PARK_SPINS => {
                 PARK.with(|state| state.set((sequence, tries, seen)));
                 std::hint::spin_loop();
-            }
-            64..=79 => {
-                PARK.with(|state| state.set((sequence, tries, seen)));
-                std::thread::yield_now();
             }
             _ => {
-                progress_wait(seen, Duration::from_millis(1));
+                role.waits_on.wait(seen, Duration::from_millis(1));
                 // Woken (or timed out): spin again before parking, from the count now.
-                let now = PROGRESS.count.load(Ordering::SeqCst);
+                let now = role.waits_on.count.load(Ordering::SeqCst);
                 PARK.with(|state| state.set((sequence, 1, now)));
             }
         }
@@ -494,20 +533,29 @@ where
                 None => builder,
             };
             let builder = disruptor::ProcessorSettings::thread_name(builder, "journal")
-                .handle_events_and_state_with(journal_handle, move || journal);
+                .handle_events_and_state_with(journal_handle, move || {
+                    park_role_set(ROLE_STAGE);
+                    journal
+                });
             let builder = match pins {
                 Some([_, core, _]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
                 None => builder,
             };
             let builder = disruptor::ProcessorSettings::thread_name(builder, "apply")
-                .handle_events_and_state_with(apply_handle, move || apply)
+                .handle_events_and_state_with(apply_handle, move || {
+                    park_role_set(ROLE_STAGE);
+                    apply
+                })
                 .and_then();
             let builder = match pins {
                 Some([_, _, core]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
                 None => builder,
             };
             let mut producer = disruptor::ProcessorSettings::thread_name(builder, "reply")
-                .handle_events_and_state_with(reply_handle, move || reply)
+                .handle_events_and_state_with(reply_handle, move || {
+                    park_role_set(ROLE_REPLY);
+                    reply
+                })
                 .build();
             if sequencer.options.checkpoint_first {
                 sequencer.checkpoint_publish(&mut producer, false);
@@ -626,7 +674,7 @@ impl<C: Clock> Sequencer<C> {
             let attempt = producer.try_publish(|slot| (fill.take().expect("filled once"))(slot));
             match attempt {
                 Ok(_) => {
-                    progress_notify();
+                    SEQUENCED.notify();
                     break;
                 }
                 Err(_) => {
@@ -682,7 +730,7 @@ fn journal_handle<S: Storage>(stage: &mut JournalStage<S>, slot: &Slot, _sequenc
         journal_housekeeping(stage);
     }
     if end_of_batch {
-        progress_notify();
+        progress_tell();
     }
 }
 
@@ -727,7 +775,7 @@ fn journal_housekeeping<S: Storage>(stage: &mut JournalStage<S>) {
 fn apply_handle(stage: &mut ApplyStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
     apply_slot(stage, slot);
     if end_of_batch {
-        progress_notify();
+        progress_tell();
     }
 }
 
@@ -788,14 +836,7 @@ fn results_count(metrics: &Metrics, operation: FrameOperation, events: u64, outp
     metrics.events_add(operation, 0, events - output.results.len() as u64);
 }
 
-fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, end_of_batch: bool) {
-    reply_slot(stage, slot);
-    if end_of_batch {
-        progress_notify(); // the ring has room again
-    }
-}
-
-fn reply_slot(stage: &mut ReplyStage, slot: &Slot) {
+fn reply_handle(stage: &mut ReplyStage, slot: &Slot, _sequence: Sequence, _end_of_batch: bool) {
     reply_gate_check(&stage.metrics, slot.op);
     if slot.connection == 0 {
         return; // a checkpoint the sequencer inserted: nobody is waiting

@@ -145,7 +145,13 @@ async fn bench_run(args: BenchArgs) -> Result<(), HttpError> {
     let secret = secret_read(&args.secret_file)?;
     let operator = token_mint(&secret, &args.issuer, &args.audience, "bench-operator", &["operator"], 86_400);
     let run_tag = format!("{:08x}", random_u128() as u32);
+    let setup_start = Instant::now();
     let users = users_setup(&args, &host, &secret, &operator, &run_tag).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{} funded wallets in {:.2} s; sending the transfers", users.len(), setup_start.elapsed().as_secs_f64());
+        let _ = out.flush();
+    }
     let users = Arc::new(users);
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..users.len()).map(|_| AtomicU64::new(0)).collect());
     let received: Arc<Vec<AtomicU64>> = Arc::new((0..users.len()).map(|_| AtomicU64::new(0)).collect());
