@@ -532,11 +532,13 @@ where
                 Some([core, _, _]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
                 None => builder,
             };
-            let builder = disruptor::ProcessorSettings::thread_name(builder, "journal")
-                .handle_events_and_state_with(journal_handle, move || {
+            let builder = disruptor::ProcessorSettings::thread_name(builder, "journal").handle_events_and_state_with(
+                journal_handle,
+                move || {
                     park_role_set(ROLE_STAGE);
                     journal
-                });
+                },
+            );
             let builder = match pins {
                 Some([_, core, _]) => disruptor::ProcessorSettings::pin_at_core(builder, core),
                 None => builder,

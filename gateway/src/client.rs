@@ -816,11 +816,7 @@ fn batch_room_wait<'a>(
 /// A batched call timed out. If its frame was sent, the frame's waiter is removed and all its
 /// members time out together (they share one reply); if its batch is still open, its events
 /// go out with it and the reply is dropped. Either way the outcome is unknown to the caller.
-fn batch_call_abandon(
-    shared: &Shared,
-    batcher: &Batcher,
-    call: &BatchCall,
-) -> Result<Created, ClientError> {
+fn batch_call_abandon(shared: &Shared, batcher: &Batcher, call: &BatchCall) -> Result<Created, ClientError> {
     let state = lock(&batcher.state);
     let request_id = call.request_id.load(Ordering::Acquire);
     if request_id != 0 {

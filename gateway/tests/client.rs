@@ -89,7 +89,10 @@ fn reply_timestamped(request: &FrameHeader, op: u64, event_count: u32, results: 
     assert!(request.flags & FLAG_TIMESTAMP != 0, "the client asks for the timestamp of every batched create");
     let mut body = results.to_vec();
     timestamp_encode(timestamp_ns, &mut body);
-    let header = FrameHeader { flags: FLAG_REPLY | FLAG_TIMESTAMP, ..FrameHeader::reply_to(request, Status::Ok, op, event_count) };
+    let header = FrameHeader {
+        flags: FLAG_REPLY | FLAG_TIMESTAMP,
+        ..FrameHeader::reply_to(request, Status::Ok, op, event_count)
+    };
     let mut frame = Vec::new();
     frame_append(&header, &body, &mut frame);
     frame
@@ -122,7 +125,13 @@ fn answer(request: &FrameHeader, body: &[u8]) -> Vec<u8> {
                 .collect();
             let count = results_encode(&results, &mut reply_body);
             if request.flags & FLAG_TIMESTAMP != 0 {
-                return reply_timestamped(request, request.request_id, count, &reply_body, timestamp_of(request.request_id));
+                return reply_timestamped(
+                    request,
+                    request.request_id,
+                    count,
+                    &reply_body,
+                    timestamp_of(request.request_id),
+                );
             }
             (request.request_id, count)
         }

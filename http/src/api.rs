@@ -337,7 +337,7 @@ pub fn status_text(status: TransferStatus) -> &'static str {
     }
 }
 
-fn kind_text(transfer: &Transfer) -> &'static str {
+pub fn kind_text(transfer: &Transfer) -> &'static str {
     let flags = transfer.flags;
     if flags.contains(TransferFlags::POST_PENDING) {
         "capture"

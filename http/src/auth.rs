@@ -35,6 +35,9 @@ pub struct Caller {
     /// The W3C trace id of the request the caller made (0 until the request's trace context
     /// is attached): what the engine journals with the transfers the request makes.
     pub trace_id: u128,
+    /// The ids of the caller's wallets, one per configured currency in order: derived on first
+    /// use and kept for the request (a batch checks the sender of every item).
+    pub wallets: std::sync::OnceLock<Vec<walletd_core::AccountId>>,
 }
 
 impl Caller {
@@ -188,7 +191,7 @@ impl Verifier {
         let mut scopes: Vec<String> =
             claims.scope.as_deref().unwrap_or("").split_whitespace().map(String::from).collect();
         scopes.extend(claims.scp.unwrap_or_default());
-        Ok(Caller { user: claims.sub, scopes, trace_id: 0 })
+        Ok(Caller { user: claims.sub, scopes, trace_id: 0, wallets: Default::default() })
     }
 
     /// The key for a token: HS256's secret, or the JWK (of the file, then of the URL's set in
@@ -316,7 +319,8 @@ mod tests {
         assert_eq!(caller.user, "alice");
         assert!(caller.has_scope(SCOPE_DEPOSITS));
         assert!(!caller.has_scope(SCOPE_WITHDRAWALS));
-        let operator = Caller { user: "ops".into(), scopes: vec!["operator".into()], trace_id: 0 };
+        let operator =
+            Caller { user: "ops".into(), scopes: vec!["operator".into()], trace_id: 0, wallets: Default::default() };
         assert!(operator.has_scope(SCOPE_WITHDRAWALS));
     }
 

@@ -149,7 +149,12 @@ async fn bench_run(args: BenchArgs) -> Result<(), HttpError> {
     let users = users_setup(&args, &host, &secret, &operator, &run_tag).await?;
     {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{} funded wallets in {:.2} s; sending the transfers", users.len(), setup_start.elapsed().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "{} funded wallets in {:.2} s; sending the transfers",
+            users.len(),
+            setup_start.elapsed().as_secs_f64()
+        );
         let _ = out.flush();
     }
     let users = Arc::new(users);

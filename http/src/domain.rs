@@ -91,9 +91,13 @@ pub enum Outcome {
     },
 }
 
-/// The wallet of `user` with this id, and its currency, if `user` owns it (by derivation).
-pub fn owned_currency<'a>(currencies: &'a Currencies, user: &str, wallet: AccountId) -> Option<&'a Currency> {
-    currencies.all().iter().find(|currency| ids::wallet_id(user, &currency.code) == wallet)
+/// The currency of the caller's wallet with this id, if the caller owns it (by derivation).
+pub fn owned_currency<'a>(currencies: &'a Currencies, caller: &Caller, wallet: AccountId) -> Option<&'a Currency> {
+    let wallets = caller
+        .wallets
+        .get_or_init(|| currencies.all().iter().map(|currency| ids::wallet_id(&caller.user, &currency.code)).collect());
+    let index = wallets.iter().position(|&owned| owned == wallet)?;
+    currencies.all().get(index)
 }
 
 pub fn is_settlement(currencies: &Currencies, account: AccountId) -> bool {
@@ -121,7 +125,7 @@ pub fn p2p_currency<'a>(
         Some(code) => Some(currency_get(currencies, code)?),
         None => None,
     };
-    match owned_currency(currencies, &caller.user, sender) {
+    match owned_currency(currencies, caller, sender) {
         Some(owned) => match named {
             Some(named) if named.code != owned.code => Err(ApiError::new(
                 422,
@@ -439,11 +443,16 @@ fn applied_outcome(asked: &Transfer, code: u32, answer: &Applied) -> Outcome {
 
 /// Two intents of one request with one key would be one transfer: refuse the request.
 fn keys_unique(intents: &[Intent]) -> Result<(), ApiError> {
-    let mut seen = HashSet::new();
+    #[derive(PartialEq, Eq, Hash)]
+    enum Key<'a> {
+        Text(&'a str),
+        Id(u128),
+    }
+    let mut seen = HashSet::with_capacity(intents.len());
     for intent in intents {
         let key = match &intent.source {
-            IdSource::Key(key) => key.clone(),
-            IdSource::AsIs(id) => format!("id:{}", id.0),
+            IdSource::Key(key) => Key::Text(key),
+            IdSource::AsIs(id) => Key::Id(id.0),
             IdSource::Fresh => continue,
         };
         if !seen.insert(key) {
@@ -495,13 +504,15 @@ async fn outcomes_from_codes(
         .iter()
         .zip(codes)
         .enumerate()
-        .map(|(index, (transfer, &code))| {
-            if code == 0 {
-                record_created(transfer, index, first_timestamp_ns)
-            } else {
-                None
-            }
-        })
+        .map(
+            |(index, (transfer, &code))| {
+                if code == 0 {
+                    record_created(transfer, index, first_timestamp_ns)
+                } else {
+                    None
+                }
+            },
+        )
         .collect();
     let applied: Vec<TransferId> = transfers
         .iter()
@@ -626,7 +637,7 @@ pub fn transfer_visible(currencies: &Currencies, caller: &Caller, transfer: &Tra
     if transfer.user_data_128 == ids::owner_hash(&caller.user) {
         return true;
     }
-    let own = |account: AccountId| owned_currency(currencies, &caller.user, account).is_some();
+    let own = |account: AccountId| owned_currency(currencies, caller, account).is_some();
     own(transfer.debit_account_id) || own(transfer.credit_account_id)
 }
 

@@ -501,11 +501,7 @@ fn single_send(shared: &Shared, client: &Arc<Client>, job: Job) {
 
 /// Splits a frame's sparse results among its jobs, re-indexed into each job's events; each
 /// job gets the frame's op and its own first event's timestamp.
-fn results_split(
-    shared: &Shared,
-    result: Result<Created, EngineError>,
-    jobs: Vec<(usize, usize, Answer<Submitted>)>,
-) {
+fn results_split(shared: &Shared, result: Result<Created, EngineError>, jobs: Vec<(usize, usize, Answer<Submitted>)>) {
     let Created { results, op, timestamp_ns } = match result {
         Ok(answer) => answer,
         Err(error) => {

@@ -155,6 +155,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, without intermediate strings (it is on the hot path
 /// of every response).
 pub fn id_format(value: u128) -> String {
+    String::from_utf8(id_bytes(value).to_vec()).expect("ASCII")
+}
+
+/// `id_format`'s 36 characters, on the stack.
+pub fn id_bytes(value: u128) -> [u8; 36] {
     let mut bytes = [0u8; 36];
     let mut nibble = 0;
     for (index, byte) in bytes.iter_mut().enumerate() {
@@ -166,7 +171,7 @@ pub fn id_format(value: u128) -> String {
         nibble += 1;
     }
     assert_eq!(nibble, 32);
-    String::from_utf8(bytes.to_vec()).expect("ASCII")
+    bytes
 }
 
 /// Parses a UUID-shaped id (36 characters with dashes, or 32 hex digits), any case.

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod redis_conn;
+pub mod render;
 pub mod routes;
 pub mod trace;
 

@@ -412,7 +412,10 @@ async fn transfer_answer(
     intent: Intent,
 ) -> Result<(StatusCode, bool, Box<RawValue>), ApiError> {
     let (record, replayed) = domain::transfer_one(&state.engine, state.history.as_ref(), caller, intent).await?;
-    Ok((StatusCode::CREATED, replayed, json_of(&transfer_view(&state.currencies, &record))))
+    let mut body = Vec::with_capacity(400);
+    crate::render::transfer_json(&state.currencies, &record, &mut body);
+    let body = String::from_utf8(body).expect("the renderer writes UTF-8");
+    Ok((StatusCode::CREATED, replayed, RawValue::from_string(body).expect("the renderer writes JSON")))
 }
 
 fn p2p_intent(
@@ -536,7 +539,7 @@ async fn transfers_batch(
     State(state): State<AppState>,
     caller: Caller,
     Body(request): Body<BatchRequest>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let count = request.transfers.len();
     if count == 0 {
         return Err(ApiError::bad_request("batch_empty", "a batch has at least one transfer"));
@@ -574,32 +577,17 @@ async fn transfers_batch(
         domain::transfers_submit(&state.engine, state.history.as_ref(), &caller, &intents, request.atomic).await?
     }
     .into_iter();
-    let results = refused
+    let results: Vec<domain::Outcome> = refused
         .into_iter()
-        .enumerate()
-        .map(|(index, refusal)| {
-            let outcome = match refusal {
-                Some(error) => domain::Outcome::Failed { id: None, error },
-                None => outcomes.next().expect("an outcome per intent"),
-            };
-            batch_result(&state, index as u32, outcome)
+        .map(|refusal| match refusal {
+            Some(error) => domain::Outcome::Failed { id: None, error },
+            None => outcomes.next().expect("an outcome per intent"),
         })
         .collect();
-    Ok(Json(BatchResponse { results }))
-}
-
-fn batch_result(state: &AppState, index: u32, outcome: domain::Outcome) -> BatchResult {
-    match outcome {
-        domain::Outcome::Done { record, .. } => {
-            BatchResult { index, status: 201, transfer: Some(transfer_view(&state.currencies, &record)), error: None }
-        }
-        domain::Outcome::Failed { error, .. } => BatchResult {
-            index,
-            status: error.status.as_u16(),
-            transfer: None,
-            error: Some(BatchError { code: error.code.into(), message: error.message }),
-        },
-    }
+    // A `BatchResponse`, written straight into its bytes (crate::render).
+    let mut body = Vec::with_capacity(results.len() * 400 + 16);
+    crate::render::batch_json(&state.currencies, &results, &mut body);
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
