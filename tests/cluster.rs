@@ -977,7 +977,10 @@ fn ledger_snapshot_wait(id: u64, dir: &Path, op: u64) -> u64 {
             return newest;
         }
         let left = deadline.checked_duration_since(Instant::now());
-        assert!(left.is_some_and(|left| changes.wait(left)), "member {id} wrote no ledger snapshot at op {op} or later");
+        assert!(
+            left.is_some_and(|left| changes.wait(left)),
+            "member {id} wrote no ledger snapshot at op {op} or later"
+        );
     }
 }
 
@@ -1053,7 +1056,8 @@ fn members_restart_from_their_own_ledger_snapshots() {
     cluster.restart(follower);
     let line = cluster.line_wait(follower, &format!("cluster: node {follower} started from "));
     assert_eq!(started_from(&line).0, Some(*older), "{line}");
-    let quarantined = cluster.line_wait(follower, &format!("cluster: node {follower} recovery: skipped and quarantined"));
+    let quarantined =
+        cluster.line_wait(follower, &format!("cluster: node {follower} recovery: skipped and quarantined"));
     assert!(quarantined.contains(&format!("{newest:020}")), "{quarantined}");
     assert!(dir.join("snapshots").join("quarantine").exists());
 

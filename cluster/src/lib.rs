@@ -38,7 +38,7 @@ pub mod types;
 pub use error::ClusterError;
 pub use network::{tool_request, PeerReply, PeerRequest, Status};
 pub use node::{
-    cluster_start, ClusterOptions, RaftTimeouts, Recovery, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT, LOG_KEEP_ENTRIES_DEFAULT,
-    SNAPSHOT_ENTRIES_DEFAULT,
+    cluster_start, ClusterOptions, RaftTimeouts, Recovery, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT,
+    LOG_KEEP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT,
 };
 pub use types::{Member, NodeId};

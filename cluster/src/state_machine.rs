@@ -282,7 +282,11 @@ impl Machine {
         }
         match self.journal.archive_before(op_snapshot) {
             Ok(archived) if !archived.is_empty() => {
-                tracing::info!(segments = archived.len(), op_snapshot, "archived journal segments older than the snapshot");
+                tracing::info!(
+                    segments = archived.len(),
+                    op_snapshot,
+                    "archived journal segments older than the snapshot"
+                );
             }
             Ok(_) => {}
             Err(error) => {
