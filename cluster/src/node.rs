@@ -14,7 +14,8 @@
 //! - a read waits for the connection's earlier writes, then for `ensure_linearizable` (a read
 //!   index: the leader confirms with a majority that it is still the leader, and waits until
 //!   it has applied what was committed when the read arrived), then queries the ledger;
-//! - a ping is answered at once; a snapshot request proposes a checkpoint.
+//! - a ping is answered at once; a snapshot request proposes a checkpoint (each member's
+//!   ledger snapshot replica writes a snapshot there if its own interval is due).
 //!
 //! Every `checkpoint_entries` writes the leader proposes a checkpoint entry, so every journal
 //! carries state hashes at the same ops, which `walletd replay` verifies on each node.
