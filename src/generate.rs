@@ -6,15 +6,15 @@
 
 use crate::error::NodeError;
 use crate::node::Trust;
-use crate::snapshotter::{SnapshotTaken, Snapshotter};
 use crate::writer::{Clock, SystemClock, Writer};
 use std::time::Instant;
 use walletd_benches::workload::{accounts, single_phase, Distribution, IdMaker, Picker, Rng};
-use walletd_core::{Batch, Config, Ledger, Transfer, TransferFlags, BATCH_EVENTS_MAX};
+use walletd_core::{Batch, Config, Transfer, TransferFlags, BATCH_EVENTS_MAX};
 use walletd_journal::FileStorage;
 use walletd_replay::checkpoint::CheckpointSigner;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
+use walletd_replay::{replica_of, SnapshotTaken, SnapshotWhen, Snapshotter};
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 #[derive(Clone, Debug)]
@@ -104,17 +104,14 @@ pub fn generate(data_dir: &DataDir, options: &GenerateOptions) -> Result<Generat
     let seal_first = options.trust.seal_first(op_start, &recovered.replay.trust);
     let signer = (options.trust.signing_key.clone())
         .map(|key| CheckpointSigner::new(key, options.checkpoint_ops, &recovered.config));
-    let mut image = Vec::new();
-    recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
-    let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
-    drop(image);
     let snapshotter = Snapshotter::start(
-        replica,
+        replica_of(&recovered.ledger),
         op_start,
         op_snapshot,
         FileStorage::default(),
         data_dir.clone(),
         SNAPSHOTS_KEPT_DEFAULT,
+        SnapshotWhen::Asked,
     )?;
     let mut writer = Writer::new(recovered.ledger, recovered.journal);
     writer.signer = signer;

@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod node;
 pub mod pipeline;
 pub mod serve;
-pub mod snapshotter;
 pub mod writer;
 
 pub use error::NodeError;

@@ -202,7 +202,8 @@ struct ServeArgs {
     /// Ops between checkpoints (state hash in the journal).
     #[arg(long, default_value_t = 256)]
     checkpoint_ops: u64,
-    /// Ops between snapshots.
+    /// Ops between snapshots. With --cluster: each member snapshots its ledger at the first
+    /// checkpoint this many ops after its newest snapshot.
     #[arg(long, default_value_t = 16384)]
     snapshot_ops: u64,
     /// Journal segment size in bytes.
@@ -549,6 +550,23 @@ fn voters_print(
     println!("cluster: node {id} {what}; voters {}", voters.join(" "));
 }
 
+/// A member's start-up, one line: `cluster: node N started from the ledger snapshot at op S
+/// (R journal records replayed to op X)`, or `… started from the journal (R records replayed
+/// to op X)`; then a line for each thing recovery repaired or set aside.
+fn recovery_print(node_id: walletd_cluster::NodeId, recovery: &walletd_cluster::Recovery) {
+    let (op, records) = (recovery.op, recovery.records_replayed);
+    match recovery.snapshot_op {
+        Some(snapshot) => println!(
+            "cluster: node {node_id} started from the ledger snapshot at op {snapshot} ({records} journal records \
+             replayed to op {op})"
+        ),
+        None => println!("cluster: node {node_id} started from the journal ({records} records replayed to op {op})"),
+    }
+    for note in &recovery.notes {
+        println!("cluster: node {node_id} recovery: {note}");
+    }
+}
+
 /// `walletd serve --cluster`: a replicated member (see walletd_cluster), with the HTTP gateway
 /// when `--http ADDR` is given and `/metrics` with `--metrics-addr`. Checkpoint signing is not
 /// wired in cluster mode yet; asking for it is refused rather than ignored.
@@ -591,11 +609,13 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         append_entries_max: args.cluster.raft_append_entries_max,
         snapshot_entries: args.cluster.raft_snapshot_entries,
         log_keep_entries: args.cluster.raft_log_keep,
+        ledger_snapshot_ops: args.snapshot_ops.max(1),
     };
     serving_process_hooks();
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;
     println!("walletd listening on {} (data dir {}, op {})", node.local_addr, args.data_dir.display(), node.op);
     println!("raft on {} (node {})", node.raft_addr, node.node_id);
+    recovery_print(node.node_id, &node.recovery);
     if let Some((op, fetched)) = node.install_finished {
         println!(
             "cluster: node {} finished an interrupted snapshot install at op {op} ({fetched} journal records fetched)",

@@ -4,14 +4,13 @@
 
 use crate::error::NodeError;
 use crate::pipeline::{pipeline_start, Pipeline, PipelineOptions, ReplyRoute};
-use crate::snapshotter::Snapshotter;
 use crate::writer::SystemClock;
-use walletd_core::{Config, Ledger};
+use walletd_core::Config;
 use walletd_journal::{FileStorage, Storage};
 use walletd_replay::checkpoint::hex;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
-use walletd_replay::{ReplayError, SigningKey, TrustReport, Verification};
+use walletd_replay::{replica_of, ReplayError, SigningKey, SnapshotWhen, Snapshotter, TrustReport, Verification};
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 /// Tamper evidence (`walletd_replay::trust`): checkpoints are signed with `signing_key` (kept
@@ -132,13 +131,11 @@ impl Node {
             config: recovered.config,
             trust: recovered.replay.trust.clone(),
         };
-        let mut image = Vec::new();
-        recovered.ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
-        let replica = Ledger::image_read(&image).expect("an image of a live ledger reads back");
-        drop(image);
+        let replica = replica_of(&recovered.ledger);
         let op_snapshot = started.snapshot_op.unwrap_or(0);
+        let kept = SNAPSHOTS_KEPT_DEFAULT;
         let snapshotter =
-            Snapshotter::start(replica, op, op_snapshot, storage, data_dir.clone(), SNAPSHOTS_KEPT_DEFAULT)?;
+            Snapshotter::start(replica, op, op_snapshot, storage, data_dir.clone(), kept, SnapshotWhen::Asked)?;
         pipeline_options.durable_mark_dir = Some(data_dir.root.clone());
         let pipeline =
             pipeline_start(recovered.ledger, recovered.journal, snapshotter, SystemClock, route, pipeline_options);

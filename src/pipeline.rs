@@ -25,7 +25,6 @@
 
 use crate::metrics::Metrics;
 use crate::node::Trust;
-use crate::snapshotter::Snapshotter;
 use crate::writer::Clock;
 use crossbeam_channel::{Receiver, Sender};
 use disruptor::wait_strategies::WaitStrategy;
@@ -40,7 +39,7 @@ use walletd_core::{Ledger, Output, Query};
 use walletd_gateway::protocol::{self, FrameOperation};
 use walletd_journal::{Journal, RecordKind, Storage};
 use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, CheckpointSigner, RecordAt, CHECKPOINT_SNAPSHOT};
-use walletd_replay::{DurableMark, Position};
+use walletd_replay::{DurableMark, Position, Snapshotter};
 
 /// A validated request, from the receive stage.
 #[derive(Debug)]

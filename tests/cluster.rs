@@ -27,6 +27,9 @@
 //!   bytes); a member that was down past the purge, and a new member on an empty directory,
 //!   are caught up by a snapshot install that fetches the journal they lack; the leader
 //!   restarts from its purged log. A member that died during an install finishes it at start.
+//! - Ledger snapshots: every member writes its own and archives the journal behind them; a
+//!   follower restarts from its newest (replaying only the journal after it), from the older one
+//!   when the newest is damaged, and from the whole journal when every one is.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
@@ -946,5 +949,127 @@ fn an_interrupted_snapshot_install_is_finished_at_restart() {
     assert!(records_fetched(&line) > 0, "{line}");
     assert!(!installing.exists(), "the install mark is removed once the install is done");
     acknowledged.extend(transfers_through(&client, 45, 10));
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
+}
+
+/// Flags that make ledger snapshots frequent: a checkpoint every 4 writes, a snapshot at the
+/// first checkpoint 16 ops after the newest, and journal segments of 64 KiB (about a dozen
+/// requests of 40 transfers), so that segments older than a snapshot are archived.
+const LEDGER_SNAPSHOTS_OFTEN: [&str; 6] = ["--checkpoint-ops", "4", "--snapshot-ops", "16", "--segment-size", "65536"];
+
+/// The ledger snapshots in a member's data directory, oldest first: (op, path).
+fn ledger_snapshots(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found = walletd_snapshot::snapshots_list(&dir.join("snapshots")).expect("list the snapshots");
+    found.sort();
+    found
+}
+
+/// Waits (on the directory's changes, inotify) until member `id` has a ledger snapshot at or
+/// after `op`; returns the newest one's op.
+fn ledger_snapshot_wait(id: u64, dir: &Path, op: u64) -> u64 {
+    let snapshots = dir.join("snapshots");
+    std::fs::create_dir_all(&snapshots).expect("the snapshots directory");
+    let changes = cluster_harness::DirChanges::watch(&snapshots);
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let newest = ledger_snapshots(dir).last().map_or(0, |(op, _)| *op);
+        if newest >= op {
+            return newest;
+        }
+        let left = deadline.checked_duration_since(Instant::now());
+        assert!(
+            left.is_some_and(|left| changes.wait(left)),
+            "member {id} wrote no ledger snapshot at op {op} or later"
+        );
+    }
+}
+
+/// From a member's start-up line: (the snapshot's op or None, records replayed, op reached).
+fn started_from(line: &str) -> (Option<u64>, u64, u64) {
+    let number = |word: &str| word.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().expect("a number");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let op_reached = number(words.last().expect("… to op X)"));
+    match words.iter().position(|word| *word == "snapshot") {
+        Some(at) => (Some(number(words[at + 3])), number(words[at + 4]), op_reached),
+        None => {
+            let at = words.iter().position(|word| *word == "journal").expect("… from the journal (R records …");
+            (None, number(words[at + 1]), op_reached)
+        }
+    }
+}
+
+/// Flips one byte in the middle of a file.
+fn byte_flip(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read the file");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(path, bytes).expect("write the file");
+}
+
+/// Every member takes its own ledger snapshots (the single node's files), fed from what it
+/// applies, and archives the journal segments before them. A follower restarted after many ops
+/// loads its newest snapshot and replays only the journal after it (its start-up line and
+/// metrics say at which op); with that snapshot damaged it falls back to the older one, and
+/// with every snapshot damaged to the whole journal (archive included). Afterwards every
+/// journal is equal, every replay gives the same state hash, and money sums to zero.
+#[test]
+fn members_restart_from_their_own_ledger_snapshots() {
+    let mut flags = LEDGER_SNAPSHOTS_OFTEN.to_vec();
+    flags.extend(["--metrics-addr", "127.0.0.1:0"]);
+    let mut cluster = Cluster::start(&flags);
+    let (leader, _) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    let mut acknowledged = transfers_through(&client, 0, 100);
+    let op = members_agree(&cluster.dirs(), &client, EVENT_TIMEOUT);
+    for (id, dir) in cluster.dirs() {
+        ledger_snapshot_wait(id, &dir, op.saturating_sub(24));
+        assert!(ledger_snapshots(&dir).len() >= 2, "member {id} keeps its two newest snapshots");
+        let archive = dir.join("journal").join("archive");
+        let archived = std::fs::read_dir(&archive).map_or(0, |entries| entries.count());
+        assert!(archived > 0, "member {id} archived the journal segments before its newest snapshot");
+    }
+
+    // A follower restarts from its newest snapshot and replays only the journal after it.
+    let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
+    let dir = cluster.member(follower).dir.clone();
+    cluster.kill(follower);
+    let newest = ledger_snapshots(&dir).last().cloned().expect("a snapshot");
+    cluster.restart(follower);
+    let line = cluster.line_wait(follower, &format!("cluster: node {follower} started from "));
+    let (from, replayed, reached) = started_from(&line);
+    assert_eq!(from, Some(newest.0), "{line}");
+    assert_eq!(reached - newest.0, replayed, "only the journal after the snapshot is replayed: {line}");
+    assert!(replayed < reached / 2, "{line}");
+    let on_follower = scrape(cluster.metrics_addr_wait(follower));
+    assert_eq!(on_follower["walletd_recovery_snapshot_op"], newest.0, "{on_follower:?}");
+    assert_eq!(on_follower["walletd_recovery_records_replayed"], replayed);
+    assert!(on_follower["walletd_op_snapshot"] >= newest.0);
+    acknowledged.extend(transfers_through(&client, 100, 10));
+    acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
+
+    // Its newest snapshot damaged: quarantined, and the older one loaded.
+    cluster.kill(follower);
+    let snapshots = ledger_snapshots(&dir);
+    let [.., (older, _), (newest, newest_path)] = snapshots.as_slice() else { panic!("two snapshots: {snapshots:?}") };
+    byte_flip(newest_path);
+    cluster.restart(follower);
+    let line = cluster.line_wait(follower, &format!("cluster: node {follower} started from "));
+    assert_eq!(started_from(&line).0, Some(*older), "{line}");
+    let quarantined =
+        cluster.line_wait(follower, &format!("cluster: node {follower} recovery: skipped and quarantined"));
+    assert!(quarantined.contains(&format!("{newest:020}")), "{quarantined}");
+    assert!(dir.join("snapshots").join("quarantine").exists());
+
+    // Every snapshot damaged: the whole journal is replayed, the archived segments first.
+    cluster.kill(follower);
+    for (_, path) in ledger_snapshots(&dir) {
+        byte_flip(&path);
+    }
+    cluster.restart(follower);
+    let line = cluster.line_wait(follower, &format!("cluster: node {follower} started from "));
+    let (from, replayed, reached) = started_from(&line);
+    assert_eq!((from, replayed), (None, reached), "{line}");
+    acknowledged.extend(transfers_through(&client, 110, 10));
     acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
 }

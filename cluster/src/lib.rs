@@ -8,7 +8,8 @@
 //! - `types` — what openraft is instantiated with (entries carry whole journal commands).
 //! - `log_store` — the Raft log and vote on disk: checksummed records, fsync before an append
 //!   or a vote is acknowledged, fail-stop on a failed write.
-//! - `state_machine` — the journal and the ledger as the state machine.
+//! - `state_machine` — the journal and the ledger as the state machine, with the member's
+//!   ledger snapshot replica (`walletd_replay::Snapshotter`) beside it.
 //! - `snapshot` — snapshots as anchors in the journal, and the catch-up that installs one by
 //!   fetching the journal records a member lacks from another member.
 //! - `elections` — when this member may stand for election (not while behind the leader's
@@ -17,8 +18,8 @@
 //! - `node` — a node: recovery, Raft, the gateway backend that submits to the leader.
 //! - `tool` — `walletd cluster init` and `status`.
 //!
-//! The crate depends on the engine's crates (core, journal, replay, gateway); nothing of the
-//! engine depends on it.
+//! The crate depends on the engine's crates (core, journal, snapshot, replay, gateway);
+//! nothing of the engine depends on it.
 
 // openraft's traits return its own StorageError and RaftError, which are large; they are
 // openraft's types, on paths that are not hot.
@@ -38,7 +39,7 @@ pub mod types;
 pub use error::ClusterError;
 pub use network::{tool_request, PeerReply, PeerRequest, Status};
 pub use node::{
-    cluster_start, ClusterOptions, RaftTimeouts, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT, LOG_KEEP_ENTRIES_DEFAULT,
-    SNAPSHOT_ENTRIES_DEFAULT,
+    cluster_start, ClusterOptions, RaftTimeouts, Recovery, RunningCluster, APPEND_ENTRIES_MAX_DEFAULT,
+    LOG_KEEP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT,
 };
 pub use types::{Member, NodeId};

@@ -1,10 +1,12 @@
 //! A member's Prometheus metrics (`walletd serve --cluster --metrics-addr`): its Raft view
 //! (term, leader, log and applied index, the leader's replication progress per follower and
 //! time since a quorum last acknowledged it), its snapshots and log purges, its journal's
-//! durable op, and the outcomes of the writes it answered. Rendered on each scrape from openraft's metrics and a few counters.
+//! durable op, its ledger snapshots (the replica's progress, and what start-up loaded), and the
+//! outcomes of the writes it answered. Rendered on each scrape from openraft's metrics and a few counters.
 
+use crate::node::Recovery;
 use crate::snapshot::Snapshots;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Machine, StateMachine};
 use crate::types::Raft;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,18 +18,45 @@ pub struct ClusterMetrics {
     raft: Raft,
     writes: Arc<WriteCounters>,
     machine: StateMachine,
+    recovery: Recovery,
 }
 
 impl ClusterMetrics {
-    pub fn new(raft: Raft, writes: Arc<WriteCounters>, machine: StateMachine) -> ClusterMetrics {
-        ClusterMetrics { raft, writes, machine }
+    pub fn new(raft: Raft, writes: Arc<WriteCounters>, machine: StateMachine, recovery: Recovery) -> ClusterMetrics {
+        ClusterMetrics { raft, writes, machine, recovery }
     }
 
     /// The text exposition format. Reading the journal's durable op waits for an apply in
     /// progress (at most one fdatasync).
     pub fn render(&self) -> String {
-        let op_durable = self.machine.machine().op_durable();
-        render(&self.raft, &self.writes, op_durable, self.machine.snapshots())
+        let ledger = LedgerSnapshots::of(&self.machine.machine(), &self.recovery);
+        render(&self.raft, &self.writes, &ledger, self.machine.snapshots())
+    }
+}
+
+/// The journal and the ledger snapshots as one scrape reads them.
+struct LedgerSnapshots {
+    op_durable: u64,
+    op_snapshot: u64,
+    op_replica: u64,
+    replica_failed: bool,
+    archive_failures: u64,
+    recovery_snapshot_op: u64,
+    recovery_records_replayed: u64,
+}
+
+impl LedgerSnapshots {
+    fn of(machine: &Machine, recovery: &Recovery) -> LedgerSnapshots {
+        let snapshotter = machine.snapshotter();
+        LedgerSnapshots {
+            op_durable: machine.op_durable(),
+            op_snapshot: snapshotter.op_snapshot(),
+            op_replica: snapshotter.op_replayed(),
+            replica_failed: snapshotter.failed(),
+            archive_failures: machine.archive_failures,
+            recovery_snapshot_op: recovery.snapshot_op.unwrap_or(0),
+            recovery_records_replayed: recovery.records_replayed,
+        }
     }
 }
 
@@ -46,7 +75,7 @@ impl WriteCounters {
 }
 
 /// The text exposition of one member's metrics.
-fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64, snapshots: &Snapshots) -> String {
+fn render(raft: &Raft, writes: &WriteCounters, ledger: &LedgerSnapshots, snapshots: &Snapshots) -> String {
     let metrics = raft.metrics().borrow().clone();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
@@ -70,7 +99,20 @@ fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64, snapshots: &Snap
         "The last Raft index applied to this member's journal and ledger.",
         metrics.last_applied.map_or(0, |log_id| log_id.index),
     );
-    gauge("walletd_journal_op_durable", "The journal's last durable op on this member.", op_durable);
+    gauge("walletd_journal_op_durable", "The journal's last durable op on this member.", ledger.op_durable);
+    gauge("walletd_op_snapshot", "Op of this member's newest ledger snapshot (0: none).", ledger.op_snapshot);
+    gauge("walletd_op_replica", "Last op the snapshot replica has applied.", ledger.op_replica);
+    gauge("walletd_replica_failed", "1 if the snapshot replica stopped on an error.", u64::from(ledger.replica_failed));
+    gauge(
+        "walletd_recovery_snapshot_op",
+        "Op of the ledger snapshot this member's start-up loaded (0: none, the whole journal was replayed).",
+        ledger.recovery_snapshot_op,
+    );
+    gauge(
+        "walletd_recovery_records_replayed",
+        "Journal records this member's start-up replayed onto the loaded snapshot (or from genesis).",
+        ledger.recovery_records_replayed,
+    );
     gauge(
         "walletd_cluster_snapshot_index",
         "The Raft index of this member's newest snapshot (an anchor in its journal; 0: none).",
@@ -133,5 +175,6 @@ fn render(raft: &Raft, writes: &WriteCounters, op_durable: u64, snapshots: &Snap
         "Journal records this member fetched from others to install snapshots since it started.",
         snapshots.records_fetched.load(Ordering::Relaxed),
     );
+    counter("walletd_archive_failures_total", "Journal archive moves that failed.", ledger.archive_failures);
     out
 }

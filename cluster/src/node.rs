@@ -14,7 +14,8 @@
 //! - a read waits for the connection's earlier writes, then for `ensure_linearizable` (a read
 //!   index: the leader confirms with a majority that it is still the leader, and waits until
 //!   it has applied what was committed when the read arrived), then queries the ledger;
-//! - a ping is answered at once; a snapshot request proposes a checkpoint.
+//! - a ping is answered at once; a snapshot request proposes a checkpoint (each member's
+//!   ledger snapshot replica writes a snapshot there if its own interval is due).
 //!
 //! Every `checkpoint_entries` writes the leader proposes a checkpoint entry, so every journal
 //! carries state hashes at the same ops, which `walletd replay` verifies on each node.
@@ -43,7 +44,8 @@ use walletd_gateway::server::{
 use walletd_journal::FileStorage;
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
-use walletd_replay::{DirLock, DurableMark, Position, Verification};
+use walletd_replay::{replica_of, DirLock, DurableMark, Position, SnapshotWhen, Snapshotter, Verification};
+use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 /// Raft's timing. With openraft 0.9 a follower stands for election once it has heard nothing
 /// from the leader for the leader's lease (the election timeout's maximum) plus its own
@@ -98,6 +100,10 @@ pub struct ClusterOptions {
     /// Entries kept in the Raft log behind the newest snapshot, so that a member a little
     /// behind catches up from the log rather than by a snapshot install.
     pub log_keep_entries: u64,
+    /// Journal ops between two ledger snapshots (`--snapshot-ops`, as on the single node): the
+    /// replica writes one at the first checkpoint this many ops after its newest, and a
+    /// restart loads the newest valid one and replays only the journal after it.
+    pub ledger_snapshot_ops: u64,
 }
 
 /// The default of `ClusterOptions::append_entries_max`.
@@ -122,6 +128,8 @@ pub struct RunningCluster {
     pub node_id: NodeId,
     /// The journal's op at start-up.
     pub op: u64,
+    /// What recovery started from and replayed (before any install finished at start-up).
+    pub recovery: Recovery,
     /// A snapshot install a crash had interrupted, finished at start-up: its op and the journal
     /// records fetched.
     pub install_finished: Option<(u64, u64)>,
@@ -134,6 +142,18 @@ pub struct RunningCluster {
     _lock: DirLock,
 }
 
+/// What a member's start-up recovered: the ledger snapshot it loaded (if any), the journal
+/// records it replayed after it, and what it repaired or set aside (a damaged snapshot
+/// quarantined, a torn journal tail cut), one line each.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    pub snapshot_op: Option<u64>,
+    pub records_replayed: u64,
+    /// The op recovery reached.
+    pub op: u64,
+    pub notes: Vec<String>,
+}
+
 const NODE_ID_FILE: &str = "node_id";
 
 /// Recovers the data directory, starts Raft and the gateway. Returns once both listen.
@@ -142,6 +162,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     assert!(options.checkpoint_entries >= 1 && options.in_flight_max >= 1);
     assert!((1..=32).contains(&options.append_entries_max), "append_entries_max is 1..=32");
     assert!(options.snapshot_entries >= 1, "snapshot_entries is at least 1");
+    assert!(options.ledger_snapshot_ops >= 1, "ledger_snapshot_ops is at least 1");
     let lock = options.data_dir.lock()?;
     let config = options.data_dir.open_or_create(options.config)?;
     let raft_dir = options.data_dir.root.join("raft");
@@ -154,6 +175,12 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let elections = Elections::new(Duration::from_millis(3 * options.timeouts.election_timeout_max_ms));
     let (snapshots, install_interrupted) = Snapshots::open(&raft_dir, options.node_id, Arc::clone(&elections))?;
     let op = recovered.journal.op_durable();
+    let recovery = Recovery {
+        snapshot_op: recovered.snapshot.as_ref().map(|(header, _)| header.op),
+        records_replayed: recovered.replay.records,
+        op,
+        notes: recovered.notes(),
+    };
     if op > 0 && opened.last.is_none() && snapshots.current().is_none() && install_interrupted.is_none() {
         return Err(ClusterError::Refused(format!(
             "{} holds a journal to op {op} but no Raft log: a single-node data directory cannot join a cluster \
@@ -166,7 +193,16 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     if let Some(index) = op.checked_sub(1) {
         log.applied_advance(index);
     }
-    let machine = Machine::new(recovered.ledger, recovered.journal, durable_mark);
+    let snapshotter = Snapshotter::start(
+        replica_of(&recovered.ledger),
+        op,
+        recovery.snapshot_op.unwrap_or(0),
+        FileStorage::default(),
+        options.data_dir.clone(),
+        SNAPSHOTS_KEPT_DEFAULT,
+        SnapshotWhen::Every { ops: options.ledger_snapshot_ops },
+    )?;
+    let machine = Machine::new(recovered.ledger, recovered.journal, durable_mark, snapshotter);
     let machine = StateMachine::new(machine, log.clone(), Arc::new(snapshots), options.node_id);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -207,6 +243,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         raft_addr,
         node_id: options.node_id,
         op,
+        recovery: recovery.clone(),
         install_finished,
         raft,
         runtime,
@@ -322,7 +359,12 @@ impl RunningCluster {
 
     /// This member's metrics, for a scraper on another thread (see `metrics`).
     pub fn metrics(&self) -> crate::metrics::ClusterMetrics {
-        crate::metrics::ClusterMetrics::new(self.raft.clone(), Arc::clone(&self.outcomes), self.machine.clone())
+        crate::metrics::ClusterMetrics::new(
+            self.raft.clone(),
+            Arc::clone(&self.outcomes),
+            self.machine.clone(),
+            self.recovery.clone(),
+        )
     }
 
     /// Starts printing this node's view of the leader on stdout, one line per change (after

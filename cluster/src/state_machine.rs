@@ -14,8 +14,15 @@
 //! a function of the log, so all journals are byte-for-byte equal. A journal that cannot be
 //! written stops the node (fail-stop), as in the single-node pipeline.
 //!
-//! Snapshots are anchors in the journal (see `snapshot`): building one reads the applied
+//! Raft's snapshots are anchors in the journal (see `snapshot`): building one reads the applied
 //! position; installing one fetches the journal records this member lacks from another.
+//!
+//! Ledger snapshots are the single node's (`walletd_replay::Snapshotter`): a replica ledger on
+//! its own thread follows this journal as each commit makes it durable and writes a snapshot at
+//! the first checkpoint `--snapshot-ops` ops after its newest one, so a restart loads it and
+//! replays only the journal after it. Apply's part is telling the replica the durable op (an
+//! atomic store and an unpark), and, once a newer snapshot is written, moving the journal
+//! segments wholly before it to `journal/archive/`, as the single node does.
 
 use crate::log_store::{fail_stop, LogStore};
 use crate::snapshot::{JournalAnchor, JournalRecord, Snapshots, StoredSnapshot};
@@ -29,7 +36,7 @@ use walletd_gateway::protocol;
 use walletd_journal::{record_header_encode, FileStorage, Journal, Record, RecordKind};
 use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, RecordAt};
 use walletd_replay::replay::Replayer;
-use walletd_replay::{DurableMark, Position};
+use walletd_replay::{DurableMark, Position, Snapshotter};
 
 /// The journal and the ledger, shared between apply (openraft's state machine task) and the
 /// linearizable reads (which query the ledger once the read index is applied).
@@ -39,6 +46,12 @@ pub struct Machine {
     output: Output,
     scratch: CommandScratch,
     durable_mark: DurableMark,
+    /// The ledger snapshot replica, told of every commit.
+    snapshotter: Snapshotter,
+    /// The op up to which journal segments were archived (the newest ledger snapshot then).
+    op_archived: u64,
+    /// Journal archive moves that failed (housekeeping: the node goes on).
+    pub archive_failures: u64,
     /// The log id of the last entry applied, and the membership as of it (openraft's applied
     /// state; a snapshot is built from them).
     applied: Option<LogId>,
@@ -53,8 +66,16 @@ pub struct RecordsAppended {
 }
 
 impl Machine {
-    pub fn new(ledger: Ledger, journal: Journal<FileStorage>, durable_mark: DurableMark) -> Machine {
+    pub fn new(
+        ledger: Ledger,
+        journal: Journal<FileStorage>,
+        durable_mark: DurableMark,
+        snapshotter: Snapshotter,
+    ) -> Machine {
         assert_eq!(journal.op_appended(), journal.op_durable(), "the state machine starts from a durable journal");
+        assert!(snapshotter.op_snapshot() <= journal.op_durable(), "the journal reaches the newest snapshot");
+        // Archiving up to the recovered snapshot was the business of the run that wrote it.
+        let op_archived = snapshotter.op_snapshot();
         let output = Output::new(ledger.config());
         let scratch = CommandScratch::new(ledger.config().batch_events_max);
         Machine {
@@ -63,6 +84,9 @@ impl Machine {
             output,
             scratch,
             durable_mark,
+            snapshotter,
+            op_archived,
+            archive_failures: 0,
             applied: None,
             membership: StoredMembership::default(),
         }
@@ -74,6 +98,11 @@ impl Machine {
 
     pub fn checksum_last(&self) -> u128 {
         self.journal.checksum_last()
+    }
+
+    /// The ledger snapshot replica (its progress, for the metrics).
+    pub fn snapshotter(&self) -> &Snapshotter {
+        &self.snapshotter
     }
 
     pub fn config(&self) -> &Config {
@@ -239,6 +268,33 @@ impl Machine {
             // Followers (exporter, projection) wait until it is written; the node goes on.
             tracing::error!(%error, "could not publish the durable mark");
         }
+        self.snapshotter.durable(op_durable);
+        self.archive_maybe();
+    }
+
+    /// Once the replica wrote a newer snapshot: the segments wholly before it move to
+    /// `journal/archive/` (kept, and still read by replay, an install's source and followers).
+    /// Housekeeping, not durability: a failure is logged and counted, and the node goes on.
+    fn archive_maybe(&mut self) {
+        let op_snapshot = self.snapshotter.op_snapshot();
+        if op_snapshot <= self.op_archived {
+            return;
+        }
+        match self.journal.archive_before(op_snapshot) {
+            Ok(archived) if !archived.is_empty() => {
+                tracing::info!(
+                    segments = archived.len(),
+                    op_snapshot,
+                    "archived journal segments older than the snapshot"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                self.archive_failures += 1;
+                tracing::error!(%error, "could not archive journal segments; they stay live");
+            }
+        }
+        self.op_archived = op_snapshot;
     }
 }
 

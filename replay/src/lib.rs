@@ -8,7 +8,8 @@
 //!   that is about to write;
 //! - **the drill** (`replay_onto`): the same, read-only, up to any op, every checkpoint's
 //!   state hash verified;
-//! - **the snapshot replica** (in the root package), which follows the durable journal;
+//! - **the snapshot replica** (`Snapshotter`), which follows the durable journal and writes
+//!   snapshots, on the single node and on every cluster member;
 //! - **the follower** (`Follower`), the seam every platform part consumes: each durable op with
 //!   its command and its outcome (per-event results and the after-images of the accounts each
 //!   event touched), read-only on a live data directory, resumable from any op.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod follow;
 pub mod recovery;
 pub mod replay;
+pub mod snapshotter;
 pub mod trust;
 
 pub use checkpoint::{
@@ -38,4 +40,5 @@ pub use error::ReplayError;
 pub use follow::{FollowOptions, Follower, Op, Outcome};
 pub use recovery::{recover, replay_onto, Recovered, ReplayTarget};
 pub use replay::{command_apply, Applied, ReadPlan, ReplayStats, Replayer};
+pub use snapshotter::{replica_of, SnapshotTaken, SnapshotWhen, Snapshotter};
 pub use trust::{keygen, signing_key_read, verify_key_parse, ChainHead, JournalChecks, TrustReport, Verification};

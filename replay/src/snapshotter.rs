@@ -1,22 +1,54 @@
 //! The snapshot replica: a second ledger on its own thread, fed from the durable journal.
-//! When it reaches a checkpoint record that asks for one, it writes a snapshot at that exact
-//! op. The apply thread never serialises anything, so its snapshot stall is the time to append
+//! When it reaches a checkpoint record where a snapshot is due (`SnapshotWhen`), it writes a
+//! snapshot at that exact op. The apply thread never serialises anything, so its snapshot stall is the time to append
 //! one checkpoint record; the price is a second copy of the state in memory and the replay
 //! work on another core. The replica also re-verifies every checkpoint as it goes, a
 //! continuous check that the journal replays to what the live ledger computed. The thread runs
 //! at a lower priority, so on a small machine it uses the time the pipeline leaves idle.
+//!
+//! The single node's sequencer decides where snapshots go (it flags the checkpoint); a cluster
+//! member decides alone, at the first checkpoint a snapshot interval after its newest snapshot,
+//! because its journal must stay byte for byte the other members' (see `SnapshotWhen`). Both
+//! run this same replica, and both restart from what it wrote (`recover`).
 
-use crate::error::NodeError;
+use crate::checkpoint::CHECKPOINT_SNAPSHOT;
+use crate::data_dir::DataDir;
+use crate::error::ReplayError;
+use crate::replay::{Applied, Replayer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use walletd_core::Ledger;
 use walletd_journal::{Reader, Storage};
-use walletd_replay::checkpoint::CHECKPOINT_SNAPSHOT;
-use walletd_replay::data_dir::DataDir;
-use walletd_replay::replay::{Applied, Replayer};
 use walletd_snapshot::snapshot_save;
+
+/// Which checkpoints the replica writes a snapshot at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotWhen {
+    /// Those flagged `CHECKPOINT_SNAPSHOT`: the single node's sequencer asks for each.
+    Asked,
+    /// The first checkpoint at least `ops` ops after the newest snapshot (or after op 0), flag
+    /// or not: a cluster member, whose checkpoints the leader proposes for every member alike
+    /// (with flags 0, so that every journal is the same bytes), snapshots on its own interval.
+    Every { ops: u64 },
+}
+
+impl SnapshotWhen {
+    fn due(self, flags: u32, op: u64, op_snapshot: u64) -> bool {
+        match self {
+            SnapshotWhen::Asked => flags & CHECKPOINT_SNAPSHOT != 0,
+            SnapshotWhen::Every { ops } => op >= op_snapshot.saturating_add(ops),
+        }
+    }
+}
+
+/// A second copy of `ledger`, through its image (as a snapshot would carry it), for the replica.
+pub fn replica_of(ledger: &Ledger) -> Ledger {
+    let mut image = Vec::new();
+    ledger.image_write(&mut |bytes| image.extend_from_slice(bytes));
+    Ledger::image_read(&image).expect("an image of a live ledger reads back")
+}
 
 /// One snapshot the replica wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +71,7 @@ struct Shared {
 
 pub struct Snapshotter {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<Result<(), NodeError>>>,
+    thread: Option<JoinHandle<Result<(), ReplayError>>>,
 }
 
 impl Snapshotter {
@@ -53,11 +85,13 @@ impl Snapshotter {
         storage: S,
         data_dir: DataDir,
         kept: usize,
-    ) -> Result<Snapshotter, NodeError>
+        when: SnapshotWhen,
+    ) -> Result<Snapshotter, ReplayError>
     where
         S::File: Send,
     {
         assert!(op_snapshot <= op_replica, "the replica starts at or after the newest snapshot");
+        assert!(when != SnapshotWhen::Every { ops: 0 }, "a snapshot interval of at least one op");
         let shared = Arc::new(Shared {
             op_durable: AtomicU64::new(op_replica),
             op_snapshot: AtomicU64::new(op_snapshot),
@@ -72,13 +106,13 @@ impl Snapshotter {
             .name("snapshot".to_string())
             .spawn(move || {
                 thread_priority_lower();
-                let result = replica_run(replica, reader, data_dir, kept, &thread_shared);
+                let result = replica_run(replica, reader, data_dir, kept, when, &thread_shared);
                 if let Err(error) = &result {
                     replica_failed(error, &thread_shared);
                 }
                 result
             })
-            .map_err(|source| NodeError::Io { path: "snapshot thread".into(), source })?;
+            .map_err(|source| ReplayError::Io { path: "snapshot thread".into(), source })?;
         Ok(Snapshotter { shared, thread: Some(thread) })
     }
 
@@ -111,7 +145,7 @@ impl Snapshotter {
     }
 
     /// Catches up with every durable op, then stops; returns the replica's error if it had one.
-    pub fn finish(mut self) -> Result<Vec<SnapshotTaken>, NodeError> {
+    pub fn finish(mut self) -> Result<Vec<SnapshotTaken>, ReplayError> {
         self.shared.stop.store(true, Ordering::Release);
         let thread = self.thread.take().expect("finish once");
         thread.thread().unpark();
@@ -134,9 +168,9 @@ impl Drop for Snapshotter {
 /// journal does not give the state the live ledger had: the node stops (fail-stop) rather
 /// than go on from a state its journal cannot reproduce. Other failures (a snapshot that
 /// cannot be written) stop snapshots only; the node serves on and the metric says so.
-fn replica_failed(error: &NodeError, shared: &Shared) {
+fn replica_failed(error: &ReplayError, shared: &Shared) {
     shared.failed.store(true, Ordering::Release);
-    if let NodeError::Replay(walletd_replay::ReplayError::CheckpointMismatch { .. }) = error {
+    if let ReplayError::CheckpointMismatch { .. } = error {
         tracing::error!(%error, "the journal does not replay to the live state: stopping (fail-stop)");
         eprintln!("walletd: {error}; stopping (fail-stop)");
         std::process::exit(70);
@@ -160,8 +194,9 @@ fn replica_run<S: Storage>(
     mut reader: Reader<S>,
     data_dir: DataDir,
     kept: usize,
+    when: SnapshotWhen,
     shared: &Shared,
-) -> Result<(), NodeError> {
+) -> Result<(), ReplayError> {
     let mut replayer = Replayer::new(replica.config());
     let mut op_replayed = shared.op_replayed.load(Ordering::Acquire);
     loop {
@@ -172,7 +207,7 @@ fn replica_run<S: Storage>(
                 assert_eq!(record.op, op_replayed + 1, "the replica reads every op in order");
                 let applied = replayer.record_apply(&mut replica, &record)?;
                 if let Applied::Checkpoint(checkpoint) = applied {
-                    if checkpoint.flags & CHECKPOINT_SNAPSHOT != 0 {
+                    if when.due(checkpoint.flags, record.op, shared.op_snapshot.load(Ordering::Acquire)) {
                         let start = Instant::now();
                         // The O(n) scan of every invariant, off the apply path (a broken
                         // invariant panics: fail-stop).
