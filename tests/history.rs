@@ -262,7 +262,11 @@ fn kill_9_at_random_moments_leaves_no_gap_and_no_duplicate() {
     let mut position_last = 0;
     let mut rounds_mid_run = 0;
     for round in 0..24 {
-        let projection = Projection::start(dir.path(), &pg, 3_000);
+        // Every other round with three sessions: the kill lands anywhere in the two-phase commit
+        // (entry parts copying or prepared, the decision, the commits), and the next round's
+        // start, with one session or three, resolves what was left prepared.
+        let writers = ["1", "3"][round % 2];
+        let projection = Projection::start_with(dir.path(), &pg, 3_000, &["--writers", writers]);
         // Kill after 0..=2 commits, then somewhere inside the next transaction: the jitter picks
         // the moment, nothing waits on it.
         for _ in 0..rng_next(&mut rng) % 3 {
@@ -279,6 +283,11 @@ fn kill_9_at_random_moments_leaves_no_gap_and_no_duplicate() {
         assert!(position >= position_last, "round {round}: the position never goes back (seed {seed})");
         let ops = pg.sql_value("SELECT count(*) || ',' || coalesce(max(op), 0) FROM journal_ops");
         assert_eq!(ops, format!("{position},{position}"), "round {round}: ops 1..={position}, no gap (seed {seed})");
+        // Entries beyond the position exist only in a group the next start commits (its part 0
+        // prepared) and are invisible until then; the exactness check below covers the end.
+        let beyond = pg.sql_value(&format!("SELECT count(*) FROM ledger_entries WHERE op > {position}"));
+        let decided = pg.sql_value("SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE '%:0'");
+        assert!(beyond == "0" || decided == "1", "round {round}: {beyond} entries past the position (seed {seed})");
         rounds_mid_run += u64::from(position < target);
         position_last = position;
     }
@@ -292,7 +301,8 @@ fn postgres_stopped_mid_run_is_waited_out_while_the_engine_goes_on() {
     let mut pg = TestPostgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(dir.path(), 20_000, 1);
-    let projection = Projection::start_with(dir.path(), &pg, 5_000, &["--metrics-addr", "127.0.0.1:0"]);
+    let projection =
+        Projection::start_with(dir.path(), &pg, 5_000, &["--metrics-addr", "127.0.0.1:0", "--writers", "3"]);
     projection.wait_for(op_durable(dir.path()));
     assert_eq!(projection.metric_wait("walletd_projection_lag_ops", |lag| lag == 0.0), 0.0, "caught up");
     pg.stop();
@@ -490,14 +500,50 @@ fn two_projections_on_one_database_never_write_an_op_twice() {
     let pg = TestPostgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
     generate(dir.path(), 40_000, 1);
-    let run =
-        || project_command(dir.path(), &pg, &["--until-caught-up", "--group-rows", "3000"]).spawn().expect("spawn");
-    let (mut first, mut second) = (run(), run());
+    let run = |writers| {
+        project_command(dir.path(), &pg, &["--until-caught-up", "--group-rows", "3000", "--writers", writers])
+            .spawn()
+            .expect("spawn")
+    };
+    let (mut first, mut second) = (run("1"), run("3"));
     let (first, second) = (first.wait().expect("first"), second.wait().expect("second"));
-    // Whichever loses a race for the position stops with PositionConflict (exit 1): a writer
-    // loses only to one that committed and goes on, so at least one finishes; the data is exact.
+    // The writer lock makes the second wait for the first to end, then resume from its position
+    // (a loser of a race for the position would stop with PositionConflict, exit 1): at least
+    // one finishes, and the data is exact.
     assert!(first.success() || second.success(), "one of the two finishes");
     project_until_caught_up(dir.path(), &pg);
+    assert_projection_exact(dir.path(), &pg);
+}
+
+/// A group whose entry parts were prepared but whose part 0 (the decision) never was is rolled
+/// back by the next start, before it writes: its rows never appear, and they block nothing.
+#[test]
+fn an_undecided_prepared_group_is_rolled_back_at_start() {
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    generate(dir.path(), 20_000, 1);
+    let run = |args: &[&str]| {
+        let output = project_command(dir.path(), &pg, args).output().expect("walletd project runs");
+        assert!(output.status.success(), "the projection catches up");
+    };
+    run(&["--until-caught-up", "--writers", "3", "--group-rows", "3000"]);
+    let position: u64 = pg.sql_value("SELECT op FROM projection_position").parse().expect("op");
+    let timestamp = pg.sql_value("SELECT max(timestamp_ns) FROM ledger_entries");
+    // As a writer killed between preparing an entry part and part 0 leaves it.
+    let gid = format!("walletd-projection:postgres:{}:1", position + 7);
+    pg.sql(&format!(
+        "BEGIN;
+         INSERT INTO ledger_entries VALUES ('00000000-0000-0000-0000-00000000dead', {timestamp}, {}, 0, 'D',
+             gen_random_uuid(), gen_random_uuid(), 1, 5, 0, 5, 0, 0);
+         PREPARE TRANSACTION '{gid}'",
+        position + 1
+    ));
+    assert_eq!(pg.sql_value("SELECT count(*) FROM pg_prepared_xacts"), "1");
+    generate(dir.path(), 20_000, 2);
+    run(&["--until-caught-up", "--writers", "3", "--group-rows", "3000"]);
+    assert_eq!(pg.sql_value("SELECT count(*) FROM pg_prepared_xacts"), "0", "resolved");
+    let dead = "SELECT count(*) FROM ledger_entries WHERE account_id = '00000000-0000-0000-0000-00000000dead'";
+    assert_eq!(pg.sql_value(dead), "0", "rolled back, not committed");
     assert_projection_exact(dir.path(), &pg);
 }
 
@@ -531,7 +577,7 @@ fn a_traced_transfer_row_carries_its_trace_id() {
     expected.push(format!("{}|null", Uuid128(untraced[0].id.0)));
     expected.sort();
     assert_eq!(rows, expected);
-    assert_eq!(pg.sql_value("SELECT max(version) FROM walletd_schema"), "2");
+    assert_eq!(pg.sql_value("SELECT max(version) FROM walletd_schema"), "3");
 }
 
 /// Copies every table of the `public` schema into the same table of the `v1` schema, for the
@@ -563,8 +609,8 @@ SET session_replication_role = origin;
 
 /// A history database as the walletd before traces left it (schema version 1: migration 1
 /// only, no `transfers.trace_id`), holding the projection of a journal from before traces
-/// (tests/fixtures/journal-before-traces). The current projection migrates it to version 2 at
-/// start, keeps every row (`trace_id` null on all of them), projects traced transfers after
+/// (tests/fixtures/journal-before-traces). The current projection migrates it to version 2 (and
+/// on to 3, the writer's staging tables) at start, keeps every row (`trace_id` null on all of them), projects traced transfers after
 /// them with their trace ids, and the whole equals a replay of the journal and reconciles.
 ///
 /// The version-1 rows are the current projection's rows of that untraced journal, less the
@@ -618,7 +664,7 @@ fn a_version_1_database_is_migrated_at_start_and_keeps_its_rows() {
     drop(server);
     project_until_caught_up(dir.path(), &pg);
 
-    assert_eq!(pg.sql_value("SELECT string_agg(version::text, ',' ORDER BY version) FROM walletd_schema"), "1,2");
+    assert_eq!(pg.sql_value("SELECT string_agg(version::text, ',' ORDER BY version) FROM walletd_schema"), "1,2,3");
     assert_eq!(pg.sql_value(trace_column), "1");
     // Every old row is there with the same fields; only holds the engine has since expired
     // moved on from `pending` (the node ran again, later).

@@ -32,6 +32,11 @@ pub struct ProjectArgs {
     /// Rows per transaction (transfers + entries + ops) before a group is committed.
     #[arg(long, default_value_t = 250_000)]
     pub group_rows: u64,
+    /// PostgreSQL sessions writing each group side by side: 1 is one transaction; N > 1 copies
+    /// the entries in N − 1 sessions of their own and commits the N together by two-phase commit
+    /// (PostgreSQL needs max_prepared_transactions >= N).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub writers: u16,
 }
 
 #[derive(Args)]
@@ -114,6 +119,7 @@ pub fn project_command(args: ProjectArgs) -> Result<(), HistoryError> {
     options.metrics_addr = args.metrics_addr;
     options.print_progress = args.print_progress;
     options.group_rows_max = args.group_rows.max(1);
+    options.writers = usize::from(args.writers);
     let report = project(&options)?;
     println!(
         "projected     ops {}..={} ({} ops, {} transfers, {} entries, {} transactions, {} reconnects)",

@@ -44,7 +44,7 @@ impl TestPostgres {
                 self.port = port_free();
             }
             let options = format!(
-                "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' -c fsync=off -c max_wal_size=4GB \
+                "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories='{}' -c fsync=off -c max_wal_size=4GB -c max_prepared_transactions=8 \
                  -c shared_buffers=256MB",
                 self.port,
                 self.dir.path().display()

@@ -23,15 +23,13 @@ use crate::rows::{
     month_partition, Group, GroupBuilder, Stage, COPY_ENTRIES, STAGE_ACCOUNT_UPDATES, STAGE_RESOLUTIONS,
 };
 use futures_util::SinkExt;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
 use walletd_replay::{FollowOptions, Follower, Position};
-
-const STAGING_SQL: &str = include_str!("../sql/staging.sql");
 
 #[derive(Clone, Debug)]
 pub struct ProjectOptions {
@@ -43,6 +41,10 @@ pub struct ProjectOptions {
     pub group_ops_max: u64,
     /// Groups built ahead of the writer (the channel's bound).
     pub groups_ahead: usize,
+    /// PostgreSQL sessions writing a group side by side: 1 writes it in one transaction; N > 1
+    /// puts the entries' key ranges in N − 1 sessions of their own and commits all N together
+    /// by two-phase commit (needs `max_prepared_transactions >= N`).
+    pub writers: usize,
     /// Stop once caught up with the durable journal (for tests, benchmarks, one-shot loads);
     /// otherwise follow forever.
     pub until_caught_up: bool,
@@ -60,6 +62,7 @@ impl ProjectOptions {
             group_rows_max: 250_000,
             group_ops_max: 1024,
             groups_ahead: 2,
+            writers: 1,
             until_caught_up: false,
             metrics_addr: None,
             print_progress: false,
@@ -100,7 +103,7 @@ async fn project_async(options: &ProjectOptions) -> Result<ProjectReport, Histor
         let bound = crate::metrics::metrics_serve(addr, Arc::clone(&metrics)).await?;
         println!("metrics on http://{bound}/metrics");
     }
-    let mut writer = Writer::connect_retrying(&options.database, &metrics).await?;
+    let mut writer = Writer::connect_retrying(&options.database, options.writers.max(1), &metrics).await?;
     let start = writer.position().await?;
     metrics.position_set(start.0, start.1);
     tracing::info!(position = %start.0, "projection starting");
@@ -118,9 +121,10 @@ async fn project_async(options: &ProjectOptions) -> Result<ProjectReport, Histor
             Message::CaughtUp => break Ok(()),
             Message::Failed(error) => break Err(error),
         };
-        if let Err(error) = writer.group_write_retrying(&group, &options.database, &metrics).await {
-            break Err(error);
-        }
+        writer = match writer.group_write_retrying(&group, &options.database, &metrics).await {
+            Ok(writer) => writer,
+            Err(error) => break Err(error),
+        };
         report.position = group.position.op;
         report.ops += group.ops_count;
         report.transfers += group.transfers_count;
@@ -164,7 +168,7 @@ fn follow_groups(
         let durable = follower.op_durable();
         metrics.durable_set(if durable == u64::MAX { follower.position().op } else { durable });
         if builder.ops_count() > 0 {
-            if sender.blocking_send(Message::Group(builder.finish())).is_err() {
+            if sender.blocking_send(Message::Group(builder.finish(options.writers.saturating_sub(1).max(1)))).is_err() {
                 return Ok(());
             }
             continue;
@@ -180,34 +184,65 @@ fn follow_groups(
     }
 }
 
-/// The writer's own session (its staging tables are session-local).
+/// The writer's sessions: `main` holds the writer lock, moves the position and writes every
+/// table but the entries; the `entry_sessions` (`writers − 1` of them) copy the entries' key
+/// ranges side by side, and the group's transactions are committed together by two-phase
+/// commit. With no entry sessions, `main` writes everything in one ordinary transaction.
 struct Writer {
-    client: Client,
+    main: Client,
+    entry_sessions: Vec<Client>,
+    /// `current_database()`, part of every prepared transaction's name (they are cluster-wide).
+    database_name: String,
     /// Months whose partition is known to exist.
     partitions: BTreeSet<i64>,
 }
 
+/// Serialises writers of one database (a session-level advisory lock, held for the writer's
+/// life). Distinct from the migration lock.
+const WRITER_LOCK_KEY: i64 = 0x7761_6c6c_6574_7701;
+
+/// The prefix of the prepared transactions' names: `walletd-projection:<database>:<end op>:<part>`,
+/// part 0 being the main session's (the position), parts 1.. the entry sessions'.
+const GID_PREFIX: &str = "walletd-projection";
+
+async fn session_connect(database: &tokio_postgres::Config) -> Result<Client, HistoryError> {
+    let (client, connection) = database.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "the projection's PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
 impl Writer {
-    async fn connect(database: &tokio_postgres::Config) -> Result<Writer, HistoryError> {
-        let (mut client, connection) = database.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "the projection's PostgreSQL connection ended");
-            }
-        });
-        crate::schema::migrate(&mut client).await?;
-        client.batch_execute(STAGING_SQL).await?;
-        Ok(Writer { client, partitions: BTreeSet::new() })
+    async fn connect(database: &tokio_postgres::Config, writers: usize) -> Result<Writer, HistoryError> {
+        assert!(writers >= 1, "at least the main session");
+        let mut main = session_connect(database).await?;
+        writer_lock(&main).await?;
+        let database_name: String = main.query_one("SELECT current_database()", &[]).await?.get(0);
+        // Before migrating: a prepared transaction left by a crash holds locks a migration waits on.
+        prepared_resolve(&main, &database_name).await?;
+        crate::schema::migrate(&mut main).await?;
+        if writers > 1 {
+            prepared_capacity_check(&main, writers).await?;
+        }
+        let mut entry_sessions = Vec::with_capacity(writers - 1);
+        for _ in 1..writers {
+            entry_sessions.push(session_connect(database).await?);
+        }
+        Ok(Writer { main, entry_sessions, database_name, partitions: BTreeSet::new() })
     }
 
     /// Connects, waiting out a database that is down (bounded backoff, forever).
     async fn connect_retrying(
         database: &tokio_postgres::Config,
+        writers: usize,
         metrics: &ProjectionMetrics,
     ) -> Result<Writer, HistoryError> {
         let mut backoff = Duration::from_millis(20);
         loop {
-            match Writer::connect(database).await {
+            match Writer::connect(database, writers).await {
                 Ok(writer) => return Ok(writer),
                 Err(error) if error.is_transient() => {
                     metrics.reconnect_failed();
@@ -221,29 +256,33 @@ impl Writer {
     }
 
     async fn position(&self) -> Result<(Position, u64), HistoryError> {
-        position_read(&self.client).await
+        position_read(&self.main).await
     }
 
-    /// Writes `group`, reconnecting and retrying while PostgreSQL is away. After a reconnect
-    /// the stored position says whether the lost transaction committed.
+    /// Writes `group`, reconnecting and retrying while PostgreSQL is away; returns the writer
+    /// to go on with. A reconnect first drops this writer's sessions (releasing the writer
+    /// lock), then resolves any prepared transaction the lost attempt left, so the stored
+    /// position says whether the lost attempt committed.
     async fn group_write_retrying(
-        &mut self,
+        mut self,
         group: &Group,
         database: &tokio_postgres::Config,
         metrics: &ProjectionMetrics,
-    ) -> Result<(), HistoryError> {
+    ) -> Result<Writer, HistoryError> {
         loop {
             let error = match self.group_write(group).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(self),
                 Err(error) if error.is_transient() => error,
                 Err(error) => return Err(error),
             };
             tracing::warn!(%error, op = group.position.op, "writing a group failed; reconnecting");
-            *self = Writer::connect_retrying(database, metrics).await?;
+            let writers = self.entry_sessions.len() + 1;
+            drop(self);
+            self = Writer::connect_retrying(database, writers, metrics).await?;
             metrics.reconnected();
             let (found, _) = self.position().await?;
             if found == group.position {
-                return Ok(());
+                return Ok(self);
             }
             if found != group.after {
                 return Err(HistoryError::PositionConflict { expected: group.after, found });
@@ -252,54 +291,204 @@ impl Writer {
     }
 
     async fn group_write(&mut self, group: &Group) -> Result<(), HistoryError> {
-        let transaction = self.client.transaction().await?;
-        let moved = transaction
-            .execute(
-                "UPDATE projection_position SET op = $1, checksum = $2, timestamp_ns = $3, updated_at = now()
-                 WHERE op = $4 AND checksum = $5",
-                &[
-                    &i64_of(group.position.op),
-                    &Uuid128(group.position.checksum),
-                    &i64_of(group.timestamp_ns),
-                    &i64_of(group.after.op),
-                    &Uuid128(group.after.checksum),
-                ],
-            )
-            .await?;
-        if moved != 1 {
-            let (found, _) = position_read(&transaction).await?;
-            return Err(HistoryError::PositionConflict { expected: group.after, found });
+        assert_eq!(group.entry_stages.len(), self.entry_sessions.len().max(1), "one entry part per session");
+        self.partitions_create(group).await?;
+        let entries_table = entries_table(group);
+        if self.entry_sessions.is_empty() {
+            let result = main_part_write(&self.main, group, Some((&entries_table, &group.entry_stages[0]))).await;
+            return match result {
+                Ok(()) => Ok(self.main.batch_execute("COMMIT").await?),
+                Err(error) => Err(session_rollback(&self.main, error).await),
+            };
         }
+        let gid = |part: usize| gid_of(&self.database_name, group.position.op, part);
+        let entry_parts = self.entry_sessions.iter().zip(&group.entry_stages).enumerate();
+        let entry_writes = entry_parts
+            .filter(|(_, (_, stage))| stage.rows_count > 0)
+            .map(|(index, (session, stage))| entry_part_prepare(session, &entries_table, stage, gid(index + 1)));
+        let (main_result, entry_results) = futures_util::future::join(
+            main_part_write(&self.main, group, None),
+            futures_util::future::join_all(entry_writes),
+        )
+        .await;
+        let mut prepared = Vec::new();
+        let mut failure = main_result.err();
+        for result in entry_results {
+            match result {
+                Ok(gid) => prepared.push(gid),
+                Err(error) => failure = failure.or(Some(error)),
+            }
+        }
+        if let Some(error) = failure {
+            // Nothing is decided until part 0 is prepared: undo the parts (a lost session's
+            // are undone by the next connect's `prepared_resolve`).
+            let error = session_rollback(&self.main, error).await;
+            for gid in &prepared {
+                let _ = self.main.batch_execute(&format!("ROLLBACK PREPARED '{gid}'")).await;
+            }
+            return Err(error);
+        }
+        // The decision: part 0 prepared last means every part is prepared, so the group commits
+        // (`prepared_resolve` finishes it if this process dies from here on).
+        self.main.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid(0))).await?;
+        for gid in &prepared {
+            self.main.batch_execute(&format!("COMMIT PREPARED '{gid}'")).await?;
+        }
+        // The position last: a reader that sees it sees every row up to it.
+        self.main.batch_execute(&format!("COMMIT PREPARED '{}'", gid(0))).await?;
+        Ok(())
+    }
+
+    /// Creates the group's months' partitions that may not exist yet, each committed at once
+    /// (an empty partition is harmless; the entry sessions need to see it).
+    async fn partitions_create(&mut self, group: &Group) -> Result<(), HistoryError> {
         let created: Vec<i64> = group.months.difference(&self.partitions).copied().collect();
         for month in &created {
             let (name, from, to) = month_partition(*month);
             let sql = format!(
                 "CREATE TABLE IF NOT EXISTS {name} PARTITION OF ledger_entries FOR VALUES FROM ({from}) TO ({to})"
             );
-            transaction.batch_execute(&sql).await?;
+            self.main.batch_execute(&sql).await?;
         }
-        // One month (the usual case): straight into its partition, no routing per row.
-        let entries_table = match (group.months.len(), group.months.first()) {
-            (1, Some(month)) => month_partition(*month).0,
-            _ => COPY_ENTRIES.0.to_string(),
-        };
-        for stage in group.stages.iter().filter(|stage| stage.rows_count > 0) {
-            let table = if stage.table == COPY_ENTRIES.0 { entries_table.as_str() } else { stage.table };
-            stage_copy(&transaction, table, stage).await?;
-            stage_apply(&transaction, group, stage).await?;
-        }
-        transaction.commit().await?;
         self.partitions.extend(created);
         Ok(())
     }
 }
 
-async fn stage_copy(
-    transaction: &tokio_postgres::Transaction<'_>,
-    table: &str,
-    stage: &Stage,
-) -> Result<(), HistoryError> {
-    let sink = transaction.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)")).await?;
+/// One month (the usual case): straight into its partition, no routing per row.
+fn entries_table(group: &Group) -> String {
+    match (group.months.len(), group.months.first()) {
+        (1, Some(month)) => month_partition(*month).0,
+        _ => COPY_ENTRIES.0.to_string(),
+    }
+}
+
+fn gid_of(database_name: &str, end_op: u64, part: usize) -> String {
+    // Quoted into SQL: a quote in a database name is doubled.
+    format!("{GID_PREFIX}:{}:{end_op}:{part}", database_name.replace('\'', "''"))
+}
+
+/// Takes the writer lock, waiting (forever, with a bounded backoff) while another projection
+/// holds it.
+async fn writer_lock(client: &Client) -> Result<(), HistoryError> {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let locked: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK_KEY]).await?.get(0);
+        if locked {
+            return Ok(());
+        }
+        tracing::warn!(backoff_ms = backoff.as_millis() as u64, "another projection is writing this database; waiting");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Two-phase commit needs `max_prepared_transactions` of at least one per session.
+async fn prepared_capacity_check(client: &Client, writers: usize) -> Result<(), HistoryError> {
+    let max: String = client.query_one("SHOW max_prepared_transactions", &[]).await?.get(0);
+    let max: usize = max.parse().unwrap_or(0);
+    if max < writers {
+        return Err(HistoryError::Config(format!(
+            "--writers {writers} commits its sessions together by two-phase commit, which needs PostgreSQL's \
+             max_prepared_transactions >= {writers} (it is {max}; set it in postgresql.conf and restart), or run \
+             with --writers 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Finishes what a writer that died mid-group left prepared: a group whose part 0 (the
+/// position's) is prepared, or whose position is stored, is committed (part 0 is prepared only
+/// after every other part and committed after them); any other is rolled back (its prepare
+/// phase never completed, so nothing of it was committed). Run under the writer lock.
+async fn prepared_resolve(client: &Client, database_name: &str) -> Result<(), HistoryError> {
+    let prefix = format!("{GID_PREFIX}:{}:", database_name.replace('\'', "''"));
+    let rows = client.query("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()", &[]).await?;
+    let mut groups: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
+    for row in &rows {
+        let gid: String = row.get(0);
+        let Some(rest) = gid.strip_prefix(&prefix) else { continue };
+        let parsed = rest.split_once(':').and_then(|(end, part)| Some((end.parse().ok()?, part.parse().ok()?)));
+        let Some((end_op, part)) = parsed else {
+            return Err(HistoryError::Inconsistent {
+                reason: format!("a prepared transaction {gid:?} of no known form"),
+            });
+        };
+        groups.entry(end_op).or_default().insert(part);
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let (position, _) = position_read(client).await?;
+    for (end_op, parts) in &groups {
+        let commit = parts.contains(&0) || position.op >= *end_op;
+        let verb = if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" };
+        tracing::warn!(end_op, parts = parts.len(), verb, position = position.op, "resolving a group left prepared");
+        // Part 0 last (BTreeSet order puts it first).
+        for part in parts.iter().filter(|part| **part != 0).chain(parts.iter().filter(|part| **part == 0)) {
+            client.batch_execute(&format!("{verb} '{}'", gid_of(database_name, *end_op, *part))).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes the session's open transaction after `error` (best effort: a lost session has none).
+async fn session_rollback(client: &Client, error: HistoryError) -> HistoryError {
+    if !error.is_transient() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    error
+}
+
+/// The main session's part, left open (the caller commits or prepares it): the position moved
+/// from the group's start to its end, then every table but the entries (and the entries too when
+/// `entries` is given: the one-session writer).
+async fn main_part_write(client: &Client, group: &Group, entries: Option<(&str, &Stage)>) -> Result<(), HistoryError> {
+    client.batch_execute("BEGIN").await?;
+    let moved = client
+        .execute(
+            "UPDATE projection_position SET op = $1, checksum = $2, timestamp_ns = $3, updated_at = now()
+             WHERE op = $4 AND checksum = $5",
+            &[
+                &i64_of(group.position.op),
+                &Uuid128(group.position.checksum),
+                &i64_of(group.timestamp_ns),
+                &i64_of(group.after.op),
+                &Uuid128(group.after.checksum),
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        let (found, _) = position_read(client).await?;
+        return Err(HistoryError::PositionConflict { expected: group.after, found });
+    }
+    for stage in group.stages.iter().filter(|stage| stage.rows_count > 0) {
+        stage_copy(client, stage.table, stage).await?;
+        stage_apply(client, group, stage).await?;
+    }
+    if let Some((table, stage)) = entries.filter(|(_, stage)| stage.rows_count > 0) {
+        stage_copy(client, table, stage).await?;
+    }
+    Ok(())
+}
+
+/// One entry session's part: its key range of the entries, copied and prepared as `gid`.
+async fn entry_part_prepare(client: &Client, table: &str, stage: &Stage, gid: String) -> Result<String, HistoryError> {
+    let result = async {
+        client.batch_execute("BEGIN").await?;
+        stage_copy(client, table, stage).await?;
+        client.batch_execute(&format!("PREPARE TRANSACTION '{gid}'")).await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(gid),
+        Err(error) => Err(session_rollback(client, error).await),
+    }
+}
+
+async fn stage_copy(client: &Client, table: &str, stage: &Stage) -> Result<(), HistoryError> {
+    let sink = client.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)")).await?;
     futures_util::pin_mut!(sink);
     sink.send(stage.bytes.clone()).await?;
     let copied = sink.finish().await?;
@@ -326,13 +515,13 @@ const APPLY_STATEMENTS: &[(&str, &str)] = &[
     ),
 ];
 
-async fn stage_apply(
-    transaction: &tokio_postgres::Transaction<'_>,
-    group: &Group,
-    stage: &Stage,
-) -> Result<(), HistoryError> {
-    for (_, sql) in APPLY_STATEMENTS.iter().filter(|(table, _)| *table == stage.table) {
-        let count = transaction.execute(*sql, &[]).await?;
+/// Applies a staging table's rows, then empties it (in the same transaction, so it is empty
+/// at every commit).
+async fn stage_apply(client: &Client, group: &Group, stage: &Stage) -> Result<(), HistoryError> {
+    let statements: Vec<&str> =
+        APPLY_STATEMENTS.iter().filter(|(table, _)| *table == stage.table).map(|(_, sql)| *sql).collect();
+    for sql in &statements {
+        let count = client.execute(*sql, &[]).await?;
         if count != stage.rows_count {
             return Err(HistoryError::Inconsistent {
                 reason: format!(
@@ -344,6 +533,9 @@ async fn stage_apply(
                 ),
             });
         }
+    }
+    if !statements.is_empty() {
+        client.batch_execute(&format!("TRUNCATE {}", stage.table)).await?;
     }
     Ok(())
 }

@@ -159,7 +159,7 @@ fn page_sql() -> String {
     format!(
         "SELECT e.*, p.op, p.timestamp_ns FROM projection_position p LEFT JOIN LATERAL (
              SELECT {ENTRY_COLUMNS} FROM ledger_entries
-             WHERE account_id = $1 AND timestamp_ns <= $2 AND (timestamp_ns, transfer_id) < ($2, $3)
+             WHERE account_id = $1 AND timestamp_ns <= $2 AND (timestamp_ns, transfer_id) < ($2, $3) AND op <= p.op
              ORDER BY timestamp_ns DESC LIMIT $4) e ON true
          ORDER BY e.timestamp_ns DESC"
     )
@@ -242,12 +242,14 @@ impl History {
         let mut client = self.pool.get().await?;
         let transaction = reading(&mut client).await?;
         let (position, _) = position_read(&transaction).await?;
-        let opening = balances_before(&transaction, account_id, from_ns).await?;
+        let opening = balances_before(&transaction, account_id, from_ns, position.op).await?;
         let sql = format!(
             "SELECT {ENTRY_COLUMNS} FROM ledger_entries
-             WHERE account_id = $1 AND timestamp_ns >= $2 AND timestamp_ns < $3 ORDER BY timestamp_ns"
+             WHERE account_id = $1 AND timestamp_ns >= $2 AND timestamp_ns < $3 AND op <= $4 ORDER BY timestamp_ns"
         );
-        let rows = transaction.query(&sql, &[&Uuid128(account_id), &i64_of(from_ns), &i64_of(to_ns)]).await?;
+        let rows = transaction
+            .query(&sql, &[&Uuid128(account_id), &i64_of(from_ns), &i64_of(to_ns), &i64_of(position.op)])
+            .await?;
         transaction.commit().await?;
         let entries: Vec<Entry> = rows.iter().map(entry_of).collect();
         let closing = entries.last().map_or(opening, |entry| entry.after);
@@ -260,7 +262,7 @@ impl History {
         let mut client = self.pool.get().await?;
         let transaction = reading(&mut client).await?;
         let (position, _) = position_read(&transaction).await?;
-        let balances = balances_before(&transaction, account_id, at_ns.saturating_add(1)).await?;
+        let balances = balances_before(&transaction, account_id, at_ns.saturating_add(1), position.op).await?;
         transaction.commit().await?;
         Ok((balances, position.op))
     }
@@ -308,17 +310,20 @@ async fn reading(client: &mut tokio_postgres::Client) -> Result<tokio_postgres::
         .await?)
 }
 
+/// The balances after the account's last entry before `before_ns`, among the entries at or
+/// before op `position` (the writer's entry sessions commit just before its position does).
 async fn balances_before(
     client: &impl tokio_postgres::GenericClient,
     account_id: u128,
     before_ns: u64,
+    position: u64,
 ) -> Result<Balances, HistoryError> {
     let row = client
         .query_opt(
             "SELECT debits_pending::text, debits_posted::text, credits_pending::text, credits_posted::text
-             FROM ledger_entries WHERE account_id = $1 AND timestamp_ns < $2
+             FROM ledger_entries WHERE account_id = $1 AND timestamp_ns < $2 AND op <= $3
              ORDER BY timestamp_ns DESC LIMIT 1",
-            &[&Uuid128(account_id), &i64_of(before_ns.min(i64::MAX as u64))],
+            &[&Uuid128(account_id), &i64_of(before_ns.min(i64::MAX as u64)), &i64_of(position)],
         )
         .await?;
     Ok(row.map_or(Balances::default(), |row| Balances {

@@ -55,9 +55,12 @@ pub struct Group {
     pub entries_count: u64,
     /// UTC months (months since 1970-01) that entries fall in: their partitions must exist.
     pub months: BTreeSet<i64>,
-    /// Each table's rows, in the order they are loaded (a table before the rows that refer
-    /// to it).
+    /// Each table's rows but the entries, in the order they are loaded (a table before the
+    /// rows that refer to it).
     pub stages: Vec<Stage>,
+    /// The entries in key order, cut into `entry_parts` contiguous key ranges (one per writer
+    /// session that copies entries; some may be empty).
+    pub entry_stages: Vec<Stage>,
 }
 
 /// One table's rows as a binary `COPY` stream (cheap to clone for a retry).
@@ -121,6 +124,7 @@ impl GroupBuilder {
             entries_count: 0,
             months: BTreeSet::new(),
             stages: Vec::new(),
+            entry_stages: Vec::new(),
         };
         let buffers = Buffers {
             ops: CopyBuffer::new(COPY_OPS.1),
@@ -279,7 +283,9 @@ impl GroupBuilder {
         self.group.months.insert(month_index(change.timestamp_ns));
     }
 
-    pub fn finish(mut self) -> Group {
+    /// The group, its entries cut into `entry_parts` (at least 1) key ranges.
+    pub fn finish(mut self, entry_parts: usize) -> Group {
+        assert!(entry_parts >= 1, "entries go to at least one session");
         for (id, (flags, op)) in &self.account_flags {
             let rows = &mut self.buffers.account_updates;
             rows.row_begin();
@@ -289,8 +295,11 @@ impl GroupBuilder {
         }
         let Buffers { ops, accounts, account_updates, account_events, transfers, holds, resolutions, entries } =
             self.buffers;
-        let entries = entries_encode(entries);
-        assert_eq!(entries.rows_count() as u64, self.group.entries_count, "every entry encoded");
+        let entry_stages = entries_encode(entries, entry_parts);
+        assert_eq!(entry_stages.len(), entry_parts);
+        let encoded: u64 = entry_stages.iter().map(|stage| stage.rows_count).sum();
+        assert_eq!(encoded, self.group.entries_count, "every entry encoded");
+        self.group.entry_stages = entry_stages;
         let tables = [
             (COPY_OPS.0, ops),
             (COPY_ACCOUNTS.0, accounts),
@@ -299,7 +308,6 @@ impl GroupBuilder {
             (COPY_TRANSFERS.0, transfers),
             (COPY_HOLDS.0, holds),
             (STAGE_RESOLUTIONS.0, resolutions),
-            (COPY_ENTRIES.0, entries),
         ];
         for (table, buffer) in tables {
             let rows_count = buffer.rows_count() as u64;
@@ -309,12 +317,22 @@ impl GroupBuilder {
     }
 }
 
-/// The group's entries as one `COPY` stream in key order. The key is unique (an account has at
-/// most one entry per engine timestamp), so the order is total and the sort deterministic.
-fn entries_encode(mut entries: Vec<EntryRow>) -> CopyBuffer {
+/// The group's entries as `parts` `COPY` streams in key order, each a contiguous key range of
+/// about the same number of rows (so that sessions copying them side by side descend disjoint
+/// parts of the key's B-tree). The key is unique (an account has at most one entry per engine
+/// timestamp), so the order is total and the sort deterministic.
+fn entries_encode(mut entries: Vec<EntryRow>, parts: usize) -> Vec<Stage> {
+    assert!(parts >= 1);
     entries.sort_unstable_by_key(|entry| (entry.account_id, entry.timestamp_ns));
+    let part_rows = entries.len().div_ceil(parts).max(1);
+    let mut stages: Vec<Stage> = entries.chunks(part_rows).map(entries_encode_part).collect();
+    stages.resize_with(parts, || entries_encode_part(&[]));
+    stages
+}
+
+fn entries_encode_part(entries: &[EntryRow]) -> Stage {
     let mut rows = CopyBuffer::new(COPY_ENTRIES.1);
-    for entry in &entries {
+    for entry in entries {
         rows.row_begin();
         rows.uuid(entry.account_id);
         rows.i64(i64_of(entry.timestamp_ns));
@@ -330,7 +348,9 @@ fn entries_encode(mut entries: Vec<EntryRow>) -> CopyBuffer {
         rows.numeric(entry.credits_pending);
         rows.numeric(entry.credits_posted);
     }
-    rows
+    let rows_count = rows.rows_count() as u64;
+    assert_eq!(rows_count, entries.len() as u64);
+    Stage { table: COPY_ENTRIES.0, rows_count, bytes: rows.finish() }
 }
 
 fn batch_kind(batch: &Batch<'_>) -> &'static str {
@@ -484,11 +504,21 @@ mod tests {
 
     #[test]
     fn entries_are_copied_in_key_order() {
-        let arrival = vec![entry(3, 10), entry(1, 30), entry(3, 5), entry(2, 20), entry(1, 10)];
-        let encoded = entries_encode(arrival);
-        assert_eq!(encoded.rows_count(), 5);
-        let keys = keys_of(&encoded.finish());
+        let arrival = || vec![entry(3, 10), entry(1, 30), entry(3, 5), entry(2, 20), entry(1, 10)];
+        let encoded = entries_encode(arrival(), 1);
+        assert_eq!(encoded.len(), 1);
+        assert_eq!(encoded[0].rows_count, 5);
+        let keys = keys_of(&encoded[0].bytes);
         assert_eq!(keys, [(1, 10), (1, 30), (2, 20), (3, 5), (3, 10)]);
+        // Cut into key ranges for sessions side by side: contiguous, in order, none lost.
+        let parts = entries_encode(arrival(), 2);
+        assert_eq!(parts.iter().map(|part| part.rows_count).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(keys_of(&parts[0].bytes), [(1, 10), (1, 30), (2, 20)]);
+        assert_eq!(keys_of(&parts[1].bytes), [(3, 5), (3, 10)]);
+        let parts = entries_encode(arrival(), 7);
+        assert_eq!(parts.len(), 7);
+        assert_eq!(parts.iter().map(|part| part.rows_count).sum::<u64>(), 5);
+        assert!(keys_of(&parts[6].bytes).is_empty(), "an empty part is a valid stream");
     }
 
     #[test]

@@ -23,10 +23,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_transfer_trace_id",
         sql: include_str!("../migrations/0002_transfer_trace_id.sql"),
     },
+    Migration { version: 3, name: "0003_writer_staging", sql: include_str!("../migrations/0003_writer_staging.sql") },
 ];
 
 /// The schema version this walletd reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
 
 /// Serialises projections that migrate at the same time (any constant, shared by all).
