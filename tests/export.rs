@@ -288,10 +288,13 @@ fn a_broker_down_under_engine_load_leaves_the_engine_alone_and_the_lag_drains() 
         }
     }
     assert!(generate.wait().expect("generate").success(), "the engine finished its run with the broker down");
-    // The exporter saw the journal grow and could not publish it: the lag is there.
+    // The exporter saw the journal grow and could not publish it: the lag is there, counted to
+    // the engine's last durable op even though the blocked follower has stopped reading.
+    metric_wait(&mut exporter, "walletd_export_op_durable", "the engine's last durable op", |op| op == durable_last);
     let lag = metric_wait(&mut exporter, "walletd_export_lag_ops", "lag while the broker is down", |lag| lag > 0);
     let exported_down = metric(exporter.metrics, "walletd_export_op_exported").expect("metrics");
     assert!(exported_down < durable_last, "nothing past op {exported_down} is acknowledged while the broker is down");
+    assert!(lag >= durable_last - exported_down, "lag {lag} counts every durable op not exported");
     eprintln!("broker down: lag {lag} ops, exported through op {exported_down} of {durable_last}");
     broker.start_again().expect("start the broker again");
     metric_wait(&mut exporter, "walletd_export_op_exported", "the lag draining", |op| op >= durable_last);

@@ -132,6 +132,7 @@ pub fn export_kafka(options: &ExportOptions) -> Result<ExportReport, ExportError
 }
 
 pub async fn export_run(options: &ExportOptions, metrics: Arc<ExportMetrics>) -> Result<ExportReport, ExportError> {
+    let _ = metrics.durable_dir.set(options.data_dir.clone());
     if options.partitions < 1 {
         return Err(ExportError::Option(format!("--partitions {} must be at least 1", options.partitions)));
     }
