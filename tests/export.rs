@@ -221,9 +221,9 @@ fn kill_9_of_the_exporter_and_a_broker_restart_still_give_every_event_exactly_on
         }
     });
     let mut seed = seed_chosen();
-    // A small producer queue, so that a kill after N acknowledged events comes with few more
-    // in flight and the rounds spread over the whole journal.
-    let small_queue = ["-X", "queue.buffering.max.messages=64", "-X", "batch.num.messages=16"];
+    // Small requests, few in flight, so that a kill after N acknowledged events comes with few
+    // more in flight and the rounds spread over the whole journal.
+    let small_queue = ["--request-events-max", "16", "--requests-in-flight-max", "4"];
     for round in 0..ROUNDS {
         let mut exporter = exporter_start(dir.path(), &broker.brokers(), &small_queue);
         // One round in five is killed as soon as it is up (in its fence or while it reads the
