@@ -24,8 +24,7 @@
 //!    times, then refused.
 //!
 //! Only uncompressed batches (attributes' codec bits 0) are read: the exporter never compresses
-//! (`exporter.rs` refuses a `compression.*` setting), so a compressed batch at a tail was not
-//! written by it.
+//! (`produce.rs` writes attributes 0), so a compressed batch at a tail was not written by it.
 
 use crate::error::ExportError;
 use crate::event::{Event, EventPosition};
