@@ -50,9 +50,19 @@ pub struct ExportKafkaArgs {
     /// process dies). Default: export.TOPIC.lock in the data directory.
     #[arg(long)]
     pub lock_file: Option<PathBuf>,
-    /// An extra librdkafka producer property, key=value (repeatable), e.g. compression.type=lz4.
-    #[arg(short = 'X', value_parser = key_value)]
-    pub producer_config: Vec<(String, String)>,
+    /// A Produce request is closed once it holds this many events (one record batch per
+    /// partition; an op's events may be split over requests).
+    #[arg(long, default_value_t = 20_000)]
+    pub request_events_max: u32,
+    /// … or this many bytes of records.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub request_size_max_bytes: usize,
+    /// Produce requests written to the broker and not yet answered, at most.
+    #[arg(long, default_value_t = 4)]
+    pub requests_in_flight_max: usize,
+    /// How long a request may take before the session ends and a new one resumes.
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -97,11 +107,6 @@ pub struct NotifyFlags {
     pub metrics_addr: Option<SocketAddr>,
 }
 
-fn key_value(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text.split_once('=').ok_or("expected key=value")?;
-    Ok((key.to_string(), value.to_string()))
-}
-
 pub fn export_command(command: ExportCommands) -> Result<(), ExportError> {
     let ExportCommands::Kafka(args) = command;
     let options = ExportOptions {
@@ -110,14 +115,17 @@ pub fn export_command(command: ExportCommands) -> Result<(), ExportError> {
         metrics_addr: args.metrics_addr,
         fence: Duration::from_millis(args.fence_ms),
         exit_when_caught_up: args.exit_when_caught_up,
-        producer_config: args.producer_config,
+        request_events_max: args.request_events_max,
+        request_size_max_bytes: args.request_size_max_bytes,
+        requests_in_flight_max: args.requests_in_flight_max,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
         lock_path: args.lock_file,
         ..ExportOptions::new(args.data_dir, &args.brokers, &args.topic)
     };
     let report = export_kafka(&options)?;
     println!(
-        "exported {} events ({} already in the topic), acknowledged through op {}",
-        report.events_exported, report.events_skipped, report.acked_through
+        "exported {} events ({} already in the topic), acknowledged through op {}; {} sessions resumed after an error",
+        report.events_exported, report.events_skipped, report.acked_through, report.sessions_resumed
     );
     Ok(())
 }

@@ -19,7 +19,15 @@ pub enum ExportError {
     /// A message on the topic that is not an event of this schema (the exporter never writes one).
     #[error("the message at {topic}/{partition}@{offset} is not a transaction.completed event: {reason}")]
     BadMessage { topic: String, partition: i32, offset: i64, reason: String },
-    /// A broker that did not answer in time, during start-up.
+    /// A broker answered the exporter's own producer with an error code or bytes it cannot
+    /// read; the session ends and a new one resumes from the topic's ends.
+    #[error("the broker: {0}")]
+    Broker(String),
+    /// A partition's end kept moving while the exporter read it: requests are still being
+    /// written there (a killed exporter's, or this process's from a session that ended).
+    #[error("the topic {topic} partition {partition}: its end kept moving over {attempts} reads; is another exporter writing to it?")]
+    EndMoving { topic: String, partition: i32, attempts: u32 },
+    /// A broker that did not answer in time.
     #[error("the broker did not answer: {0}; is it running and are --brokers right?")]
     Timeout(String),
     /// An address to listen on (metrics) could not be bound, or another socket failed.
@@ -31,6 +39,23 @@ pub enum ExportError {
 }
 
 impl ExportError {
+    /// Whether the exporter may end the session and resume from the topic's ends: what went
+    /// wrong is between it and the broker (a connection, a timeout, an error code). Everything
+    /// else (the journal, the topic contradicting it, an option) stops the process.
+    pub fn is_resumable(&self) -> bool {
+        match self {
+            ExportError::Io { .. }
+            | ExportError::Timeout(_)
+            | ExportError::Kafka { .. }
+            | ExportError::Broker(_)
+            | ExportError::EndMoving { .. } => true,
+            ExportError::Follow(_)
+            | ExportError::Topic { .. }
+            | ExportError::BadMessage { .. }
+            | ExportError::Option(_) => false,
+        }
+    }
+
     pub fn kafka(context: impl Into<String>) -> impl FnOnce(rdkafka::error::KafkaError) -> ExportError {
         let context = context.into();
         move |source| ExportError::Kafka { context, source }

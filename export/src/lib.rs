@@ -10,7 +10,9 @@
 //!
 //! - `event` — the event model and its JSON (schema/transaction.completed.v1.json).
 //! - `encode` — the hot path: an op's events straight into Kafka record parts, same bytes.
-//! - `exporter` — the follower thread feeding the idempotent producer, and the resume rule.
+//! - `exporter` — the follower thread writing Produce requests, the session sending them, and
+//!   the resume rule.
+//! - `produce` — the exporter's own idempotent producer: InitProducerId, Produce, record batches.
 //! - `tail` — reading each partition's last event on start.
 //! - `notify` — the consumer group, the webhook, retries, the dead-letter topic and re-drive.
 //! - `metrics` — the Prometheus text endpoint of both processes.
@@ -23,6 +25,7 @@ pub mod event;
 pub mod exporter;
 pub mod metrics;
 pub mod notify;
+pub mod produce;
 pub mod tail;
 
 pub use error::ExportError;

@@ -10,8 +10,9 @@ use hyper::{Request, Response};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A counter or a gauge.
 #[derive(Default, Debug)]
@@ -38,6 +39,10 @@ impl Metric {
 pub struct ExportMetrics {
     /// The engine's durable op, as the follower last read it.
     pub op_durable: Metric,
+    /// The data directory whose durable mark each scrape reads as well: while the follower is
+    /// blocked (the broker down, its queue full) it reads nothing, and the lag must keep rising
+    /// rather than freeze at its last read.
+    pub durable_dir: OnceLock<PathBuf>,
     /// The follower's op (read and turned into events).
     pub op_followed: Metric,
     /// The op through which every event is acknowledged by the broker.
@@ -53,7 +58,13 @@ pub struct ExportMetrics {
 impl ExportMetrics {
     /// Ops the exporter is behind the engine's durable journal.
     pub fn lag_ops(&self) -> u64 {
-        self.op_durable.get().saturating_sub(self.op_exported.get())
+        self.op_durable_now().saturating_sub(self.op_exported.get())
+    }
+
+    /// The engine's durable op: the newer of the follower's last read and the mark on disk now.
+    pub fn op_durable_now(&self) -> u64 {
+        let on_disk = self.durable_dir.get().and_then(|dir| walletd_replay::durable_read(dir).ok().flatten());
+        self.op_durable.get().max(on_disk.map_or(0, |position| position.op))
     }
 
     /// Seconds behind: how old the last exported op is when there is more to export, else 0.
@@ -72,7 +83,7 @@ impl ExportMetrics {
                 "walletd_export_op_durable",
                 "gauge",
                 "The engine's durable op as last read.",
-                self.op_durable.get().to_string(),
+                self.op_durable_now().to_string(),
             ),
             (
                 "walletd_export_op_followed",

@@ -24,8 +24,7 @@
 //!    times, then refused.
 //!
 //! Only uncompressed batches (attributes' codec bits 0) are read: the exporter never compresses
-//! (`exporter.rs` refuses a `compression.*` setting), so a compressed batch at a tail was not
-//! written by it.
+//! (`produce.rs` writes attributes 0), so a compressed batch at a tail was not written by it.
 
 use crate::error::ExportError;
 use crate::event::{Event, EventPosition};
@@ -241,11 +240,7 @@ pub fn tail_read(client: &mut FetchClient, topic: &str, partition: i32) -> Resul
             ),
         }
     }
-    Err(ExportError::Topic {
-        topic: topic.to_string(),
-        partition,
-        reason: format!("its end kept moving over {READ_ATTEMPTS_MAX} reads: is another exporter writing to it?"),
-    })
+    Err(ExportError::EndMoving { topic: topic.to_string(), partition, attempts: READ_ATTEMPTS_MAX })
 }
 
 /// The message at `high - 1`, found by probing backwards then reading forwards; None if the
@@ -494,7 +489,7 @@ fn fetch_response_decode(
 }
 
 /// Every whole batch's records, appended to `out`.
-fn batches_decode(records: &[u8], out: &mut Vec<Fetched>) -> Result<(), String> {
+pub(crate) fn batches_decode(records: &[u8], out: &mut Vec<Fetched>) -> Result<(), String> {
     let mut wire = Wire { bytes: records, at: 0 };
     while records.len() - wire.at >= 12 {
         let base_offset = wire.i64("a batch's base offset")?;
