@@ -245,7 +245,7 @@ fn a_traced_frame_of_the_wrong_size_is_refused_and_the_connection_kept() {
     let mut frame = Vec::new();
     batch_request_traced_append(&Batch::CreateTransfers(&transfers), &[42], 2, 7, &mut frame);
     let mut bad_flags = frame.clone();
-    bad_flags[40] |= 1 << 2;
+    bad_flags[40] |= 1 << 3; // bit 2 is the timestamp flag; bit 3 is reserved
     let mut sealed: [u8; HEADER_SIZE_BYTES] = bad_flags[..HEADER_SIZE_BYTES].try_into().unwrap();
     header_seal(&mut sealed);
     bad_flags[..HEADER_SIZE_BYTES].copy_from_slice(&sealed);
