@@ -69,6 +69,14 @@ pub enum ClientError {
     /// A cluster member could not commit the request in time (no majority, or no leader yet):
     /// the outcome is unknown, as after `Timeout`. Resend with the same ids.
     Unavailable,
+    /// The async client already holds this many calls not yet sent (its limit): this one was
+    /// not sent either. Retry later.
+    QueueFull {
+        calls_queued_max: u32,
+    },
+    /// The async client's connection ended before this call was written: nothing was sent, so
+    /// nothing was applied. Retry on a new connection.
+    NotSent,
 }
 
 impl Clone for ClientError {
@@ -86,6 +94,10 @@ impl Clone for ClientError {
             }
             ClientError::NotLeader { leader } => ClientError::NotLeader { leader: leader.clone() },
             ClientError::Unavailable => ClientError::Unavailable,
+            ClientError::QueueFull { calls_queued_max } => {
+                ClientError::QueueFull { calls_queued_max: *calls_queued_max }
+            }
+            ClientError::NotSent => ClientError::NotSent,
         }
     }
 }
@@ -122,6 +134,15 @@ impl fmt::Display for ClientError {
                 f,
                 "the walletd cluster could not commit the request in time (no majority or no leader); the outcome is \
                  unknown: resend with the same ids"
+            ),
+            ClientError::QueueFull { calls_queued_max } => write!(
+                f,
+                "the client holds {calls_queued_max} calls waiting to be sent, its limit: this one was not sent; \
+                 retry later"
+            ),
+            ClientError::NotSent => write!(
+                f,
+                "the walletd connection ended before this call was sent: nothing was applied; retry on a new connection"
             ),
         }
     }
@@ -620,10 +641,14 @@ fn events_count_check(operation: FrameOperation, event_count: usize, event_count
 
 /// A read returns at most one record per id asked for; pulse, ping and snapshot none.
 fn records_count_check(reply: &Reply, event_count_sent: usize) -> Result<(), ClientError> {
-    if reply.header.event_count as usize > event_count_sent {
+    reply_records_count_check(&reply.header, event_count_sent)
+}
+
+pub(crate) fn reply_records_count_check(header: &FrameHeader, event_count_sent: usize) -> Result<(), ClientError> {
+    if header.event_count as usize > event_count_sent {
         return Err(ClientError::Protocol(format!(
             "reply has {} records for {event_count_sent} events sent",
-            reply.header.event_count
+            header.event_count
         )));
     }
     Ok(())
@@ -651,7 +676,7 @@ fn thread_spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<JoinH
 
 /// A client id unlikely to collide: the time in ns, the process id and a per-process counter,
 /// mixed. Never zero.
-fn client_id_generate() -> u128 {
+pub(crate) fn client_id_generate() -> u128 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let time_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos() as u64);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -957,18 +982,31 @@ fn batch_reply_distribute(batch: BatchInFlight, header: &FrameHeader, body: &[u8
     }
     let mut cursor = 0;
     for member in &batch.members {
-        let event_end = member.event_start + member.event_count;
-        let mut own = Vec::new();
-        while cursor < results.len() && results[cursor].index < event_end {
-            let result = results[cursor];
-            assert!(result.index >= member.event_start, "members cover the batch in order");
-            own.push(EventResult { index: result.index - member.event_start, code: result.code });
-            cursor += 1;
-        }
+        let own = member_results_take(&results, &mut cursor, member.event_start, member.event_count);
         let timestamp_ns = timestamp_ns + u64::from(member.event_start);
         member.call.slot.fill(Ok(Created { results: own, op: header.op, timestamp_ns }));
     }
     assert_eq!(cursor, results.len(), "every result went to a member");
+}
+
+/// The results of one member of a batch (events `event_start..event_start + event_count`),
+/// re-indexed into its own slice, from the batch's sparse results at `cursor`; members are
+/// taken in order, so `cursor` moves past them.
+pub(crate) fn member_results_take(
+    results: &[EventResult],
+    cursor: &mut usize,
+    event_start: u32,
+    event_count: u32,
+) -> Vec<EventResult> {
+    let event_end = event_start + event_count;
+    let mut own = Vec::new();
+    while *cursor < results.len() && results[*cursor].index < event_end {
+        let result = results[*cursor];
+        assert!(result.index >= event_start, "members cover the batch in order");
+        own.push(EventResult { index: result.index - event_start, code: result.code });
+        *cursor += 1;
+    }
+    own
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1012,7 +1050,7 @@ fn reply_read(reader: &mut impl Read) -> Result<(FrameHeader, Vec<u8>), ClientEr
     Ok((header, body))
 }
 
-fn read_error(error: io::Error) -> ClientError {
+pub(crate) fn read_error(error: io::Error) -> ClientError {
     match error.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => {
             ClientError::Closed
@@ -1038,9 +1076,27 @@ fn reply_dispatch(shared: &Shared, header: FrameHeader, body: Vec<u8>) -> Result
         Waiter::Reply { operation, .. } => *operation,
         Waiter::Batch(batch) => batch.operation,
     };
-    let result = match checked {
+    let result = reply_result(checked, &header, &body, shared.client_id, operation);
+    match (waiter, result) {
+        (waiter, Err(error)) => waiter_fail(waiter, &error),
+        (Waiter::Reply { slot, .. }, Ok(())) => slot.fill(Ok(Reply { header, body })),
+        (Waiter::Batch(batch), Ok(())) => batch_reply_distribute(batch, &header, &body),
+    }
+    Ok(())
+}
+
+/// What a reply to one request of `operation` says, once `check_reply` judged it (`checked`):
+/// `Ok` for records to decode, or the call's error. Shared with the async client.
+pub(crate) fn reply_result(
+    checked: Result<Status, FrameError>,
+    header: &FrameHeader,
+    body: &[u8],
+    client_id: u128,
+    operation: FrameOperation,
+) -> Result<(), ClientError> {
+    match checked {
         Err(error) => Err(ClientError::from(error)),
-        Ok(_) if header.client_id != shared.client_id => {
+        Ok(_) if header.client_id != client_id => {
             Err(ClientError::Protocol(format!("reply for client {:#x}, not this client", header.client_id)))
         }
         Ok(_) if header.operation != operation.code() => Err(ClientError::Protocol(format!(
@@ -1051,18 +1107,12 @@ fn reply_dispatch(shared: &Shared, header: FrameHeader, body: Vec<u8>) -> Result
         ))),
         Ok(Status::Ok) => Ok(()),
         Ok(Status::NotLeader) => {
-            let leader = std::str::from_utf8(&body).expect("check_reply checked the address").to_string();
+            let leader = std::str::from_utf8(body).expect("check_reply checked the address").to_string();
             Err(ClientError::NotLeader { leader: (!leader.is_empty()).then_some(leader) })
         }
         Ok(Status::Unavailable) => Err(ClientError::Unavailable),
         Ok(status) => Err(ClientError::Frame(status)),
-    };
-    match (waiter, result) {
-        (waiter, Err(error)) => waiter_fail(waiter, &error),
-        (Waiter::Reply { slot, .. }, Ok(())) => slot.fill(Ok(Reply { header, body })),
-        (Waiter::Batch(batch), Ok(())) => batch_reply_distribute(batch, &header, &body),
     }
-    Ok(())
 }
 
 fn waiter_fail(waiter: Waiter, error: &ClientError) {

@@ -78,9 +78,10 @@ pub struct GatewayFlags {
     /// Seconds Redis keeps a keyed response for retries.
     #[arg(long, default_value_t = 86_400)]
     pub idempotency_retention_s: u64,
-    /// Engine frames in flight at once (dispatcher threads).
-    #[arg(long, default_value_t = 4)]
-    pub http_dispatchers: usize,
+    /// Engine frames sent and not yet answered, at most; while that many are out, requests
+    /// fill the next frames.
+    #[arg(long, default_value_t = 4, alias = "http-dispatchers")]
+    pub http_frames_in_flight: u32,
     /// Tokio worker threads of the gateway.
     #[arg(long, default_value_t = 2)]
     pub http_worker_threads: usize,
@@ -186,7 +187,7 @@ pub fn gateway_build(
     let rate_limit = (flags.rate_limit_per_s > 0.0)
         .then_some(RateLimit { rate_per_s: flags.rate_limit_per_s, burst: flags.rate_limit_burst });
     let mut engine_options = EngineOptions::new(engine);
-    engine_options.dispatchers = flags.http_dispatchers.max(1);
+    engine_options.frames_in_flight_max = flags.http_frames_in_flight.max(1);
     let options = GatewayOptions {
         listen,
         engine: engine_options,

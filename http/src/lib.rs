@@ -2,9 +2,9 @@
 //! other upstream gateway.
 //!
 //! Async at the edge, threads in the engine: axum handlers on tokio parse, authorise and call
-//! one domain function; `engine` bridges them to the blocking `walletd_gateway::Client`
-//! through a queue and a few dispatcher threads that coalesce concurrent requests into large
-//! frames. The engine is the only state that matters: wallet ownership lives in the accounts,
+//! one domain function; `engine` bridges them to the engine through
+//! `walletd_gateway::AsyncClient`, which coalesces concurrent requests into large frames on
+//! the gateway's own runtime (no threads of its own). The engine is the only state that matters: wallet ownership lives in the accounts,
 //! idempotency is the engine's own (ids derived from the caller's keys), and Redis only shares
 //! rate limits and caches responses, so losing it never loses or duplicates money.
 //!
@@ -34,7 +34,7 @@ pub mod trace;
 
 use crate::auth::Verifier;
 use crate::currency::Currencies;
-use crate::engine::{Engine, EngineOptions, EngineThreads};
+use crate::engine::{Engine, EngineOptions};
 use crate::error::HttpError;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limiter, RateLimit, RedisDown};
@@ -83,14 +83,13 @@ pub struct Running {
     pub local_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    engine_threads: Option<EngineThreads>,
     engine: Option<Engine>,
     /// The task that keeps the `--jwks-url` key set fresh.
     jwks_refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets requests in flight finish, and stops the dispatchers.
+    /// Stops accepting, lets requests in flight finish, and closes the engine connection.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -104,8 +103,6 @@ impl Running {
         if let Some(engine) = self.engine.take() {
             engine.close();
         }
-        let threads = self.engine_threads.take();
-        let _ = tokio::task::spawn_blocking(move || drop(threads)).await;
     }
 }
 
@@ -132,7 +129,7 @@ pub async fn start(options: GatewayOptions, mut verifier: Verifier) -> Result<Ru
             }
         });
     }
-    let (engine, engine_threads) = Engine::start(options.engine.clone(), Arc::clone(&metrics));
+    let engine = Engine::start(options.engine.clone(), Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| HttpError::Bind { addr: options.listen.to_string(), source })?;
@@ -162,7 +159,6 @@ pub async fn start(options: GatewayOptions, mut verifier: Verifier) -> Result<Ru
         local_addr,
         stop: Some(stop),
         server: Some(server),
-        engine_threads: Some(engine_threads),
         engine: Some(engine),
         jwks_refresher: jwks_refresher.0.take(),
     })
