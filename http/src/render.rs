@@ -93,9 +93,16 @@ fn decimal_append(value: u128, out: &mut Vec<u8>) {
     out.extend_from_slice(&digits[start..]);
 }
 
-/// Writes `value`'s decimal digits at the end of `digits`; returns where they start.
+/// Writes `value`'s decimal digits at the end of `digits`; returns where they start. In u64
+/// while the value fits (indexes, amounts, times): a u128 division is a library call.
 fn decimal_digits(mut value: u128, digits: &mut [u8; 39]) -> usize {
     let mut start = digits.len();
+    while value > u128::from(u64::MAX) {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    let mut value = value as u64;
     loop {
         start -= 1;
         digits[start] = b'0' + (value % 10) as u8;
@@ -133,27 +140,33 @@ fn rfc3339_append(ns: u64, out: &mut Vec<u8>) {
     let seconds = ns / 1_000_000_000;
     let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
     let (year, month, day) = walletd_core::calendar::civil_from_days(days as i64);
-    let padded = |out: &mut Vec<u8>, value: u64, width: usize| {
-        let mut digits = [0u8; 39];
-        let start = decimal_digits(u128::from(value), &mut digits);
-        let length = digits.len() - start;
-        out.resize(out.len() + width.saturating_sub(length), b'0');
-        out.extend_from_slice(&digits[start..]);
-    };
-    padded(out, year as u64, 4);
+    assert!((1970..=9999).contains(&year), "a u64 of ns since 1970 ends in 2554");
+    fixed_digits_append(year as u64, 4, out);
     out.push(b'-');
-    padded(out, u64::from(month), 2);
+    fixed_digits_append(u64::from(month), 2, out);
     out.push(b'-');
-    padded(out, u64::from(day), 2);
+    fixed_digits_append(u64::from(day), 2, out);
     out.push(b'T');
-    padded(out, second_of_day / 3600, 2);
+    fixed_digits_append(second_of_day / 3600, 2, out);
     out.push(b':');
-    padded(out, second_of_day / 60 % 60, 2);
+    fixed_digits_append(second_of_day / 60 % 60, 2, out);
     out.push(b':');
-    padded(out, second_of_day % 60, 2);
+    fixed_digits_append(second_of_day % 60, 2, out);
     out.push(b'.');
-    padded(out, ns % 1_000_000_000, 9);
+    fixed_digits_append(ns % 1_000_000_000, 9, out);
     out.push(b'Z');
+}
+
+/// Appends the `width` last decimal digits of `value`, zero-padded (`value < 10^width`).
+fn fixed_digits_append(mut value: u64, width: usize, out: &mut Vec<u8>) {
+    assert!(width <= 9);
+    let mut digits = [b'0'; 9];
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    assert_eq!(value, 0, "the value has at most `width` digits");
+    out.extend_from_slice(&digits[..width]);
 }
 
 #[cfg(test)]
