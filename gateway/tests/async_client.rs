@@ -32,9 +32,12 @@ async fn calls_queued_wait(client: &AsyncClient, count: u32) {
     panic!("{count} calls never queued (now {})", client.calls_queued());
 }
 
+/// Every request a responder read: its header and its body.
+type Frames = Arc<Mutex<Vec<(FrameHeader, Vec<u8>)>>>;
+
 /// A responder that holds its first request (the client's one frame in flight) until `release`
 /// is sent, then answers everything; keeps every request's header and body.
-fn holding_responder() -> (Responder, mpsc::Sender<()>, Arc<Mutex<Vec<(FrameHeader, Vec<u8>)>>>) {
+fn holding_responder() -> (Responder, mpsc::Sender<()>, Frames) {
     let (release, released) = mpsc::channel::<()>();
     let frames = Arc::new(Mutex::new(Vec::new()));
     let frames_kept = Arc::clone(&frames);
