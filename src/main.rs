@@ -565,18 +565,31 @@ fn recovery_print(node_id: walletd_cluster::NodeId, recovery: &walletd_cluster::
     for note in &recovery.notes {
         println!("cluster: node {node_id} recovery: {note}");
     }
+    let trust = &recovery.trust;
+    if let Some(key) = &trust.verify_key {
+        let signed_last = trust.op_signed_last.map_or("none".to_string(), |op| format!("op {op}"));
+        println!(
+            "cluster: node {node_id} verified {} signed checkpoints with key {key}; the last at {signed_last}, {} ops \
+             after it",
+            trust.checkpoints_signed_verified, trust.ops_unsigned_tail
+        );
+    }
+    if let Some(head) = &trust.head_matched {
+        println!("cluster: node {node_id} chain head {head} matches the expected head");
+    }
 }
 
 /// `walletd serve --cluster`: a replicated member (see walletd_cluster), with the HTTP gateway
-/// when `--http ADDR` is given and `/metrics` with `--metrics-addr`. Checkpoint signing is not
-/// wired in cluster mode yet; asking for it is refused rather than ignored.
+/// when `--http ADDR` is given and `/metrics` with `--metrics-addr`. With `--signing-key` every
+/// checkpoint is signed (every member must hold the same key); `--verify-key` and
+/// `--expect-head` are checked at start-up as on the single node.
 fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
     let (Some(node_id), Some(raft_addr)) = (args.cluster.node_id, args.cluster.raft_addr) else {
         return Err("--cluster needs --node-id N and --raft-addr HOST:PORT".to_string());
     };
-    if args.trust.signing_key.is_some() || args.trust.verify_key.is_some() {
-        return Err("--signing-key and --verify-key are not supported with --cluster yet".to_string());
-    }
+    let trust = trust_from(&args.trust, &args.data_dir).map_err(|error| error.to_string())?;
+    let mut verification = trust.start_verification().map_err(|error| error.to_string())?;
+    verification.expect_head = args.expect_head;
     let mut config = walletd::generate::config_for(u64::from(args.accounts_max) / 2);
     config.accounts_max = args.accounts_max.max(2);
     let timeouts = walletd_cluster::RaftTimeouts {
@@ -610,6 +623,8 @@ fn cluster_serve_command(args: ServeArgs) -> Result<(), String> {
         snapshot_entries: args.cluster.raft_snapshot_entries,
         log_keep_entries: args.cluster.raft_log_keep,
         ledger_snapshot_ops: args.snapshot_ops.max(1),
+        signing_key: trust.signing_key,
+        verification,
     };
     serving_process_hooks();
     let node = walletd_cluster::cluster_start(options).map_err(|error| error.to_string())?;

@@ -30,6 +30,9 @@
 //! - Ledger snapshots: every member writes its own and archives the journal behind them; a
 //!   follower restarts from its newest (replaying only the journal after it), from the older one
 //!   when the newest is damaged, and from the whole journal when every one is.
+//! - Signed checkpoints: every member signs with the one key they hold; every journal verifies
+//!   under it (and under no other), at a member's start-up and with `walletd replay`; a member
+//!   that signs otherwise is refused by `cluster add`.
 //!
 //! The tests wait on events (lines the members print, a durable mark in a data directory),
 //! with deadlines generous for a loaded two-core machine; nothing sleeps a fixed time.
@@ -277,7 +280,14 @@ impl Cluster {
 
     /// Restarts a killed member on its data directory and addresses.
     fn restart(&mut self, id: u64) {
-        let extra = self.extra_args.clone();
+        self.restart_with(id, &[]);
+    }
+
+    /// Restarts a killed member with `extra` flags beside the cluster's.
+    fn restart_with(&mut self, id: u64, extra: &[&str]) {
+        let mut extra_all = self.extra_args.clone();
+        extra_all.extend(extra.iter().map(|arg| arg.to_string()));
+        let extra = extra_all;
         let member = self.member(id);
         let (addr, raft_addr) = (member.addr.to_string(), member.raft_addr.to_string());
         let dir = member.dir.clone();
@@ -545,15 +555,16 @@ fn a_torn_raft_log_tail_is_cut_and_a_flipped_byte_refused() {
     sized[middle..middle + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     for (damaged, named) in [(flipped, "checksum"), (sized, "does not fit before the end of the file")] {
         std::fs::write(&log_path, &damaged).expect("write the damaged log");
-        let stderr = start_refused(cluster.member(follower));
+        let stderr = start_refused(cluster.member(follower), &[]);
         assert!(stderr.contains("is corrupt at byte") && stderr.contains(named), "the refusal names it: {stderr}");
     }
     std::fs::write(&log_path, &good).expect("restore the log");
 }
 
 /// Starts `member` expecting it to refuse (exit non-zero); returns what it printed on stderr.
-fn start_refused(member: &Member) -> String {
-    let args = member_args(member.id, &member.raft_addr.to_string(), &[]);
+/// Starts `member` with `extra` flags, expects it to refuse to start; returns its stderr.
+fn start_refused(member: &Member, extra: &[String]) -> String {
+    let args = member_args(member.id, &member.raft_addr.to_string(), extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_walletd"))
         .args(["serve", "--addr", &member.addr.to_string(), "--data-dir"])
         .arg(&member.dir)
@@ -579,7 +590,7 @@ fn start_refused(member: &Member) -> String {
     drop(exited);
     watchdog.join().expect("the watchdog");
     let status = child.wait().expect("wait");
-    assert!(!status.success(), "member {} started on a damaged Raft log", member.id);
+    assert!(!status.success(), "member {} started, and should have refused", member.id);
     stderr
 }
 
@@ -1072,4 +1083,85 @@ fn members_restart_from_their_own_ledger_snapshots() {
     assert_eq!((from, replayed), (None, reached), "{line}");
     acknowledged.extend(transfers_through(&client, 110, 10));
     acknowledged_kept_and_members_agree(&cluster.dirs(), &client, &acknowledged, EVENT_TIMEOUT);
+}
+
+/// `walletd keygen --out DIR/NAME`: (private key file, public key in hex).
+fn key_make(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_walletd")).arg("keygen").arg("--out").arg(&path).output().expect("keygen");
+    assert!(output.status.success(), "keygen: {}", String::from_utf8_lossy(&output.stderr));
+    let public = String::from_utf8(output.stdout).expect("utf-8").trim().to_string();
+    (path.to_str().expect("a UTF-8 path").to_string(), public)
+}
+
+/// `walletd replay --json --data-dir DIR --verify-key KEY`: Ok(signed checkpoints verified), or
+/// Err(stderr).
+fn replay_verified(dir: &Path, verify_key: &str) -> Result<u64, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(["replay", "--json", "--verify-key", verify_key, "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("walletd replay runs");
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("replay --json prints one object");
+    Ok(report["trust"]["checkpoints_signed_verified"].as_u64().expect("trust.checkpoints_signed_verified"))
+}
+
+/// Every member signs its checkpoints with the one key they all hold: the journals stay the
+/// same bytes, every one verifies under the public key (and under no other), a member
+/// restarted with `--verify-key` verifies its journal at start-up, and no more than
+/// `--checkpoint-ops` commands follow the last signed checkpoint. A member that signs with
+/// another key is refused by `cluster add`; one whose verify key is not its signing key's
+/// refuses to start.
+#[test]
+fn members_sign_their_checkpoints_with_one_key() {
+    const CHECKPOINT_OPS: u64 = 4;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = key_make(keys.path(), "checkpoint.key");
+    let (key_other, public_other) = key_make(keys.path(), "other.key");
+    let ops = CHECKPOINT_OPS.to_string();
+    let mut cluster = Cluster::start(&["--signing-key", &key, "--checkpoint-ops", &ops]);
+    let (leader, _) = cluster.leader_wait(0, None);
+    let client = cluster.client();
+    assert_eq!(client.create_accounts(&accounts(ACCOUNTS)).expect("create accounts"), vec![]);
+    transfers_through(&client, 0, 30);
+    let op = members_agree(&cluster.dirs(), &client, EVENT_TIMEOUT);
+    for (id, dir) in cluster.dirs() {
+        let verified = replay_verified(&dir, &public).unwrap_or_else(|error| panic!("member {id}: {error}"));
+        // 31 commands: a checkpoint after every 4, the leaders' blank entries, init's
+        // membership and the last checkpoint taken above.
+        assert!(verified >= 31 / CHECKPOINT_OPS + 1, "member {id}: {verified} signed checkpoints to op {op}");
+        let refused = replay_verified(&dir, &public_other).expect_err("another key verifies nothing");
+        assert!(refused.contains("signature"), "member {id}: {refused}");
+    }
+
+    let follower = (1..=MEMBERS).find(|id| *id != leader).expect("a follower");
+    cluster.kill(follower);
+    let wrong = vec!["--signing-key".to_string(), key.clone(), "--verify-key".to_string(), public_other.clone()];
+    let refusal = start_refused(cluster.member(follower), &wrong);
+    assert!(refusal.contains(&public_other), "{refusal}");
+    cluster.restart_with(follower, &["--verify-key", &public]);
+    let line = cluster.line_wait(follower, &format!("cluster: node {follower} verified "));
+    assert!(line.contains(&public), "{line}");
+    transfers_through(&client, 30, 10);
+    let op_after = members_agree(&cluster.dirs(), &client, EVENT_TIMEOUT);
+    assert!(op_after > op);
+    for (id, dir) in cluster.dirs() {
+        replay_verified(&dir, &public).unwrap_or_else(|error| panic!("member {id}: {error}"));
+    }
+
+    // A member signing with another key would write other bytes: refused.
+    const OTHER_KEY: u64 = 4;
+    let tmp_other = tempfile::tempdir().expect("tempdir");
+    let other_args = ["--signing-key".to_string(), key_other, "--checkpoint-ops".to_string(), ops.clone()];
+    let (child, addr, raft_addr) =
+        member_start(OTHER_KEY, tmp_other.path(), "127.0.0.1:0", "127.0.0.1:0", &other_args, &cluster.lines_sender);
+    let other = format!("{OTHER_KEY}={raft_addr}/{addr}");
+    let leader_raft = cluster.member(leader).raft_addr.to_string();
+    let (ok, _, stderr) = cluster.tool(&["add", "--raft-addr", &leader_raft, "--member", &other]);
+    assert!(!ok && stderr.contains("signs checkpoints"), "{stderr}");
+    drop(child);
 }

@@ -89,6 +89,8 @@ pub struct Status {
     pub members: BTreeMap<NodeId, Member>,
     /// The member's ledger config (`config_hex`): equal on every member.
     pub ledger_config: String,
+    /// How it signs checkpoints (`checkpoint_signing_describe`): equal on every member.
+    pub checkpoint_signing: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,6 +142,8 @@ pub struct Local {
     pub raft: Raft,
     pub node_id: NodeId,
     pub config: walletd_core::Config,
+    /// How this member signs checkpoints (`checkpoint_signing_describe`).
+    pub checkpoint_signing: String,
     pub data_root: PathBuf,
     pub machine: StateMachine,
     /// Told after each AppendEntries whether this member's log is behind the leader's commit.
@@ -206,7 +210,7 @@ async fn peer_connection(mut stream: TcpStream, local: Local) {
                 return;
             }
             PeerRequest::Init(members) => PeerReply::Init(init(&local, members).await),
-            PeerRequest::Status => PeerReply::Status(status_of(raft, local.node_id, &local.config)),
+            PeerRequest::Status => PeerReply::Status(status_of(raft, &local)),
             PeerRequest::MemberAdd(id, member) => PeerReply::Membership(member_add(&local, id, member).await),
             PeerRequest::MemberRemove(id) => PeerReply::Membership(member_remove(raft, id).await),
         };
@@ -258,7 +262,8 @@ async fn status_fetch(raft_addr: &str) -> Result<Status, String> {
 }
 
 /// Refuses a member whose ledger config is not this member's: replicas of one ledger must
-/// apply the same commands to the same config, or their states diverge.
+/// apply the same commands to the same config, or their states diverge; and one that signs
+/// checkpoints otherwise, or their journals' bytes would.
 async fn config_check(local: &Local, id: NodeId, member: &Member) -> Result<(), String> {
     let status = status_fetch(&member.raft_addr).await?;
     if status.node_id != id {
@@ -270,6 +275,13 @@ async fn config_check(local: &Local, id: NodeId, member: &Member) -> Result<(), 
             "node {id}'s ledger config ({}) is not node {}'s ({ours}): every member must be created with the same \
              --accounts-max",
             status.ledger_config, local.node_id
+        ));
+    }
+    if status.checkpoint_signing != local.checkpoint_signing {
+        return Err(format!(
+            "node {id} signs checkpoints as \"{}\", node {} as \"{}\": every member must be started with the same \
+             --signing-key and --checkpoint-ops, or their journals differ",
+            status.checkpoint_signing, local.node_id, local.checkpoint_signing
         ));
     }
     Ok(())
@@ -370,18 +382,19 @@ pub fn config_hex(config: &walletd_core::Config) -> String {
     config.encode().iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-pub fn status_of(raft: &Raft, node_id: NodeId, config: &walletd_core::Config) -> Status {
+pub fn status_of(raft: &Raft, local: &Local) -> Status {
     let metrics = raft.metrics().borrow().clone();
     let members = metrics.membership_config.nodes().map(|(id, member)| (*id, member.clone())).collect();
     Status {
-        node_id,
+        node_id: local.node_id,
         term: metrics.current_term,
         leader: metrics.current_leader,
         state: format!("{:?}", metrics.state),
         last_log_index: metrics.last_log_index,
         last_applied_index: metrics.last_applied.map(|log_id| log_id.index),
         members,
-        ledger_config: config_hex(config),
+        ledger_config: config_hex(&local.config),
+        checkpoint_signing: local.checkpoint_signing.clone(),
     }
 }
 

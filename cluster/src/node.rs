@@ -17,8 +17,9 @@
 //! - a ping is answered at once; a snapshot request proposes a checkpoint (each member's
 //!   ledger snapshot replica writes a snapshot there if its own interval is due).
 //!
-//! Every `checkpoint_entries` writes the leader proposes a checkpoint entry, so every journal
-//! carries state hashes at the same ops, which `walletd replay` verifies on each node.
+//! After every `checkpoint_entries` commands it proposes, the leader proposes a checkpoint
+//! entry, so every journal carries state hashes (signed, when the members sign) at the same
+//! ops, which `walletd replay` verifies on each node.
 
 use crate::elections::Elections;
 use crate::error::ClusterError;
@@ -32,7 +33,6 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -42,9 +42,12 @@ use walletd_gateway::server::{
     serve, server_info, Acceptor, Connections, EngineStopped, ServerOptions, ServerRequest, Submit,
 };
 use walletd_journal::FileStorage;
+use walletd_replay::checkpoint::{hex, CheckpointSigner};
 use walletd_replay::data_dir::DataDir;
 use walletd_replay::recovery::recover;
-use walletd_replay::{replica_of, DirLock, DurableMark, Position, SnapshotWhen, Snapshotter, Verification};
+use walletd_replay::{
+    replica_of, DirLock, DurableMark, Position, SigningKey, SnapshotWhen, Snapshotter, TrustReport, Verification,
+};
 use walletd_snapshot::SNAPSHOTS_KEPT_DEFAULT;
 
 /// Raft's timing. With openraft 0.9 a follower stands for election once it has heard nothing
@@ -104,6 +107,12 @@ pub struct ClusterOptions {
     /// replica writes one at the first checkpoint this many ops after its newest, and a
     /// restart loads the newest valid one and replays only the journal after it.
     pub ledger_snapshot_ops: u64,
+    /// Checkpoints signed with this Ed25519 key, as on the single node. Every member holds the
+    /// same key (init and add refuse a member that signs otherwise): the signature is
+    /// deterministic, so every journal stays the same bytes.
+    pub signing_key: Option<SigningKey>,
+    /// What start-up verifies of the journal before Raft starts (signatures, a chain head).
+    pub verification: Verification,
 }
 
 /// The default of `ClusterOptions::append_entries_max`.
@@ -152,6 +161,8 @@ pub struct Recovery {
     /// The op recovery reached.
     pub op: u64,
     pub notes: Vec<String>,
+    /// The signatures and chain head start-up verified.
+    pub trust: TrustReport,
 }
 
 const NODE_ID_FILE: &str = "node_id";
@@ -168,7 +179,11 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
     let raft_dir = options.data_dir.root.join("raft");
     node_id_pin(&raft_dir, options.node_id)?;
     let recovered =
-        recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &Verification::default())?;
+        recover(FileStorage::default(), &options.data_dir, options.segment_size_bytes, &options.verification)?;
+    // Commands between two checkpoints are at most `checkpoint_entries` (see `dispatch_run`),
+    // which is the interval a signature promises.
+    let signer = options.signing_key.clone().map(|key| CheckpointSigner::new(key, options.checkpoint_entries, &config));
+    let checkpoint_signing = checkpoint_signing_describe(options.signing_key.as_ref(), options.checkpoint_entries);
     let (log, opened) = LogStore::open(&raft_dir)?;
     // A member behind the leader's commit, or installing a snapshot, does not stand for
     // election; it stands again after three election timeouts with neither (`elections`).
@@ -180,6 +195,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         records_replayed: recovered.replay.records,
         op,
         notes: recovered.notes(),
+        trust: recovered.replay.trust.clone(),
     };
     if op > 0 && opened.last.is_none() && snapshots.current().is_none() && install_interrupted.is_none() {
         return Err(ClusterError::Refused(format!(
@@ -202,7 +218,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         SNAPSHOTS_KEPT_DEFAULT,
         SnapshotWhen::Every { ops: options.ledger_snapshot_ops },
     )?;
-    let machine = Machine::new(recovered.ledger, recovered.journal, durable_mark, snapshotter);
+    let machine = Machine::new(recovered.ledger, recovered.journal, durable_mark, snapshotter, signer);
     let machine = StateMachine::new(machine, log.clone(), Arc::new(snapshots), options.node_id);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -230,6 +246,7 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         raft: raft.clone(),
         node_id: options.node_id,
         config,
+        checkpoint_signing,
         data_root: options.data_dir.root.clone(),
         machine: machine.clone(),
         elections,
@@ -253,6 +270,18 @@ pub fn cluster_start(options: ClusterOptions) -> Result<RunningCluster, ClusterE
         outcomes,
         _lock: lock,
     })
+}
+
+/// How a member signs its checkpoints, as `cluster status` shows it and init and add compare:
+/// `none`, or the public key and the interval. Both are in every signed checkpoint's bytes, so
+/// members that differ in either would write different journals.
+pub fn checkpoint_signing_describe(signing_key: Option<&SigningKey>, checkpoint_entries: u64) -> String {
+    match signing_key {
+        None => "none".to_string(),
+        Some(key) => {
+            format!("ed25519 {} every {checkpoint_entries} commands", hex(&key.verifying_key().to_bytes()))
+        }
+    }
 }
 
 fn raft_config(options: &ClusterOptions) -> Result<Arc<openraft::Config>, ClusterError> {
@@ -342,7 +371,6 @@ fn gateway_start(
         ping_body: server_info(config, &server_options).encode().to_vec(),
         write_timeout: options.write_timeout,
         checkpoint_entries: options.checkpoint_entries,
-        writes: AtomicU64::new(0),
         outcomes: Arc::clone(&outcomes),
     });
     runtime.spawn(dispatch_run(dispatch, receiver, options.in_flight_max));
@@ -403,14 +431,21 @@ struct Dispatch {
     ping_body: Vec<u8>,
     write_timeout: Duration,
     checkpoint_entries: u64,
-    writes: AtomicU64,
     outcomes: Arc<WriteCounters>,
 }
 
 /// Takes requests in arrival order: writes are proposed in that order (so one connection's
 /// writes commit in the order it sent them); their answers are awaited by tasks.
+///
+/// After every `checkpoint_entries` commands proposed, a checkpoint is proposed (fire and
+/// forget: it is a state hash, signed when the members sign). This task is the member's only
+/// proposer of commands, and Raft keeps a leader's entries of one term in the order proposed
+/// (an entry survives only with those before it), while every leader starts its term with a
+/// blank entry, which is a checkpoint too. So no journal holds more than `checkpoint_entries`
+/// commands between two checkpoints, the interval a signed checkpoint promises.
 async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<ServerRequest>, in_flight_max: usize) {
     let permits = Arc::new(Semaphore::new(in_flight_max));
+    let mut commands_since_checkpoint = 0u64;
     // Per connection, the completion of its newest write: a read waits for it.
     let mut writes_last: HashMap<u64, watch::Receiver<bool>> = HashMap::new();
     while let Some(request) = receiver.recv().await {
@@ -432,12 +467,22 @@ async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<Serv
             }
             FrameOperation::Ledger(_) | FrameOperation::Snapshot => {
                 let proposal = match request.operation {
-                    FrameOperation::Snapshot => Proposal::Checkpoint,
-                    _ => Proposal::Command { timestamp_ns: now_ns(), command: request.command.clone() },
+                    FrameOperation::Snapshot => {
+                        commands_since_checkpoint = 0;
+                        Proposal::Checkpoint
+                    }
+                    _ => {
+                        commands_since_checkpoint += 1;
+                        Proposal::Command { timestamp_ns: now_ns(), command: request.command.clone() }
+                    }
                 };
                 let (done, done_receiver) = watch::channel(false);
                 writes_last.insert(request.connection, done_receiver);
                 let answer = dispatch.raft.client_write_ff(proposal).await;
+                if commands_since_checkpoint == dispatch.checkpoint_entries {
+                    let _ = dispatch.raft.client_write_ff(Proposal::Checkpoint).await;
+                    commands_since_checkpoint = 0;
+                }
                 let dispatch = Arc::clone(&dispatch);
                 tokio::spawn(async move {
                     match answer {
@@ -465,7 +510,6 @@ impl Dispatch {
                     walletd_gateway::protocol::timestamp_encode(timestamp_ns, &mut body);
                 }
                 self.reply(request, Status::Ok, op, record_count, &body);
-                self.checkpoint_maybe().await;
             }
             Ok(Ok(Err(ClientWriteError::ForwardToLeader(forward)))) => {
                 WriteCounters::add(&self.outcomes.not_leader);
@@ -475,15 +519,6 @@ impl Dispatch {
                 WriteCounters::add(&self.outcomes.unavailable);
                 self.reply(request, Status::Unavailable, 0, 0, &[]);
             }
-        }
-    }
-
-    /// Every `checkpoint_entries` acknowledged writes, a checkpoint (fire and forget: it is
-    /// only a state hash in every journal).
-    async fn checkpoint_maybe(&self) {
-        let writes = self.writes.fetch_add(1, Ordering::Relaxed) + 1;
-        if writes % self.checkpoint_entries == 0 {
-            let _ = self.raft.client_write_ff(Proposal::Checkpoint).await;
         }
     }
 

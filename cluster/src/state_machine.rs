@@ -4,7 +4,9 @@
 //! same steps as the single-node writer — so every node's journal holds exactly the committed
 //! sequence, and `walletd replay` works on any node's data directory. Each entry becomes one
 //! journal record: a command entry its `CommandBatch`; a checkpoint entry, and openraft's own
-//! blank (leader) and membership entries, a `Checkpoint` of the state hash. So the journal op of
+//! blank (leader) and membership entries, a `Checkpoint` of the state hash (signed when the
+//! members sign: Ed25519 signatures are deterministic, so every member writes the same
+//! bytes). So the journal op of
 //! Raft index `i` is `i + 1`, and the applied position is read from the journal at start-up
 //! (the journal is the truth): `op_durable - 1`. A batch of entries is committed with one
 //! fdatasync before `apply` returns, so an entry the leader answers for is durable in its
@@ -34,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use walletd_core::{Command, CommandScratch, Config, Ledger, Output, Query};
 use walletd_gateway::protocol;
 use walletd_journal::{record_header_encode, FileStorage, Journal, Record, RecordKind};
-use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, RecordAt};
+use walletd_replay::checkpoint::{checkpoint_encode, Checkpoint, CheckpointSigner, RecordAt};
 use walletd_replay::replay::Replayer;
 use walletd_replay::{DurableMark, Position, Snapshotter};
 
@@ -48,6 +50,8 @@ pub struct Machine {
     durable_mark: DurableMark,
     /// The ledger snapshot replica, told of every commit.
     snapshotter: Snapshotter,
+    /// Signs every checkpoint (the same key on every member, so the same bytes).
+    signer: Option<CheckpointSigner>,
     /// The op up to which journal segments were archived (the newest ledger snapshot then).
     op_archived: u64,
     /// Journal archive moves that failed (housekeeping: the node goes on).
@@ -71,6 +75,7 @@ impl Machine {
         journal: Journal<FileStorage>,
         durable_mark: DurableMark,
         snapshotter: Snapshotter,
+        signer: Option<CheckpointSigner>,
     ) -> Machine {
         assert_eq!(journal.op_appended(), journal.op_durable(), "the state machine starts from a durable journal");
         assert!(snapshotter.op_snapshot() <= journal.op_durable(), "the journal reaches the newest snapshot");
@@ -85,6 +90,7 @@ impl Machine {
             scratch,
             durable_mark,
             snapshotter,
+            signer,
             op_archived,
             archive_failures: 0,
             applied: None,
@@ -249,7 +255,7 @@ impl Machine {
         let checkpoint = Checkpoint::of(&self.ledger, 0);
         let timestamp_ns = self.journal.timestamp_ns_last().max(self.ledger.timestamp_last());
         let at = RecordAt { op, timestamp_ns, checksum_prev: self.journal.checksum_last() };
-        let (body, size_bytes) = checkpoint_encode(&checkpoint, None, &at);
+        let (body, size_bytes) = checkpoint_encode(&checkpoint, self.signer.as_ref(), &at);
         if let Err(error) = self.journal.append(op, timestamp_ns, RecordKind::Checkpoint, &body[..size_bytes]) {
             fail_stop("journal append", &error.to_string());
         }

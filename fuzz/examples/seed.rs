@@ -339,6 +339,12 @@ fn frame_reply_seeds(book: &mut Book) -> Seeds {
     lost.copy_from_slice(&busy[..HEADER_SIZE_BYTES]);
     let bad_magic = FrameHeader::error_reply_to(&lost, walletd_gateway::FrameError::BadMagic { magic: *b"XXXX" });
     let connection_error = bad_magic.encode();
+    // A follower's answer to a write: `not_leader` with the leader's client address, and with
+    // none (no leader known).
+    let mut not_leader = Vec::new();
+    let request = FrameHeader::request(FrameOperation::Ledger(Operation::CreateTransfers), 7, 9, 2);
+    frame_append(&FrameHeader::reply_to(&request, Status::NotLeader, 0, 0), b"127.0.0.1:4101", &mut not_leader);
+    frame_append(&FrameHeader::reply_to(&request, Status::NotLeader, 0, 0), &[], &mut not_leader);
     let sealed = frames::SEAL_ALL;
     vec![
         ("create_transfers", frames::frames_input(sealed, &[&create_transfers])),
@@ -347,6 +353,7 @@ fn frame_reply_seeds(book: &mut Book) -> Seeds {
         ("lookup_transfers", frames::frames_input(sealed, &[&lookup_transfers])),
         ("lookup_balances", frames::frames_input(sealed, &[&lookup_balances])),
         ("errors", frames::frames_input(sealed, &[&busy, &connection_error])),
+        ("not_leader", frames::frames_input(sealed, &[&not_leader])),
         ("pipelined", frames::frames_input(sealed, &[&pulse, &lookup_balances, &create_transfers])),
         ("raw_lookup_balances", frames::frames_input(0, &[&lookup_balances])),
     ]
