@@ -57,7 +57,11 @@ pub struct ExportKafkaArgs {
     /// … or this many bytes of records.
     #[arg(long, default_value_t = 8 << 20)]
     pub request_size_max_bytes: usize,
-    /// Produce requests written to the broker and not yet answered, at most.
+    /// Connections to each broker: the partitions are dealt over them, each connection with
+    /// its own window of requests in flight (a broker may serve its connections side by side).
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Produce requests written on one connection and not yet answered, at most.
     #[arg(long, default_value_t = 4)]
     pub requests_in_flight_max: usize,
     /// How long a request may take before the session ends and a new one resumes.
@@ -117,6 +121,7 @@ pub fn export_command(command: ExportCommands) -> Result<(), ExportError> {
         exit_when_caught_up: args.exit_when_caught_up,
         request_events_max: args.request_events_max,
         request_size_max_bytes: args.request_size_max_bytes,
+        connections: args.connections,
         requests_in_flight_max: args.requests_in_flight_max,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         lock_path: args.lock_file,

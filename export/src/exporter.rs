@@ -54,7 +54,8 @@ use crate::event::EventPosition;
 use crate::metrics::{metrics_serve, ExportMetrics};
 use crate::produce::{
     answers_match, error_is_producer_lost, error_name, init_producer_id_request, init_producer_id_response_decode,
-    produce_response_decode, response_size, BatchSent, PartitionAnswer, ProducerId, RequestBuilder,
+    produce_response_decode, response_size, BatchSent, PartitionAnswer, ProducerId, Request, RequestBuffers,
+    RequestBuilder,
 };
 use crate::tail::{tails_read, PartitionEnd, Tail, HEADER_ACKED_THROUGH, HEADER_POSITION};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -62,6 +63,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +75,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use walletd_replay::{FollowOptions, Follower, Position};
 
+/// Connections to one broker, at most.
+const CONNECTIONS_MAX: usize = 16;
 /// Chunks built by the follower and not yet sent (the channel's bound).
 const CHANNEL_CHUNKS_MAX: usize = 2;
 /// A partition's sequence numbers are i32 and may not wrap: past this many records of one
@@ -100,7 +104,10 @@ pub struct ExportOptions {
     pub request_events_max: u32,
     /// … or this many bytes of records (an op's events may be split over requests).
     pub request_size_max_bytes: usize,
-    /// Produce requests written and not yet answered, at most.
+    /// Connections to each broker; a partition's requests all go over one of them, each
+    /// connection with its own window of requests in flight.
+    pub connections: usize,
+    /// Produce requests written and not yet answered on one connection, at most.
     pub requests_in_flight_max: usize,
     /// How long a request may take: start-up requests (metadata, topic creation, the ends),
     /// and each Produce request's answer (past it the session ends and a new one resumes).
@@ -123,6 +130,7 @@ impl ExportOptions {
             exit_when_caught_up: false,
             request_events_max: 20_000,
             request_size_max_bytes: 8 << 20,
+            connections: 1,
             requests_in_flight_max: 4,
             request_timeout: Duration::from_secs(30),
             lock_path: None,
@@ -146,6 +154,9 @@ impl ExportOptions {
         }
         if self.request_size_max_bytes > 256 << 20 {
             return Err(ExportError::Option("--request-size-max-bytes is at most 256 MiB".into()));
+        }
+        if !(1..=CONNECTIONS_MAX).contains(&self.connections) {
+            return Err(ExportError::Option(format!("--connections is between 1 and {CONNECTIONS_MAX}")));
         }
         if !(1..=64).contains(&self.requests_in_flight_max) {
             return Err(ExportError::Option("--requests-in-flight-max is between 1 and 64".into()));
@@ -283,11 +294,7 @@ async fn session_run(
     terminated: watch::Receiver<bool>,
 ) -> Result<(), ExportError> {
     let leaders = topic_ensure(options).await?;
-    let mut addrs: Vec<String> = leaders.clone();
-    addrs.sort();
-    addrs.dedup();
-    let connection_of: Vec<usize> =
-        leaders.iter().map(|leader| addrs.binary_search(leader).expect("every leader is listed")).collect();
+    let (addrs, connection_of) = connections_plan(&leaders, options.connections);
     let mut streams = Vec::with_capacity(addrs.len());
     for addr in &addrs {
         streams.push(connect(addr, options.request_timeout).await?);
@@ -350,6 +357,7 @@ async fn session_run(
         builder: RequestBuilder::new(&options.topic, producer.id, sequences),
         connection_of,
         correlation_next: vec![1; addrs.len()],
+        spare: spare_receiver,
         request_events_max: u64::from(options.request_events_max),
         request_size_max_bytes: options.request_size_max_bytes,
         request_timeout_ms: i32::try_from(options.request_timeout.as_millis()).unwrap_or(i32::MAX),
@@ -357,16 +365,19 @@ async fn session_run(
     };
     let follower_thread = std::thread::Builder::new()
         .name("export-follow".into())
-        .spawn(move || follow.run(sender, spare_receiver))
+        .spawn(move || follow.run(sender))
         .map_err(ExportError::io("starting the follower thread"))?;
     let (answer_sender, answers) = mpsc::unbounded_channel();
     let mut writers = Vec::with_capacity(streams.len());
-    let mut readers = Vec::with_capacity(streams.len());
+    let mut tasks = Vec::with_capacity(2 * streams.len());
     for (index, stream) in streams.into_iter().enumerate() {
         let (read, write) = stream.into_split();
-        writers.push(write);
-        readers.push(tokio::spawn(answers_read(index, read, answer_sender.clone())));
+        let (request_sender, requests) = mpsc::unbounded_channel();
+        writers.push(request_sender);
+        tasks.push(tokio::spawn(requests_write(index, write, requests, spare_sender.clone(), answer_sender.clone())));
+        tasks.push(tokio::spawn(answers_read(index, read, answer_sender.clone())));
     }
+    drop(spare_sender);
     let mut session = Session {
         topic: options.topic.clone(),
         writers,
@@ -382,13 +393,12 @@ async fn session_run(
         acked_shared,
         metrics: Arc::clone(metrics),
         exported: 0,
-        spare: spare_sender,
         renew: false,
     };
     let result = session.run(receiver, terminated).await;
     stop.store(true, Ordering::Release);
-    for reader in &readers {
-        reader.abort();
+    for task in &tasks {
+        task.abort();
     }
     let (exported, acked, renew) = (session.exported, session.acked, session.renew);
     drop(session); // the connections close
@@ -406,6 +416,35 @@ async fn session_run(
         ));
     }
     Ok(())
+}
+
+/// The connections of a session and each partition's: `connections` to each partition leader
+/// (`leaders[p]`), a leader's partitions dealt over its connections in turn. A partition's
+/// requests all go over one connection, so the broker reads its batches in the order they
+/// were sent (a connection's requests are handled in order), as the sequence numbers need.
+fn connections_plan(leaders: &[String], connections: usize) -> (Vec<String>, Vec<usize>) {
+    assert!(connections >= 1, "at least one connection a broker");
+    let mut brokers: Vec<&String> = leaders.iter().collect();
+    brokers.sort();
+    brokers.dedup();
+    let addrs: Vec<String> =
+        brokers.iter().flat_map(|broker| std::iter::repeat_n((*broker).clone(), connections)).collect();
+    let mut dealt = vec![0usize; brokers.len()];
+    let connection_of: Vec<usize> = leaders
+        .iter()
+        .map(|leader| {
+            let broker = brokers.binary_search(&leader).expect("every leader is listed");
+            let connection = broker * connections + dealt[broker] % connections;
+            dealt[broker] += 1;
+            connection
+        })
+        .collect();
+    assert_eq!(addrs.len(), brokers.len() * connections, "connections to every leader");
+    assert!(
+        connection_of.iter().zip(leaders).all(|(connection, leader)| addrs[*connection] == *leader),
+        "a partition's connection is to its leader"
+    );
+    (addrs, connection_of)
 }
 
 /// A connection to a broker, with Nagle off (a request is written whole, its answer awaited).
@@ -438,6 +477,44 @@ async fn producer_id_init(stream: &mut TcpStream, timeout: Duration) -> Result<P
         .map_err(ExportError::io(context))?;
     init_producer_id_response_decode(&body, CORRELATION_ID)
         .map_err(|reason| ExportError::Broker(format!("{context}: it answered {reason}")))
+}
+
+/// Writes one connection's requests in the order the session queued them, each with vectored
+/// writes straight from its buffers (`Request::io_slices`), and hands the buffers back to the
+/// follower; a failed write is reported to the session like a failed answer, and ends it.
+async fn requests_write(
+    connection: usize,
+    mut write: OwnedWriteHalf,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    spare: std::sync::mpsc::Sender<RequestBuffers>,
+    events: mpsc::UnboundedSender<(usize, Result<Vec<u8>, ExportError>)>,
+) {
+    while let Some(request) = requests.recv().await {
+        if let Err(error) = request_write(&mut write, &request).await {
+            let _ = events.send((connection, Err(ExportError::io("writing a produce request")(error))));
+            return;
+        }
+        // The follower may have stopped; then the buffers are simply dropped.
+        let _ = spare.send(request.into_buffers());
+    }
+}
+
+/// One request, written whole: `writev` until every slice is out.
+async fn request_write(write: &mut OwnedWriteHalf, request: &Request) -> std::io::Result<()> {
+    let mut slices_owned = request.io_slices();
+    let mut slices: &mut [IoSlice<'_>] = &mut slices_owned;
+    let mut left = request.size_bytes();
+    while !slices.is_empty() {
+        let written = write.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        assert!(written <= left, "no more written than there was");
+        left -= written;
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    assert_eq!(left, 0, "every byte of the request written");
+    Ok(())
 }
 
 /// Reads one connection's answers (their bytes after the size) and hands them to the session,
@@ -574,9 +651,7 @@ struct OpDone {
 
 struct ChunkRequest {
     connection: usize,
-    correlation_id: i32,
-    bytes: Vec<u8>,
-    batches: Vec<BatchSent>,
+    request: Request,
 }
 
 /// The follower's side: ops to events, skipping what a previous session already wrote, into
@@ -593,6 +668,8 @@ struct FollowTask {
     /// Each partition's broker connection (index).
     connection_of: Vec<usize>,
     correlation_next: Vec<i32>,
+    /// Written requests' buffers, back from the session to be filled again.
+    spare: std::sync::mpsc::Receiver<RequestBuffers>,
     request_events_max: u64,
     request_size_max_bytes: usize,
     request_timeout_ms: i32,
@@ -601,11 +678,7 @@ struct FollowTask {
 }
 
 impl FollowTask {
-    fn run(
-        mut self,
-        sender: mpsc::Sender<FollowItem>,
-        spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    ) -> Result<(), ExportError> {
+    fn run(mut self, sender: mpsc::Sender<FollowItem>) -> Result<(), ExportError> {
         let mut follower = Follower::open(&self.dir, self.after, FollowOptions::default())?;
         let mut records = OpRecords::default();
         let mut acked_header = Vec::with_capacity(64);
@@ -614,7 +687,7 @@ impl FollowTask {
             let Some(op) = follower.next_op()? else {
                 self.metrics.op_durable.set(follower.position().op.max(self.metrics.op_durable.get()));
                 if (self.builder.records_count() > 0 || completes.is_some())
-                    && !self.chunk_send(&sender, &spare, completes.take())
+                    && !self.chunk_send(&sender, completes.take())
                 {
                     return Ok(());
                 }
@@ -634,11 +707,11 @@ impl FollowTask {
             acked_header.extend_from_slice(self.acked.lock().expect("not poisoned").to_string().as_bytes());
             let timestamp_ms = i64::try_from(timestamp_ns / 1_000_000).expect("a timestamp in ms fits i64");
             for record in records.records() {
-                if self.full() && !self.chunk_send(&sender, &spare, completes.take()) {
+                if self.full() && !self.chunk_send(&sender, completes.take()) {
                     return Ok(());
                 }
                 if self.builder.sequence_next(record.partition) >= SEQUENCE_RENEW_AT {
-                    if !self.chunk_send(&sender, &spare, completes.take()) {
+                    if !self.chunk_send(&sender, completes.take()) {
                         return Ok(());
                     }
                     let _ = sender.blocking_send(FollowItem::Renew);
@@ -652,7 +725,7 @@ impl FollowTask {
                 self.builder.record_append(record.partition, timestamp_ms, key, value, &headers);
             }
             completes = Some(OpDone { position, timestamp_ns });
-            if self.full() && !self.chunk_send(&sender, &spare, completes.take()) {
+            if self.full() && !self.chunk_send(&sender, completes.take()) {
                 return Ok(());
             }
         }
@@ -666,23 +739,19 @@ impl FollowTask {
 
     /// Closes the records appended so far into requests and hands them over; false if the
     /// session has stopped.
-    fn chunk_send(
-        &mut self,
-        sender: &mpsc::Sender<FollowItem>,
-        spare: &std::sync::mpsc::Receiver<Vec<u8>>,
-        completes: Option<OpDone>,
-    ) -> bool {
+    fn chunk_send(&mut self, sender: &mpsc::Sender<FollowItem>, completes: Option<OpDone>) -> bool {
+        while let Ok(buffers) = self.spare.try_recv() {
+            self.builder.buffers_return(buffers);
+        }
         let mut requests = Vec::new();
         for connection in 0..self.correlation_next.len() {
-            let mut bytes = spare.try_recv().unwrap_or_default();
             let correlation_id = self.correlation_next[connection];
             let connection_of = &self.connection_of;
             let selected = |partition: i32| connection_of[partition as usize] == connection;
-            if let Some(batches) =
-                self.builder.request_finish(correlation_id, self.request_timeout_ms, selected, &mut bytes)
-            {
+            if let Some(request) = self.builder.request_finish(correlation_id, self.request_timeout_ms, selected) {
+                assert_eq!(request.correlation_id, correlation_id, "the request carries its correlation id");
                 self.correlation_next[connection] = correlation_id.wrapping_add(1).max(1);
-                requests.push(ChunkRequest { connection, correlation_id, bytes, batches });
+                requests.push(ChunkRequest { connection, request });
             }
         }
         assert_eq!(self.builder.records_count(), 0, "every partition has a connection");
@@ -732,7 +801,8 @@ struct InFlight {
 /// are.
 struct Session<'a> {
     topic: String,
-    writers: Vec<OwnedWriteHalf>,
+    /// Per connection, its writer task's queue (at most a window of requests long).
+    writers: Vec<mpsc::UnboundedSender<Request>>,
     /// Per connection, in the order written (a broker answers a connection's requests in order).
     in_flight: Vec<VecDeque<InFlight>>,
     answers: mpsc::UnboundedReceiver<(usize, Result<Vec<u8>, ExportError>)>,
@@ -749,8 +819,6 @@ struct Session<'a> {
     acked_shared: Arc<Mutex<Position>>,
     metrics: Arc<ExportMetrics>,
     exported: u64,
-    /// Where a written request's buffer goes back to the follower.
-    spare: std::sync::mpsc::Sender<Vec<u8>>,
     /// The follower asked for a new producer id.
     renew: bool,
 }
@@ -768,9 +836,9 @@ impl Session<'_> {
             tokio::select! {
                 biased;
                 Some((connection, answer)) = self.answers.recv() => self.answered(connection, answer)?,
-                item = receiver.recv(), if following && self.requests_in_flight() < self.requests_in_flight_max => {
+                item = receiver.recv(), if following && self.windows_open() => {
                     match item {
-                        Some(FollowItem::Chunk(chunk)) => self.chunk_write(chunk).await?,
+                        Some(FollowItem::Chunk(chunk)) => self.chunk_write(chunk)?,
                         Some(FollowItem::Renew) => {
                             self.renew = true;
                             following = false;
@@ -799,36 +867,36 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn requests_in_flight(&self) -> usize {
-        self.in_flight.iter().map(VecDeque::len).sum()
+    /// Whether every connection has room for one more request (a chunk has a request for
+    /// each connection with records in it, which is all of them but for a trickle).
+    fn windows_open(&self) -> bool {
+        self.in_flight.iter().all(|queue| queue.len() < self.requests_in_flight_max)
     }
 
     fn deadline_first(&self) -> Option<tokio::time::Instant> {
         self.in_flight.iter().filter_map(|queue| queue.front().map(|request| request.deadline)).min()
     }
 
-    async fn chunk_write(&mut self, chunk: Chunk) -> Result<(), ExportError> {
+    fn chunk_write(&mut self, chunk: Chunk) -> Result<(), ExportError> {
         let chunk_index = self.chunk_index_front + self.chunks.len() as u64;
         self.chunks.push_back(ChunkPending { requests_outstanding: chunk.requests.len(), completes: chunk.completes });
-        for request in chunk.requests {
+        for ChunkRequest { connection, mut request } in chunk.requests {
             for batch in &request.batches {
                 let sent = &mut self.producer.sent[batch.partition as usize];
                 *sent = (*sent).max(i64::from(batch.base_sequence) + i64::from(batch.count));
             }
-            let writer = &mut self.writers[request.connection];
-            // A broker that stops reading is a broker that does not answer.
-            tokio::time::timeout(self.request_timeout, writer.write_all(&request.bytes))
-                .await
-                .map_err(|_| ExportError::Timeout("writing a produce request".into()))?
-                .map_err(ExportError::io("writing a produce request"))?;
-            self.in_flight[request.connection].push_back(InFlight {
+            assert!(self.in_flight[connection].len() < self.requests_in_flight_max, "the window has room");
+            // The deadline counts from here: a broker that stops reading is one that does not
+            // answer, and its writes wait in the writer's queue.
+            self.in_flight[connection].push_back(InFlight {
                 chunk_index,
                 correlation_id: request.correlation_id,
-                batches: request.batches,
+                batches: std::mem::take(&mut request.batches),
                 deadline: tokio::time::Instant::now() + self.request_timeout,
             });
-            // The follower may have stopped; then the buffer is simply dropped.
-            let _ = self.spare.send(request.bytes);
+            self.writers[connection]
+                .send(request)
+                .map_err(|_| ExportError::Broker("the connection's writer stopped".into()))?;
         }
         // A chunk without records (ops without events) is acknowledged with the one before it.
         self.acks_advance();
@@ -919,5 +987,26 @@ async fn signal_terminate() {
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_dealt_over_each_leaders_connections_in_turn() {
+        let leaders: Vec<String> = ["b:2", "a:1", "b:2", "a:1", "a:1", "b:2", "a:1"].map(String::from).to_vec();
+        let (addrs, connection_of) = connections_plan(&leaders, 2);
+        assert_eq!(addrs, ["a:1", "a:1", "b:2", "b:2"]);
+        // a:1 leads partitions 1, 3, 4, 6 (connections 0, 1, 0, 1); b:2 leads 0, 2, 5 (2, 3, 2).
+        assert_eq!(connection_of, [2, 0, 3, 1, 0, 2, 1]);
+        let (addrs, connection_of) = connections_plan(&leaders[..1], 4);
+        assert_eq!(addrs.len(), 4, "connections even when a broker leads fewer partitions");
+        assert_eq!(connection_of, [0]);
+        let one: Vec<String> = vec!["a:1".to_string(); 32];
+        let (addrs, connection_of) = connections_plan(&one, 1);
+        assert_eq!(addrs, ["a:1"]);
+        assert!(connection_of.iter().all(|connection| *connection == 0), "one connection: every partition on it");
     }
 }

@@ -14,6 +14,7 @@
 //!   the resume rule.
 //! - `produce` — the exporter's own idempotent producer: InitProducerId, Produce, record batches.
 //! - `tail` — reading each partition's last event on start.
+//! - `wire` — the Kafka protocol's primitive encodings, which `produce` and `tail` share.
 //! - `notify` — the consumer group, the webhook, retries, the dead-letter topic and re-drive.
 //! - `metrics` — the Prometheus text endpoint of both processes.
 //! - `broker` — the test harness: a Kafka-protocol broker (tansu) on a free port.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod produce;
 pub mod tail;
+mod wire;
 
 pub use error::ExportError;
 pub use event::{

@@ -51,7 +51,8 @@
 //! like everything else in the message.
 
 use crate::error::ExportError;
-use std::ops::Range;
+use crate::wire::{string_put, varbytes_put, varbytes_size, varint_put, varint_size, Wire};
+use std::io::IoSlice;
 
 pub const API_KEY_PRODUCE: i16 = 0;
 pub const API_VERSION_PRODUCE: i16 = 7;
@@ -62,7 +63,7 @@ pub const API_VERSION_INIT_PRODUCER_ID: i16 = 3;
 const CLIENT_ID: &str = "walletd-export";
 /// acks=all: the broker answers once every in-sync replica has the batch.
 const ACKS_ALL: i16 = -1;
-const BATCH_MAGIC: i8 = 2;
+pub(crate) const BATCH_MAGIC: i8 = 2;
 /// From base_offset to record_count inclusive.
 pub const BATCH_HEADER_SIZE_BYTES: usize = 61;
 /// The bytes of the header before the CRC's range (base_offset .. crc).
@@ -126,8 +127,64 @@ struct PartitionRecords {
     timestamp_max_ms: i64,
 }
 
+/// One Produce request, ready to be written: its own bytes (`frame`: the request's header, and
+/// each batch's size and header) with each partition's records slotted in at their place. It is
+/// written with one vectored write (`io_slices`), so the records, written once by
+/// `record_append`, are never copied into a request buffer.
+#[derive(Debug)]
+pub struct Request {
+    pub correlation_id: i32,
+    pub batches: Vec<BatchSent>,
+    frame: Vec<u8>,
+    /// Each batch's records, with the offset in `frame` that they follow, in frame order.
+    records: Vec<(usize, Vec<u8>)>,
+}
+
+impl Request {
+    /// The request's size on the wire, its size prefix included.
+    pub fn size_bytes(&self) -> usize {
+        self.frame.len() + self.records.iter().map(|(_, bytes)| bytes.len()).sum::<usize>()
+    }
+
+    /// The request's bytes in order: frame, records, frame, records, …, frame.
+    pub fn io_slices(&self) -> Vec<IoSlice<'_>> {
+        let mut slices = Vec::with_capacity(2 * self.records.len() + 1);
+        let mut from = 0;
+        for (at, bytes) in &self.records {
+            assert!(from <= *at && *at <= self.frame.len(), "the records' places are in frame order");
+            slices.push(IoSlice::new(&self.frame[from..*at]));
+            slices.push(IoSlice::new(bytes));
+            from = *at;
+        }
+        slices.push(IoSlice::new(&self.frame[from..]));
+        slices
+    }
+
+    /// The request's bytes in one buffer (a copy: for tests and tools, not the exporter).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size_bytes());
+        for slice in self.io_slices() {
+            out.extend_from_slice(&slice);
+        }
+        out
+    }
+
+    /// The buffers, once written, to be filled again (`RequestBuilder::buffers_return`).
+    pub fn into_buffers(self) -> RequestBuffers {
+        RequestBuffers { frame: self.frame, records: self.records.into_iter().map(|(_, bytes)| bytes).collect() }
+    }
+}
+
+/// A written request's buffers, on their way back to the builder.
+#[derive(Debug, Default)]
+pub struct RequestBuffers {
+    frame: Vec<u8>,
+    records: Vec<Vec<u8>>,
+}
+
 /// Accumulates records per partition and turns them into Produce requests: one batch per
-/// partition, one request per broker. The buffers are reused from request to request.
+/// partition, one request per connection. The buffers go out with a request and come back
+/// (`buffers_return`) to be filled again, so after the first requests nothing is allocated.
 #[derive(Debug)]
 pub struct RequestBuilder {
     topic: String,
@@ -139,6 +196,9 @@ pub struct RequestBuilder {
     size_bytes: usize,
     /// The next sequence number per partition.
     sequences: Vec<i32>,
+    /// Buffers of written requests, to be used again.
+    frames_spare: Vec<Vec<u8>>,
+    records_spare: Vec<Vec<u8>>,
 }
 
 impl RequestBuilder {
@@ -156,6 +216,8 @@ impl RequestBuilder {
             records_count: 0,
             size_bytes: 0,
             sequences,
+            frames_spare: Vec::new(),
+            records_spare: Vec::new(),
         }
     }
 
@@ -218,52 +280,63 @@ impl RequestBuilder {
         self.size_bytes += out.len() - start;
     }
 
-    /// Writes one Produce request of the appended records of the partitions for which
-    /// `selected` is true into `out` (cleared first), and returns its batches; those
-    /// partitions start afresh. None if none of them has records.
+    /// One Produce request of the appended records of the partitions for which `selected` is
+    /// true; those partitions start afresh. None if none of them has records.
     pub fn request_finish(
         &mut self,
         correlation_id: i32,
         timeout_ms: i32,
         selected: impl Fn(i32) -> bool,
-        out: &mut Vec<u8>,
-    ) -> Option<Vec<BatchSent>> {
+    ) -> Option<Request> {
         let chosen: Vec<i32> = self.touched.iter().copied().filter(|partition| selected(*partition)).collect();
         if chosen.is_empty() {
             return None;
         }
-        out.clear();
-        request_header_put(out, API_KEY_PRODUCE, API_VERSION_PRODUCE, correlation_id);
-        out.extend_from_slice(&(-1i16).to_be_bytes()); // transactional_id: null
-        out.extend_from_slice(&ACKS_ALL.to_be_bytes());
-        out.extend_from_slice(&timeout_ms.to_be_bytes());
-        out.extend_from_slice(&1i32.to_be_bytes());
-        string_put(out, &self.topic);
-        out.extend_from_slice(&(chosen.len() as i32).to_be_bytes());
-        let mut sent = Vec::with_capacity(chosen.len());
+        let mut frame = self.frames_spare.pop().unwrap_or_default();
+        frame.clear();
+        request_header_put(&mut frame, API_KEY_PRODUCE, API_VERSION_PRODUCE, correlation_id);
+        frame.extend_from_slice(&(-1i16).to_be_bytes()); // transactional_id: null
+        frame.extend_from_slice(&ACKS_ALL.to_be_bytes());
+        frame.extend_from_slice(&timeout_ms.to_be_bytes());
+        frame.extend_from_slice(&1i32.to_be_bytes());
+        string_put(&mut frame, &self.topic);
+        frame.extend_from_slice(&(chosen.len() as i32).to_be_bytes());
+        let mut batches = Vec::with_capacity(chosen.len());
+        let mut records_placed = Vec::with_capacity(chosen.len());
         for partition in &chosen {
             let base_sequence = self.sequences[*partition as usize];
+            let mut spare = self.records_spare.pop().unwrap_or_default();
+            spare.clear();
             let records = &mut self.partitions[*partition as usize];
             assert!(records.count > 0, "a touched partition has records");
-            out.extend_from_slice(&partition.to_be_bytes());
+            frame.extend_from_slice(&partition.to_be_bytes());
             let batch_size = BATCH_HEADER_SIZE_BYTES + records.bytes.len();
-            out.extend_from_slice(&i32::try_from(batch_size).expect("a batch under 2 GiB").to_be_bytes());
-            batch_put(out, self.producer, base_sequence, records);
-            sent.push(BatchSent { partition: *partition, count: records.count, base_sequence });
+            frame.extend_from_slice(&i32::try_from(batch_size).expect("a batch under 2 GiB").to_be_bytes());
+            batch_header_put(&mut frame, self.producer, base_sequence, records);
+            batches.push(BatchSent { partition: *partition, count: records.count, base_sequence });
             self.sequences[*partition as usize] = base_sequence.checked_add(records.count).expect("room was checked");
             self.records_count -= records.count as u64;
             self.size_bytes -= records.bytes.len();
-            records.bytes.clear();
+            records_placed.push((frame.len(), std::mem::replace(&mut records.bytes, spare)));
             records.count = 0;
         }
         self.touched.retain(|partition| !chosen.contains(partition));
-        size_patch(out);
-        Some(sent)
+        let mut request = Request { correlation_id, batches, frame, records: records_placed };
+        let size = i32::try_from(request.size_bytes() - 4).expect("a request under 2 GiB");
+        request.frame[..4].copy_from_slice(&size.to_be_bytes());
+        Some(request)
+    }
+
+    /// Takes back a written request's buffers.
+    pub fn buffers_return(&mut self, buffers: RequestBuffers) {
+        self.frames_spare.push(buffers.frame);
+        self.records_spare.extend(buffers.records);
     }
 }
 
-/// One record batch (v2) of `records`, uncompressed, with its CRC-32C.
-fn batch_put(out: &mut Vec<u8>, producer: ProducerId, base_sequence: i32, records: &PartitionRecords) {
+/// One record batch's header (v2) for `records`, uncompressed, with the CRC-32C of its
+/// attributes onwards and the records that follow it.
+fn batch_header_put(out: &mut Vec<u8>, producer: ProducerId, base_sequence: i32, records: &PartitionRecords) {
     let start = out.len();
     let batch_length = BATCH_HEADER_SIZE_BYTES - 12 + records.bytes.len();
     out.extend_from_slice(&0i64.to_be_bytes()); // base_offset: the broker assigns it
@@ -280,8 +353,11 @@ fn batch_put(out: &mut Vec<u8>, producer: ProducerId, base_sequence: i32, record
     out.extend_from_slice(&base_sequence.to_be_bytes());
     out.extend_from_slice(&records.count.to_be_bytes());
     assert_eq!(out.len() - start, BATCH_HEADER_SIZE_BYTES, "the batch header's layout");
-    out.extend_from_slice(&records.bytes);
-    let crc = crc32c::crc32c(&out[start + BATCH_CRC_START..]);
+    // The CRC runs on from the header's last bytes over the records, which follow them on the
+    // wire (not in this buffer). Kept up record by record instead, it would need a
+    // `crc32c_combine` a batch, which measured slower than this one pass over the records.
+    let header_crc = crc32c::crc32c(&out[start + BATCH_CRC_START..]);
+    let crc = crc32c::crc32c_append(header_crc, &records.bytes);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
 }
 
@@ -301,7 +377,7 @@ pub fn init_producer_id_request(correlation_id: i32) -> Vec<u8> {
 
 /// The producer id of an InitProducerId answer (the bytes after the size).
 pub fn init_producer_id_response_decode(body: &[u8], correlation_id: i32) -> Result<ProducerId, String> {
-    let mut wire = Wire { bytes: body, at: 0 };
+    let mut wire = Wire::new(body);
     let correlation = wire.i32("the correlation id")?;
     if correlation != correlation_id {
         return Err(format!("correlation id {correlation}, expected {correlation_id}"));
@@ -331,7 +407,7 @@ pub struct PartitionAnswer {
 
 /// The partitions' answers of a Produce answer (the bytes after the size) for `topic`.
 pub fn produce_response_decode(body: &[u8], correlation_id: i32, topic: &str) -> Result<Vec<PartitionAnswer>, String> {
-    let mut wire = Wire { bytes: body, at: 0 };
+    let mut wire = Wire::new(body);
     let correlation = wire.i32("the correlation id")?;
     if correlation != correlation_id {
         return Err(format!("correlation id {correlation}, expected {correlation_id}"));
@@ -356,8 +432,8 @@ pub fn produce_response_decode(body: &[u8], correlation_id: i32, topic: &str) ->
         answers.push(PartitionAnswer { partition, error_code, base_offset });
     }
     wire.i32("the throttle time")?;
-    if wire.at != body.len() {
-        return Err(format!("{} bytes after the answer", body.len() - wire.at));
+    if wire.remaining() != 0 {
+        return Err(format!("{} bytes after the answer", wire.remaining()));
     }
     Ok(answers)
 }
@@ -405,111 +481,12 @@ fn size_patch(out: &mut [u8]) {
     out[..4].copy_from_slice(&size.to_be_bytes());
 }
 
-fn string_put(out: &mut Vec<u8>, text: &str) {
-    assert!(text.len() <= i16::MAX as usize, "a protocol string fits an i16 length");
-    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-fn zigzag(value: i64) -> u64 {
-    ((value << 1) ^ (value >> 63)) as u64
-}
-
-pub fn varint_put(out: &mut Vec<u8>, value: i64) {
-    let mut raw = zigzag(value);
-    while raw >= 0x80 {
-        out.push((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
-}
-
-pub fn varint_size(value: i64) -> usize {
-    let bits = 64 - zigzag(value).leading_zeros() as usize;
-    bits.max(1).div_ceil(7)
-}
-
-fn varbytes_size(bytes: &[u8]) -> usize {
-    varint_size(bytes.len() as i64) + bytes.len()
-}
-
-fn varbytes_put(out: &mut Vec<u8>, bytes: &[u8]) {
-    varint_put(out, bytes.len() as i64);
-    out.extend_from_slice(bytes);
-}
-
-/// A cursor over answer bytes; every read says what it was reading when the bytes ran out.
-struct Wire<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Wire<'a> {
-    fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], String> {
-        let range: Option<Range<usize>> =
-            self.at.checked_add(count).filter(|end| *end <= self.bytes.len()).map(|end| self.at..end);
-        let range = range.ok_or_else(|| format!("bytes that end inside {what} (at {})", self.at))?;
-        self.at = range.end;
-        Ok(&self.bytes[range])
-    }
-    fn i16(&mut self, what: &str) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
-    }
-    fn i32(&mut self, what: &str) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
-    }
-    fn i64(&mut self, what: &str) -> Result<i64, String> {
-        Ok(i64::from_be_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
-    }
-    fn uvarint(&mut self, what: &str) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1, what)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(format!("{what}: an unsigned varint longer than 10 bytes"))
-    }
-    /// Tagged fields (flexible versions): a count, then each tag with its sized data.
-    fn tagged_fields_skip(&mut self, what: &str) -> Result<(), String> {
-        let count = self.uvarint(what)?;
-        for _ in 0..count.min(1 << 10) {
-            self.uvarint(what)?;
-            let size = self.uvarint(what)?;
-            self.take(usize::try_from(size).map_err(|_| format!("{what}: {size} bytes"))?, what)?;
-        }
-        Ok(())
-    }
-    fn string(&mut self, what: &str) -> Result<String, String> {
-        let size = self.i16(what)?;
-        let size = usize::try_from(size).map_err(|_| format!("a null {what}"))?;
-        String::from_utf8(self.take(size, what)?.to_vec()).map_err(|_| format!("{what} not UTF-8"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tail::batches_decode;
 
     const PRODUCER: ProducerId = ProducerId { id: 7, epoch: 3 };
-
-    #[test]
-    fn varints_are_zig_zag_and_sized_right() {
-        for value in [0i64, 1, -1, 63, 64, -64, -65, 300, i32::MAX as i64, i64::MAX, i64::MIN] {
-            let mut out = Vec::new();
-            varint_put(&mut out, value);
-            assert_eq!(out.len(), varint_size(value), "{value}");
-        }
-        let mut out = Vec::new();
-        varint_put(&mut out, 300);
-        assert_eq!(out, [0xd8, 0x04]); // zig-zag 600
-        out.clear();
-        varint_put(&mut out, -1);
-        assert_eq!(out, [0x01]);
-    }
 
     #[test]
     fn a_request_is_produce_v7_with_one_batch_a_partition_and_sequences_that_continue() {
@@ -519,10 +496,10 @@ mod tests {
         builder.record_append(1, 1_002, b"k3", b"v3", &[(b"h", b"y")]);
         assert_eq!(builder.records_count(), 3);
         assert_eq!(builder.sequence_next(1), 7);
-        let mut out = Vec::new();
-        let sent = builder.request_finish(9, 30_000, |_| true, &mut out).expect("records");
+        let request = builder.request_finish(9, 30_000, |_| true).expect("records");
+        let out = request.to_bytes();
         assert_eq!(
-            sent,
+            request.batches,
             [
                 BatchSent { partition: 1, count: 2, base_sequence: 5 },
                 BatchSent { partition: 2, count: 1, base_sequence: 0 }
@@ -532,7 +509,59 @@ mod tests {
         assert_eq!(&out[4..12], &[0, 0, 0, 7, 0, 0, 0, 9]);
         assert_eq!(builder.records_count(), 0);
         assert_eq!(builder.sequence_next(1), 7, "the next batch of partition 1 starts at 7");
-        assert!(builder.request_finish(10, 30_000, |_| true, &mut out).is_none(), "nothing left");
+        assert!(builder.request_finish(10, 30_000, |_| true).is_none(), "nothing left");
+    }
+
+    /// A request of several batches, its records written from the partitions' own buffers:
+    /// every batch reads back with a valid CRC, and the buffers of a written request are used
+    /// again for the next one.
+    #[test]
+    fn a_request_of_several_batches_reads_back_and_its_buffers_come_back() {
+        let mut builder = RequestBuilder::new("topic", PRODUCER, vec![0, 0, 0, 0]);
+        for round in 0..3 {
+            for index in 0..40 {
+                let value = vec![b'a' + (index % 26) as u8; 50 + index * 3];
+                builder.record_append(index as i32 % 4, 9_000 + index as i64, b"key", &value, &[(b"p", b"1:0")]);
+            }
+            let request = builder.request_finish(round + 1, 30_000, |partition| partition != 2).expect("records");
+            assert_eq!(request.batches.len(), 3, "partition 2 left for another request");
+            assert_eq!(request.io_slices().len(), 2 * 3 + 1);
+            let bytes = request.to_bytes();
+            assert_eq!(bytes.len(), request.size_bytes());
+            assert_eq!(i32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize, bytes.len() - 4);
+            let batches = batches_of(&bytes[request_batches_start("topic")..], 3);
+            for (batch, sent) in batches.iter().zip(&request.batches) {
+                let crc = u32::from_be_bytes(batch[17..21].try_into().unwrap());
+                assert_eq!(crc, crc32c::crc32c(&batch[21..]), "partition {}", sent.partition);
+                let mut read = Vec::new();
+                batches_decode(batch, &mut read).expect("decodes");
+                assert_eq!(read.len(), 10);
+            }
+            builder.buffers_return(request.into_buffers());
+            assert_eq!(builder.records_spare.len(), 3, "three buffers out, three back");
+            assert_eq!(builder.frames_spare.len(), 1, "one frame, used again");
+            let rest = builder.request_finish(100 + round, 30_000, |_| true).expect("partition 2");
+            assert_eq!(rest.batches, [BatchSent { partition: 2, count: 10, base_sequence: 10 * round }]);
+            builder.buffers_return(rest.into_buffers());
+        }
+    }
+
+    /// Where the first batch of a Produce request starts: header, null id, acks, timeout,
+    /// topic count, name, partition count.
+    fn request_batches_start(topic: &str) -> usize {
+        4 + 2 + 2 + 4 + (2 + CLIENT_ID.len()) + 2 + 2 + 4 + 4 + (2 + topic.len()) + 4
+    }
+
+    /// The `count` batches of a request's partitions (index, size, batch), from `bytes`.
+    fn batches_of(mut bytes: &[u8], count: usize) -> Vec<Vec<u8>> {
+        let mut batches = Vec::new();
+        for _ in 0..count {
+            let size = i32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+            batches.push(bytes[8..8 + size].to_vec());
+            bytes = &bytes[8 + size..];
+        }
+        assert!(bytes.is_empty(), "nothing after the last batch");
+        batches
     }
 
     /// The batches the builder writes, read back by the exporter's own Fetch decoder (as the
@@ -545,12 +574,9 @@ mod tests {
             let position = format!("1:{index}");
             builder.record_append(0, 5_000 + index as i64 / 7, b"key", value, &[(b"p", position.as_bytes())]);
         }
-        let mut out = Vec::new();
-        builder.request_finish(1, 30_000, |_| true, &mut out).expect("records");
-        // Skip to the batch: header, null id, acks, timeout, topic count, name, partition count,
-        // index, records size.
-        let batch_start = 4 + 2 + 2 + 4 + (2 + CLIENT_ID.len()) + 2 + 2 + 4 + 4 + (2 + 5) + 4 + 4 + 4;
-        let batch = &out[batch_start..];
+        let out = builder.request_finish(1, 30_000, |_| true).expect("records").to_bytes();
+        // Skip to the batch: past the partition's index and the records' size.
+        let batch = &out[request_batches_start("topic") + 4 + 4..];
         let crc = u32::from_be_bytes(batch[17..21].try_into().unwrap());
         assert_eq!(crc, crc32c::crc32c(&batch[21..]), "the CRC covers attributes to the end");
         assert_eq!(i64::from_be_bytes(batch[43..51].try_into().unwrap()), PRODUCER.id);

@@ -28,6 +28,8 @@
 
 use crate::error::ExportError;
 use crate::event::{Event, EventPosition};
+use crate::produce::{BATCH_HEADER_SIZE_BYTES, BATCH_MAGIC};
+use crate::wire::{string_put, Wire};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use std::collections::btree_map::Entry;
@@ -351,8 +353,6 @@ pub fn tail_of(topic: &str, partition: i32, message: &Fetched) -> Result<Tail, E
 const API_KEY_FETCH: i16 = 1;
 const API_VERSION_FETCH: i16 = 5;
 const CLIENT_ID: &str = "walletd-export-tail";
-const BATCH_HEADER_SIZE_BYTES: usize = 61;
-const BATCH_MAGIC: i8 = 2;
 const ERROR_OFFSET_OUT_OF_RANGE: i16 = 1;
 
 fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Vec<u8> {
@@ -379,64 +379,6 @@ fn fetch_request_encode(correlation_id: i32, topic: &str, partition: i32, offset
     request
 }
 
-fn string_put(out: &mut Vec<u8>, text: &str) {
-    assert!(text.len() <= i16::MAX as usize, "a protocol string fits an i16 length");
-    out.extend_from_slice(&(text.len() as i16).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// A cursor over response bytes; every read says what it was reading when the bytes ran out.
-struct Wire<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Wire<'a> {
-    fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(count).filter(|end| *end <= self.bytes.len());
-        let end = end.ok_or_else(|| format!("bytes that end inside {what} (at {})", self.at))?;
-        let taken = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(taken)
-    }
-    fn i8(&mut self, what: &str) -> Result<i8, String> {
-        Ok(self.take(1, what)?[0] as i8)
-    }
-    fn i16(&mut self, what: &str) -> Result<i16, String> {
-        Ok(i16::from_be_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
-    }
-    fn i32(&mut self, what: &str) -> Result<i32, String> {
-        Ok(i32::from_be_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
-    }
-    fn i64(&mut self, what: &str) -> Result<i64, String> {
-        Ok(i64::from_be_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
-    }
-    fn string(&mut self, what: &str) -> Result<String, String> {
-        let size = self.i16(what)?;
-        let size = usize::try_from(size).map_err(|_| format!("a null {what}"))?;
-        String::from_utf8(self.take(size, what)?.to_vec()).map_err(|_| format!("{what} not UTF-8"))
-    }
-    fn varint(&mut self, what: &str) -> Result<i64, String> {
-        let mut raw = 0u64;
-        for shift in (0..70).step_by(7) {
-            let byte = self.take(1, what)?[0];
-            raw |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64)); // zig-zag
-            }
-        }
-        Err(format!("{what}: a varint longer than 10 bytes"))
-    }
-    fn varbytes(&mut self, what: &str) -> Result<Option<Vec<u8>>, String> {
-        let size = self.varint(what)?;
-        if size < 0 {
-            return Ok(None);
-        }
-        let size = usize::try_from(size).map_err(|_| format!("{what} of {size} bytes"))?;
-        Ok(Some(self.take(size, what)?.to_vec()))
-    }
-}
-
 fn fetch_response_decode(
     body: &[u8],
     correlation_id: i32,
@@ -444,7 +386,7 @@ fn fetch_response_decode(
     partition: i32,
     offset: i64,
 ) -> Result<FetchAnswer, String> {
-    let mut wire = Wire { bytes: body, at: 0 };
+    let mut wire = Wire::new(body);
     let correlation = wire.i32("the correlation id")?;
     if correlation != correlation_id {
         return Err(format!("correlation id {correlation}, expected {correlation_id}"));
@@ -490,12 +432,12 @@ fn fetch_response_decode(
 
 /// Every whole batch's records, appended to `out`.
 pub(crate) fn batches_decode(records: &[u8], out: &mut Vec<Fetched>) -> Result<(), String> {
-    let mut wire = Wire { bytes: records, at: 0 };
-    while records.len() - wire.at >= 12 {
+    let mut wire = Wire::new(records);
+    while wire.remaining() >= 12 {
         let base_offset = wire.i64("a batch's base offset")?;
         let batch_size = wire.i32("a batch's length")?;
         let batch_size = usize::try_from(batch_size).map_err(|_| format!("a batch length of {batch_size}"))?;
-        if batch_size > records.len() - wire.at {
+        if batch_size > wire.remaining() {
             return Ok(()); // cut short by the size limit
         }
         let batch = wire.take(batch_size, "a batch")?;
@@ -508,7 +450,7 @@ pub(crate) fn batches_decode(records: &[u8], out: &mut Vec<Fetched>) -> Result<(
 }
 
 fn batch_decode(base_offset: i64, batch: &[u8], out: &mut Vec<Fetched>) -> Result<(), String> {
-    let mut wire = Wire { bytes: batch, at: 0 };
+    let mut wire = Wire::new(batch);
     wire.i32("the partition leader epoch")?;
     let magic = wire.i8("the magic byte")?;
     if magic != BATCH_MAGIC {
@@ -527,18 +469,18 @@ fn batch_decode(base_offset: i64, batch: &[u8], out: &mut Vec<Fetched>) -> Resul
     for _ in 0..count.max(0) {
         let size = wire.varint("a record's length")?;
         let size = usize::try_from(size).map_err(|_| format!("a record of {size} bytes"))?;
-        let mut record = Wire { bytes: wire.take(size, "a record")?, at: 0 };
+        let mut record = Wire::new(wire.take(size, "a record")?);
         record.i8("a record's attributes")?;
         record.varint("a record's timestamp")?;
         let offset_delta = record.varint("a record's offset delta")?;
         record.varbytes("a record's key")?;
-        let value = record.varbytes("a record's value")?;
+        let value = record.varbytes("a record's value")?.map(<[u8]>::to_vec);
         let header_count = record.varint("a record's header count")?;
         let mut headers = Vec::with_capacity(header_count.clamp(0, 16) as usize);
         for _ in 0..header_count.max(0) {
             let key = record.varbytes("a header's key")?.unwrap_or_default();
-            let key = String::from_utf8(key).map_err(|_| "a header key not UTF-8".to_string())?;
-            headers.push((key, record.varbytes("a header's value")?));
+            let key = String::from_utf8(key.to_vec()).map_err(|_| "a header key not UTF-8".to_string())?;
+            headers.push((key, record.varbytes("a header's value")?.map(<[u8]>::to_vec)));
         }
         out.push(Fetched { offset: base_offset + offset_delta, value, headers });
     }
@@ -548,19 +490,7 @@ fn batch_decode(base_offset: i64, batch: &[u8], out: &mut Vec<Fetched>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn varint_put(out: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        loop {
-            let byte = (raw & 0x7f) as u8;
-            raw >>= 7;
-            if raw == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
+    use crate::wire::varint_put;
 
     fn batch_encode(base_offset: i64, values: &[&str]) -> Vec<u8> {
         let mut records = Vec::new();

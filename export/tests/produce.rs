@@ -61,8 +61,7 @@ fn batch_send(
     for value in values {
         builder.record_append(0, 1_700_000_000_000, b"key", value.as_bytes(), &[(b"h".as_slice(), b"v".as_slice())]);
     }
-    let mut request = Vec::new();
-    builder.request_finish(correlation_id, 30_000, |_| true, &mut request).expect("records");
+    let request = builder.request_finish(correlation_id, 30_000, |_| true).expect("records").to_bytes();
     let body = round_trip(stream, &request);
     let answers = produce_response_decode(&body, correlation_id, TOPIC).expect("a produce answer");
     assert_eq!(answers.len(), 1, "one partition answered");
