@@ -413,7 +413,7 @@ async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<Serv
     let permits = Arc::new(Semaphore::new(in_flight_max));
     // Per connection, the completion of its newest write: a read waits for it.
     let mut writes_last: HashMap<u64, watch::Receiver<bool>> = HashMap::new();
-    while let Some(request) = receiver.recv().await {
+    while let Some(mut request) = receiver.recv().await {
         let permit = Arc::clone(&permits).acquire_owned().await.expect("the semaphore is never closed");
         if writes_last.len() > 4096 {
             writes_last.retain(|_, done| !*done.borrow());
@@ -433,7 +433,11 @@ async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<Serv
             FrameOperation::Ledger(_) | FrameOperation::Snapshot => {
                 let proposal = match request.operation {
                     FrameOperation::Snapshot => Proposal::Checkpoint,
-                    _ => Proposal::Command { timestamp_ns: now_ns(), command: request.command.clone() },
+                    // The request's buffer becomes the entry's, shared from here on.
+                    _ => Proposal::Command {
+                        timestamp_ns: now_ns(),
+                        command: std::mem::take(&mut request.command).into(),
+                    },
                 };
                 let (done, done_receiver) = watch::channel(false);
                 writes_last.insert(request.connection, done_receiver);
