@@ -3,7 +3,12 @@
 //! The log is one append-only file of records, each checksummed; the vote is one small file
 //! replaced atomically. Entries stay on disk: memory holds only where each one is (its log id,
 //! offset and size) and the membership entries, so a log of a million 1 MiB batches costs
-//! megabytes, not terabytes. Reads go back to the file (the page cache serves replication).
+//! megabytes, not terabytes. The newest entries are also kept in memory (`cache`, up to
+//! `CACHE_SIZE_MAX_BYTES` of commands): a command's bytes are shared (`bytes::Bytes`), so apply
+//! and each follower's replication stream read an entry by cloning a pointer, and an append
+//! writes the command from where it already is (`entry_encode_split`: the record's header and
+//! the entry's envelope, then the command, two writes and no copy). Older entries are read back
+//! from the file (the page cache serves them), checksum checked.
 //!
 //! Durability, as openraft requires of a log: an append is acknowledged (`LogFlushed`) only
 //! after an fdatasync covers it, done by one sync thread that groups every append queued
@@ -36,9 +41,10 @@
 //! follower's log as soon as it accepts a snapshot, possibly before the install ran) is held in
 //! memory until the journal reaches it: the mark on disk never runs ahead of the journal.
 
-use crate::types::{Entry, LogId, Membership, StorageError, TypeConfig, Vote};
+use crate::types::{entry_encode_split, Entry, LogId, Membership, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
@@ -52,6 +58,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const RECORD_HEADER_SIZE_BYTES: usize = 16;
 /// One entry's encoded size at most: a batch of 8189 events of 128 bytes and its envelope.
 pub const RECORD_BODY_SIZE_MAX_BYTES: u32 = 4 << 20;
+
+/// The commands' bytes the cache of recent entries holds at most (besides the newest entry,
+/// always kept): 32 full batches, more than the requests in flight by default (`in_flight_max`
+/// of 8 and 16 entries per AppendEntries), so apply and replication to a follower that keeps
+/// up never read the file.
+pub const CACHE_SIZE_MAX_BYTES: usize = 32 << 20;
 
 const LOG_FILE: &str = "log";
 const VOTE_FILE: &str = "vote";
@@ -97,6 +109,12 @@ struct LogFile {
     /// The membership entries read or written since start-up, in index order (the state
     /// machine answers the membership as of its applied index from here, or from a snapshot).
     memberships: Vec<(LogId, Membership)>,
+    /// The newest entries, contiguous and ending at the last slot (see the module doc).
+    cache: VecDeque<Entry>,
+    /// The commands' bytes in `cache`.
+    cache_size_bytes: usize,
+    /// The record being written: its header and the entry's envelope (a command's bytes are
+    /// written from the entry).
     record: Vec<u8>,
     /// Set once punching a hole failed (a file system without it): purged bytes stay on disk.
     hole_punch_unsupported: bool,
@@ -167,6 +185,8 @@ impl LogStore {
             applied_index: None,
             vote,
             memberships: Vec::new(),
+            cache: VecDeque::new(),
+            cache_size_bytes: 0,
             record: Vec::new(),
             hole_punch_unsupported: false,
         };
@@ -382,25 +402,79 @@ impl LogFile {
         }
     }
 
-    /// Appends one entry's record (not yet synced).
-    fn entry_append(&mut self, entry: &Entry) {
+    /// Appends one entry's record (not yet synced), and keeps the entry in the cache.
+    fn entry_append(&mut self, entry: Entry) {
         let mut record = std::mem::take(&mut self.record);
         record.clear();
         record.extend_from_slice(&[0u8; 8]);
         record.extend_from_slice(&entry.log_id.index.to_le_bytes());
-        bincode::serialize_into(&mut record, entry).expect("a Raft entry encodes");
-        let body_size_bytes = u32::try_from(record.len() - RECORD_HEADER_SIZE_BYTES).expect("an entry under 4 GiB");
+        let command = entry_encode_split(&entry, &mut record);
+        let command: &[u8] = command.map_or(&[][..], |command| &command[..]);
+        let body_size_bytes = record.len() - RECORD_HEADER_SIZE_BYTES + command.len();
+        let body_size_bytes = u32::try_from(body_size_bytes).expect("an entry under 4 GiB");
         assert!(body_size_bytes <= RECORD_BODY_SIZE_MAX_BYTES, "an entry of {body_size_bytes} bytes: over the limit");
-        let checksum = crc32c::crc32c(&record[8..]);
+        let checksum = crc32c::crc32c_append(crc32c::crc32c(&record[8..]), command);
         record[0..4].copy_from_slice(&body_size_bytes.to_le_bytes());
         record[4..8].copy_from_slice(&checksum.to_le_bytes());
-        if let Err(error) = self.file.write_all_at(&record, self.size_bytes) {
+        let written = self.file.write_all_at(&record, self.size_bytes);
+        let written = written.and_then(|()| self.file.write_all_at(command, self.size_bytes + record.len() as u64));
+        if let Err(error) = written {
             fail_stop("Raft log append", &error.to_string());
         }
         let slot = Slot { log_id: entry.log_id, offset: self.size_bytes, body_size_bytes };
-        self.size_bytes += record.len() as u64;
-        self.slot_push(slot, entry);
+        self.size_bytes += RECORD_HEADER_SIZE_BYTES as u64 + u64::from(body_size_bytes);
+        self.slot_push(slot, &entry);
+        self.cache_push(entry);
         self.record = record;
+    }
+
+    /// Keeps `entry` (the newest) in the cache, dropping the oldest past the size limit.
+    fn cache_push(&mut self, entry: Entry) {
+        if let Some(newest) = self.cache.back() {
+            assert_eq!(entry.log_id.index, newest.log_id.index + 1, "the cache holds contiguous entries");
+        }
+        self.cache_size_bytes += command_size_bytes(&entry);
+        self.cache.push_back(entry);
+        while self.cache_size_bytes > CACHE_SIZE_MAX_BYTES && self.cache.len() > 1 {
+            let oldest = self.cache.pop_front().expect("more than one");
+            self.cache_size_bytes -= command_size_bytes(&oldest);
+        }
+    }
+
+    /// Drops the cached entries from `index` on (a truncation).
+    fn cache_truncate(&mut self, index: u64) {
+        while self.cache.back().is_some_and(|newest| newest.log_id.index >= index) {
+            let newest = self.cache.pop_back().expect("checked");
+            self.cache_size_bytes -= command_size_bytes(&newest);
+        }
+    }
+
+    /// Drops the cached entries up to `index` (a purge).
+    fn cache_purge(&mut self, index: u64) {
+        while self.cache.front().is_some_and(|oldest| oldest.log_id.index <= index) {
+            let oldest = self.cache.pop_front().expect("checked");
+            self.cache_size_bytes -= command_size_bytes(&oldest);
+        }
+    }
+
+    /// The entry at `index`: shared from the cache, or read from the file.
+    fn entry_get(&self, index: u64) -> Result<Option<Entry>, StorageError> {
+        if let Some(oldest) = self.cache.front().map(|entry| entry.log_id.index) {
+            if let Some(entry) = index.checked_sub(oldest).and_then(|at| self.cache.get(at as usize)) {
+                assert_eq!(entry.log_id.index, index, "the cache holds contiguous entries");
+                return Ok(Some(entry.clone()));
+            }
+        }
+        let Some(slot) = self.slot(index) else { return Ok(None) };
+        self.entry_read(slot).map(Some)
+    }
+}
+
+/// The bytes of an entry's command (what the cache's limit counts).
+fn command_size_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(crate::types::Proposal::Command { command, .. }) => command.len(),
+        _ => 0,
     }
 }
 
@@ -592,8 +666,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         let mut index = from;
         while index < end {
-            let Some(slot) = log.slot(index) else { break };
-            entries.push(log.entry_read(slot)?);
+            let Some(entry) = log.entry_get(index)? else { break };
+            entries.push(entry);
             index += 1;
         }
         Ok(entries)
@@ -636,7 +710,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut log = self.lock();
             tokio::task::block_in_place(|| {
                 for entry in entries {
-                    log.entry_append(&entry);
+                    log.entry_append(entry);
                 }
             });
             // Read under the log lock, which a truncation holds while it counts itself.
@@ -658,6 +732,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(slot) = log.slot(log_id.index).copied() else { return Ok(()) };
         let keep = usize::try_from(log_id.index - log.slots[0].log_id.index).expect("an index in memory");
         log.slots.truncate(keep);
+        log.cache_truncate(log_id.index);
         log.memberships.retain(|(membership_log_id, _)| membership_log_id.index < log_id.index);
         log.size_bytes = slot.offset;
         let file = &log.file;
@@ -686,6 +761,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 usize::try_from((log_id.index + 1).saturating_sub(first)).expect("fits").min(log.slots.len());
             log.slots.drain(..drop_count);
         }
+        log.cache_purge(log_id.index);
         tokio::task::block_in_place(|| log.purge_mark_advance());
         Ok(())
     }
@@ -705,9 +781,55 @@ mod tests {
     fn entries_write(store: &LogStore, count: u64) {
         let mut log = store.lock();
         for index in 0..count {
-            log.entry_append(&Entry { log_id: log_id(index), payload: EntryPayload::Blank });
+            log.entry_append(Entry { log_id: log_id(index), payload: EntryPayload::Blank });
         }
         log.file.sync_all().expect("sync");
+    }
+
+    #[test]
+    fn an_entry_reads_the_same_from_the_cache_the_file_and_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = LogStore::open(dir.path()).expect("open");
+        // Commands of 3 MiB: the cache keeps the newest ten or so, the file all of them.
+        let command_size_bytes = 3 << 20;
+        let entries: Vec<Entry> = (0..16u64)
+            .map(|index| {
+                let payload = if index % 5 == 4 {
+                    EntryPayload::Normal(crate::types::Proposal::Checkpoint)
+                } else {
+                    let command = vec![index as u8 ^ 0x5a; command_size_bytes + index as usize];
+                    let proposal = crate::types::Proposal::Command { timestamp_ns: index, command: command.into() };
+                    EntryPayload::Normal(proposal)
+                };
+                Entry { log_id: log_id(index), payload }
+            })
+            .collect();
+        {
+            let mut log = store.lock();
+            for entry in &entries {
+                log.entry_append(entry.clone());
+            }
+            log.file.sync_all().expect("sync");
+            assert!(log.cache_size_bytes <= CACHE_SIZE_MAX_BYTES, "{} bytes cached", log.cache_size_bytes);
+            assert!(log.cache.len() < entries.len(), "the oldest entries left the cache");
+            assert_eq!(log.cache.back().map(|entry| entry.log_id), Some(log_id(15)));
+            for entry in &entries {
+                let got = log.entry_get(entry.log_id.index).expect("read").expect("held");
+                assert_eq!(got.payload, entry.payload, "entry {}", entry.log_id.index);
+                let slot = *log.slot(entry.log_id.index).expect("a slot");
+                assert_eq!(log.entry_read(&slot).expect("read").payload, entry.payload);
+            }
+            log.cache_truncate(12);
+            assert_eq!(log.cache.back().map(|entry| entry.log_id), Some(log_id(11)));
+        }
+        drop(store);
+        let (store, opened) = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!((opened.entries, opened.torn_bytes), (16, 0));
+        let log = store.lock();
+        assert!(log.cache.is_empty(), "a restart reads entries from the file");
+        for entry in &entries {
+            assert_eq!(log.entry_get(entry.log_id.index).expect("read").expect("held").payload, entry.payload);
+        }
     }
 
     #[test]

@@ -13,11 +13,21 @@
 //! empty one). A connection that fails is dropped and opened again on the next
 //! RPC; openraft retries and backs off on its own. Members reach each other only on the
 //! addresses their membership entry names.
+//!
+//! An AppendEntries carries up to 16 commands of about 1 MiB each, shared with the Raft log's
+//! cache (`bytes::Bytes`). Its frame body is the request with the commands' bytes taken out
+//! (`PeerRequest::AppendEntries`, which lists their sizes), then those bytes, in entry order:
+//! the sender writes them from the entries with one vectored write, never copying them into
+//! the frame; the receiver reads the body into one buffer and the commands become slices of
+//! it, never copied out. The members of a cluster run one walletd version: this transport
+//! carries no version of its own.
 
 use crate::elections::Elections;
 use crate::snapshot::{journal_frames_send, JournalRecord};
 use crate::state_machine::StateMachine;
+use crate::types::{Entry, Proposal};
 use crate::types::{Member, NodeId, Raft, TypeConfig, Vote};
+use bytes::{Bytes, BytesMut};
 use openraft::error::{
     ClientWriteError, Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
@@ -27,11 +37,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, SnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, OptionalSend, Snapshot, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Cursor;
+use std::io::{Cursor, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +53,12 @@ pub const FRAME_BODY_SIZE_MAX_BYTES: u32 = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// An AppendEntries whose commands are empty here: their bytes follow this value in the
+    /// frame, `command_sizes` long each, in the order of the entries (see the module doc).
+    AppendEntries {
+        rpc: AppendEntriesRequest<TypeConfig>,
+        command_sizes: Vec<u32>,
+    },
     Vote(VoteRequest<NodeId>),
     /// A whole snapshot (an anchor in the journal, see `snapshot`), installed before the reply.
     Snapshot {
@@ -104,6 +119,116 @@ pub enum PeerReply {
     Status(Status),
     /// The voters once the change is committed.
     Membership(Result<BTreeMap<NodeId, Member>, MembershipRefusal>),
+}
+
+/// Takes the commands' bytes out of `entries` (leaving them empty): the tail of an
+/// AppendEntries frame, and the sizes its request lists.
+fn commands_take(entries: &mut [Entry]) -> (Vec<Bytes>, Vec<u32>) {
+    let mut commands = Vec::new();
+    let mut sizes = Vec::new();
+    for entry in entries {
+        if let EntryPayload::Normal(Proposal::Command { command, .. }) = &mut entry.payload {
+            sizes.push(u32::try_from(command.len()).expect("a command under 4 GiB"));
+            commands.push(std::mem::take(command));
+        }
+    }
+    (commands, sizes)
+}
+
+/// Puts the commands back into `entries`: slices of `tail`, `sizes` long each, in order.
+fn commands_restore(entries: &mut [Entry], sizes: &[u32], tail: &Bytes) -> std::io::Result<()> {
+    let mut sizes = sizes.iter();
+    let mut at = 0usize;
+    for entry in entries {
+        if let EntryPayload::Normal(Proposal::Command { command, .. }) = &mut entry.payload {
+            assert!(command.is_empty(), "a command travels in the frame's tail");
+            let Some(size) = sizes.next() else {
+                return Err(std::io::Error::other("an AppendEntries lists fewer command sizes than commands"));
+            };
+            let end = at + *size as usize;
+            if end > tail.len() {
+                return Err(std::io::Error::other("an AppendEntries' commands run past the end of its frame"));
+            }
+            *command = tail.slice(at..end);
+            at = end;
+        }
+    }
+    if sizes.next().is_some() || at != tail.len() {
+        return Err(std::io::Error::other("an AppendEntries' frame holds bytes that are no command of it"));
+    }
+    Ok(())
+}
+
+/// Reads one frame's body into `buffer` (reused once every slice of the last body is
+/// dropped), without zeroing it first.
+async fn frame_receive(stream: &mut TcpStream, buffer: &mut BytesMut) -> std::io::Result<Bytes> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).await?;
+    let size = u32::from_le_bytes(size);
+    if size > FRAME_BODY_SIZE_MAX_BYTES {
+        return Err(std::io::Error::other(format!("a peer frame says {size} bytes: over the limit")));
+    }
+    let size = size as usize;
+    buffer.clear();
+    buffer.reserve(size);
+    let mut body = (&mut *stream).take(size as u64);
+    while buffer.len() < size {
+        if body.read_buf(buffer).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    assert_eq!(buffer.len(), size, "a frame read stops at its end");
+    Ok(buffer.split().freeze())
+}
+
+/// Decodes a request's frame body: the commands of an AppendEntries become slices of it.
+fn peer_request_decode(body: &Bytes) -> std::io::Result<PeerRequest> {
+    let mut reader: &[u8] = body;
+    let mut request: PeerRequest = bincode::deserialize_from(&mut reader).map_err(std::io::Error::other)?;
+    let tail = body.slice(body.len() - reader.len()..);
+    match &mut request {
+        PeerRequest::AppendEntries { rpc, command_sizes } => commands_restore(&mut rpc.entries, command_sizes, &tail)?,
+        _ if !tail.is_empty() => return Err(std::io::Error::other("a peer request with bytes after its end")),
+        _ => {}
+    }
+    Ok(request)
+}
+
+/// Encodes the start of a frame into `head`: the body's size (`value`'s encoding and then
+/// `tail`), then `value`.
+fn frame_head_encode<T: Serialize>(value: &T, tail: &[Bytes], head: &mut Vec<u8>) -> std::io::Result<()> {
+    head.clear();
+    head.extend_from_slice(&[0u8; 4]);
+    bincode::serialize_into(&mut *head, value).map_err(std::io::Error::other)?;
+    let size = head.len() - 4 + tail.iter().map(Bytes::len).sum::<usize>();
+    let size = u32::try_from(size).ok().filter(|size| *size <= FRAME_BODY_SIZE_MAX_BYTES);
+    let Some(size) = size else {
+        return Err(std::io::Error::other("a peer frame over the size limit"));
+    };
+    head[0..4].copy_from_slice(&size.to_le_bytes());
+    Ok(())
+}
+
+/// Writes a frame: `value` (encoded into `head`, reused), then `tail` as it is, with vectored
+/// writes.
+async fn frame_write_vectored<T: Serialize>(
+    stream: &mut TcpStream,
+    value: &T,
+    tail: &[Bytes],
+    head: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    frame_head_encode(value, tail, head)?;
+    let parts = std::iter::once(&head[..]).chain(tail.iter().map(|bytes| &bytes[..]));
+    let mut slices: Vec<IoSlice<'_>> = parts.filter(|part| !part.is_empty()).map(IoSlice::new).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }
 
 pub(crate) async fn frame_write<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
@@ -172,8 +297,11 @@ pub fn peer_serve(listener: TcpListener, local: Local) {
 
 async fn peer_connection(mut stream: TcpStream, local: Local) {
     let raft = &local.raft;
+    let mut buffer = BytesMut::new();
     loop {
-        let request: PeerRequest = match frame_read(&mut stream).await {
+        let request = frame_receive(&mut stream, &mut buffer).await;
+        let request = request.and_then(|body| peer_request_decode(&body));
+        let request = match request {
             Ok(request) => request,
             Err(error) => {
                 if error.kind() != std::io::ErrorKind::UnexpectedEof {
@@ -183,7 +311,7 @@ async fn peer_connection(mut stream: TcpStream, local: Local) {
             }
         };
         let reply = match request {
-            PeerRequest::AppendEntries(rpc) => {
+            PeerRequest::AppendEntries { rpc, .. } => {
                 let leader_commit = rpc.leader_commit.map(|log_id| log_id.index);
                 let sent_last =
                     rpc.entries.last().map(|entry| entry.log_id.index).or(rpc.prev_log_id.map(|id| id.index));
@@ -405,7 +533,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        PeerClient { target, addr: node.raft_addr.clone(), stream: None }
+        PeerClient { target, addr: node.raft_addr.clone(), stream: None, head: Vec::new() }
     }
 }
 
@@ -413,6 +541,8 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     stream: Option<TcpStream>,
+    /// A request's encoding without its commands' bytes (reused from call to call).
+    head: Vec<u8>,
 }
 
 /// How a call failed before the member answered.
@@ -424,8 +554,10 @@ enum CallError {
 }
 
 impl PeerClient {
-    async fn call(&mut self, request: &PeerRequest, timeout: Duration) -> Result<PeerReply, CallError> {
-        let result = tokio::time::timeout(timeout, self.call_within(request)).await;
+    /// Sends `request` and then `tail` (an AppendEntries' commands) in one frame; reads the
+    /// reply.
+    async fn call(&mut self, request: &PeerRequest, tail: &[Bytes], timeout: Duration) -> Result<PeerReply, CallError> {
+        let result = tokio::time::timeout(timeout, self.call_within(request, tail)).await;
         let result = match result {
             Ok(result) => result,
             Err(_) => Err(CallError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))),
@@ -436,14 +568,14 @@ impl PeerClient {
         result
     }
 
-    async fn call_within(&mut self, request: &PeerRequest) -> Result<PeerReply, CallError> {
+    async fn call_within(&mut self, request: &PeerRequest, tail: &[Bytes]) -> Result<PeerReply, CallError> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.addr).await.map_err(CallError::Connect)?;
             let _ = stream.set_nodelay(true);
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("connected above");
-        frame_write(stream, request).await.map_err(CallError::Io)?;
+        frame_write_vectored(stream, request, tail, &mut self.head).await.map_err(CallError::Io)?;
         frame_read(stream).await.map_err(CallError::Io)
     }
 
@@ -463,10 +595,12 @@ impl PeerClient {
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.call(&PeerRequest::AppendEntries(rpc), option.hard_ttl()).await {
+        let (commands, command_sizes) = commands_take(&mut rpc.entries);
+        let request = PeerRequest::AppendEntries { rpc, command_sizes };
+        match self.call(&request, &commands, option.hard_ttl()).await {
             Ok(PeerReply::AppendEntries(result)) => {
                 result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
             }
@@ -499,7 +633,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let request = PeerRequest::Snapshot { vote, meta: snapshot.meta, data: snapshot.snapshot.into_inner() };
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
-            reply = self.call(&request, option.hard_ttl()) => reply,
+            reply = self.call(&request, &[], option.hard_ttl()) => reply,
         };
         match reply {
             Ok(PeerReply::Snapshot(Ok(response))) => Ok(response),
@@ -518,7 +652,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        match self.call(&PeerRequest::Vote(rpc), option.hard_ttl()).await {
+        match self.call(&PeerRequest::Vote(rpc), &[], option.hard_ttl()).await {
             Ok(PeerReply::Vote(result)) => {
                 result.map_err(|error| RPCError::RemoteError(RemoteError::new(self.target, error)))
             }
@@ -560,4 +694,81 @@ pub fn tool_request(addr: &str, request: &PeerRequest, timeout: Duration) -> std
     let mut reply = vec![0u8; size as usize];
     stream.read_exact(&mut reply)?;
     bincode::deserialize(&reply).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn append_entries(commands: &[&[u8]]) -> AppendEntriesRequest<TypeConfig> {
+        let log_id = |index| LogId::new(CommittedLeaderId::new(2, 1), index);
+        let mut entries = vec![Entry { log_id: log_id(4), payload: EntryPayload::Blank }];
+        for (at, command) in commands.iter().enumerate() {
+            let proposal = Proposal::Command { timestamp_ns: 7 + at as u64, command: Bytes::copy_from_slice(command) };
+            entries.push(Entry { log_id: log_id(5 + 2 * at as u64), payload: EntryPayload::Normal(proposal) });
+            entries
+                .push(Entry { log_id: log_id(6 + 2 * at as u64), payload: EntryPayload::Normal(Proposal::Checkpoint) });
+        }
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(3)),
+            entries,
+            leader_commit: Some(log_id(2)),
+        }
+    }
+
+    /// The frame `frame_write_vectored` writes, as one buffer.
+    fn frame_of(rpc: AppendEntriesRequest<TypeConfig>) -> Vec<u8> {
+        let mut rpc = rpc;
+        let (commands, command_sizes) = commands_take(&mut rpc.entries);
+        let request = PeerRequest::AppendEntries { rpc, command_sizes };
+        let mut frame = Vec::new();
+        frame_head_encode(&request, &commands, &mut frame).expect("encodes");
+        commands.iter().for_each(|command| frame.extend_from_slice(command));
+        frame
+    }
+
+    #[test]
+    fn an_append_entries_frame_carries_its_commands_after_the_request_and_decodes_to_slices_of_it() {
+        let commands: [&[u8]; 4] = [b"first command", b"", &[0xee; 70_000], b"last"];
+        let rpc = append_entries(&commands);
+        let frame = frame_of(append_entries(&commands));
+        let size = u32::from_le_bytes(frame[0..4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(size, frame.len() - 4);
+        let body = Bytes::from(frame).slice(4..);
+        let PeerRequest::AppendEntries { rpc: decoded, command_sizes } = peer_request_decode(&body).expect("decodes")
+        else {
+            panic!("not an AppendEntries");
+        };
+        assert_eq!(command_sizes, [13, 0, 70_000, 4]);
+        assert_eq!(decoded.entries, rpc.entries);
+        assert_eq!(
+            (decoded.vote, decoded.prev_log_id, decoded.leader_commit),
+            (rpc.vote, rpc.prev_log_id, rpc.leader_commit)
+        );
+        let body_range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+        for entry in &decoded.entries {
+            if let EntryPayload::Normal(Proposal::Command { command, .. }) = &entry.payload {
+                assert!(
+                    command.is_empty() || body_range.contains(&(command.as_ptr() as usize)),
+                    "a slice of the frame"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_append_entries_frame_whose_tail_does_not_match_its_sizes_is_refused() {
+        let frame = frame_of(append_entries(&[b"abc", b"defgh"]));
+        let short = Bytes::copy_from_slice(&frame[4..frame.len() - 1]);
+        assert!(peer_request_decode(&short).is_err(), "a tail one byte short");
+        let mut long = frame[4..].to_vec();
+        long.push(0);
+        assert!(peer_request_decode(&Bytes::from(long)).is_err(), "a byte after the last command");
+        let mut status = Vec::new();
+        frame_head_encode(&PeerRequest::Status, &[Bytes::from_static(b"x")], &mut status).expect("encodes");
+        status.push(b'x');
+        assert!(peer_request_decode(&Bytes::copy_from_slice(&status[4..])).is_err(), "bytes after a status request");
+    }
 }

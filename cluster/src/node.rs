@@ -448,7 +448,7 @@ async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<Serv
     let mut commands_since_checkpoint = 0u64;
     // Per connection, the completion of its newest write: a read waits for it.
     let mut writes_last: HashMap<u64, watch::Receiver<bool>> = HashMap::new();
-    while let Some(request) = receiver.recv().await {
+    while let Some(mut request) = receiver.recv().await {
         let permit = Arc::clone(&permits).acquire_owned().await.expect("the semaphore is never closed");
         if writes_last.len() > 4096 {
             writes_last.retain(|_, done| !*done.borrow());
@@ -471,9 +471,13 @@ async fn dispatch_run(dispatch: Arc<Dispatch>, mut receiver: mpsc::Receiver<Serv
                         commands_since_checkpoint = 0;
                         Proposal::Checkpoint
                     }
+                    // The request's buffer becomes the entry's, shared from here on.
                     _ => {
                         commands_since_checkpoint += 1;
-                        Proposal::Command { timestamp_ns: now_ns(), command: request.command.clone() }
+                        Proposal::Command {
+                            timestamp_ns: now_ns(),
+                            command: std::mem::take(&mut request.command).into(),
+                        }
                     }
                 };
                 let (done, done_receiver) = watch::channel(false);

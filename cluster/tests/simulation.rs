@@ -527,7 +527,7 @@ async fn client_run(cluster: Arc<Cluster>, client_index: u64, seed: u64, start: 
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        let command = workload.command_next(now_ns(start) / 1_000_000, batch_events_max);
+        let command = bytes::Bytes::from(workload.command_next(now_ns(start) / 1_000_000, batch_events_max));
         let mut acknowledged = false;
         for _ in 0..WRITE_ATTEMPTS_MAX {
             let target = leader_hint.or_else(|| cluster.leader()).unwrap_or(1 + rng.below(cluster.node_count));
