@@ -52,6 +52,33 @@ fn holding_responder() -> (Responder, mpsc::Sender<()>, Frames) {
     (responder, release, frames)
 }
 
+/// A client allowed one frame in flight, on a holding responder, whose ping is that frame and
+/// is held: calls made now queue for the next frame. Returns once the responder holds the ping;
+/// send on `release` to let it go (`held` then ends with the ping's answer).
+struct Holding {
+    responder: Responder,
+    release: mpsc::Sender<()>,
+    frames: Frames,
+    client: AsyncClient,
+    held: tokio::task::JoinHandle<Result<Option<walletd_gateway::ServerInfo>, ClientError>>,
+}
+
+async fn holding_client(options: AsyncClientOptions) -> Holding {
+    let (responder, release, frames) = holding_responder();
+    let client = AsyncClient::connect(responder.address, options).await.unwrap();
+    let held = {
+        let client = client.clone();
+        tokio::spawn(async move { client.ping().await })
+    };
+    for _ in 0..20_000 {
+        if !frames.lock().unwrap().is_empty() {
+            return Holding { responder, release, frames, client, held };
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the responder never received the ping");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_calls_decode_their_replies() {
     let responder = Responder::spawn(Box::new(|header, body| Action::Reply(vec![answer(header, body)])));
@@ -133,16 +160,8 @@ async fn pipelined_replies_out_of_order_reach_their_callers() {
 async fn concurrent_creates_share_a_frame_and_get_their_own_results() {
     const CALL_COUNT: u128 = 16;
     const TRANSFER_COUNT: u128 = 3;
-    let (responder, release, frames) = holding_responder();
-    let options = AsyncClientOptions { frames_in_flight_max: 1, ..async_options() };
-    let client = AsyncClient::connect(responder.address, options).await.unwrap();
-    let held = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ping().await })
-    };
-    while frames.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let Holding { responder, release, frames, client, held } =
+        holding_client(AsyncClientOptions { frames_in_flight_max: 1, ..async_options() }).await;
     let calls: Vec<_> = (0..CALL_COUNT)
         .map(|call| {
             let client = client.clone();
@@ -178,16 +197,8 @@ async fn concurrent_creates_share_a_frame_and_get_their_own_results() {
 /// call's trace id (0 for an untraced call's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_with_a_traced_call_carries_a_trace_id_per_event() {
-    let (responder, release, frames) = holding_responder();
-    let options = AsyncClientOptions { frames_in_flight_max: 1, ..async_options() };
-    let client = AsyncClient::connect(responder.address, options).await.unwrap();
-    let held = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ping().await })
-    };
-    while frames.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let Holding { responder, release, frames, client, held } =
+        holding_client(AsyncClientOptions { frames_in_flight_max: 1, ..async_options() }).await;
     // Joined in this order: untraced (2 events), traced 7 (1), untraced (1), traced 9 (2).
     let plan: [(u128, u128); 4] = [(0, 2), (7, 1), (0, 1), (9, 2)];
     let mut calls = Vec::new();
@@ -221,16 +232,8 @@ async fn a_frame_with_a_traced_call_carries_a_trace_id_per_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesced_lookups_get_their_own_records() {
     const CALL_COUNT: u128 = 6;
-    let (responder, release, frames) = holding_responder();
-    let options = AsyncClientOptions { frames_in_flight_max: 1, ..async_options() };
-    let client = AsyncClient::connect(responder.address, options).await.unwrap();
-    let held = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ping().await })
-    };
-    while frames.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let Holding { responder, release, frames, client, held } =
+        holding_client(AsyncClientOptions { frames_in_flight_max: 1, ..async_options() }).await;
     let calls: Vec<_> = (0..CALL_COUNT)
         .map(|call| {
             let client = client.clone();
@@ -345,16 +348,8 @@ async fn a_refusal_of_the_connection_ends_every_call_with_its_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_calls_without_sending_them() {
-    let (responder, release, frames) = holding_responder();
-    let options = AsyncClientOptions { frames_in_flight_max: 1, calls_queued_max: 2, ..async_options() };
-    let client = AsyncClient::connect(responder.address, options).await.unwrap();
-    let held = {
-        let client = client.clone();
-        tokio::spawn(async move { client.ping().await })
-    };
-    while frames.lock().unwrap().is_empty() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let Holding { responder, release, frames, client, held } =
+        holding_client(AsyncClientOptions { frames_in_flight_max: 1, calls_queued_max: 2, ..async_options() }).await;
     let queued: Vec<_> = (0..2u128)
         .map(|call| {
             let client = client.clone();
