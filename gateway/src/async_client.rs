@@ -134,6 +134,8 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// Wakes the writer: a call joined an open frame, or the client closed.
     writer_wake: Notify,
+    /// Told (all waiters) each time a call joins an open frame.
+    call_joined: Notify,
     /// Stops the reader when the client is closed from elsewhere.
     reader_stop: Notify,
     closed: AtomicBool,
@@ -251,6 +253,7 @@ impl AsyncClient {
             }),
             pending: Mutex::new(Pending { frames: HashMap::new(), closed: false }),
             writer_wake: Notify::new(),
+            call_joined: Notify::new(),
             reader_stop: Notify::new(),
             closed: AtomicBool::new(false),
         });
@@ -271,6 +274,21 @@ impl AsyncClient {
     /// Calls waiting to be sent (joined an open frame that is not yet written).
     pub fn calls_queued(&self) -> u32 {
         lock(&self.handle.shared.open).calls_queued
+    }
+
+    /// Waits until at least `count` calls wait to be sent (for a caller that holds the frames in
+    /// flight and wants the next frame filled first); returns the count then.
+    pub async fn calls_queued_wait(&self, count: u32) -> u32 {
+        let shared = &self.handle.shared;
+        loop {
+            let mut joined = std::pin::pin!(shared.call_joined.notified());
+            joined.as_mut().enable();
+            let queued = self.calls_queued();
+            if queued >= count {
+                return queued;
+            }
+            joined.await;
+        }
     }
 
     /// Whether two clients are clones of one connection.
@@ -415,6 +433,7 @@ impl AsyncClient {
             frame_member_add(frame, events, event_count, trace_id, answer);
         }
         shared.writer_wake.notify_one();
+        shared.call_joined.notify_waiters();
         Ok(())
     }
 

@@ -21,35 +21,37 @@ fn async_options() -> AsyncClientOptions {
     AsyncClientOptions { request_timeout: Duration::from_secs(20), ..AsyncClientOptions::default() }
 }
 
+/// How long a test waits for an event before it fails.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Waits (bounded) until `count` calls have joined the client's open frames.
 async fn calls_queued_wait(client: &AsyncClient, count: u32) {
-    for _ in 0..20_000 {
-        if client.calls_queued() == count {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("{count} calls never queued (now {})", client.calls_queued());
+    let queued = tokio::time::timeout(EVENT_TIMEOUT, client.calls_queued_wait(count)).await;
+    let queued = queued.unwrap_or_else(|_| panic!("{count} calls never queued (now {})", client.calls_queued()));
+    assert_eq!(queued, count, "more calls queued than were made");
 }
 
 /// Every request a responder read: its header and its body.
 type Frames = Arc<Mutex<Vec<(FrameHeader, Vec<u8>)>>>;
 
 /// A responder that holds its first request (the client's one frame in flight) until `release`
-/// is sent, then answers everything; keeps every request's header and body.
-fn holding_responder() -> (Responder, mpsc::Sender<()>, Frames) {
+/// is sent, then answers everything; keeps every request's header and body. `holding` is told
+/// when it starts holding.
+fn holding_responder() -> (Responder, mpsc::Sender<()>, mpsc::Receiver<()>, Frames) {
     let (release, released) = mpsc::channel::<()>();
+    let (holds, holding) = mpsc::channel::<()>();
     let frames = Arc::new(Mutex::new(Vec::new()));
     let frames_kept = Arc::clone(&frames);
     let mut first = true;
     let responder = Responder::spawn(Box::new(move |header, body| {
         frames_kept.lock().unwrap().push((*header, body.to_vec()));
         if std::mem::take(&mut first) {
+            holds.send(()).unwrap();
             released.recv().unwrap();
         }
         Action::Reply(vec![answer(header, body)])
     }));
-    (responder, release, frames)
+    (responder, release, holding, frames)
 }
 
 /// A client allowed one frame in flight, on a holding responder, whose ping is that frame and
@@ -64,19 +66,15 @@ struct Holding {
 }
 
 async fn holding_client(options: AsyncClientOptions) -> Holding {
-    let (responder, release, frames) = holding_responder();
+    let (responder, release, holding, frames) = holding_responder();
     let client = AsyncClient::connect(responder.address, options).await.unwrap();
     let held = {
         let client = client.clone();
         tokio::spawn(async move { client.ping().await })
     };
-    for _ in 0..20_000 {
-        if !frames.lock().unwrap().is_empty() {
-            return Holding { responder, release, frames, client, held };
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("the responder never received the ping");
+    let holds = tokio::task::spawn_blocking(move || holding.recv_timeout(EVENT_TIMEOUT)).await.unwrap();
+    holds.expect("the responder never received the ping");
+    Holding { responder, release, frames, client, held }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
